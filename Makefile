@@ -12,7 +12,7 @@ GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './.
 export DMFLOW_BIN_DIR := $(abspath $(BIN))
 export DMFLOW_TEMPORAL_BIN := $(abspath $(BIN)/temporal)
 
-.PHONY: help build temporal demo up down status test test-unit test-integration lint clean
+.PHONY: help build temporal demo up down status test test-unit test-integration fuzz lint clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,7 +54,10 @@ test-unit: ## unit and in-process localhub tests
 test-integration: build ## real processes: Temporal dev server, localhub, simdevice, worker
 	go test -tags integration -count=1 -timeout 20m -v ./test/... 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
-test: lint build test-unit test-integration ## everything CI runs; starts and stops what the tests need
+fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
+	scripts/fuzz.sh
+
+test: lint build test-unit fuzz test-integration ## everything CI runs; starts and stops what the tests need
 
 clean: down ## remove built binaries and local state
 	rm -rf $(BIN) .dmflow
