@@ -1,0 +1,133 @@
+package activities
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/amenzhinsky/iothub/iotservice"
+	"go.temporal.io/sdk/interceptor"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/worker"
+)
+
+// fakeHub answers from functions the test sets and counts the calls. Tests against a real localhub
+// live elsewhere; this fake drives the activities through answers localhub cannot easily produce
+// (a 500 from the device, throttling, a hub that never reports).
+type fakeHub struct {
+	call func(ctx context.Context, n int, call *iotservice.MethodCall) (*iotservice.MethodResult, error)
+	twin func(ctx context.Context, n int) (*iotservice.Twin, error)
+
+	mu    sync.Mutex
+	calls []*iotservice.MethodCall
+	reads int
+}
+
+func (h *fakeHub) CallDeviceMethod(ctx context.Context, deviceID string, call *iotservice.MethodCall) (*iotservice.MethodResult, error) {
+	h.mu.Lock()
+	h.calls = append(h.calls, call)
+	n := len(h.calls)
+	h.mu.Unlock()
+	if h.call == nil {
+		return nil, fmt.Errorf("unexpected method call %s on %s", call.MethodName, deviceID)
+	}
+	return h.call(ctx, n, call)
+}
+
+func (h *fakeHub) GetDeviceTwin(ctx context.Context, deviceID string) (*iotservice.Twin, error) {
+	h.mu.Lock()
+	h.reads++
+	n := h.reads
+	h.mu.Unlock()
+	if h.twin == nil {
+		return nil, fmt.Errorf("unexpected twin read of %s", deviceID)
+	}
+	return h.twin(ctx, n)
+}
+
+func (h *fakeHub) callCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.calls)
+}
+
+func (h *fakeHub) readCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.reads
+}
+
+// reportedTwin builds a twin whose reported properties are props plus $version, as the hub sends it
+// (numbers decoded from JSON are float64).
+func reportedTwin(version int, props map[string]any) *iotservice.Twin {
+	reported := map[string]any{"$version": float64(version), "$metadata": map[string]any{}}
+	for k, v := range props {
+		reported[k] = v
+	}
+	return &iotservice.Twin{DeviceID: "dev1", Properties: &iotservice.Properties{Reported: reported}}
+}
+
+// hubErr builds the error the amenzhinsky client returns for an IoT Hub error answer.
+func hubErr(status, code int, name string) error {
+	return &iotservice.RequestError{
+		Code: status,
+		Body: fmt.Appendf(nil, `{"Message":"ErrorCode:%s;something went wrong","ExceptionMessage":"Tracking ID:abc","ErrorCode":%d}`, name, code),
+	}
+}
+
+// heartbeatRecorder sees every activity.RecordHeartbeat call. The test environment's heartbeat
+// listener only sees the heartbeats that survive batching, too few to count polls with.
+type heartbeatRecorder struct {
+	interceptor.WorkerInterceptorBase
+
+	mu      sync.Mutex
+	details [][]any
+}
+
+func (r *heartbeatRecorder) InterceptActivity(_ context.Context, next interceptor.ActivityInboundInterceptor) interceptor.ActivityInboundInterceptor {
+	i := &heartbeatInbound{root: r}
+	i.Next = next
+	return i
+}
+
+func (r *heartbeatRecorder) recorded() [][]any {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([][]any(nil), r.details...)
+}
+
+type heartbeatInbound struct {
+	interceptor.ActivityInboundInterceptorBase
+	root *heartbeatRecorder
+}
+
+func (i *heartbeatInbound) Init(outbound interceptor.ActivityOutboundInterceptor) error {
+	o := &heartbeatOutbound{root: i.root}
+	o.Next = outbound
+	return i.Next.Init(o)
+}
+
+type heartbeatOutbound struct {
+	interceptor.ActivityOutboundInterceptorBase
+	root *heartbeatRecorder
+}
+
+func (o *heartbeatOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
+	o.root.mu.Lock()
+	o.root.details = append(o.root.details, details)
+	o.root.mu.Unlock()
+	o.Next.RecordHeartbeat(ctx, details...)
+}
+
+// newEnv returns an activity test environment with a registered Activities on hub and a recorder of
+// its heartbeats.
+func newEnv(t *testing.T, a *Activities) (*testsuite.TestActivityEnvironment, *heartbeatRecorder) {
+	t.Helper()
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestActivityEnvironment()
+	rec := &heartbeatRecorder{}
+	env.SetWorkerOptions(worker.Options{Interceptors: []interceptor.WorkerInterceptor{rec}})
+	env.RegisterActivity(a)
+	return env, rec
+}

@@ -1,0 +1,85 @@
+// Command starter is dmflow's operator CLI: it starts device-management
+// workflows on Temporal, prints where to watch them, and with --wait their
+// outcome. It needs no IoT Hub credentials: only the worker holds them.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/dmflow/dmflow/internal/temporalconn"
+	"github.com/spf13/cobra"
+)
+
+// Exit codes: 0 done, 1 the operation failed or could not be started,
+// 2 the command line or configuration is wrong.
+const (
+	exitFailed = 1
+	exitUsage  = 2
+)
+
+// usageError marks an error the user fixes by changing the command line.
+type usageError struct{ error }
+
+func main() {
+	os.Exit(execute(os.Args[1:], os.Stdout, os.Stderr, os.Getenv))
+}
+
+func execute(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	cmd := newRoot(stdout, getenv)
+	cmd.SetArgs(args)
+	cmd.SetErr(stderr)
+	err := cmd.Execute()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "starter:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitFailed
+}
+
+// globals are the flags every subcommand shares.
+type globals struct {
+	temporal temporalconn.Config
+	output   string
+	getenv   func(string) string
+}
+
+func newRoot(stdout io.Writer, getenv func(string) string) *cobra.Command {
+	g := &globals{getenv: getenv}
+	root := &cobra.Command{
+		Use:   "starter",
+		Short: "Start and watch dmflow device-management workflows",
+		Long: `starter starts dmflow workflows on Temporal and prints the workflow ID and
+the Temporal UI link; with --wait it follows the workflow and prints the result.
+
+Temporal is configured the standard way (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
+TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE); DMFLOW_TEMPORAL_UI sets the
+Web UI base URL used in links (default ` + temporalconn.DefaultUIURL + `).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if g.output != "text" && g.output != "json" {
+				return usageError{fmt.Errorf("--output %q is not known: use text or json", g.output)}
+			}
+			if g.temporal.UIURL == "" {
+				g.temporal.UIURL = getenv("DMFLOW_TEMPORAL_UI")
+			}
+			return nil
+		},
+	}
+	root.SetOut(stdout)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")
+	pf.StringVar(&g.temporal.Address, "temporal-address", "", "Temporal frontend host:port (overrides TEMPORAL_ADDRESS)")
+	pf.StringVar(&g.temporal.Namespace, "temporal-namespace", "", "Temporal namespace (overrides TEMPORAL_NAMESPACE)")
+	pf.StringVar(&g.temporal.UIURL, "ui-url", "", "Temporal Web UI base URL for links (env DMFLOW_TEMPORAL_UI)")
+	root.AddCommand(newRebootCommand(g))
+	return root
+}

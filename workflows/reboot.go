@@ -1,0 +1,215 @@
+package workflows
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/dmflow/dmflow/activities"
+	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+)
+
+// Activity settings of Reboot. The numbers are tied to the activities' own behaviour; see the
+// comments where they are used.
+const (
+	invokeHeartbeatTimeout = 10 * time.Second
+	waitHeartbeatTimeout   = 20 * time.Second
+	// pollInitialInterval and pollMaxInterval shape the twin polling. The tutorial reads every 5 s;
+	// starting at 1 s confirms a device that has already reported (the tutorial's device reports
+	// rebootTime before it answers the method) almost at once, and 10 s keeps a slow device's
+	// polling cheap against the hub's twin-read quota.
+	pollInitialInterval = time.Second
+	pollMaxInterval     = 10 * time.Second
+	// waitGrace lets WaitForReported make its last read at the deadline and fail with its own
+	// ErrDeadlineExceeded, which names the last value seen, before Temporal's timeouts would cut it
+	// short with a bare TimeoutError.
+	waitGrace = 30 * time.Second
+)
+
+// rebootPayloadMethodNumber is what the tutorial's service app sends; kept for devices built from it.
+const rebootPayloadMethodNumber = "42"
+
+// Reboot reboots a device the way the remote-reboot tutorial does, made durable: it invokes the direct
+// method rebootDevice, retrying while the device is offline or the hub is throttling, then waits until
+// the device reports a rebootTime later than the workflow's start, all within in.Deadline.
+//
+// The method payload carries the workflow ID as requestId, so that a device can ignore a repeated call
+// of the same reboot: an invocation retried after a worker crash or a gateway timeout may reach a
+// device that has already rebooted.
+//
+// It fails with a non-retryable ApplicationError of type ErrInvalidInput for invalid input, and with
+// the activity errors (types activities.Err*) otherwise. QueryStep answers a RebootStatus.
+func Reboot(ctx workflow.Context, in RebootInput) (RebootResult, error) {
+	info := workflow.GetInfo(ctx)
+	logger := log.With(workflow.GetLogger(ctx), "device", in.DeviceID, "workflow_id", info.WorkflowExecution.ID)
+	if err := in.Validate(); err != nil {
+		logger.Error("invalid input", "error", err)
+		return RebootResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalidInput, nil)
+	}
+	in = in.withDefaults()
+
+	started := workflow.Now(ctx)
+	r := &reboot{
+		in:     in,
+		logger: logger,
+		status: RebootStatus{
+			DeviceID: in.DeviceID,
+			Step:     StepInvoking,
+			Since:    started,
+			Started:  started,
+			Deadline: started.Add(in.Deadline),
+		},
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryStep, func() (RebootStatus, error) {
+		return r.status, nil
+	}); err != nil {
+		return RebootResult{}, err
+	}
+	if err := workflow.UpsertTypedSearchAttributes(ctx,
+		SearchAttrDevice.ValueSet(in.DeviceID),
+		SearchAttrOperation.ValueSet(OperationReboot),
+	); err != nil {
+		return RebootResult{}, err
+	}
+	return r.run(ctx, info.WorkflowExecution.ID)
+}
+
+// reboot is the state of one Reboot execution.
+type reboot struct {
+	in     RebootInput
+	logger log.Logger
+	status RebootStatus
+}
+
+func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, error) {
+	var a *activities.Activities
+	started, deadline := r.status.Started, r.status.Deadline
+
+	r.logger.Info("invoking direct method", "method", RebootMethod, "deadline", deadline)
+	var inv activities.InvokeMethodResult
+	err := workflow.ExecuteActivity(r.invokeOptions(ctx, deadline), a.InvokeMethod, activities.InvokeMethodInput{
+		DeviceID:        r.in.DeviceID,
+		Method:          RebootMethod,
+		Payload:         map[string]any{"method_number": rebootPayloadMethodNumber, "requestId": workflowID},
+		ResponseTimeout: r.in.MethodTimeout,
+		// The device must be connected when the call arrives, as in the tutorial. An offline device
+		// makes the hub answer DeviceNotOnline, which the retry policy retries with backoff, so that
+		// each try shows in the history and Attempts, rather than one call parked on the hub.
+		ConnectTimeout: 0,
+	}).Get(ctx, &inv)
+	if err != nil {
+		return r.fail(ctx, err)
+	}
+	r.logger.Info("device answered", "method", RebootMethod, "status", inv.Status, "attempt", inv.Attempt)
+
+	r.setStep(ctx, StepWaiting)
+	var seen activities.WaitForReportedResult
+	err = workflow.ExecuteActivity(r.waitOptions(ctx, deadline), a.WaitForReported, activities.WaitForReportedInput{
+		DeviceID: r.in.DeviceID,
+		Property: RebootTimeProperty,
+		// After = the workflow's start: a rebootTime from an earlier reboot must not count. The device
+		// stamps rebootTime by its own clock, after its ~20 s reboot, so a device clock behind the
+		// Temporal server's by less than that is still accepted. No allowance is subtracted, because
+		// any allowance would let a reboot finished shortly before this one pass as this one; a device
+		// whose clock is further off fails at the deadline with the value it did report in the error.
+		After:           started,
+		Deadline:        deadline,
+		InitialInterval: pollInitialInterval,
+		MaxInterval:     pollMaxInterval,
+	}).Get(ctx, &seen)
+	if err != nil {
+		return r.fail(ctx, err)
+	}
+
+	s, _ := seen.Value.(string)
+	rebootTime, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		// WaitForReported only accepts RFC 3339 times later than After; this is a broken contract.
+		return r.fail(ctx, fmt.Errorf("reported %s %v is not an RFC 3339 time: %w", RebootTimeProperty, seen.Value, err))
+	}
+
+	r.setStep(ctx, StepDone)
+	res := RebootResult{
+		DeviceID:      r.in.DeviceID,
+		MethodStatus:  inv.Status,
+		MethodPayload: inv.Payload,
+		RebootTime:    rebootTime,
+		Started:       started,
+		Duration:      workflow.Now(ctx).Sub(started),
+		Attempts:      inv.Attempt,
+		Polls:         seen.Polls,
+	}
+	r.logger.Info("reboot confirmed", "reboot_time", rebootTime, "attempts", res.Attempts, "polls", res.Polls, "duration", res.Duration)
+	return res, nil
+}
+
+// invokeOptions are the activity options of InvokeMethod.
+func (r *reboot) invokeOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		// IoT Hub answers within MethodTimeout (with 504101 GatewayTimeout if the device does not);
+		// the margin covers TLS, the round trip and the hub's overhead. Longer is a stuck call.
+		StartToCloseTimeout: r.in.MethodTimeout + invokeMargin,
+		// The activity heartbeats every third of this while the call is in flight, so a dead worker is
+		// noticed in ~10 s rather than after the full method timeout.
+		HeartbeatTimeout: invokeHeartbeatTimeout,
+		// Retries stop when the reboot's time budget is spent: the schedule-to-close timeout, not an
+		// attempt count, bounds them (MaximumAttempts 0).
+		ScheduleToCloseTimeout: deadline.Sub(workflow.Now(ctx)),
+		RetryPolicy: &temporal.RetryPolicy{
+			// An offline device usually reconnects within seconds to a minute; 2 s doubling to a 30 s
+			// cap tries often early and then stays well under the hub's method quota (40 calls/s per
+			// S1 unit) even when a rollout has many devices offline at once.
+			InitialInterval:    2 * time.Second,
+			BackoffCoefficient: 2,
+			MaximumInterval:    30 * time.Second,
+			NonRetryableErrorTypes: []string{
+				activities.ErrDeviceNotFound,
+				activities.ErrUnauthorized,
+				activities.ErrBadRequest,
+				// The device ran the method and refused; calling again would only repeat that.
+				activities.ErrMethodFailed,
+			},
+		},
+	})
+}
+
+// waitOptions are the activity options of WaitForReported.
+func (r *reboot) waitOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
+	// The activity ends itself at the deadline; if the invocation used up the budget, it still gets
+	// to read the twin once (remaining 0 plus the grace).
+	remaining := max(deadline.Sub(workflow.Now(ctx)), 0)
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		StartToCloseTimeout:    remaining + waitGrace,
+		ScheduleToCloseTimeout: remaining + waitGrace,
+		// The activity heartbeats after every poll; polls are at most pollMaxInterval apart and a twin
+		// read is bounded at 5 s, so 20 s passes only when the worker is gone. The retry then resumes
+		// from the heartbeat details.
+		HeartbeatTimeout: waitHeartbeatTimeout,
+		RetryPolicy: &temporal.RetryPolicy{
+			// Retries here mean a lost worker (transient hub errors are retried inside the activity),
+			// so come back quickly.
+			InitialInterval:    time.Second,
+			BackoffCoefficient: 2,
+			MaximumInterval:    10 * time.Second,
+			NonRetryableErrorTypes: []string{
+				activities.ErrDeviceNotFound,
+				activities.ErrUnauthorized,
+				activities.ErrBadRequest,
+				activities.ErrDeadlineExceeded,
+			},
+		},
+	})
+}
+
+func (r *reboot) setStep(ctx workflow.Context, step string) {
+	r.status.Step = step
+	r.status.Since = workflow.Now(ctx)
+}
+
+func (r *reboot) fail(ctx workflow.Context, err error) (RebootResult, error) {
+	r.logger.Error("reboot failed", "step", r.status.Step, "error", err)
+	r.setStep(ctx, StepFailed)
+	r.status.Error = err.Error()
+	return RebootResult{}, err
+}
