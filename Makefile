@@ -12,7 +12,7 @@ GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './.
 export DMFLOW_BIN_DIR := $(abspath $(BIN))
 export DMFLOW_TEMPORAL_BIN := $(abspath $(BIN)/temporal)
 
-.PHONY: help build temporal demo up down status test test-unit test-integration fuzz lint clean
+.PHONY: help build temporal demo up down status test test-unit test-integration fuzz record-histories lint clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,6 +53,9 @@ test-unit: ## unit and in-process localhub tests
 
 test-integration: build ## real processes: Temporal dev server, localhub, simdevice, worker
 	go test -tags integration -count=1 -timeout 20m -v ./test/... 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+
+record-histories: build ## re-record workflows/testdata/*.json from the integration tests
+	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd' ./test/...
 
 fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
 	scripts/fuzz.sh

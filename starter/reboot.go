@@ -38,6 +38,9 @@ reboot/<device>/<request-id>: starting the same request again attaches to the
 running workflow, and a request that already completed is not run twice.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.device == "" {
+				return usageError{fmt.Errorf("--device is required: name the device to reboot, e.g. --device dev-001")}
+			}
 			in := workflows.RebootInput{
 				DeviceID:      f.device,
 				RequestID:     f.requestID,
@@ -70,7 +73,6 @@ running workflow, and a request that already completed is not run twice.`,
 	fl.DurationVar(&f.deadline, "deadline", 0, "time budget for a confirmed reboot (default 5m)")
 	fl.BoolVarP(&f.wait, "wait", "w", false, "follow the workflow and print its result")
 	fl.StringVar(&f.taskQueue, "task-queue", "", "task queue of the worker (env DMFLOW_TASK_QUEUE, default "+workflows.TaskQueue+")")
-	_ = cmd.MarkFlagRequired("device")
 	return cmd
 }
 
