@@ -1,0 +1,593 @@
+// Package device simulates an IoT Hub device that serves the remote-reboot
+// tutorial's direct method, so simdevice, tests and a fleet of simulated
+// devices share one implementation.
+//
+// A Device connects over MQTT with the unchanged amenzhinsky/iothub client,
+// registers the rebootDevice method and answers it in one of two styles:
+//
+//   - StyleTutorial (the default) does exactly what the tutorial's device
+//     does: it "reboots" (sleeps RebootDuration), reports the twin property
+//     rebootTime and only then answers 200 with
+//     {"Response": "This is the response from the device"}, so the method
+//     call lasts as long as the reboot.
+//   - StyleRealistic does what real devices do: it answers 200
+//     {"Response": "Rebooting"} at once, goes offline for RebootDuration,
+//     connects again with a new client and then reports rebootTime, so the
+//     caller has to wait for the twin.
+//
+// A payload may carry "requestId". A repeated call with a request ID that is
+// being or has been served does not reboot again; it answers 200 with the
+// state of that reboot. Served request IDs are remembered in memory for the
+// life of the Device (across simulated reboots), and the last one is
+// reported as lastRebootRequestId next to rebootTime, from where a restarted
+// process reads it back.
+//
+// Methods the device does not implement are answered 404 at once rather
+// than left to the hub's timeout.
+package device
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/amenzhinsky/iothub/iotdevice"
+	"github.com/cenkalti/backoff/v4"
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/dmflow/dmflow/internal/hubconn"
+)
+
+// The direct method, reported properties and payload fields of the reboot
+// tutorial, plus the request ID dmflow adds for idempotency.
+const (
+	MethodReboot            = "rebootDevice"
+	PropRebootTime          = "rebootTime"
+	PropLastRebootRequestID = "lastRebootRequestId"
+	FieldRequestID          = "requestId"
+	FieldResponse           = "Response"
+
+	// TutorialResponse is the tutorial device's answer to rebootDevice.
+	TutorialResponse = "This is the response from the device"
+	// RebootingResponse is the realistic device's immediate answer.
+	RebootingResponse = "Rebooting"
+)
+
+// Reboot styles; see the package documentation.
+const (
+	StyleTutorial  = "tutorial"
+	StyleRealistic = "realistic"
+)
+
+// Styles lists the accepted RebootStyle values, for messages.
+const Styles = StyleTutorial + "|" + StyleRealistic
+
+// DefaultRebootDuration is the tutorial's reboot time.
+const DefaultRebootDuration = 20 * time.Second
+
+// TimeFormat is how rebootTime is reported: RFC 3339 in UTC with
+// milliseconds, so two reboots within a second stay ordered.
+const TimeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+// ErrRefused marks a connection the hub refused for the credentials: no
+// retry can fix it.
+var ErrRefused = errors.New("IoT Hub refused the device credentials")
+
+const (
+	// twinTimeout bounds a twin read or reported patch. The call itself
+	// runs on the session's context (see session), so a timeout only stops
+	// the wait.
+	twinTimeout = 30 * time.Second
+	// subscribeTimeout bounds registering the method subscription.
+	subscribeTimeout = 30 * time.Second
+	// ackGrace is how long a realistic device stays online after its
+	// handler returned: the client publishes the answer after the handler
+	// returns and offers no hook for "answer sent", and closing the
+	// connection before the publish is queued would lose it. Real devices
+	// likewise schedule the reboot a moment after acknowledging it.
+	ackGrace = 500 * time.Millisecond
+	// reportMaxElapsed bounds the retries of a realistic device's
+	// rebootTime report after it is back online; after that the report is
+	// retried when the same request ID is called again.
+	reportMaxElapsed = time.Minute
+)
+
+// Config configures a Device.
+type Config struct {
+	// ConnectionString identifies the device and holds its key.
+	ConnectionString hubconn.Device
+	// CAFile is a PEM file of extra trusted roots (localhub's ca.pem).
+	CAFile string
+	// Broker overrides the MQTT broker URL (default tls://<HostName>:8883).
+	Broker string
+	// RebootDuration is how long a reboot takes. Default
+	// DefaultRebootDuration.
+	RebootDuration time.Duration
+	// RebootStyle is StyleTutorial (default) or StyleRealistic.
+	RebootStyle string
+	// Logger receives the device's log; "device" is added to every record.
+	// Default: discard.
+	Logger *slog.Logger
+	// Now is the clock for rebootTime. Default time.Now.
+	Now func() time.Time
+}
+
+// Device is a simulated device. Create it with New and start it with Run.
+type Device struct {
+	cfg Config
+	log *slog.Logger
+
+	ready     chan struct{}
+	readyOnce sync.Once
+	// rebootReq wakes Run to take a realistic device offline.
+	rebootReq chan struct{}
+
+	mu       sync.Mutex
+	requests map[string]*request // by request ID
+	// pending lists the request IDs a realistic reboot in progress serves;
+	// rebooting is set from the first call until the device is back.
+	pending   []string
+	rebooting bool
+
+	reboots     atomic.Int64
+	methodCalls atomic.Int64
+	connections atomic.Int64
+}
+
+// request is the state of one reboot request ID.
+type request struct {
+	done     bool
+	at       time.Time // rebootTime, once done
+	reported bool      // rebootTime of this request is in the twin
+}
+
+// New checks cfg, fills its defaults and returns a Device.
+func New(cfg Config) (*Device, error) {
+	if cfg.ConnectionString.DeviceID == "" || cfg.ConnectionString.HostName == "" {
+		return nil, fmt.Errorf("device connection string is missing: parse it with hubconn.ParseDevice (%s)", hubconn.DeviceForm)
+	}
+	switch cfg.RebootStyle {
+	case "":
+		cfg.RebootStyle = StyleTutorial
+	case StyleTutorial, StyleRealistic:
+	default:
+		return nil, fmt.Errorf("reboot style %q is not known: use %s", cfg.RebootStyle, Styles)
+	}
+	if cfg.RebootDuration < 0 {
+		return nil, fmt.Errorf("reboot duration %s is negative: use a positive duration such as 20s", cfg.RebootDuration)
+	}
+	if cfg.RebootDuration == 0 {
+		cfg.RebootDuration = DefaultRebootDuration
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	l := cfg.Logger
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	return &Device{
+		cfg:       cfg,
+		log:       l.With("device", cfg.ConnectionString.DeviceID),
+		ready:     make(chan struct{}),
+		rebootReq: make(chan struct{}, 1),
+		requests:  map[string]*request{},
+	}, nil
+}
+
+// ID returns the device ID.
+func (d *Device) ID() string { return d.cfg.ConnectionString.DeviceID }
+
+// Ready is closed once the device is first connected with its methods
+// registered.
+func (d *Device) Ready() <-chan struct{} { return d.ready }
+
+// Reboots returns the number of reboots performed.
+func (d *Device) Reboots() int64 { return d.reboots.Load() }
+
+// MethodCalls returns the number of direct method calls received, known or
+// not, repeats included.
+func (d *Device) MethodCalls() int64 { return d.methodCalls.Load() }
+
+// Connections returns how many times an MQTT connection was established:
+// first connects, automatic reconnects and connects after a realistic
+// reboot.
+func (d *Device) Connections() int64 { return d.connections.Load() }
+
+// Run connects and serves direct methods until ctx is done, then
+// disconnects and returns nil. It returns an error when the device cannot
+// connect for good (refused credentials, untrusted certificate); transient
+// failures of the first connect are retried with exponential backoff, and
+// a lost connection is re-established by the MQTT client. Call Run once.
+func (d *Device) Run(ctx context.Context) error {
+	s, err := d.connect(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	d.readyOnce.Do(func() { close(d.ready) })
+	d.log.Info("device ready", "style", d.cfg.RebootStyle, "reboot_duration", d.cfg.RebootDuration.String())
+	for {
+		select {
+		case <-ctx.Done():
+			s.close()
+			d.log.Info("device stopped")
+			return nil
+		case <-d.rebootReq:
+		}
+		// A realistic reboot: answer first (see ackGrace), then go offline.
+		if !sleep(ctx, ackGrace) {
+			s.close()
+			return nil
+		}
+		s.close()
+		d.log.Info("rebooting: offline", "duration", d.cfg.RebootDuration.String())
+		if !sleep(ctx, d.cfg.RebootDuration) {
+			return nil
+		}
+		if s, err = d.connect(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		d.log.Info("device back online after reboot")
+	}
+}
+
+// session is one MQTT client and a context that lives exactly as long as
+// it. The client keeps the context of the first twin request and of method
+// registration to re-subscribe after every reconnect and to publish method
+// answers, so those calls must get this long-lived context, never a
+// short timeout; waits are bounded separately (see call).
+type session struct {
+	client *iotdevice.Client
+	ctx    context.Context
+	cancel context.CancelFunc
+	first  atomic.Bool // the first OnConnect has been seen
+}
+
+func (s *session) close() {
+	if s.client != nil {
+		_ = s.client.Close()
+	}
+	s.cancel()
+}
+
+// call runs fn with the session's context and waits at most timeout for
+// it. After a timeout fn goes on until the session closes.
+func (s *session) call(timeout time.Duration, fn func(ctx context.Context) error) error {
+	done := make(chan error, 1)
+	go func() { done <- fn(s.ctx) }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("IoT Hub did not answer within %s", timeout)
+	}
+}
+
+// connect builds a client, connects, boots (reads the twin, finishes a
+// realistic reboot) and registers the methods, retrying transient
+// failures with exponential backoff until ctx is done.
+func (d *Device) connect(ctx context.Context) (*session, error) {
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(500*time.Millisecond),
+		backoff.WithMaxInterval(10*time.Second),
+		// A device waits for its hub as long as it runs.
+		backoff.WithMaxElapsedTime(0),
+	)
+	notify := func(err error, next time.Duration) {
+		d.log.Warn("connect failed: retrying", "error", err, "retry_in", next.Round(time.Millisecond).String())
+	}
+	for {
+		var s *session
+		op := func() error {
+			var err error
+			s, err = d.dial(ctx)
+			return err
+		}
+		if err := backoff.RetryNotify(op, backoff.WithContext(b, ctx), notify); err != nil {
+			return nil, err
+		}
+		d.boot(s)
+		err := s.call(subscribeTimeout, func(ctx context.Context) error {
+			return s.client.RegisterMethod(ctx, MethodReboot, d.rebootHandler(s))
+		})
+		if err == nil {
+			return s, nil
+		}
+		// Rare (the hub refused or ignored the subscription): start over
+		// with a fresh client rather than serve without the method.
+		s.close()
+		next := b.NextBackOff()
+		notify(fmt.Errorf("register method %s: %w", MethodReboot, err), next)
+		if !sleep(ctx, next) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// dial makes one connection attempt.
+func (d *Device) dial(ctx context.Context) (*session, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	s := &session{ctx: sctx, cancel: cancel}
+	c, err := hubconn.NewDeviceClient(d.cfg.ConnectionString, hubconn.DeviceOptions{
+		CAFile:           d.cfg.CAFile,
+		Broker:           d.cfg.Broker,
+		Logger:           d.log,
+		UnknownMethod:    d.unknownMethod,
+		OnConnect:        func() { d.onConnect(s) },
+		OnConnectionLost: func(err error) { d.log.Warn("connection lost", "error", err) },
+	})
+	if err != nil {
+		cancel()
+		return nil, backoff.Permanent(err)
+	}
+	s.client = c
+	if err := c.Connect(ctx); err != nil {
+		s.close()
+		return nil, d.classify(err)
+	}
+	return s, nil
+}
+
+func (d *Device) onConnect(s *session) {
+	d.connections.Add(1)
+	if s.first.Swap(true) {
+		d.log.Info("connection restored")
+		return
+	}
+	d.log.Info("connected", "host", d.cfg.ConnectionString.HostName)
+}
+
+// classify makes connect errors that retrying cannot fix permanent, with a
+// message naming the setting to fix.
+func (d *Device) classify(err error) error {
+	id := d.ID()
+	var uae x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var cve *tls.CertificateVerificationError
+	switch {
+	case errors.Is(err, packets.ErrorRefusedNotAuthorised),
+		errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword),
+		errors.Is(err, packets.ErrorRefusedIDRejected):
+		return backoff.Permanent(fmt.Errorf("connect as %s: %w (%v): check IOTHUB_DEVICE_CONNECTION_STRING: its DeviceId and SharedAccessKey must belong to a registered, enabled device of this hub", id, ErrRefused, err))
+	case errors.As(err, &uae):
+		return backoff.Permanent(fmt.Errorf("connect as %s: the hub's certificate is not trusted (%v): set DMFLOW_HUB_CA_FILE (--ca-file) to localhub's ca.pem, or leave it empty for Azure IoT Hub", id, err))
+	case errors.As(err, &he):
+		return backoff.Permanent(fmt.Errorf("connect as %s: the hub's certificate does not name the host (%v): the HostName in IOTHUB_DEVICE_CONNECTION_STRING must match the certificate; point --broker at the address", id, err))
+	case errors.As(err, &cve):
+		return backoff.Permanent(fmt.Errorf("connect as %s: the hub's certificate was rejected (%v): check DMFLOW_HUB_CA_FILE (--ca-file)", id, err))
+	}
+	return fmt.Errorf("connect as %s: %w", id, err)
+}
+
+// boot runs what a device does after (re)starting: it reads its twin (also
+// the first twin request of the session, see session) and, after a
+// realistic reboot, completes the pending reboot and reports it.
+func (d *Device) boot(s *session) {
+	var reported iotdevice.TwinState
+	err := s.call(twinTimeout, func(ctx context.Context) error {
+		var err error
+		_, reported, err = s.client.RetrieveTwinState(ctx)
+		return err
+	})
+	if err != nil {
+		// Not fatal: the device serves methods without it and only lacks
+		// the request ID it served before a process restart.
+		d.log.Warn("read twin failed", "error", err)
+	} else {
+		d.log.Debug("twin read", "reported_version", reported.Version())
+		d.restore(reported)
+	}
+
+	d.mu.Lock()
+	if !d.rebooting {
+		d.mu.Unlock()
+		return
+	}
+	ids := d.pending
+	d.pending, d.rebooting = nil, false
+	at := d.cfg.Now().UTC()
+	for _, id := range ids {
+		d.requests[id] = &request{done: true, at: at}
+	}
+	d.mu.Unlock()
+	d.reboots.Add(1)
+	last := ""
+	if len(ids) > 0 {
+		last = ids[len(ids)-1]
+	}
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(time.Second),
+		backoff.WithMaxElapsedTime(reportMaxElapsed),
+	)
+	err = backoff.RetryNotify(func() error { return d.report(s, at, last) },
+		backoff.WithContext(b, s.ctx),
+		func(err error, next time.Duration) {
+			d.log.Warn("report rebootTime failed: retrying", "error", err, "retry_in", next.Round(time.Millisecond).String())
+		})
+	if err != nil {
+		d.log.Error("report rebootTime failed", "error", err)
+		return
+	}
+	d.markReported(ids...)
+}
+
+// restore remembers the request ID of the last reboot reported in the twin.
+func (d *Device) restore(reported iotdevice.TwinState) {
+	id, _ := reported[PropLastRebootRequestID].(string)
+	if id == "" {
+		return
+	}
+	var at time.Time
+	if s, ok := reported[PropRebootTime].(string); ok {
+		at, _ = time.Parse(time.RFC3339Nano, s)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.requests[id]; !ok {
+		d.requests[id] = &request{done: true, at: at, reported: true}
+		d.log.Info("last reboot restored from twin", "request_id", id)
+	}
+}
+
+// report patches the reported rebootTime (and the request ID it served).
+func (d *Device) report(s *session, at time.Time, requestID string) error {
+	patch := iotdevice.TwinState{PropRebootTime: at.UTC().Format(TimeFormat)}
+	if requestID != "" {
+		patch[PropLastRebootRequestID] = requestID
+	}
+	err := s.call(twinTimeout, func(ctx context.Context) error {
+		_, err := s.client.UpdateTwinState(ctx, patch)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("report %s: %w", PropRebootTime, err)
+	}
+	d.log.Info("reported rebootTime", PropRebootTime, patch[PropRebootTime], "request_id", requestID)
+	return nil
+}
+
+func (d *Device) markReported(ids ...string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, id := range ids {
+		if r, ok := d.requests[id]; ok {
+			r.reported = true
+		}
+	}
+}
+
+// unknownMethod answers methods this device does not implement.
+func (d *Device) unknownMethod(method string) (int, []byte) {
+	d.methodCalls.Add(1)
+	d.log.Warn("method not implemented", "method", method)
+	b, _ := json.Marshal(map[string]string{"error": fmt.Sprintf("method %s not implemented on this device", method)})
+	return http.StatusNotFound, b
+}
+
+// rebootHandler serves rebootDevice on session s.
+func (d *Device) rebootHandler(s *session) iotdevice.DirectMethodHandler {
+	return func(payload map[string]any) (int, map[string]any, error) {
+		d.methodCalls.Add(1)
+		id, _ := payload[FieldRequestID].(string)
+		log := d.log.With("method", MethodReboot)
+		if id != "" {
+			log = log.With("request_id", id)
+		}
+
+		if r, repeat := d.begin(id); repeat {
+			log.Info("repeated reboot request: not rebooting again", "done", r.done)
+			return d.repeatAnswer(s, id, r)
+		}
+
+		if d.cfg.RebootStyle == StyleRealistic {
+			d.mu.Lock()
+			if id != "" {
+				d.pending = append(d.pending, id)
+			}
+			first := !d.rebooting
+			d.rebooting = true
+			d.mu.Unlock()
+			if first {
+				d.rebootReq <- struct{}{}
+			}
+			log.Info("reboot requested: answering, then going offline")
+			return http.StatusOK, map[string]any{FieldResponse: RebootingResponse}, nil
+		}
+
+		log.Info("rebooting", "duration", d.cfg.RebootDuration.String())
+		if !sleep(s.ctx, d.cfg.RebootDuration) {
+			d.forget(id)
+			return http.StatusServiceUnavailable, map[string]any{"error": "reboot interrupted: the device is shutting down"}, nil
+		}
+		at := d.cfg.Now().UTC()
+		d.reboots.Add(1)
+		d.finish(id, at)
+		if err := d.report(s, at, id); err != nil {
+			log.Error("reboot done but not reported", "error", err)
+			return http.StatusInternalServerError, map[string]any{"error": "rebooted but could not report rebootTime: " + err.Error()}, nil
+		}
+		d.markReported(id)
+		return http.StatusOK, map[string]any{FieldResponse: TutorialResponse}, nil
+	}
+}
+
+// begin looks up request ID id. A known one is a repeat; an unknown one is
+// recorded as in progress. Calls without an ID always reboot.
+func (d *Device) begin(id string) (request, bool) {
+	if id == "" {
+		return request{}, false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if r, ok := d.requests[id]; ok {
+		return *r, true
+	}
+	d.requests[id] = &request{}
+	return request{}, false
+}
+
+func (d *Device) finish(id string, at time.Time) {
+	if id == "" {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.requests[id] = &request{done: true, at: at}
+}
+
+func (d *Device) forget(id string) {
+	if id == "" {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.requests, id)
+}
+
+// repeatAnswer answers a repeated request ID with the state of its reboot.
+// A reboot that is done but whose report failed is reported now, so a
+// caller retrying after an error finds rebootTime in the twin.
+func (d *Device) repeatAnswer(s *session, id string, r request) (int, map[string]any, error) {
+	if !r.done {
+		return http.StatusOK, map[string]any{FieldResponse: fmt.Sprintf("Reboot %s already in progress", id)}, nil
+	}
+	if !r.reported {
+		if err := d.report(s, r.at, id); err != nil {
+			return http.StatusInternalServerError, map[string]any{"error": "rebooted but could not report rebootTime: " + err.Error()}, nil
+		}
+		d.markReported(id)
+	}
+	out := map[string]any{FieldResponse: fmt.Sprintf("Reboot %s already done", id)}
+	if !r.at.IsZero() {
+		out[PropRebootTime] = r.at.UTC().Format(TimeFormat)
+	}
+	return http.StatusOK, out, nil
+}
+
+// sleep waits for d or ctx and reports whether d elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,58 @@
+// Package hub implements localhub, an IoT Hub-compatible endpoint for
+// development and tests: devices connect over MQTT 3.1.1 with TLS (port
+// 8883 by default) and services call the REST API over HTTPS (8443), both
+// with the SAS authentication, topics, routes, limits and error codes that
+// Azure IoT Hub documents. The unchanged github.com/amenzhinsky/iothub device
+// and service clients work against it.
+//
+// State (identities, keys, twins) is durable in a bbolt file in the state
+// directory, next to the TLS material (ca.pem, server.pem, server-key.pem,
+// ca-key.pem) and the iothubowner policy key (iothubowner.key). Connection
+// state is not durable: after a restart every device is Disconnected until
+// it reconnects.
+//
+// Supported REST routes (any api-version):
+//
+//	PUT    /devices/{id}           create (no If-Match) or update (If-Match) an identity
+//	GET    /devices/{id}           read an identity
+//	DELETE /devices/{id}           delete an identity (If-Match optional)
+//	GET    /devices?top=N          list identities
+//	POST   /devices/query          query twins (see the query grammar in query.go)
+//	GET    /twins/{id}             read a twin
+//	PATCH  /twins/{id}             merge tags and desired properties (If-Match optional)
+//	PUT    /twins/{id}             replace tags and desired properties
+//	POST   /twins/{id}/methods     invoke a direct method
+//	GET    /statistics/devices     registry counts
+//	GET    /statistics/service     connected device count
+//	GET    /_localhub/stats        localhub counters (see Stats)
+//
+// Device topics: $iothub/methods/POST/# (requests) and
+// $iothub/methods/res/{status}/?$rid= (answers), $iothub/twin/GET/?$rid=,
+// $iothub/twin/PATCH/properties/reported/?$rid=, $iothub/twin/res/#,
+// $iothub/twin/PATCH/properties/desired/# and
+// devices/{id}/messages/events/… (telemetry, counted and dropped). A device
+// may use only its own topics; what the hub sends goes to the one device it
+// concerns.
+//
+// GET /_localhub/stats (iothubowner token required) answers, for tests and
+// load runs:
+//
+//	{
+//	  "connectedDevices": 2,
+//	  "telemetryMessages": 17,
+//	  "methodInvocations": {"dev-1": {"rebootDevice": 1}}
+//	}
+//
+// methodInvocations counts requests delivered to devices since start, by
+// device and method name; (*Hub).MethodInvocations returns one device's row.
+//
+// Errors have IoT Hub's body, {"Message": "ErrorCode:<name>;<text>",
+// "ExceptionMessage": "Tracking ID:…", "ErrorCode": <number>}, and an
+// iothub-errorcode header; errorStatus in errors.go is the one mapping from
+// error codes to HTTP status and number. Devices are refused with CONNACK 4
+// (malformed credentials), 5 (refused credentials, unknown device) or 3
+// (disabled device).
+//
+// Not implemented: cloud-to-device messages, modules, jobs, configurations,
+// X.509 authentication, the Event Hub-compatible endpoint (AMQP).
+package hub

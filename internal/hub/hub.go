@@ -1,0 +1,504 @@
+package hub
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/dmflow/dmflow/internal/hub/sas"
+	"github.com/dmflow/dmflow/internal/hub/store"
+)
+
+// Defaults of Options.
+const (
+	DefaultHostName  = "localhost"
+	DefaultMQTTAddr  = ":8883"
+	DefaultHTTPSAddr = ":8443"
+)
+
+// Options configure a Hub. Zero values take the documented defaults.
+type Options struct {
+	// StateDir holds the store, the TLS material and the policy key. It is
+	// created (0700) if missing. Required.
+	StateDir string
+	// HostName is the hub's host name as clients name it: in connection
+	// strings, SAS resources, MQTT user names and the server certificate.
+	// Default "localhost".
+	HostName string
+	// MQTTAddr is the device-side listen address (MQTT over TLS). Default
+	// ":8883"; ":0" picks a free port (see MQTTAddr).
+	MQTTAddr string
+	// HTTPSAddr is the service-side listen address (REST over TLS). Default
+	// ":8443"; ":0" picks a free port (see HTTPSAddr).
+	HTTPSAddr string
+	// Logger receives localhub's logs. Default: discard.
+	Logger *slog.Logger
+	// MethodRateLimit caps direct-method invocations per second across the
+	// hub; calls beyond it fail at once with 429 ThrottlingException, as
+	// IoT Hub does once its traffic shaping queue is full. Zero means no
+	// limit.
+	MethodRateLimit float64
+	// MethodBurst is how many calls may exceed MethodRateLimit in a burst.
+	// Default: MethodRateLimit rounded up (one second's worth).
+	MethodBurst int
+}
+
+func (o *Options) fill() error {
+	if o.StateDir == "" {
+		return errors.New("hub: Options.StateDir is required")
+	}
+	if o.HostName == "" {
+		o.HostName = DefaultHostName
+	}
+	if o.MQTTAddr == "" {
+		o.MQTTAddr = DefaultMQTTAddr
+	}
+	if o.HTTPSAddr == "" {
+		o.HTTPSAddr = DefaultHTTPSAddr
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.MethodRateLimit < 0 {
+		return fmt.Errorf("hub: Options.MethodRateLimit %v is negative", o.MethodRateLimit)
+	}
+	if o.MethodBurst <= 0 && o.MethodRateLimit > 0 {
+		o.MethodBurst = int(o.MethodRateLimit + 0.999999)
+	}
+	return nil
+}
+
+// Hub is a running (or startable) localhub.
+type Hub struct {
+	opts      Options
+	log       *slog.Logger
+	store     *store.Store
+	policyKey []byte // decoded iothubowner key
+	policyB64 string
+	cert      tls.Certificate
+
+	// ctx ends when Close starts, so that waiting direct-method calls
+	// return instead of holding up the shutdown.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	broker    *mqtt.Server
+	httpSrv   *http.Server
+	mqttAddr  string
+	httpsAddr string
+
+	conns   *connTable
+	calls   *callTable
+	limiter *limiter
+	twinMu  keyedMutex
+
+	statsMu     sync.Mutex
+	invocations map[string]map[string]int
+	telemetry   atomic.Int64
+
+	lifeMu  sync.Mutex
+	started bool
+	closed  bool
+}
+
+// New prepares a hub: it creates the state directory, the TLS material and
+// the policy key if they are missing, and opens the store. It does not
+// listen yet; see Start.
+func New(opts Options) (*Hub, error) {
+	if err := opts.fill(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	key, err := loadOrCreatePolicyKey(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	rawKey, err := sas.DecodeKey(key)
+	if err != nil {
+		return nil, err
+	}
+	cert, renewed, err := loadOrCreateTLS(opts.StateDir, opts.HostName, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("prepare TLS material in %s: %w", opts.StateDir, err)
+	}
+	if renewed {
+		opts.Logger.Info("server certificate created", "host", opts.HostName, "ca", filepath.Join(opts.StateDir, caCertFile))
+	}
+	st, err := store.Open(filepath.Join(opts.StateDir, storeFile))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &Hub{
+		opts:        opts,
+		log:         opts.Logger,
+		store:       st,
+		policyKey:   rawKey,
+		policyB64:   key,
+		cert:        cert,
+		ctx:         ctx,
+		cancel:      cancel,
+		conns:       newConnTable(),
+		calls:       newCallTable(),
+		invocations: map[string]map[string]int{},
+	}
+	if opts.MethodRateLimit > 0 {
+		h.limiter = newLimiter(opts.MethodRateLimit, opts.MethodBurst, time.Now)
+	}
+	return h, nil
+}
+
+// Start binds the MQTT and HTTPS listeners and returns once both accept
+// connections. ctx bounds the start only.
+func (h *Hub) Start(ctx context.Context) error {
+	h.lifeMu.Lock()
+	defer h.lifeMu.Unlock()
+	switch {
+	case h.closed:
+		return errors.New("hub: Start after Close")
+	case h.started:
+		return errors.New("hub: already started")
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	tlsConf := &tls.Config{
+		Certificates: []tls.Certificate{h.cert},
+		MinVersion:   tls.VersionTLS12,
+	}
+
+	httpLn, err := net.Listen("tcp", h.opts.HTTPSAddr)
+	if err != nil {
+		return fmt.Errorf("listen https %s: %w", h.opts.HTTPSAddr, err)
+	}
+
+	broker := mqtt.New(&mqtt.Options{
+		Logger:       slog.New(brokerLogHandler{h.log.Handler()}).With("component", "mqtt"),
+		Capabilities: brokerCapabilities(),
+	})
+	if err := broker.AddHook(&deviceHook{hub: h, broker: broker}, nil); err != nil {
+		httpLn.Close()
+		return fmt.Errorf("mqtt hook: %w", err)
+	}
+	mqttLn := listeners.NewTCP(listeners.Config{ID: "iothub-mqtt", Address: h.opts.MQTTAddr, TLSConfig: tlsConf})
+	if err := broker.AddListener(mqttLn); err != nil {
+		httpLn.Close()
+		return fmt.Errorf("listen mqtt %s: %w", h.opts.MQTTAddr, err)
+	}
+	if err := broker.Serve(); err != nil {
+		httpLn.Close()
+		_ = broker.Close()
+		return fmt.Errorf("serve mqtt: %w", err)
+	}
+
+	srv := &http.Server{
+		Handler:           h.Handler(),
+		TLSConfig:         tlsConf,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+	}
+	go func() {
+		if err := srv.ServeTLS(httpLn, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			h.log.Error("https server stopped", "error", err)
+		}
+	}()
+
+	h.broker = broker
+	h.httpSrv = srv
+	h.mqttAddr = dialable(mqttLn.Address())
+	h.httpsAddr = dialable(httpLn.Addr().String())
+	h.started = true
+
+	if err := writeRuntime(h.opts.StateDir, runtimeInfo{
+		PID: os.Getpid(), HostName: h.opts.HostName, MQTTAddr: h.mqttAddr, HTTPSAddr: h.httpsAddr,
+	}); err != nil {
+		h.log.Warn("cannot publish runtime info; `localhub connection-string` will not find this hub", "error", err)
+	}
+	h.log.Info("localhub listening", "mqtt", h.mqttAddr, "https", h.httpsAddr, "host", h.opts.HostName)
+	return nil
+}
+
+// brokerLogHandler passes the broker's logs on, except that it demotes the
+// message-less warning its listener writes whenever a connection ends with
+// an error (every refused device, every dropped TCP connection) to debug:
+// the hook already logs refusals with their reason.
+type brokerLogHandler struct{ slog.Handler }
+
+func (b brokerLogHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "" && r.Level == slog.LevelWarn {
+		if !b.Handler.Enabled(ctx, slog.LevelDebug) {
+			return nil
+		}
+		r.Level, r.Message = slog.LevelDebug, "mqtt connection ended"
+	}
+	return b.Handler.Handle(ctx, r)
+}
+
+func (b brokerLogHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return brokerLogHandler{b.Handler.WithAttrs(attrs)}
+}
+
+func (b brokerLogHandler) WithGroup(name string) slog.Handler {
+	return brokerLogHandler{b.Handler.WithGroup(name)}
+}
+
+// brokerCapabilities narrows mochi's defaults to what IoT Hub offers: no QoS
+// 2 (IoT Hub downgrades or refuses it), no retained messages.
+func brokerCapabilities() *mqtt.Capabilities {
+	c := mqtt.NewDefaultServerCapabilities()
+	c.MaximumQos = 1
+	c.RetainAvailable = 0
+	c.SharedSubAvailable = 0
+	return c
+}
+
+// dialable turns a bound address into one a local client can dial: an
+// unspecified IP (":0" binds all interfaces) becomes the IPv4 loopback.
+func dialable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// Close shuts the hub down: waiting method calls end with 503, the HTTPS
+// server drains, devices are disconnected and the store is closed. It is
+// safe to call more than once and on a hub that never started.
+func (h *Hub) Close() error {
+	h.lifeMu.Lock()
+	defer h.lifeMu.Unlock()
+	if h.closed {
+		return nil
+	}
+	h.closed = true
+	h.cancel()
+	var errs []error
+	if h.started {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := h.httpSrv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("shut down https: %w", err))
+			_ = h.httpSrv.Close()
+		}
+		cancel()
+		if err := h.broker.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("shut down mqtt: %w", err))
+		}
+		h.conns.stopTimers()
+		if err := os.Remove(filepath.Join(h.opts.StateDir, runtimeFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := h.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close store: %w", err))
+	}
+	h.log.Info("localhub stopped")
+	return errors.Join(errs...)
+}
+
+// MQTTAddr returns the address devices dial, e.g. "127.0.0.1:8883". Empty
+// before Start.
+func (h *Hub) MQTTAddr() string { return h.mqttAddr }
+
+// HTTPSAddr returns the address service clients dial, e.g.
+// "127.0.0.1:8443". Empty before Start.
+func (h *Hub) HTTPSAddr() string { return h.httpsAddr }
+
+// HostName returns the hub's host name.
+func (h *Hub) HostName() string { return h.opts.HostName }
+
+// CACertFile returns the path of the PEM CA certificate clients must trust.
+func (h *Hub) CACertFile() string { return filepath.Join(h.opts.StateDir, caCertFile) }
+
+// ServiceConnectionString returns the iothubowner connection string,
+// "HostName=<host>:<https port>;SharedAccessKeyName=iothubowner;SharedAccessKey=<key>".
+// The port is left out when it is 443, as for a real hub.
+func (h *Hub) ServiceConnectionString() string {
+	return serviceConnectionString(hostPort(h.opts.HostName, h.httpsAddr), h.policyB64)
+}
+
+func serviceConnectionString(host, key string) string {
+	return "HostName=" + host + ";SharedAccessKeyName=" + PolicyName + ";SharedAccessKey=" + key
+}
+
+// hostPort joins host with the port of addr, leaving out 443.
+func hostPort(host, addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "443" || port == "" {
+		return host
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// DeviceConnectionString returns "HostName=<host>;DeviceId=<id>;SharedAccessKey=<primary key>"
+// for a registered device. The host has no port: the device SDKs add 8883
+// themselves, so callers point them at MQTTAddr when it differs.
+func (h *Hub) DeviceConnectionString(ctx context.Context, deviceID string) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	var d store.Device
+	err := h.store.View(func(tx *store.Tx) error {
+		var err error
+		d, err = tx.Device(deviceID)
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return "", errorf(ErrDeviceNotFound, "device %q is not registered", deviceID)
+	}
+	if err != nil {
+		return "", fmt.Errorf("read device %s: %w", deviceID, err)
+	}
+	return deviceConnectionString(h.opts.HostName, d.ID, d.PrimaryKey), nil
+}
+
+func deviceConnectionString(host, deviceID, key string) string {
+	return "HostName=" + host + ";DeviceId=" + deviceID + ";SharedAccessKey=" + key
+}
+
+// MethodInvocations returns how many direct-method requests localhub has
+// delivered to deviceID since Start, by method name.
+func (h *Hub) MethodInvocations(deviceID string) map[string]int {
+	h.statsMu.Lock()
+	defer h.statsMu.Unlock()
+	out := map[string]int{}
+	for m, n := range h.invocations[deviceID] {
+		out[m] = n
+	}
+	return out
+}
+
+func (h *Hub) countInvocation(deviceID, method string) {
+	h.statsMu.Lock()
+	defer h.statsMu.Unlock()
+	m := h.invocations[deviceID]
+	if m == nil {
+		m = map[string]int{}
+		h.invocations[deviceID] = m
+	}
+	m[method]++
+}
+
+// Stats is the body of GET /_localhub/stats.
+type Stats struct {
+	// ConnectedDevices counts devices with an open MQTT connection.
+	ConnectedDevices int `json:"connectedDevices"`
+	// TelemetryMessages counts device-to-cloud messages received since start.
+	TelemetryMessages int64 `json:"telemetryMessages"`
+	// MethodInvocations counts direct-method requests delivered since start,
+	// by device and method name.
+	MethodInvocations map[string]map[string]int `json:"methodInvocations"`
+}
+
+// Stats returns counters since Start.
+func (h *Hub) Stats() Stats {
+	h.statsMu.Lock()
+	inv := make(map[string]map[string]int, len(h.invocations))
+	for d, ms := range h.invocations {
+		inv[d] = make(map[string]int, len(ms))
+		for m, n := range ms {
+			inv[d][m] = n
+		}
+	}
+	h.statsMu.Unlock()
+	return Stats{
+		ConnectedDevices:  h.conns.count(),
+		TelemetryMessages: h.telemetry.Load(),
+		MethodInvocations: inv,
+	}
+}
+
+// keyedMutex serialises work per key (device ID) without one global lock.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (k *keyedMutex) lock(key string) func() {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyedEntry{}
+	}
+	e := k.locks[key]
+	if e == nil {
+		e = &keyedEntry{}
+		k.locks[key] = e
+	}
+	e.refs++
+	k.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		if e.refs--; e.refs == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
+// limiter is a token bucket: rate tokens per second, at most burst saved.
+type limiter struct {
+	mu     sync.Mutex
+	rate   float64
+	burst  float64
+	tokens float64
+	last   time.Time
+	now    func() time.Time
+}
+
+func newLimiter(rate float64, burst int, now func() time.Time) *limiter {
+	return &limiter{rate: rate, burst: float64(burst), tokens: float64(burst), last: now(), now: now}
+}
+
+func (l *limiter) allow() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t := l.now()
+	l.tokens += t.Sub(l.last).Seconds() * l.rate
+	if l.tokens > l.burst {
+		l.tokens = l.burst
+	}
+	l.last = t
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
+}
+
+// msTime formats a timestamp the way IoT Hub does: RFC 3339 in UTC with
+// seven fractional digits and a trailing Z; the zero time as
+// 0001-01-01T00:00:00Z. The Go SDK's MicrosoftTime parses both.
+func msTime(t time.Time) string {
+	if t.IsZero() {
+		return "0001-01-01T00:00:00Z"
+	}
+	return t.UTC().Format("2006-01-02T15:04:05.0000000Z")
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

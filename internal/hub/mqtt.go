@@ -1,0 +1,342 @@
+package hub
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/dmflow/dmflow/internal/hub/sas"
+	"github.com/dmflow/dmflow/internal/hub/store"
+)
+
+// Device-side topics (MQTT 3.1.1, see IoT Hub's MQTT support documentation).
+const (
+	topicMethodsPOST     = "$iothub/methods/POST/"
+	topicMethodsRes      = "$iothub/methods/res/"
+	topicTwinGET         = "$iothub/twin/GET/"
+	topicTwinReported    = "$iothub/twin/PATCH/properties/reported/"
+	topicTwinDesired     = "$iothub/twin/PATCH/properties/desired/"
+	topicTwinRes         = "$iothub/twin/res/"
+	topicDevicesPrefix   = "devices/"
+	topicEventsSuffix    = "/messages/events"
+	topicDeviceBoundPart = "/messages/devicebound"
+)
+
+// errTokenExpired ends a connection whose SAS token expired, as IoT Hub
+// does; the SDKs reconnect with a fresh token.
+var errTokenExpired = errors.New("sas token expired")
+
+// deviceHook plugs IoT Hub's device protocol into the mochi broker:
+// authentication, per-device topic rights, and the $iothub request topics,
+// which the hub answers itself instead of routing them to subscribers.
+type deviceHook struct {
+	mqtt.HookBase
+	hub    *Hub
+	broker *mqtt.Server
+	// authed marks clients that OnConnect authenticated, for the
+	// OnConnectAuthenticate call that follows it on the same goroutine.
+	authed sync.Map // *mqtt.Client → struct{}
+}
+
+func (k *deviceHook) ID() string { return "localhub-device" }
+
+func (k *deviceHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect,
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnACLCheck,
+		mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect,
+		mqtt.OnSubscribed,
+		mqtt.OnPublish,
+	}, []byte{b})
+}
+
+// CONNACK refusals. IoT Hub answers MQTT 3.1.1 clients with 4 for malformed
+// credentials, 5 ("not authorized") for credentials it refuses and 3
+// ("server unavailable", which the C and Java SDKs report as "device
+// disabled") for disabled devices. The values are MQTT 5 codes because
+// mochi translates those for 3.1.1 clients (0x86 becomes 5).
+var (
+	connackMalformed   = packets.ErrMalformedPassword
+	connackRefused     = packets.ErrBadUsernameOrPassword
+	connackDisabled    = packets.ErrServerUnavailable
+	connackBadClientID = packets.ErrClientIdentifierNotValid
+)
+
+// OnConnect authenticates the device. It runs here rather than in
+// OnConnectAuthenticate because mochi answers a failed OnConnectAuthenticate
+// always with the same code, while IoT Hub tells the cases apart.
+func (k *deviceHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	h := k.hub
+	code, reason := h.authenticateDevice(pk.Connect.ClientIdentifier, string(pk.Connect.Username), string(pk.Connect.Password), time.Now())
+	if code == packets.CodeSuccess && pk.Connect.WillFlag && !allowedPublish(pk.Connect.ClientIdentifier, pk.Connect.WillTopic) {
+		// mochi publishes wills without an ACL check, so a will on another
+		// device's topic would reach that device.
+		code, reason = connackRefused, "will topic is not this device's telemetry topic"
+	}
+	if code != packets.CodeSuccess {
+		h.log.Warn("device connection refused", "device", pk.Connect.ClientIdentifier, "remote", cl.Net.Remote, "reason", reason)
+		if err := k.broker.SendConnack(cl, code, false, nil); err != nil {
+			return fmt.Errorf("send connack: %w", err)
+		}
+		return code
+	}
+	k.authed.Store(cl, struct{}{})
+	return nil
+}
+
+// OnConnectAuthenticate admits exactly the clients OnConnect authenticated.
+func (k *deviceHook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	_, ok := k.authed.LoadAndDelete(cl)
+	return ok
+}
+
+// authenticateDevice checks a CONNECT's client ID, user name and SAS token.
+func (h *Hub) authenticateDevice(clientID, username, password string, now time.Time) (packets.Code, string) {
+	if clientID == "" {
+		return connackBadClientID, "empty client ID (it must be the device ID)"
+	}
+	host, deviceID, ok := parseUsername(username)
+	if !ok {
+		return connackMalformed, "user name is not {host}/{deviceId}/?api-version=…"
+	}
+	if deviceID != clientID {
+		return connackRefused, "user name names another device than the client ID"
+	}
+	if !h.isHubHost(host) {
+		return connackRefused, fmt.Sprintf("user name names host %q, not this hub", host)
+	}
+	tok, err := sas.Parse(password)
+	if err != nil {
+		return connackMalformed, err.Error()
+	}
+	if !h.coversDevice(tok.ResourceURI(), deviceID) {
+		return connackRefused, fmt.Sprintf("token resource %q does not cover this device", tok.ResourceURI())
+	}
+	var d store.Device
+	err = h.store.View(func(tx *store.Tx) error {
+		var err error
+		d, err = tx.Device(deviceID)
+		return err
+	})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return connackRefused, "device is not registered"
+	case err != nil:
+		h.log.Error("read device", "device", deviceID, "error", err)
+		return connackDisabled, "registry unavailable"
+	case d.AuthType != authSAS:
+		return connackRefused, "device does not use symmetric keys"
+	}
+	var keys [][]byte
+	if tok.KeyName == PolicyName {
+		// Like IoT Hub's iothubowner, the policy has DeviceConnect: a
+		// token signed with its key may connect any device.
+		keys = [][]byte{h.policyKey}
+	} else {
+		for _, k := range []string{d.PrimaryKey, d.SecondaryKey} {
+			if b, err := sas.DecodeKey(k); err == nil {
+				keys = append(keys, b)
+			}
+		}
+	}
+	if err := tok.VerifyAny(keys, now); err != nil {
+		return connackRefused, err.Error()
+	}
+	if d.Status != statusEnabled {
+		return connackDisabled, "device is disabled"
+	}
+	return packets.CodeSuccess, ""
+}
+
+// parseUsername splits "{host}/{deviceId}/?api-version=…" and the Go SDK's
+// "{host}/{deviceId}/api-version=…". The host may carry a port.
+func parseUsername(u string) (host, deviceID string, ok bool) {
+	parts := strings.SplitN(u, "/", 3)
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" {
+		return "", "", false
+	}
+	rest := strings.TrimPrefix(parts[2], "?")
+	if !strings.HasPrefix(rest, "api-version=") {
+		return "", "", false
+	}
+	return parts[0], parts[1], true
+}
+
+// isHubHost reports whether s names this hub: its host name, with or
+// without a port, compared case-insensitively as DNS names are.
+func (h *Hub) isHubHost(s string) bool {
+	if host, port, err := net.SplitHostPort(s); err == nil && port != "" {
+		s = host
+	}
+	s = strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
+	return strings.EqualFold(s, h.opts.HostName)
+}
+
+// coversDevice reports whether a token resource grants access to a device.
+// IoT Hub treats the resource as a prefix, by path segment, of the
+// endpoints the token may reach: "{host}", "{host}/devices" and
+// "{host}/devices/{id}" all cover the device. The Go SDK signs "{host}".
+func (h *Hub) coversDevice(resource, deviceID string) bool {
+	host, path, _ := strings.Cut(strings.TrimSuffix(resource, "/"), "/")
+	if !h.isHubHost(host) {
+		return false
+	}
+	return path == "" || path == "devices" || path == "devices/"+deviceID
+}
+
+// coversService reports whether a token resource grants hub-wide access.
+func (h *Hub) coversService(resource string) bool {
+	return !strings.Contains(strings.TrimSuffix(resource, "/"), "/") && h.isHubHost(strings.TrimSuffix(resource, "/"))
+}
+
+// OnSessionEstablished records the device as connected and arms the
+// disconnect at token expiry.
+func (k *deviceHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	h := k.hub
+	deviceID := cl.ID
+	var timer *time.Timer
+	if tok, err := sas.Parse(string(pk.Connect.Password)); err == nil {
+		timer = time.AfterFunc(time.Until(tok.Expiry), func() {
+			h.log.Info("device disconnected: sas token expired", "device", deviceID)
+			cl.Stop(errTokenExpired)
+		})
+	}
+	h.conns.connected(deviceID, cl, timer, time.Now())
+	h.log.Info("device connected", "device", deviceID, "remote", cl.Net.Remote)
+}
+
+// OnDisconnect records the device as disconnected unless a newer connection
+// took over its client ID.
+func (k *deviceHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	h := k.hub
+	if h.conns.disconnected(cl.ID, cl, time.Now()) {
+		h.log.Info("device disconnected", "device", cl.ID, "reason", err)
+	}
+}
+
+// OnACLCheck limits a device to its own topics. It sees publish topics
+// (write) and subscription filters (read).
+func (k *deviceHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if write {
+		return allowedPublish(cl.ID, topic)
+	}
+	return allowedSubscribe(cl.ID, topic)
+}
+
+// allowedPublish lists what a device may send: telemetry on its own events
+// topic, twin requests and method responses.
+func allowedPublish(deviceID, topic string) bool {
+	own := topicDevicesPrefix + deviceID + topicEventsSuffix
+	return topic == own || strings.HasPrefix(topic, own+"/") ||
+		strings.HasPrefix(topic, topicTwinGET) ||
+		strings.HasPrefix(topic, topicTwinReported) ||
+		strings.HasPrefix(topic, topicMethodsRes)
+}
+
+// allowedSubscribe lists what a device may subscribe to: its own
+// cloud-to-device topic, method requests, twin responses and desired
+// property updates. The $iothub filters are shared by all devices; the hub
+// delivers on them only to the device concerned.
+func allowedSubscribe(deviceID, filter string) bool {
+	own := topicDevicesPrefix + deviceID + topicDeviceBoundPart
+	for _, prefix := range []string{own, topicMethodsPOST, topicTwinRes, topicTwinDesired} {
+		base := strings.TrimSuffix(prefix, "/")
+		if filter == base || filter == base+"/#" || strings.HasPrefix(filter, base+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// OnSubscribed notes a direct-method subscription so that calls waiting for
+// the device can go ahead.
+func (k *deviceHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	for i, sub := range pk.Filters {
+		if i < len(reasonCodes) && reasonCodes[i] < packets.ErrUnspecifiedError.Code &&
+			topicMatches(sub.Filter, topicMethodsPOST+"m/?$rid=1") {
+			k.hub.conns.subscribedMethods(cl.ID, cl, time.Now())
+		}
+	}
+}
+
+// OnPublish answers the device's $iothub requests and counts telemetry. It
+// returns CodeSuccessIgnore so that mochi acknowledges the publish (QoS 1)
+// but routes it to no subscriber.
+func (k *deviceHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	h := k.hub
+	deviceID := cl.ID
+	topic := pk.TopicName
+	h.conns.touch(deviceID, time.Now())
+	switch {
+	case strings.HasPrefix(topic, topicTwinGET):
+		h.deviceGetTwin(cl, topic)
+	case strings.HasPrefix(topic, topicTwinReported):
+		h.devicePatchReported(cl, topic, pk.Payload)
+	case strings.HasPrefix(topic, topicMethodsRes):
+		h.deviceMethodResponse(cl, topic, pk.Payload)
+	default:
+		h.telemetry.Add(1)
+	}
+	return pk, packets.CodeSuccessIgnore
+}
+
+// topicQuery returns the raw (still encoded) value of key in the query part
+// of a topic like "$iothub/twin/GET/?$rid=1". Values are echoed back
+// unchanged, so they are not decoded.
+func topicQuery(topic, key string) (string, bool) {
+	_, q, ok := strings.Cut(topic, "?")
+	if !ok {
+		return "", false
+	}
+	for _, kv := range strings.Split(q, "&") {
+		if k, v, _ := strings.Cut(kv, "="); k == key {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// sendToClient writes a message straight to one client, if it subscribed
+// to a matching filter. Routing through the broker would not do: every
+// device subscribes to the same $iothub filters.
+//
+// QoS 0 like IoT Hub's own method and twin deliveries: the device answers
+// at the application level and the service side times out on loss.
+func (h *Hub) sendToClient(cl *mqtt.Client, topic string, payload []byte) bool {
+	if cl == nil || cl.Closed() || !subscribed(cl, topic) {
+		return false
+	}
+	err := cl.WritePacket(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish},
+		TopicName:   topic,
+		Payload:     payload,
+	})
+	if err != nil {
+		h.log.Debug("write to device failed", "device", cl.ID, "error", err)
+		return false
+	}
+	return true
+}
+
+// sendToDevice is sendToClient for the device's current connection.
+func (h *Hub) sendToDevice(deviceID, topic string, payload []byte) bool {
+	cl, _, _ := h.conns.client(deviceID)
+	return h.sendToClient(cl, topic, payload)
+}
+
+// disconnectDevice closes the device's connection, e.g. when it is disabled
+// or deleted.
+func (h *Hub) disconnectDevice(deviceID string, why error) {
+	if cl, _, _ := h.conns.client(deviceID); cl != nil {
+		cl.Stop(why)
+	}
+}

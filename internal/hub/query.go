@@ -1,0 +1,555 @@
+package hub
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/dmflow/dmflow/internal/hub/store"
+)
+
+// Device queries (POST /devices/query) support the subset of IoT Hub's query
+// language that selects twins:
+//
+//	SELECT * FROM devices [WHERE condition]
+//
+// where a condition combines, with AND, OR, NOT and parentheses,
+// comparisons of a twin path (deviceId, status, connectionState,
+// tags.a.b, properties.reported.x, …) with a literal ('string', "string",
+// number, true, false, null) using = != <> < <= > >=, membership tests
+// path IN [literal, …] and path NIN [literal, …], and IS_DEFINED(path).
+// Keywords are case-insensitive, paths and values are not. Comparing values
+// of different types, or a missing property, is false.
+//
+// Pages hold x-ms-max-item-count twins (default 100, at most 1000); a
+// response with more to come carries an x-ms-continuation header to send
+// back with the same query.
+
+const (
+	defaultQueryPage = 100
+	maxQueryPage     = 1000
+	maxQueryLen      = 8192 // IoT Hub's limit on query text
+)
+
+// query is a parsed device query.
+type query struct {
+	where expr // nil selects every twin
+}
+
+// expr is a condition evaluated against a twin document.
+type expr interface {
+	eval(doc map[string]any) bool
+}
+
+type andExpr struct{ l, r expr }
+type orExpr struct{ l, r expr }
+type notExpr struct{ e expr }
+type definedExpr struct{ path []string }
+type cmpExpr struct {
+	path []string
+	op   string
+	lit  any // string, float64, bool or nil
+}
+type inExpr struct {
+	path []string
+	list []any
+	not  bool
+}
+
+func (e andExpr) eval(d map[string]any) bool { return e.l.eval(d) && e.r.eval(d) }
+func (e orExpr) eval(d map[string]any) bool  { return e.l.eval(d) || e.r.eval(d) }
+func (e notExpr) eval(d map[string]any) bool { return !e.e.eval(d) }
+func (e definedExpr) eval(d map[string]any) bool {
+	_, ok := lookup(d, e.path)
+	return ok
+}
+
+func (e cmpExpr) eval(d map[string]any) bool {
+	v, ok := lookup(d, e.path)
+	if !ok {
+		return false
+	}
+	c, ok := compareValues(v, e.lit)
+	if !ok {
+		return false
+	}
+	switch e.op {
+	case "=":
+		return c == 0
+	case "!=":
+		return c != 0
+	case "<":
+		return c < 0
+	case "<=":
+		return c <= 0
+	case ">":
+		return c > 0
+	default: // ">="
+		return c >= 0
+	}
+}
+
+func (e inExpr) eval(d map[string]any) bool {
+	v, ok := lookup(d, e.path)
+	if !ok {
+		return false
+	}
+	for _, lit := range e.list {
+		if c, ok := compareValues(v, lit); ok && c == 0 {
+			return !e.not
+		}
+	}
+	return e.not
+}
+
+// lookup follows a path through nested objects.
+func lookup(doc map[string]any, path []string) (any, bool) {
+	var cur any = doc
+	for _, p := range path {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if cur, ok = m[p]; !ok {
+			return nil, false
+		}
+	}
+	return cur, true
+}
+
+// compareValues orders a document value against a literal of the same type;
+// ok is false for values of different types. null equals only null.
+func compareValues(v, lit any) (int, bool) {
+	switch l := lit.(type) {
+	case nil:
+		if v == nil {
+			return 0, true
+		}
+		return 0, false
+	case string:
+		s, ok := v.(string)
+		if !ok {
+			return 0, false
+		}
+		return strings.Compare(s, l), true
+	case bool:
+		b, ok := v.(bool)
+		if !ok {
+			return 0, false
+		}
+		if b == l {
+			return 0, true
+		}
+		if !b {
+			return -1, true
+		}
+		return 1, true
+	case float64:
+		var f float64
+		switch n := v.(type) {
+		case json.Number:
+			var err error
+			if f, err = n.Float64(); err != nil {
+				return 0, false
+			}
+		case float64:
+			f = n
+		default:
+			return 0, false
+		}
+		switch {
+		case f < l:
+			return -1, true
+		case f > l:
+			return 1, true
+		}
+		return 0, true
+	}
+	return 0, false
+}
+
+// parseQuery parses the query text.
+func parseQuery(s string) (query, error) {
+	if len(s) > maxQueryLen {
+		return query{}, fmt.Errorf("query is longer than %d characters", maxQueryLen)
+	}
+	toks, err := lex(s)
+	if err != nil {
+		return query{}, err
+	}
+	p := &parser{toks: toks}
+	for _, kw := range []string{"SELECT", "*", "FROM", "DEVICES"} {
+		if err := p.expectWord(kw); err != nil {
+			return query{}, fmt.Errorf("%w (localhub supports SELECT * FROM devices [WHERE …])", err)
+		}
+	}
+	var q query
+	if p.acceptWord("WHERE") {
+		if q.where, err = p.or(); err != nil {
+			return query{}, err
+		}
+	}
+	if !p.done() {
+		return query{}, fmt.Errorf("unexpected %q", p.peek().text)
+	}
+	return q, nil
+}
+
+type tokKind int
+
+const (
+	tokWord tokKind = iota
+	tokString
+	tokNumber
+	tokSymbol
+)
+
+type token struct {
+	kind tokKind
+	text string // word, symbol, decoded string or number text
+	pos  int
+}
+
+func lex(s string) ([]token, error) {
+	var toks []token
+	for i := 0; i < len(s); {
+		c := s[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			i++
+		case c == '\'' || c == '"':
+			var b strings.Builder
+			j := i + 1
+			for ; j < len(s) && s[j] != c; j++ {
+				if s[j] == '\\' && j+1 < len(s) {
+					j++
+				}
+				b.WriteByte(s[j])
+			}
+			if j >= len(s) {
+				return nil, fmt.Errorf("unterminated string at %d", i)
+			}
+			toks = append(toks, token{tokString, b.String(), i})
+			i = j + 1
+		case c == '-' || (c >= '0' && c <= '9'):
+			j := i + 1
+			for j < len(s) && strings.IndexByte("0123456789.eE+-", s[j]) >= 0 {
+				if (s[j] == '+' || s[j] == '-') && s[j-1] != 'e' && s[j-1] != 'E' {
+					break
+				}
+				j++
+			}
+			if _, err := strconv.ParseFloat(s[i:j], 64); err != nil {
+				return nil, fmt.Errorf("bad number %q at %d", s[i:j], i)
+			}
+			toks = append(toks, token{tokNumber, s[i:j], i})
+			i = j
+		case isWordByte(c):
+			j := i
+			for j < len(s) && (isWordByte(s[j]) || (s[j] >= '0' && s[j] <= '9')) {
+				j++
+			}
+			toks = append(toks, token{tokWord, s[i:j], i})
+			i = j
+		default:
+			sym := string(c)
+			if i+1 < len(s) {
+				if two := s[i : i+2]; two == "!=" || two == "<>" || two == "<=" || two == ">=" {
+					sym = two
+				}
+			}
+			if !strings.Contains("()[],.=<>*", sym) && len(sym) == 1 {
+				return nil, fmt.Errorf("unexpected character %q at %d", c, i)
+			}
+			toks = append(toks, token{tokSymbol, sym, i})
+			i += len(sym)
+		}
+	}
+	return toks, nil
+}
+
+func isWordByte(c byte) bool {
+	return c == '_' || c == '$' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+}
+
+type parser struct {
+	toks []token
+	i    int
+}
+
+func (p *parser) done() bool { return p.i >= len(p.toks) }
+
+func (p *parser) peek() token {
+	if p.done() {
+		return token{kind: tokSymbol, text: "end of query"}
+	}
+	return p.toks[p.i]
+}
+
+func (p *parser) acceptWord(w string) bool {
+	t := p.peek()
+	if !p.done() && (t.kind == tokWord || t.kind == tokSymbol) && strings.EqualFold(t.text, w) {
+		p.i++
+		return true
+	}
+	return false
+}
+
+func (p *parser) expectWord(w string) error {
+	if !p.acceptWord(w) {
+		return fmt.Errorf("expected %s, found %q", w, p.peek().text)
+	}
+	return nil
+}
+
+func (p *parser) acceptSymbol(sym string) bool {
+	if t := p.peek(); !p.done() && t.kind == tokSymbol && t.text == sym {
+		p.i++
+		return true
+	}
+	return false
+}
+
+func (p *parser) or() (expr, error) {
+	l, err := p.and()
+	if err != nil {
+		return nil, err
+	}
+	for p.acceptWord("OR") {
+		r, err := p.and()
+		if err != nil {
+			return nil, err
+		}
+		l = orExpr{l, r}
+	}
+	return l, nil
+}
+
+func (p *parser) and() (expr, error) {
+	l, err := p.not()
+	if err != nil {
+		return nil, err
+	}
+	for p.acceptWord("AND") {
+		r, err := p.not()
+		if err != nil {
+			return nil, err
+		}
+		l = andExpr{l, r}
+	}
+	return l, nil
+}
+
+func (p *parser) not() (expr, error) {
+	if p.acceptWord("NOT") {
+		e, err := p.not()
+		if err != nil {
+			return nil, err
+		}
+		return notExpr{e}, nil
+	}
+	return p.primary()
+}
+
+func (p *parser) primary() (expr, error) {
+	if p.acceptSymbol("(") {
+		e, err := p.or()
+		if err != nil {
+			return nil, err
+		}
+		if !p.acceptSymbol(")") {
+			return nil, fmt.Errorf("expected ), found %q", p.peek().text)
+		}
+		return e, nil
+	}
+	if p.acceptWord("IS_DEFINED") {
+		if !p.acceptSymbol("(") {
+			return nil, errors.New("expected ( after IS_DEFINED")
+		}
+		path, err := p.path()
+		if err != nil {
+			return nil, err
+		}
+		if !p.acceptSymbol(")") {
+			return nil, fmt.Errorf("expected ), found %q", p.peek().text)
+		}
+		return definedExpr{path}, nil
+	}
+	path, err := p.path()
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range []string{"IN", "NIN"} {
+		if p.acceptWord(w) {
+			list, err := p.list()
+			if err != nil {
+				return nil, err
+			}
+			return inExpr{path: path, list: list, not: w == "NIN"}, nil
+		}
+	}
+	op := p.peek()
+	if p.done() || op.kind != tokSymbol || !strings.Contains(" = != <> < <= > >= ", " "+op.text+" ") {
+		return nil, fmt.Errorf("expected a comparison after %s, found %q", strings.Join(path, "."), op.text)
+	}
+	p.i++
+	lit, err := p.literal()
+	if err != nil {
+		return nil, err
+	}
+	if op.text == "<>" {
+		op.text = "!="
+	}
+	return cmpExpr{path: path, op: op.text, lit: lit}, nil
+}
+
+func (p *parser) path() ([]string, error) {
+	var path []string
+	for {
+		t := p.peek()
+		if p.done() || t.kind != tokWord {
+			return nil, fmt.Errorf("expected a property name, found %q", t.text)
+		}
+		p.i++
+		path = append(path, t.text)
+		if !p.acceptSymbol(".") {
+			return path, nil
+		}
+	}
+}
+
+func (p *parser) list() ([]any, error) {
+	if !p.acceptSymbol("[") {
+		return nil, fmt.Errorf("expected [, found %q", p.peek().text)
+	}
+	var list []any
+	for !p.acceptSymbol("]") {
+		if len(list) > 0 && !p.acceptSymbol(",") {
+			return nil, fmt.Errorf("expected , or ], found %q", p.peek().text)
+		}
+		lit, err := p.literal()
+		if err != nil {
+			return nil, err
+		}
+		list = append(list, lit)
+	}
+	return list, nil
+}
+
+func (p *parser) literal() (any, error) {
+	t := p.peek()
+	if p.done() {
+		return nil, errors.New("expected a value, found the end of the query")
+	}
+	switch {
+	case t.kind == tokString:
+		p.i++
+		return t.text, nil
+	case t.kind == tokNumber:
+		p.i++
+		f, _ := strconv.ParseFloat(t.text, 64)
+		return f, nil
+	case t.kind == tokWord && strings.EqualFold(t.text, "true"):
+		p.i++
+		return true, nil
+	case t.kind == tokWord && strings.EqualFold(t.text, "false"):
+		p.i++
+		return false, nil
+	case t.kind == tokWord && strings.EqualFold(t.text, "null"):
+		p.i++
+		return nil, nil
+	}
+	return nil, fmt.Errorf("expected a value, found %q", t.text)
+}
+
+func (h *Hub) handleQuery(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Query string `json:"query"` // the Go SDK sends "Query"; JSON keys match case-insensitively
+	}
+	if err := decodeBody(w, r, &req); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	q, err := parseQuery(req.Query)
+	if err != nil {
+		h.fail(w, r, errorf(ErrArgumentInvalid, "query: %v", err))
+		return
+	}
+	page := defaultQueryPage
+	if s := r.Header.Get("x-ms-max-item-count"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxQueryPage {
+			h.fail(w, r, errorf(ErrArgumentInvalid, "x-ms-max-item-count must be a number from 1 to %d", maxQueryPage))
+			return
+		}
+		page = n
+	}
+	after := ""
+	if s := r.Header.Get("x-ms-continuation"); s != "" {
+		b, err := base64.RawURLEncoding.DecodeString(s)
+		if err != nil {
+			h.fail(w, r, errorf(ErrArgumentInvalid, "x-ms-continuation is not a token this hub issued"))
+			return
+		}
+		after = string(b)
+	}
+	twins, next, err := h.runQuery(q, after, page)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if next != "" {
+		w.Header().Set("x-ms-continuation", base64.RawURLEncoding.EncodeToString([]byte(next)))
+	}
+	w.Header().Set("x-ms-item-type", "DeviceTwin")
+	writeJSON(w, http.StatusOK, twins)
+}
+
+// runQuery returns up to page matching twins with device IDs after after,
+// and the ID to continue after when more may match.
+func (h *Hub) runQuery(q query, after string, page int) ([]map[string]any, string, error) {
+	out := []map[string]any{}
+	next := ""
+	err := h.store.View(func(tx *store.Tx) error {
+		return tx.Devices(after, func(d store.Device) (bool, error) {
+			tw, err := tx.Twin(d.ID)
+			if err != nil {
+				return false, fmt.Errorf("twin %s: %w", d.ID, err)
+			}
+			doc, err := asDocument(h.twinView(d, tw))
+			if err != nil {
+				return false, err
+			}
+			if q.where != nil && !q.where.eval(doc) {
+				return true, nil
+			}
+			if len(out) == page {
+				next = out[len(out)-1]["deviceId"].(string)
+				return false, nil
+			}
+			out = append(out, doc)
+			return true, nil
+		})
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("run query: %w", err)
+	}
+	return out, next, nil
+}
+
+// asDocument turns a view into the generic JSON document queries see.
+func asDocument(v any) (map[string]any, error) {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var doc map[string]any
+	return doc, dec.Decode(&doc)
+}

@@ -1,0 +1,144 @@
+// Command localhub runs an IoT Hub-compatible endpoint on this machine: MQTT
+// over TLS for devices, HTTPS REST for services, with durable identities and
+// twins in a state directory. See package internal/hub.
+//
+//	localhub                                   serve (Ctrl-C stops)
+//	localhub connection-string                 print the service connection string
+//	localhub connection-string --device ID     print a device connection string
+//	localhub connection-string --device ID --create
+//
+// Flags fall back to DMFLOW_LOCALHUB_* environment variables.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dmflow/dmflow/internal/hub"
+	"github.com/dmflow/dmflow/internal/hub/store"
+	"github.com/dmflow/dmflow/internal/logging"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "localhub:", err)
+		os.Exit(1)
+	}
+}
+
+// run executes the command line; tests call it with their own arguments,
+// environment and output.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := hub.ConfigFromEnv(getenv)
+	if err != nil {
+		return err
+	}
+	root := &cobra.Command{
+		Use:               "localhub",
+		Short:             "Run an IoT Hub-compatible endpoint (MQTT devices, HTTPS service API)",
+		Args:              cobra.NoArgs,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return serve(cmd.Context(), cfg, stdout, stderr)
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the store, TLS material and policy key (env "+hub.EnvStateDir+")")
+	pf.StringVar(&cfg.Host, "host", cfg.Host, "host name clients use for the hub (env "+hub.EnvHost+")")
+	pf.StringVar(&cfg.HTTPSAddr, "https-addr", cfg.HTTPSAddr, "listen address of the service REST API (env "+hub.EnvHTTPSAddr+")")
+	f := root.Flags()
+	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", cfg.MQTTAddr, "listen address of the device MQTT endpoint (env "+hub.EnvMQTTAddr+")")
+	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format, "+logging.Formats+" (env "+hub.EnvLogFormat+")")
+	f.Float64Var(&cfg.MethodRateLimit, "method-rate-limit", cfg.MethodRateLimit, "direct-method calls per second before 429 ThrottlingException, 0 for no limit (env "+hub.EnvMethodRateLimit+")")
+
+	var device string
+	var create bool
+	cs := &cobra.Command{
+		Use:   "connection-string",
+		Short: "Print the service connection string, or with --device a device connection string",
+		Long: "Print the iothubowner service connection string read from the state directory, " +
+			"or with --device the connection string of that device, read (or with --create registered) " +
+			"through the running localhub's REST API.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			var s string
+			var err error
+			switch {
+			case device != "":
+				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+				defer cancel()
+				s, err = cfg.DeviceConnectionString(ctx, device, create)
+			case create:
+				return errors.New("--create needs --device: name the device to register")
+			default:
+				s, err = cfg.ServiceConnectionString()
+			}
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(stdout, s)
+			return err
+		},
+	}
+	cs.Flags().StringVar(&device, "device", "", "device ID; prints its connection string instead of the service one")
+	cs.Flags().BoolVar(&create, "create", false, "register the device if it does not exist")
+	root.AddCommand(cs)
+
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	return root.ExecuteContext(ctx)
+}
+
+// serve runs localhub until ctx ends.
+func serve(ctx context.Context, cfg hub.Config, stdout, stderr io.Writer) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log, err := logging.New(cfg.LogFormat, stderr, slog.LevelInfo)
+	if err != nil {
+		return err
+	}
+	h, err := hub.New(cfg.Options(log))
+	if err != nil {
+		return explain(err, cfg)
+	}
+	if err := h.Start(ctx); err != nil {
+		_ = h.Close()
+		return explain(err, cfg)
+	}
+	fmt.Fprintf(stdout, "localhub ready host=%s mqtt=%s https=%s ca=%s\n", h.HostName(), h.MQTTAddr(), h.HTTPSAddr(), h.CACertFile())
+	<-ctx.Done()
+	log.Info("shutting down")
+	return h.Close()
+}
+
+// explain adds the fix to errors a user can act on.
+func explain(err error, cfg hub.Config) error {
+	switch {
+	case errors.Is(err, store.ErrLocked):
+		return fmt.Errorf("state dir %s is in use by another localhub: stop it or pass another --state-dir (%w)", cfg.StateDir, err)
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("%w: another process listens there; stop it or pick free ports with --mqtt-addr and --https-addr", err)
+	case errors.Is(err, syscall.EACCES) || errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("%w: check the permissions of --state-dir %s, or use ports above 1023", err, cfg.StateDir)
+	}
+	return err
+}

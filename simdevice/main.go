@@ -1,0 +1,160 @@
+// Command simdevice simulates one IoT Hub device that serves the remote-reboot
+// tutorial's rebootDevice method (see internal/device), against Azure IoT Hub
+// or localhub.
+//
+// Exit status: 0 after SIGINT/SIGTERM, 2 for bad input, 1 for other errors.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dmflow/dmflow/internal/device"
+	"github.com/dmflow/dmflow/internal/hubconn"
+	"github.com/dmflow/dmflow/internal/logging"
+)
+
+func main() {
+	os.Exit(execute(os.Args[1:], os.Getenv, os.Stderr))
+}
+
+// usageError marks bad input: exit status 2.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// execute runs the command line args and returns the exit status.
+func execute(args []string, getenv func(string) string, stderr io.Writer) int {
+	started := false
+	cmd := newCommand(getenv, stderr, func() { started = true })
+	cmd.SetArgs(args)
+	cmd.SetOut(stderr)
+	cmd.SetErr(stderr)
+	err := cmd.Execute()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "simdevice:", err)
+	var ue usageError
+	if errors.As(err, &ue) || !started {
+		// Errors before the command ran are cobra's: unknown command,
+		// flag or argument.
+		return 2
+	}
+	return 1
+}
+
+// newCommand builds the command line; started is called when a command
+// begins to run.
+func newCommand(getenv func(string) string, stderr io.Writer, started func()) *cobra.Command {
+	var flags flagValues
+	runE := func(cmd *cobra.Command, _ []string) error {
+		started()
+		cfg, err := flags.resolve(getenv)
+		if err != nil {
+			return usageError{err}
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return run(ctx, cfg, stderr)
+	}
+	root := &cobra.Command{
+		Use:   "simdevice",
+		Short: "Simulate an IoT Hub device that serves rebootDevice",
+		Long: `Simulates one IoT Hub device serving the remote-reboot tutorial's direct
+method rebootDevice. Without a subcommand it runs the device.
+
+The device is given by IOTHUB_DEVICE_CONNECTION_STRING, or by --device-id
+(DMFLOW_DEVICE_ID) plus IOTHUB_CONNECTION_STRING, a service connection string
+with which simdevice registers the device if it is new. For localhub also set
+DMFLOW_HUB_CA_FILE to its ca.pem and DMFLOW_MQTT_BROKER to its MQTT address.
+
+It logs "simdevice ready device=<id>" once it is connected and serves the
+method, and stops on SIGINT or SIGTERM.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE:          runE,
+	}
+	flags.register(root.PersistentFlags())
+	root.AddCommand(&cobra.Command{
+		Use:           "run",
+		Short:         "Run the device (the default)",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE:          runE,
+	})
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.CompletionOptions.DisableDefaultCmd = true
+	return root
+}
+
+func run(ctx context.Context, cfg Config, stderr io.Writer) error {
+	logger, err := logging.New(cfg.LogFormat, stderr, slog.LevelInfo)
+	if err != nil {
+		return usageError{err}
+	}
+	conn, err := deviceConnection(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	d, err := device.New(device.Config{
+		ConnectionString: conn,
+		CAFile:           cfg.CAFile,
+		Broker:           cfg.Broker,
+		RebootDuration:   cfg.RebootDuration,
+		RebootStyle:      cfg.RebootStyle,
+		Logger:           logger,
+	})
+	if err != nil {
+		return usageError{err}
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	select {
+	case <-d.Ready():
+		logger.Info("simdevice ready", "device", d.ID(), "style", cfg.RebootStyle, "reboot_duration", cfg.RebootDuration.String())
+	case err := <-done:
+		return err
+	}
+	err = <-done
+	logger.Info("simdevice stopped", "device", d.ID(), "reboots", d.Reboots(), "method_calls", d.MethodCalls())
+	return err
+}
+
+// deviceConnection returns the device's connection string, registering the
+// device through the service connection string when only its ID is given.
+func deviceConnection(ctx context.Context, cfg Config) (hubconn.Device, error) {
+	if cfg.ConnectionString != "" {
+		d, err := hubconn.ParseDevice(settingDeviceCS, cfg.ConnectionString)
+		if err != nil {
+			return hubconn.Device{}, usageError{err}
+		}
+		return d, nil
+	}
+	s, err := hubconn.ParseService(envHubConnectionString, cfg.ServiceConnectionString)
+	if err != nil {
+		return hubconn.Device{}, usageError{err}
+	}
+	svc, err := hubconn.NewServiceClient(s, cfg.CAFile)
+	if err != nil {
+		return hubconn.Device{}, err
+	}
+	defer svc.Close()
+	if err := hubconn.Check(ctx, svc, envHubConnectionString); err != nil {
+		return hubconn.Device{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return device.Provision(ctx, svc, cfg.DeviceID)
+}
