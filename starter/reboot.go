@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -81,7 +82,7 @@ type rebootOutput struct {
 	WorkflowID string                  `json:"workflowId"`
 	RunID      string                  `json:"runId"`
 	URL        string                  `json:"url"`
-	Existing   bool                    `json:"existing,omitempty"`
+	Existing   string                  `json:"existing,omitempty"` // status of the run found, when the request had been started before
 	Result     *workflows.RebootResult `json:"result,omitempty"`
 	Error      string                  `json:"error,omitempty"`
 }
@@ -102,25 +103,35 @@ func runReboot(ctx context.Context, g *globals, f rebootFlags, in workflows.Rebo
 	run, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:        id,
 		TaskQueue: f.taskQueue,
-		// Same request while running: attach. Same request after it
-		// completed: refused by the server, reported as already done, so a
-		// repeated command never reboots twice.
-		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE_FAILED_ONLY,
+		// The same request again never reboots twice: while it runs the
+		// start is refused and we follow the running workflow; once it has
+		// completed the start is refused too and we report that run. Only a
+		// failed request may be started again under the same ID.
+		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+		WorkflowIDReusePolicy:                    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE_FAILED_ONLY,
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
 	}, workflows.Reboot, in)
 	var started *serviceerror.WorkflowExecutionAlreadyStarted
 	switch {
 	case errors.As(err, &started):
-		res.Existing = true
-		run = tc.GetWorkflow(ctx, id, "")
+		desc, derr := tc.DescribeWorkflowExecution(ctx, id, "")
+		if derr != nil {
+			return fmt.Errorf("reboot %s exists but cannot be described: %w", id, derr)
+		}
+		res.Existing = desc.GetWorkflowExecutionInfo().GetStatus().String()
+		run = tc.GetWorkflow(ctx, id, desc.GetWorkflowExecutionInfo().GetExecution().GetRunId())
 	case err != nil:
 		return fmt.Errorf("start reboot of %s: %w", in.DeviceID, err)
 	}
 	res.RunID = run.GetRunID()
 	if g.output == "text" {
 		verb := "started"
-		if res.Existing {
-			verb = "already ran:"
+		switch res.Existing {
+		case "":
+		case enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING.String():
+			verb = "already running:"
+		default:
+			verb = "already ran (" + strings.ToLower(res.Existing) + "):"
 		}
 		fmt.Fprintf(out, "%s reboot of %s\n  workflow: %s\n  ui:       %s\n", verb, in.DeviceID, id, res.URL)
 	}

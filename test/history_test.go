@@ -1,0 +1,62 @@
+//go:build integration
+
+package test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dmflow/dmflow/internal/hubconn"
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/api/temporalproto"
+	"go.temporal.io/sdk/client"
+)
+
+// historyJSON fetches a workflow's full history as the JSON that
+// worker.WorkflowReplayer reads (the same form as `temporal workflow show
+// --output json`).
+func historyJSON(t *testing.T, c client.Client, workflowID string) []byte {
+	t.Helper()
+	it := c.GetWorkflowHistory(context.Background(), workflowID, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	h := &historypb.History{}
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Events = append(h.Events, ev)
+	}
+	b, err := temporalproto.CustomJSONMarshalOptions{Indent: "  "}.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// checkHistory asserts a history holds no secret, and with
+// DMFLOW_RECORD_HISTORY=dir saves it there as <name>.json for the replay
+// tests in workflows/testdata (`make record-histories`).
+func checkHistory(t *testing.T, c client.Client, workflowID, name string) {
+	t.Helper()
+	b := historyJSON(t, c, workflowID)
+	s, err := hubconn.ParseService("hub", env.hubCS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := s.String()[strings.LastIndex(s.String(), "SharedAccessKey=")+len("SharedAccessKey="):]
+	for _, secret := range []string{key, "SharedAccessKey=", "SharedAccessSignature", "sig="} {
+		if strings.Contains(string(b), secret) {
+			t.Errorf("history of %s contains %q", workflowID, secret)
+		}
+	}
+	if dir := os.Getenv("DMFLOW_RECORD_HISTORY"); dir != "" {
+		if err := os.WriteFile(filepath.Join(dir, name+".json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("recorded history of %s in %s", workflowID, filepath.Join(dir, name+".json"))
+	}
+}
