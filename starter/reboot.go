@@ -99,7 +99,7 @@ func runReboot(ctx context.Context, g *globals, f rebootFlags, in workflows.Rebo
 	}
 
 	id := workflows.RebootWorkflowID(in.DeviceID, in.RequestID)
-	res := rebootOutput{WorkflowID: id, URL: temporalconn.WorkflowURL(g.temporal.UIURL, opts.Namespace, id)}
+	res := rebootOutput{WorkflowID: id}
 	run, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:        id,
 		TaskQueue: f.taskQueue,
@@ -124,6 +124,7 @@ func runReboot(ctx context.Context, g *globals, f rebootFlags, in workflows.Rebo
 		return fmt.Errorf("start reboot of %s: %w", in.DeviceID, err)
 	}
 	res.RunID = run.GetRunID()
+	res.URL = temporalconn.WorkflowURL(g.temporal.UIURL, opts.Namespace, id, res.RunID)
 	if g.output == "text" {
 		verb := "started"
 		switch res.Existing {

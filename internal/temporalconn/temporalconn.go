@@ -72,11 +72,16 @@ func (c Config) Dial(ctx context.Context, logger *slog.Logger) (client.Client, e
 	return cl, nil
 }
 
-// WorkflowURL links a workflow in the Temporal Web UI.
-func WorkflowURL(uiBase, namespace, workflowID string) string {
+// WorkflowURL links a workflow run's history in the Temporal Web UI; with
+// no runID, the workflow ID alone (the UI shows its latest run).
+func WorkflowURL(uiBase, namespace, workflowID, runID string) string {
 	if uiBase == "" {
 		uiBase = DefaultUIURL
 	}
-	return strings.TrimRight(uiBase, "/") + "/namespaces/" + url.PathEscape(namespace) +
+	u := strings.TrimRight(uiBase, "/") + "/namespaces/" + url.PathEscape(namespace) +
 		"/workflows/" + url.PathEscape(workflowID)
+	if runID != "" {
+		u += "/" + url.PathEscape(runID) + "/history"
+	}
+	return u
 }

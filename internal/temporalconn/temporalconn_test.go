@@ -62,9 +62,12 @@ func TestDialUnreachableNamesFix(t *testing.T) {
 }
 
 func TestWorkflowURL(t *testing.T) {
-	got := WorkflowURL("http://localhost:8233/", "default", "reboot/dev-001/r1")
-	want := "http://localhost:8233/namespaces/default/workflows/reboot%2Fdev-001%2Fr1"
-	if got != want {
-		t.Errorf("got %s, want %s", got, want)
+	for _, tc := range []struct{ run, want string }{
+		{"", "http://localhost:8233/namespaces/default/workflows/reboot%2Fdev-001%2Fr1"},
+		{"0199-abc", "http://localhost:8233/namespaces/default/workflows/reboot%2Fdev-001%2Fr1/0199-abc/history"},
+	} {
+		if got := WorkflowURL("http://localhost:8233/", "default", "reboot/dev-001/r1", tc.run); got != tc.want {
+			t.Errorf("got %s, want %s", got, tc.want)
+		}
 	}
 }
