@@ -22,10 +22,16 @@ const (
 	codeDeviceConnectionClosedRemotely = 404104
 )
 
+// codeNames maps the names in a Message to codes; the ones beyond the three
+// above only make messages complete when a body carries the name alone.
 var codeNames = map[string]int{
 	"DeviceNotFound":                 codeDeviceNotFound,
 	"DeviceNotOnline":                codeDeviceNotOnline,
 	"DeviceConnectionClosedRemotely": codeDeviceConnectionClosedRemotely,
+	"ArgumentInvalid":                400004,
+	"IotHubUnauthorizedAccess":       401002,
+	"ThrottlingException":            429001,
+	"GatewayTimeout":                 504101,
 }
 
 // hubError is what an IoT Hub REST error says about itself.
@@ -126,6 +132,12 @@ func classify(err error, op, device string) error {
 	if !ok {
 		return retryable
 	}
+	// The client's error text is the raw body, escaped JSON with tracking
+	// IDs; what lands in the workflow's history should read as a sentence.
+	retryable = &hubCallError{
+		msg: fmt.Sprintf("%s: IoT Hub answered HTTP %d%s: %s", where, he.status, codeSuffix(he.code), he.message),
+		err: err,
+	}
 	switch {
 	case he.code == codeDeviceNotOnline || he.code == codeDeviceConnectionClosedRemotely:
 		return retryable
@@ -147,6 +159,16 @@ func classify(err error, op, device string) error {
 	}
 	return retryable
 }
+
+// hubCallError is a retryable hub answer, readable, with the client's error
+// underneath for errors.As.
+type hubCallError struct {
+	msg string
+	err error
+}
+
+func (e *hubCallError) Error() string { return e.msg }
+func (e *hubCallError) Unwrap() error { return e.err }
 
 func codeSuffix(code int) string {
 	if code == 0 {

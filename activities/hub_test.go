@@ -12,9 +12,9 @@ import (
 	"go.temporal.io/sdk/worker"
 )
 
-// fakeHub answers from functions the test sets and counts the calls. Tests against a real localhub
-// live elsewhere; this fake drives the activities through answers localhub cannot easily produce
-// (a 500 from the device, throttling, a hub that never reports).
+// fakeHub answers from functions the test sets and counts the calls. The tests against a real
+// localhub are in localhub_test.go; this fake drives the activities through sequences that are
+// awkward to stage on a real hub (exact poll counts, transient errors in a given order, throttling).
 type fakeHub struct {
 	call func(ctx context.Context, n int, call *iotservice.MethodCall) (*iotservice.MethodResult, error)
 	twin func(ctx context.Context, n int) (*iotservice.Twin, error)

@@ -46,7 +46,11 @@ start() {
     log "stack: $name already running (pid $(cat "$pidfile"))"
     return 0
   fi
-  "$@" >"$STATE/$name.log" 2>&1 &
+  # A session of its own: a Ctrl-C meant for the demo does not reach the
+  # stack directly, so `down` stops it in order (devices, worker, hub,
+  # Temporal). setsid does not fork here (we are not a group leader), so $!
+  # is the process itself.
+  setsid "$@" </dev/null >"$STATE/$name.log" 2>&1 &
   echo $! >"$pidfile"
 }
 
