@@ -13,18 +13,19 @@ import (
 	"github.com/dmflow/dmflow/internal/device"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
+	"github.com/dmflow/dmflow/internal/settings"
 )
 
 // Setting names, quoted in errors so a user knows what to change.
 const (
-	envDeviceConnectionString = "IOTHUB_DEVICE_CONNECTION_STRING"
-	envHubConnectionString    = "IOTHUB_CONNECTION_STRING"
+	envDeviceConnectionString = settings.DeviceConnectionString
+	envHubConnectionString    = settings.HubConnectionString
 	envDeviceID               = "DMFLOW_DEVICE_ID"
-	envHubCAFile              = "DMFLOW_HUB_CA_FILE"
-	envBroker                 = "DMFLOW_MQTT_BROKER"
+	envHubCAFile              = settings.HubCAFile
+	envBroker                 = settings.MQTTBroker
 	envRebootDuration         = "DMFLOW_REBOOT_DURATION"
 	envRebootStyle            = "DMFLOW_REBOOT_STYLE"
-	envLogFormat              = "DMFLOW_LOG_FORMAT"
+	envLogFormat              = settings.LogFormat
 
 	// settingDeviceCS names the device connection string in errors.
 	settingDeviceCS = envDeviceConnectionString + " (--connection-string)"
@@ -61,15 +62,7 @@ func (f *flagValues) register(fs *pflag.FlagSet) {
 
 // resolve applies flags over the environment over the defaults.
 func (f flagValues) resolve(getenv func(string) string) (Config, error) {
-	pick := func(flag, env, def string) string {
-		if flag != "" {
-			return flag
-		}
-		if v := getenv(env); v != "" {
-			return v
-		}
-		return def
-	}
+	pick := func(flag, env, def string) string { return settings.Pick(getenv, flag, env, def) }
 	cfg := Config{
 		ConnectionString:        pick(f.connectionString, envDeviceConnectionString, ""),
 		DeviceID:                pick(f.deviceID, envDeviceID, ""),

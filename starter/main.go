@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/internal/temporalconn"
 	"github.com/spf13/cobra"
 )
@@ -68,7 +69,7 @@ Web UI base URL used in links (default ` + temporalconn.DefaultUIURL + `).`,
 				return usageError{fmt.Errorf("--output %q is not known: use text or json", g.output)}
 			}
 			if g.temporal.UIURL == "" {
-				g.temporal.UIURL = getenv("DMFLOW_TEMPORAL_UI")
+				g.temporal.UIURL = getenv(settings.TemporalUI)
 			}
 			return nil
 		},

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/internal/temporalconn"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
@@ -56,12 +57,7 @@ running workflow, and a request that already completed is not run twice.`,
 			if err := in.Validate(); err != nil {
 				return usageError{err}
 			}
-			if f.taskQueue == "" {
-				f.taskQueue = g.getenv("DMFLOW_TASK_QUEUE")
-			}
-			if f.taskQueue == "" {
-				f.taskQueue = workflows.TaskQueue
-			}
+			f.taskQueue = settings.Pick(g.getenv, f.taskQueue, settings.TaskQueue, workflows.TaskQueue)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return runReboot(ctx, g, f, in, cmd.OutOrStdout())

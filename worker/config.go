@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
+	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/internal/temporalconn"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/pflag"
@@ -10,10 +11,10 @@ import (
 
 // Setting names, quoted in errors so a user knows what to change.
 const (
-	envHubConnectionString = "IOTHUB_CONNECTION_STRING"
-	envHubCAFile           = "DMFLOW_HUB_CA_FILE"
-	envTaskQueue           = "DMFLOW_TASK_QUEUE"
-	envLogFormat           = "DMFLOW_LOG_FORMAT"
+	envHubConnectionString = settings.HubConnectionString
+	envHubCAFile           = settings.HubCAFile
+	envTaskQueue           = settings.TaskQueue
+	envLogFormat           = settings.LogFormat
 )
 
 // Config is the worker's whole configuration. The hub connection string lives
@@ -41,15 +42,7 @@ func (f *flagValues) register(fs *pflag.FlagSet) {
 
 // resolve applies flags over the environment and validates the result.
 func (f flagValues) resolve(getenv func(string) string) (Config, error) {
-	pick := func(flag, env, def string) string {
-		if flag != "" {
-			return flag
-		}
-		if v := getenv(env); v != "" {
-			return v
-		}
-		return def
-	}
+	pick := func(flag, env, def string) string { return settings.Pick(getenv, flag, env, def) }
 	cfg := Config{
 		CAFile:    pick(f.caFile, envHubCAFile, ""),
 		TaskQueue: pick(f.taskQueue, envTaskQueue, workflows.TaskQueue),
