@@ -108,6 +108,42 @@ func TestRebootSurvivesWorkerCrash(t *testing.T) {
 	}
 }
 
+// A worker killed (SIGKILL) while the device is still rebooting inside the
+// method call: the retried InvokeMethod reaches the device again with the
+// same requestId, and the device does not reboot a second time.
+func TestRebootWorkerCrashDuringInvoke(t *testing.T) {
+	queue := "it-reboot-crash-invoke"
+	w := startWorker(t, queue)
+	dev := startDevice(t, "dev-crash-invoke", "--reboot-duration", "15s")
+
+	c := temporalClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.RebootWorkflowID("dev-crash-invoke", "x"), TaskQueue: queue},
+		workflows.Reboot, workflows.RebootInput{DeviceID: "dev-crash-invoke", RequestID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.waitFor("msg=rebooting", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	w.kill()
+	t.Log("worker killed while the device reboots inside rebootDevice")
+	startWorker(t, queue)
+
+	var r workflows.RebootResult
+	if err := run.Get(ctx, &r); err != nil {
+		t.Fatalf("workflow after worker crash: %v", err)
+	}
+	out := dev.output()
+	if n := strings.Count(out, "msg=rebooting "); n != 1 {
+		t.Errorf("device rebooted %d times, want 1:\n%s", n, out)
+	}
+	if r.Attempts < 2 || !strings.Contains(out, "repeated reboot request") {
+		t.Errorf("attempts %d, device log %q: want the retried call to reach the device and be recognised", r.Attempts, out)
+	}
+}
+
 // An unknown device fails fast with a non-retryable error naming it.
 func TestRebootUnknownDeviceFailsFast(t *testing.T) {
 	queue := "it-reboot-unknown"
