@@ -1,5 +1,8 @@
 // Package activities holds the Temporal activities through which dmflow workflows reach Azure IoT Hub:
-// invoking a direct method on a device and waiting for a device to report a twin property.
+// invoking a direct method on a device (InvokeMethod), reading reported twin properties (GetTwin),
+// waiting for a device to report a twin property (WaitForReported) and following a firmware update
+// through its reported stages (FollowStages). The two waits share one heartbeating poll loop with
+// exponential backoff (poll.go).
 //
 // Activities are methods on [Activities], whose dependencies are set once by the worker; workflows
 // reference them through a nil *Activities. Every error from the hub passes through one classification
@@ -28,8 +31,15 @@ const (
 	ErrBadRequest = "BadRequest"
 	// ErrMethodFailed: the device answered a direct method with a status outside 200–299.
 	ErrMethodFailed = "MethodFailed"
-	// ErrDeadlineExceeded: WaitForReported passed its deadline before the condition held.
+	// ErrDeadlineExceeded: WaitForReported or FollowStages passed its deadline before the condition
+	// held or the update completed.
 	ErrDeadlineExceeded = "DeadlineExceeded"
+	// ErrStageTimeout: FollowStages saw no next firmware stage within the stage timeout; the message
+	// names the stage the device is stuck in.
+	ErrStageTimeout = "StageTimeout"
+	// ErrDeviceError: the device reported firmwareStatus "error" for the update, with its reason and
+	// the stage it failed in.
+	ErrDeviceError = "DeviceError"
 )
 
 // Hub is the part of the IoT Hub service API the activities use. *iotservice.Client satisfies it;

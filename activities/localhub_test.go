@@ -203,7 +203,7 @@ func requireRetryable(t *testing.T, err error) {
 	var appErr *temporal.ApplicationError
 	if errors.As(err, &appErr) {
 		assert.False(t, appErr.NonRetryable(), "want retryable: %v", err)
-		for _, typ := range []string{ErrDeviceNotFound, ErrUnauthorized, ErrBadRequest, ErrMethodFailed, ErrDeadlineExceeded} {
+		for _, typ := range []string{ErrDeviceNotFound, ErrUnauthorized, ErrBadRequest, ErrMethodFailed, ErrDeadlineExceeded, ErrStageTimeout, ErrDeviceError} {
 			assert.NotEqual(t, typ, appErr.Type(), "want a plain error, got type %s: %v", typ, err)
 		}
 	}

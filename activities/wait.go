@@ -18,10 +18,11 @@ import (
 const (
 	defaultInitialInterval = time.Second
 	defaultMaxInterval     = 10 * time.Second
-	// twinReadTimeout bounds one twin read. A read normally takes well under a second; bounding it
-	// keeps the gap between heartbeats (one read plus one wait of at most MaxInterval) below the
-	// heartbeat timeout workflows set, and turns a stuck connection into a retried poll.
-	twinReadTimeout = 5 * time.Second
+	// waitMultiplier and waitJitter are backoff/v4's defaults, which WaitForReported has always
+	// used: a gentle growth from InitialInterval, and jitter that spreads the polls of many devices
+	// waiting at once (a rollout) over time.
+	waitMultiplier = backoff.DefaultMultiplier
+	waitJitter     = backoff.DefaultRandomizationFactor
 )
 
 // WaitForReportedInput says which reported property to wait for and what it must look like.
@@ -95,63 +96,43 @@ func (a *Activities) WaitForReported(ctx context.Context, in WaitForReportedInpu
 		}
 	}
 
-	// Jitter spreads the polls of many devices waiting at once (a rollout) over time. MaxElapsedTime 0:
-	// the deadline bounds the wait, not the backoff.
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(initial),
-		backoff.WithMaxInterval(maxInterval),
-		backoff.WithMaxElapsedTime(0),
-	)
-	for {
-		value, version, found, readErr := a.readReported(ctx, in.DeviceID, in.Property)
-		p.Polls++
-		if ctx.Err() != nil {
-			return WaitForReportedResult{}, ctx.Err()
-		}
-		if readErr == nil {
-			p.LastValue, p.LastVersion = value, version
-		}
-		activity.RecordHeartbeat(ctx, p)
-
-		if readErr != nil {
-			readErr = classify(readErr, "read twin", in.DeviceID)
-			if isNonRetryable(readErr) {
-				logger.Error("twin read failed", "polls", p.Polls, "error", readErr)
-				return WaitForReportedResult{}, readErr
+	var res WaitForReportedResult
+	err = a.runPoll(ctx, logger, twinPoll{
+		deviceID:    in.DeviceID,
+		initial:     initial,
+		maxInterval: maxInterval,
+		multiplier:  waitMultiplier,
+		jitter:      waitJitter,
+		observe: func(reported map[string]any, readErr error) (bool, error) {
+			p.Polls++
+			if readErr == nil {
+				value, found := lookup(reported, in.Property)
+				p.LastValue, p.LastVersion = value, reportedVersion(reported)
+				ok, why := in.satisfied(value, found)
+				if ok {
+					logger.Info("reported property satisfies the condition",
+						"value", value, "version", p.LastVersion, "polls", p.Polls)
+					res = WaitForReportedResult{Value: value, Version: p.LastVersion, Polls: p.Polls, SeenAt: time.Now().UTC()}
+					return true, nil
+				}
+				logger.Debug("reported property not there yet", "value", value, "reason", why, "polls", p.Polls)
 			}
-			logger.Warn("twin read failed, retrying", "polls", p.Polls, "error", readErr)
-		} else if ok, why := in.satisfied(value, found); ok {
-			logger.Info("reported property satisfies the condition",
-				"value", value, "version", version, "polls", p.Polls)
-			return WaitForReportedResult{Value: value, Version: version, Polls: p.Polls, SeenAt: time.Now().UTC()}, nil
-		} else {
-			logger.Debug("reported property not there yet", "value", value, "reason", why, "polls", p.Polls)
-		}
-
-		if !in.Deadline.IsZero() && !time.Now().Before(in.Deadline) {
-			err := temporal.NewNonRetryableApplicationError(
-				fmt.Sprintf("wait for %s on %s: deadline %s passed after %d polls; last value seen: %s",
-					in.Property, in.DeviceID, in.Deadline.UTC().Format(time.RFC3339), p.Polls, describeValue(p.LastValue)),
-				ErrDeadlineExceeded, nil, p)
-			logger.Warn("deadline passed", "polls", p.Polls, "last_value", p.LastValue)
-			return WaitForReportedResult{}, err
-		}
-
-		// The randomized interval may exceed MaxInterval by the randomization factor; clamp it, since
-		// the workflow's heartbeat timeout is sized on MaxInterval. Never sleep past the deadline, so
-		// that the last read happens at it.
-		wait := min(b.NextBackOff(), maxInterval)
-		if !in.Deadline.IsZero() {
-			wait = min(wait, time.Until(in.Deadline))
-		}
-		timer := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return WaitForReportedResult{}, ctx.Err()
-		case <-timer.C:
-		}
+			if !in.Deadline.IsZero() && !time.Now().Before(in.Deadline) {
+				logger.Warn("deadline passed", "polls", p.Polls, "last_value", p.LastValue)
+				return false, temporal.NewNonRetryableApplicationError(
+					fmt.Sprintf("wait for %s on %s: deadline %s passed after %d polls; last value seen: %s",
+						in.Property, in.DeviceID, in.Deadline.UTC().Format(time.RFC3339), p.Polls, describeValue(p.LastValue)),
+					ErrDeadlineExceeded, nil, p)
+			}
+			return false, nil
+		},
+		nextDeadline: func() time.Time { return in.Deadline },
+		progress:     func() any { return p },
+	})
+	if err != nil {
+		return WaitForReportedResult{}, err
 	}
+	return res, nil
 }
 
 // validate checks the input and returns the backoff intervals with defaults applied.
@@ -159,22 +140,12 @@ func (in WaitForReportedInput) validate() (initial, maxInterval time.Duration, e
 	if in.DeviceID == "" {
 		return 0, 0, badRequest("wait for %q: device ID is empty", in.Property)
 	}
-	if in.Property == "" || slices.Contains(strings.Split(in.Property, "."), "") {
+	if !validPath(in.Property) {
 		return 0, 0, badRequest("wait on %s: property path %q is not a dotted path such as firmware.status", in.DeviceID, in.Property)
 	}
-	if in.InitialInterval < 0 || in.MaxInterval < 0 {
-		return 0, 0, badRequest("wait for %s on %s: backoff intervals must not be negative", in.Property, in.DeviceID)
-	}
-	initial, maxInterval = in.InitialInterval, in.MaxInterval
-	if initial == 0 {
-		initial = defaultInitialInterval
-	}
-	if maxInterval == 0 {
-		maxInterval = max(defaultMaxInterval, initial)
-	}
-	if initial > maxInterval {
-		return 0, 0, badRequest("wait for %s on %s: initial interval %s exceeds max interval %s",
-			in.Property, in.DeviceID, initial, maxInterval)
+	initial, maxInterval, problem := backoffIntervals(in.InitialInterval, in.MaxInterval, defaultInitialInterval, defaultMaxInterval)
+	if problem != "" {
+		return 0, 0, badRequest("wait for %s on %s: %s", in.Property, in.DeviceID, problem)
 	}
 	return initial, maxInterval, nil
 }
@@ -201,50 +172,6 @@ func (in WaitForReportedInput) satisfied(value any, found bool) (bool, string) {
 		return false, "not one of " + strings.Join(in.OneOf, ", ")
 	}
 	return true, ""
-}
-
-// readReported reads the twin and looks up a dotted path in its reported properties. found is false
-// when the path is missing or null (a null in a reported patch removes the property).
-func (a *Activities) readReported(ctx context.Context, deviceID, path string) (value any, version int, found bool, err error) {
-	readCtx, cancel := context.WithTimeout(ctx, twinReadTimeout)
-	defer cancel()
-	twin, err := a.Hub.GetDeviceTwin(readCtx, deviceID)
-	if err != nil {
-		return nil, 0, false, err
-	}
-	if twin == nil || twin.Properties == nil {
-		return nil, 0, false, nil
-	}
-	reported := twin.Properties.Reported
-	version = toInt(reported["$version"])
-
-	var cur any = reported
-	for _, key := range strings.Split(path, ".") {
-		m, ok := cur.(map[string]any)
-		if !ok {
-			return nil, version, false, nil
-		}
-		if cur, ok = m[key]; !ok {
-			return nil, version, false, nil
-		}
-	}
-	return cur, version, cur != nil, nil
-}
-
-// toInt reads $version, which JSON decoding makes a float64.
-func toInt(v any) int {
-	switch n := v.(type) {
-	case float64:
-		return int(n)
-	case int:
-		return n
-	case int64:
-		return int(n)
-	case json.Number:
-		i, _ := n.Int64()
-		return int(i)
-	}
-	return 0
 }
 
 // valueString is the string form OneOf compares against: strings as they are, anything else as JSON,

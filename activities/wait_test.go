@@ -308,9 +308,10 @@ func TestReadReportedPath(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.path, func(t *testing.T) {
-			value, version, found, err := a.readReported(context.Background(), "dev1", tc.path)
+			reported, err := a.readReported(context.Background(), "dev1")
 			require.NoError(t, err)
-			assert.Equal(t, 12, version)
+			assert.Equal(t, 12, reportedVersion(reported))
+			value, found := lookup(reported, tc.path)
 			assert.Equal(t, tc.found, found)
 			assert.Equal(t, tc.value, value)
 		})
@@ -318,7 +319,10 @@ func TestReadReportedPath(t *testing.T) {
 
 	// A twin without reported properties (a device that never connected).
 	hub.twin = func(context.Context, int) (*iotservice.Twin, error) { return &iotservice.Twin{DeviceID: "dev1"}, nil }
-	_, _, found, err := a.readReported(context.Background(), "dev1", "rebootTime")
+	reported, err := a.readReported(context.Background(), "dev1")
 	require.NoError(t, err)
+	assert.Nil(t, reported)
+	_, found := lookup(reported, "rebootTime")
 	assert.False(t, found)
+	assert.Equal(t, 0, reportedVersion(reported))
 }

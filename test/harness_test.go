@@ -100,7 +100,8 @@ func setup() (int, error) {
 		"--ip", "127.0.0.1", "--port", strconv.Itoa(port), "--headless",
 		"--log-level", "warn",
 		"--search-attribute", "DmflowDevice=Keyword",
-		"--search-attribute", "DmflowOperation=Keyword")
+		"--search-attribute", "DmflowOperation=Keyword",
+		"--search-attribute", "DmflowTargetVersion=Keyword")
 	if err := waitTemporal(tp, 60*time.Second); err != nil {
 		return 1, err
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/hubconn"
@@ -32,7 +33,7 @@ func newCommand(getenv func(string) string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run dmflow's workflows and activities",
-		Long: `Runs dmflow's workflows (Reboot) and their activities.
+		Long: `Runs dmflow's workflows (Reboot, FirmwareUpdate) and their activities.
 
 Temporal is configured the standard way (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
 TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE). IoT Hub is reached with
@@ -55,6 +56,9 @@ also set DMFLOW_HUB_CA_FILE to its ca.pem.`,
 	return cmd
 }
 
+// heartbeatThrottle is the worker's MaxHeartbeatThrottleInterval; see run.
+const heartbeatThrottle = time.Second
+
 func run(ctx context.Context, cfg Config) error {
 	logger, err := logging.New(cfg.LogFormat, os.Stderr, slog.LevelInfo)
 	if err != nil {
@@ -74,8 +78,16 @@ func run(ctx context.Context, cfg Config) error {
 	}
 	defer tc.Close()
 
-	w := worker.New(tc, cfg.TaskQueue, worker.Options{})
+	w := worker.New(tc, cfg.TaskQueue, worker.Options{
+		// Heartbeats reach the server at most this long after an activity records them (default:
+		// 80% of the heartbeat timeout, 24 s for FollowStages). The firmware stages a client shows
+		// live are read from FollowStages' heartbeat details, so they should arrive within a second.
+		// The cost is small: the polls heartbeat once per twin read anyway, and InvokeMethod's
+		// heartbeats while a call is in flight (every ~3 s) are sent each instead of one per 8 s.
+		MaxHeartbeatThrottleInterval: heartbeatThrottle,
+	})
 	w.RegisterWorkflow(workflows.Reboot)
+	w.RegisterWorkflow(workflows.FirmwareUpdate)
 	w.RegisterActivity(&activities.Activities{Hub: hub})
 
 	if err := w.Start(); err != nil {

@@ -5,13 +5,14 @@ import (
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
+	"github.com/dmflow/dmflow/internal/protocol"
 	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 )
 
-// Activity settings of Reboot. The numbers are tied to the activities' own behaviour; see the
-// comments where they are used.
+// Activity settings of Reboot, shared with FirmwareUpdate's invocation and version check. The
+// numbers are tied to the activities' own behaviour; see the comments where they are used.
 const (
 	invokeHeartbeatTimeout = 10 * time.Second
 	waitHeartbeatTimeout   = 20 * time.Second
@@ -88,10 +89,10 @@ func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, err
 
 	r.logger.Info("invoking direct method", "method", RebootMethod, "deadline", deadline)
 	var inv activities.InvokeMethodResult
-	err := workflow.ExecuteActivity(r.invokeOptions(ctx, deadline), a.InvokeMethod, activities.InvokeMethodInput{
+	err := workflow.ExecuteActivity(invokeOptions(ctx, r.in.MethodTimeout, deadline), a.InvokeMethod, activities.InvokeMethodInput{
 		DeviceID:        r.in.DeviceID,
 		Method:          RebootMethod,
-		Payload:         map[string]any{"method_number": rebootPayloadMethodNumber, "requestId": workflowID},
+		Payload:         map[string]any{"method_number": rebootPayloadMethodNumber, protocol.FieldRequestID: workflowID},
 		ResponseTimeout: r.in.MethodTimeout,
 		// The device must be connected when the call arrives, as in the tutorial. An offline device
 		// makes the hub answer DeviceNotOnline, which the retry policy retries with backoff, so that
@@ -105,7 +106,7 @@ func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, err
 
 	r.setStep(ctx, StepWaiting)
 	var seen activities.WaitForReportedResult
-	err = workflow.ExecuteActivity(r.waitOptions(ctx, deadline), a.WaitForReported, activities.WaitForReportedInput{
+	err = workflow.ExecuteActivity(waitOptions(ctx, deadline), a.WaitForReported, activities.WaitForReportedInput{
 		DeviceID: r.in.DeviceID,
 		Property: RebootTimeProperty,
 		// After = the workflow's start: a rebootTime from an earlier reboot must not count. The device
@@ -144,17 +145,17 @@ func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, err
 	return res, nil
 }
 
-// invokeOptions are the activity options of InvokeMethod.
-func (r *reboot) invokeOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
+// invokeOptions are the activity options of InvokeMethod, for Reboot and FirmwareUpdate alike.
+func invokeOptions(ctx workflow.Context, methodTimeout time.Duration, deadline time.Time) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		// IoT Hub answers within MethodTimeout (with 504101 GatewayTimeout if the device does not);
-		// the margin covers TLS, the round trip and the hub's overhead. Longer is a stuck call.
-		StartToCloseTimeout: r.in.MethodTimeout + invokeMargin,
+		// IoT Hub answers within the method timeout (with 504101 GatewayTimeout if the device does
+		// not); the margin covers TLS, the round trip and the hub's overhead. Longer is a stuck call.
+		StartToCloseTimeout: methodTimeout + invokeMargin,
 		// The activity heartbeats every third of this while the call is in flight, so a dead worker is
 		// noticed in ~10 s rather than after the full method timeout.
 		HeartbeatTimeout: invokeHeartbeatTimeout,
-		// Retries stop when the reboot's time budget is spent: the schedule-to-close timeout, not an
-		// attempt count, bounds them (MaximumAttempts 0).
+		// Retries stop when the operation's time budget is spent: the schedule-to-close timeout, not
+		// an attempt count, bounds them (MaximumAttempts 0).
 		ScheduleToCloseTimeout: deadline.Sub(workflow.Now(ctx)),
 		RetryPolicy: &temporal.RetryPolicy{
 			// An offline device usually reconnects within seconds to a minute; 2 s doubling to a 30 s
@@ -174,9 +175,10 @@ func (r *reboot) invokeOptions(ctx workflow.Context, deadline time.Time) workflo
 	})
 }
 
-// waitOptions are the activity options of WaitForReported.
-func (r *reboot) waitOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
-	// The activity ends itself at the deadline; if the invocation used up the budget, it still gets
+// waitOptions are the activity options of WaitForReported, polling at most pollMaxInterval apart
+// until deadline.
+func waitOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
+	// The activity ends itself at the deadline; if earlier steps used up the budget, it still gets
 	// to read the twin once (remaining 0 plus the grace).
 	remaining := max(deadline.Sub(workflow.Now(ctx)), 0)
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{

@@ -16,6 +16,8 @@ func TestReplay(t *testing.T) {
 		workflow any
 	}{
 		{"reboot.json", Reboot},
+		{"firmware.json", FirmwareUpdate},
+		{"firmware_reboot.json", FirmwareUpdate},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			r := worker.NewWorkflowReplayer()

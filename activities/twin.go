@@ -1,0 +1,79 @@
+package activities
+
+import (
+	"context"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/log"
+)
+
+// maxTwinProperties bounds GetTwinInput.Properties: the activity exists to keep results small.
+const maxTwinProperties = 32
+
+// GetTwinInput names the reported properties to read from a device twin.
+type GetTwinInput struct {
+	DeviceID string `json:"deviceId"`
+	// Properties are dotted paths into the reported properties, e.g. "firmwareVersion". Only these
+	// are returned: a twin's reported section may hold up to 32 KB, and whatever an activity
+	// returns is stored in the workflow's history.
+	Properties []string `json:"properties"`
+}
+
+// GetTwinResult holds the requested reported properties that the device has reported.
+type GetTwinResult struct {
+	// Reported maps each requested path that is present and not null to its value; a path the
+	// device has not reported is absent.
+	Reported map[string]any `json:"reported,omitempty"`
+	// Version is the reported properties' $version.
+	Version int `json:"version"`
+	// Attempt is the activity attempt that read the twin (1 for the first). Each attempt makes one
+	// twin read, so it is also the number of reads this activity cost the hub's quota.
+	Attempt int `json:"attempt"`
+}
+
+// GetTwin reads a device twin once and returns the requested reported properties.
+//
+// It makes a single read, bounded by twinReadTimeout, and lets Temporal retry a failed one: a
+// throttled or unreachable hub gives a plain error, an unknown device or refused credentials a
+// non-retryable one (see classify). It does not heartbeat: one bounded read ends well within the
+// StartToCloseTimeout a workflow sets.
+func (a *Activities) GetTwin(ctx context.Context, in GetTwinInput) (GetTwinResult, error) {
+	logger := log.With(activity.GetLogger(ctx), "device", in.DeviceID)
+	if in.DeviceID == "" {
+		return GetTwinResult{}, badRequest("read twin: device ID is empty")
+	}
+	if len(in.Properties) == 0 || len(in.Properties) > maxTwinProperties {
+		return GetTwinResult{}, badRequest("read twin of %s: ask for 1 to %d reported properties, not %d",
+			in.DeviceID, maxTwinProperties, len(in.Properties))
+	}
+	for _, path := range in.Properties {
+		if !validPath(path) {
+			return GetTwinResult{}, badRequest("read twin of %s: property path %q is not a dotted path such as firmware.status", in.DeviceID, path)
+		}
+	}
+	if a.Hub == nil {
+		return GetTwinResult{}, errNoHub
+	}
+
+	reported, err := a.readReported(ctx, in.DeviceID)
+	if ctx.Err() != nil {
+		return GetTwinResult{}, ctx.Err()
+	}
+	if err != nil {
+		err = classify(err, "read twin", in.DeviceID)
+		logger.Warn("twin read failed", "error", err)
+		return GetTwinResult{}, err
+	}
+
+	out := GetTwinResult{Version: reportedVersion(reported), Attempt: int(activity.GetInfo(ctx).Attempt)}
+	for _, path := range in.Properties {
+		if v, ok := lookup(reported, path); ok {
+			if out.Reported == nil {
+				out.Reported = make(map[string]any, len(in.Properties))
+			}
+			out.Reported[path] = v
+		}
+	}
+	logger.Info("read twin", "version", out.Version, "reported", out.Reported)
+	return out, nil
+}

@@ -1,0 +1,157 @@
+// Command tutorial is the baseline dmflow is measured against: the
+// firmware-update service app of Microsoft's IoT Hub tutorial, as written
+// there. For each device, one after another, it invokes firmwareUpdate, then
+// reads the twin at a fixed interval until the device reports completed (or
+// error), with no retries. It prints what that cost: hub calls, time, and how
+// late each stage was seen.
+//
+//	tutorial --devices dev-001,dev-002 --uri https://fw.example/v2.bin --version 2.0.0 [--interval 6s]
+//
+// It reads IOTHUB_CONNECTION_STRING and DMFLOW_HUB_CA_FILE like the worker.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/amenzhinsky/iothub/iotservice"
+	"github.com/dmflow/dmflow/internal/hubconn"
+	"github.com/dmflow/dmflow/internal/protocol"
+	"github.com/dmflow/dmflow/internal/settings"
+)
+
+// deviceRun is what one device's update cost.
+type deviceRun struct {
+	Device     string        `json:"device"`
+	Status     string        `json:"status"`
+	MethodCall int           `json:"methodCalls"`
+	TwinReads  int           `json:"twinReads"`
+	Duration   time.Duration `json:"duration"`
+	// Lag is, per stage, how long after the device's own timestamp the
+	// loop saw it.
+	Lag map[string]time.Duration `json:"lag"`
+	Err string                   `json:"error,omitempty"`
+}
+
+// summary is the whole run.
+type summary struct {
+	Devices   int           `json:"devices"`
+	Interval  time.Duration `json:"interval"`
+	HubCalls  int           `json:"hubCalls"`
+	Duration  time.Duration `json:"duration"`
+	Completed int           `json:"completed"`
+	Runs      []deviceRun   `json:"runs"`
+}
+
+func main() {
+	devices := flag.String("devices", "", "comma-separated device IDs, updated one after another")
+	uri := flag.String("uri", "https://fw.example/v2.bin", "firmware package URI")
+	version := flag.String("version", "2.0.0", "firmware version")
+	interval := flag.Duration("interval", 6*time.Second, "twin read interval (the tutorial's fixed loop)")
+	timeout := flag.Duration("timeout", 5*time.Minute, "give up on a device after this long")
+	flag.Parse()
+	if *devices == "" {
+		fmt.Fprintln(os.Stderr, "tutorial: --devices is required, e.g. --devices dev-001,dev-002")
+		os.Exit(2)
+	}
+	s, err := hubconn.ParseService(settings.HubConnectionString, os.Getenv(settings.HubConnectionString))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tutorial:", err)
+		os.Exit(2)
+	}
+	hub, err := hubconn.NewServiceClient(s, os.Getenv(settings.HubCAFile))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tutorial:", err)
+		os.Exit(2)
+	}
+	defer hub.Close()
+
+	sum := summary{Interval: *interval}
+	start := time.Now()
+	for i, id := range strings.Split(*devices, ",") {
+		r := update(context.Background(), hub, id, *uri, *version, fmt.Sprintf("tutorial-%d-%d", start.Unix(), i), *interval, *timeout)
+		sum.Runs = append(sum.Runs, r)
+		sum.HubCalls += r.MethodCall + r.TwinReads
+		if r.Status == protocol.StatusCompleted {
+			sum.Completed++
+		}
+	}
+	sum.Devices = len(sum.Runs)
+	sum.Duration = time.Since(start)
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(sum)
+}
+
+func update(ctx context.Context, hub *iotservice.Client, id, uri, version, updateID string, interval, timeout time.Duration) deviceRun {
+	r := deviceRun{Device: id, Lag: map[string]time.Duration{}}
+	start := time.Now()
+	defer func() { r.Duration = time.Since(start) }()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	r.MethodCall++
+	res, err := hub.CallDeviceMethod(ctx, id, &iotservice.MethodCall{
+		MethodName:      protocol.MethodFirmwareUpdate,
+		ResponseTimeout: 60,
+		Payload: map[string]any{
+			protocol.FieldPackageURI: uri,
+			protocol.FieldVersion:    version,
+			protocol.FieldUpdateID:   updateID,
+		},
+	})
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	if res.Status != 200 {
+		r.Err = fmt.Sprintf("device answered %d", res.Status)
+		return r
+	}
+	stamps := map[string]string{
+		protocol.StatusDownloading: protocol.PropDownloadComplete,
+		protocol.StatusApplying:    protocol.PropStartedApplyingImage,
+		protocol.StatusCompleted:   protocol.PropLastFirmwareUpdate,
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			r.Err = ctx.Err().Error()
+			return r
+		case <-tick.C:
+		}
+		r.TwinReads++
+		twin, err := hub.GetDeviceTwin(ctx, id)
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				r.Err = err.Error()
+				return r
+			}
+			continue // the tutorial just prints and reads again
+		}
+		rep := twin.Properties.Reported
+		if rep[protocol.PropFirmwareUpdateID] != updateID {
+			continue
+		}
+		status, _ := rep[protocol.PropFirmwareStatus].(string)
+		if prop, ok := stamps[status]; ok {
+			if _, seen := r.Lag[status]; !seen {
+				if at, err := time.Parse(time.RFC3339Nano, fmt.Sprint(rep[prop])); err == nil {
+					r.Lag[status] = time.Since(at)
+				}
+			}
+		}
+		if status == protocol.StatusCompleted || status == protocol.StatusError {
+			r.Status = status
+			return r
+		}
+	}
+}

@@ -1,0 +1,400 @@
+package workflows
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dmflow/dmflow/activities"
+	"github.com/dmflow/dmflow/internal/protocol"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+)
+
+// Activity settings of FirmwareUpdate beyond those shared with Reboot (see reboot.go).
+const (
+	// getTwinTimeout bounds one GetTwin attempt: a single twin read, itself bounded at 5 s inside
+	// the activity, plus slack for a busy worker. No heartbeat timeout: for an attempt this short
+	// the start-to-close timeout notices a lost worker just as soon.
+	getTwinTimeout = 15 * time.Second
+	// followInitialInterval and followMaxInterval shape FollowStages' polling: 2 s doubling (with
+	// jitter) to a 15 s cap sees a fast device quickly, detects a stage at most 15 s after the
+	// device reported it, and follows the tutorial's three 15 s stages in about six twin reads.
+	followInitialInterval = 2 * time.Second
+	followMaxInterval     = 15 * time.Second
+	// followHeartbeatTimeout: FollowStages heartbeats after every read; reads are at most
+	// followMaxInterval apart and bounded at 5 s, so 30 s without one means the worker is gone.
+	followHeartbeatTimeout = 30 * time.Second
+	// followGrace lets FollowStages make its last read at the deadline and fail with its own
+	// error, which names the stage, before Temporal's timeouts cut it short.
+	followGrace = 30 * time.Second
+)
+
+// FirmwareUpdate updates a device's firmware the way the firmware-update tutorial does, made
+// durable and checked:
+//
+//  1. GetTwin reads the reported firmwareVersion (and firmwareStatus); a device that already runs
+//     in.Version ends the workflow as FirmwareSkipped, without a method call.
+//  2. InvokeMethod calls firmwareUpdate with {fwPackageUri, version, updateId}, retried while the
+//     device is offline or does not answer, within in.Deadline. The device answers at once; a
+//     refusal (409 another update in progress, 400 bad URI) fails the workflow with a
+//     non-retryable activities.ErrMethodFailed carrying the device's reason.
+//  3. FollowStages follows the reported firmwareStatus through downloading, applying and completed,
+//     counting only statuses whose firmwareUpdateId is this update's. A stage that lasts longer than
+//     in.StageTimeout fails with activities.ErrStageTimeout naming it; firmwareStatus "error" fails
+//     with activities.ErrDeviceError and the device's reason and stage.
+//  4. With in.Reboot, the Reboot workflow runs as a child, then WaitForReported confirms that the
+//     device reports in.Version (ErrVersionMismatch otherwise).
+//
+// Cost. Following all stages is one heartbeating activity rather than one activity per stage:
+// every activity adds about six history events (scheduled, started, completed and the workflow
+// task that follows), so an update takes 24 events (started, 3 workflow-task events, the search
+// attribute upsert, 3 activities × 6, completed) instead of 36 with an activity per stage, and
+// about 8 hub calls (one twin read, one method call, about six twin reads at the tutorial's 15 s
+// stages). The optional reboot adds the Reboot child's calls (about 4) and 15 events (the child's
+// start and completion with their workflow tasks, and the version check).
+//
+// The price is visibility: the stages seen while FollowStages runs live in its heartbeat details,
+// which a query cannot read. QueryStep answers a FirmwareStatus with the step and the stages known
+// to the workflow (all of them once FollowStages returned); a client that shows stages live reads
+// the pending activity's heartbeat details through DescribeWorkflowExecution and
+// activities.PendingFollowStages, as `starter firmware --wait` does.
+//
+// Search attributes: DmflowDevice, DmflowOperation = OperationFirmware, DmflowTargetVersion. It
+// fails with a non-retryable ErrInvalidInput for invalid input, and with the activities' errors
+// otherwise.
+func FirmwareUpdate(ctx workflow.Context, in FirmwareInput) (FirmwareResult, error) {
+	info := workflow.GetInfo(ctx)
+	workflowID := info.WorkflowExecution.ID
+	logger := log.With(workflow.GetLogger(ctx), "device", in.DeviceID, "workflow_id", workflowID)
+	err := in.Validate()
+	in = in.withDefaults(workflowID)
+	if err == nil && in.Reboot && !deviceIDPattern.MatchString(rebootRequestID(in.UpdateID)) {
+		err = fmt.Errorf("invalid firmware input: update ID %q (the workflow ID) cannot name the reboot request: set an update ID of up to 128 characters of letters, digits and -:.+%%_#*?!(),=@;$'", in.UpdateID)
+	}
+	if err != nil {
+		logger.Error("invalid input", "error", err)
+		return FirmwareResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalidInput, nil)
+	}
+
+	started := workflow.Now(ctx)
+	f := &firmware{
+		in:     in,
+		logger: log.With(logger, "update_id", in.UpdateID, "version", in.Version),
+		status: FirmwareStatus{
+			DeviceID: in.DeviceID,
+			UpdateID: in.UpdateID,
+			Version:  in.Version,
+			Step:     StepCheckingVersion,
+			Since:    started,
+			Started:  started,
+			Deadline: started.Add(in.Deadline),
+		},
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryStep, func() (FirmwareStatus, error) {
+		return f.status, nil
+	}); err != nil {
+		return FirmwareResult{}, err
+	}
+	if err := workflow.UpsertTypedSearchAttributes(ctx,
+		SearchAttrDevice.ValueSet(in.DeviceID),
+		SearchAttrOperation.ValueSet(OperationFirmware),
+		SearchAttrTargetVersion.ValueSet(in.Version),
+	); err != nil {
+		return FirmwareResult{}, err
+	}
+	res, err := f.run(ctx)
+	if err != nil {
+		f.logger.Error("firmware update failed", "step", f.status.Step, "stage", f.status.Stage, "error", err)
+		f.setStep(ctx, StepFailed)
+		f.status.Error = err.Error()
+		return FirmwareResult{}, err
+	}
+	return res, nil
+}
+
+// firmware is the state of one FirmwareUpdate execution.
+type firmware struct {
+	in     FirmwareInput
+	logger log.Logger
+	status FirmwareStatus
+}
+
+func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
+	var a *activities.Activities
+	deadline := f.status.Deadline
+	res := FirmwareResult{
+		DeviceID: f.in.DeviceID,
+		UpdateID: f.in.UpdateID,
+		Version:  f.in.Version,
+		Started:  f.status.Started,
+	}
+
+	var twin activities.GetTwinResult
+	err := workflow.ExecuteActivity(getTwinOptions(ctx, deadline), a.GetTwin, activities.GetTwinInput{
+		DeviceID:   f.in.DeviceID,
+		Properties: []string{protocol.PropFirmwareVersion, protocol.PropFirmwareStatus},
+	}).Get(ctx, &twin)
+	if err != nil {
+		return res, err
+	}
+	res.HubCalls += twin.Attempt
+	res.FromVersion, _ = twin.Reported[protocol.PropFirmwareVersion].(string)
+	f.status.Stage, _ = twin.Reported[protocol.PropFirmwareStatus].(string)
+	if res.FromVersion == f.in.Version {
+		f.logger.Info("device already runs the target version: nothing to do")
+		f.setStep(ctx, StepSkipped)
+		res.Status = FirmwareSkipped
+		res.Duration = workflow.Now(ctx).Sub(res.Started)
+		return res, nil
+	}
+
+	f.setStep(ctx, StepStartingUpdate)
+	f.logger.Info("invoking direct method", "method", protocol.MethodFirmwareUpdate, "from_version", res.FromVersion, "deadline", deadline)
+	var inv activities.InvokeMethodResult
+	err = workflow.ExecuteActivity(invokeOptions(ctx, firmwareMethodTimeout, deadline), a.InvokeMethod, activities.InvokeMethodInput{
+		DeviceID: f.in.DeviceID,
+		Method:   protocol.MethodFirmwareUpdate,
+		// updateId makes the call idempotent: a retried invocation (after a gateway timeout or a
+		// worker crash) reaches a device that already runs this update, which answers with its
+		// current state instead of starting over.
+		Payload: map[string]any{
+			protocol.FieldPackageURI: f.in.PackageURI,
+			protocol.FieldVersion:    f.in.Version,
+			protocol.FieldUpdateID:   f.in.UpdateID,
+		},
+		ResponseTimeout: firmwareMethodTimeout,
+		// As for Reboot: an offline device makes the hub answer DeviceNotOnline at once, retried
+		// with backoff, rather than one call parked on the hub.
+		ConnectTimeout: 0,
+	}).Get(ctx, &inv)
+	if err != nil {
+		return res, refusal(f.in.DeviceID, err)
+	}
+	res.Attempts = inv.Attempt
+	res.HubCalls += inv.Attempt
+	f.logger.Info("device accepted the update", "status", inv.Status, "attempt", inv.Attempt)
+
+	f.setStep(ctx, StepFollowingStages)
+	var followed activities.FollowStagesResult
+	err = workflow.ExecuteActivity(followOptions(ctx, deadline), a.FollowStages, activities.FollowStagesInput{
+		DeviceID:        f.in.DeviceID,
+		UpdateID:        f.in.UpdateID,
+		Since:           workflow.Now(ctx),
+		StageTimeout:    f.in.StageTimeout,
+		Deadline:        deadline,
+		InitialInterval: followInitialInterval,
+		MaxInterval:     followMaxInterval,
+	}).Get(ctx, &followed)
+	if err != nil {
+		// The stages seen until the failure travel in the error's details.
+		var appErr *temporal.ApplicationError
+		var p activities.FollowStagesProgress
+		if errors.As(err, &appErr) && appErr.HasDetails() && appErr.Details(&p) == nil {
+			f.setStages(p.Stages)
+		}
+		return res, err
+	}
+	res.HubCalls += followed.Polls
+	res.Stages = followed.Stages
+	f.setStages(followed.Stages)
+	f.logger.Info("update completed on the device", "polls", followed.Polls)
+
+	if f.in.Reboot {
+		rebooted, calls, err := f.reboot(ctx, deadline)
+		res.HubCalls += calls
+		if err != nil {
+			return res, err
+		}
+		res.Reboot = rebooted
+	}
+
+	f.setStep(ctx, StepDone)
+	res.Status = FirmwareUpdated
+	res.Duration = workflow.Now(ctx).Sub(res.Started)
+	f.logger.Info("firmware updated", "attempts", res.Attempts, "hub_calls", res.HubCalls, "duration", res.Duration)
+	return res, nil
+}
+
+// reboot runs Reboot as a child and confirms the new version. It returns the child's result (nil
+// when this update's reboot had already completed in an earlier run) and the hub calls made.
+func (f *firmware) reboot(ctx workflow.Context, deadline time.Time) (*RebootResult, int, error) {
+	var a *activities.Activities
+	f.setStep(ctx, StepRebooting)
+	remaining := deadline.Sub(workflow.Now(ctx))
+	if need := DefaultMethodTimeout + invokeMargin; remaining < need {
+		return nil, 0, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("firmware %s completed on %s, but the deadline leaves %s, less than the %s a reboot needs: reboot the device separately (starter reboot)",
+				f.in.Version, f.in.DeviceID, remaining, need),
+			activities.ErrDeadlineExceeded, nil)
+	}
+
+	requestID := rebootRequestID(f.in.UpdateID)
+	cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+		WorkflowID: RebootWorkflowID(f.in.DeviceID, requestID),
+		// As for a started reboot: a reboot of this update that completed (in an earlier run of this
+		// update, which then failed) is not repeated; the version check below decides. Only a failed
+		// one runs again.
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE_FAILED_ONLY,
+	})
+	f.logger.Info("rebooting the device", "reboot_workflow_id", RebootWorkflowID(f.in.DeviceID, requestID))
+	var rr RebootResult
+	var rebooted *RebootResult
+	calls := 0
+	err := workflow.ExecuteChildWorkflow(cctx, Reboot, RebootInput{
+		DeviceID:  f.in.DeviceID,
+		RequestID: requestID,
+		// The rest of this update's budget; the child enforces it itself.
+		Deadline: min(remaining, MaxRebootDeadline),
+	}).Get(ctx, &rr)
+	var already *temporal.ChildWorkflowExecutionAlreadyStartedError
+	switch {
+	case errors.As(err, &already):
+		f.logger.Info("this update's reboot already ran; confirming the version")
+	case err != nil:
+		return nil, 0, err
+	default:
+		rebooted = &rr
+		calls += rr.Attempts + rr.Polls
+	}
+
+	f.setStep(ctx, StepConfirmingVersion)
+	// The device reports its version when it starts, possibly just after rebootTime: wait for it,
+	// at most one stage timeout.
+	confirmBy := workflow.Now(ctx).Add(f.in.StageTimeout)
+	if deadline.Before(confirmBy) {
+		confirmBy = deadline
+	}
+	var seen activities.WaitForReportedResult
+	err = workflow.ExecuteActivity(waitOptions(ctx, confirmBy), a.WaitForReported, activities.WaitForReportedInput{
+		DeviceID:        f.in.DeviceID,
+		Property:        protocol.PropFirmwareVersion,
+		OneOf:           []string{f.in.Version},
+		Deadline:        confirmBy,
+		InitialInterval: pollInitialInterval,
+		MaxInterval:     pollMaxInterval,
+	}).Get(ctx, &seen)
+	if err != nil {
+		var appErr *temporal.ApplicationError
+		var p activities.WaitForReportedProgress
+		if errors.As(err, &appErr) && appErr.Type() == activities.ErrDeadlineExceeded && appErr.Details(&p) == nil {
+			calls += p.Polls
+			return rebooted, calls, temporal.NewNonRetryableApplicationError(
+				fmt.Sprintf("after the reboot %s reports %s %s, not %s", f.in.DeviceID, protocol.PropFirmwareVersion, describeReported(p.LastValue), f.in.Version),
+				ErrVersionMismatch, nil, p)
+		}
+		return rebooted, calls, err
+	}
+	calls += seen.Polls
+	f.logger.Info("device runs the new version after the reboot", "polls", seen.Polls)
+	return rebooted, calls, nil
+}
+
+// getTwinOptions are the activity options of GetTwin.
+func getTwinOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		StartToCloseTimeout: getTwinTimeout,
+		// Retries (a throttled or unreachable hub) stop when the update's budget is spent.
+		ScheduleToCloseTimeout: max(deadline.Sub(workflow.Now(ctx)), getTwinTimeout),
+		RetryPolicy: &temporal.RetryPolicy{
+			// Throttling (429) is the usual transient failure of a twin read: back off from 1 s to
+			// 15 s, well apart on the hub's 100 reads/s (S1) even for a rollout's many devices.
+			InitialInterval:    time.Second,
+			BackoffCoefficient: 2,
+			MaximumInterval:    15 * time.Second,
+			NonRetryableErrorTypes: []string{
+				activities.ErrDeviceNotFound,
+				activities.ErrUnauthorized,
+				activities.ErrBadRequest,
+			},
+		},
+	})
+}
+
+// followOptions are the activity options of FollowStages.
+func followOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
+	// The activity ends itself at the deadline (or a stage timeout before it).
+	remaining := max(deadline.Sub(workflow.Now(ctx)), 0)
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		StartToCloseTimeout:    remaining + followGrace,
+		ScheduleToCloseTimeout: remaining + followGrace,
+		HeartbeatTimeout:       followHeartbeatTimeout,
+		RetryPolicy: &temporal.RetryPolicy{
+			// Retries here mean a lost worker (transient hub errors are retried inside the activity),
+			// so come back quickly; the retry resumes from the heartbeat details with the stages seen.
+			InitialInterval:    time.Second,
+			BackoffCoefficient: 2,
+			MaximumInterval:    10 * time.Second,
+			NonRetryableErrorTypes: []string{
+				activities.ErrDeviceNotFound,
+				activities.ErrUnauthorized,
+				activities.ErrBadRequest,
+				activities.ErrDeadlineExceeded,
+				activities.ErrStageTimeout,
+				activities.ErrDeviceError,
+			},
+		},
+	})
+}
+
+// refusal rewrites a device's refusal of firmwareUpdate (ErrMethodFailed) into a message that puts
+// the device's reason first; other errors pass unchanged.
+func refusal(deviceID string, err error) error {
+	var appErr *temporal.ApplicationError
+	if !errors.As(err, &appErr) || appErr.Type() != activities.ErrMethodFailed {
+		return err
+	}
+	var answer activities.InvokeMethodResult
+	if appErr.Details(&answer) != nil {
+		return err
+	}
+	return temporal.NewNonRetryableApplicationError(
+		fmt.Sprintf("device %s refused %s with status %d: %s", deviceID, protocol.MethodFirmwareUpdate, answer.Status, methodReason(answer.Payload)),
+		activities.ErrMethodFailed, nil, answer)
+}
+
+// methodReason picks the device's explanation out of a method answer: the first string among
+// the fields devices commonly use, else the payload as JSON, shortened.
+func methodReason(payload map[string]any) string {
+	for _, key := range []string{"error", "reason", "message", "Response"} {
+		if s, ok := payload[key].(string); ok && s != "" {
+			return s
+		}
+	}
+	if len(payload) == 0 {
+		return "no reason given"
+	}
+	// encoding/json sorts map keys: deterministic.
+	b, err := json.Marshal(payload)
+	if err != nil {
+		return "an unreadable payload"
+	}
+	const limit = 256
+	if len(b) > limit {
+		return string(b[:limit]) + "…"
+	}
+	return string(b)
+}
+
+func describeReported(v any) string {
+	if v == nil {
+		return "nothing"
+	}
+	return fmt.Sprintf("%v", v)
+}
+
+func (f *firmware) setStep(ctx workflow.Context, step string) {
+	f.status.Step = step
+	f.status.Since = workflow.Now(ctx)
+}
+
+func (f *firmware) setStages(stages []StageSeen) {
+	if len(stages) == 0 {
+		return
+	}
+	f.status.Stages = stages
+	f.status.Stage = stages[len(stages)-1].Status
+}
