@@ -337,9 +337,14 @@ func temporalClient(t *testing.T) client.Client {
 	return c
 }
 
-// methodInvocations asks localhub's stats endpoint how many times a method
-// was delivered to a device.
-func methodInvocations(t *testing.T, deviceID, method string) int {
+// hubStats is what localhub's stats endpoint says.
+type hubStats struct {
+	MethodInvocations map[string]map[string]int `json:"methodInvocations"`
+	ServiceTwinReads  map[string]int            `json:"serviceTwinReads"`
+}
+
+// stats reads localhub's stats endpoint with the service key.
+func stats(t *testing.T) hubStats {
 	t.Helper()
 	s, err := hubconn.ParseService("hub", env.hubCS)
 	if err != nil {
@@ -369,13 +374,23 @@ func methodInvocations(t *testing.T, deviceID, method string) int {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("stats: HTTP %d: %s", resp.StatusCode, body)
 	}
-	var stats struct {
-		MethodInvocations map[string]map[string]int `json:"methodInvocations"`
-	}
-	if err := json.Unmarshal(body, &stats); err != nil {
+	var st hubStats
+	if err := json.Unmarshal(body, &st); err != nil {
 		t.Fatalf("stats %s: %v", body, err)
 	}
-	return stats.MethodInvocations[deviceID][method]
+	return st
+}
+
+// methodInvocations is how many times localhub delivered a method to a device.
+func methodInvocations(t *testing.T, deviceID, method string) int {
+	t.Helper()
+	return stats(t).MethodInvocations[deviceID][method]
+}
+
+// serviceTwinReads is how many times the service side read a device's twin.
+func serviceTwinReads(t *testing.T, deviceID string) int {
+	t.Helper()
+	return stats(t).ServiceTwinReads[deviceID]
 }
 
 // quietLogger keeps the SDK's connection chatter out of test output.

@@ -1,0 +1,112 @@
+//go:build integration && bench
+
+package test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dmflow/dmflow/internal/protocol"
+)
+
+// TestMeasureFirmwareCost measures one firmware update at the tutorial's
+// timings (15 s stages) done by dmflow and by the tutorial's loop (bench/
+// tutorial, reading the twin every 5 s and every 6 s), on separate devices at
+// the same time: hub calls as localhub counted them, Temporal history events,
+// how late each stage was seen. `make bench` runs it and writes the table to
+// DMFLOW_BENCH_OUT.
+func TestMeasureFirmwareCost(t *testing.T) {
+	queue := "bench-firmware"
+	startWorker(t, queue)
+	for _, d := range []string{"bm-dmflow", "bm-tut5", "bm-tut6"} {
+		startDevice(t, d, "--stage-duration", "15s")
+	}
+	tutorial := filepath.Join(env.dir, "tutorial")
+	if out, err := exec.Command("go", "build", "-o", tutorial, "../bench/tutorial").CombinedOutput(); err != nil {
+		t.Fatalf("build bench/tutorial: %v\n%s", err, out)
+	}
+
+	type row struct {
+		name                  string
+		methods, reads, calls int
+		events                int
+		lag                   map[string]time.Duration
+		duration              time.Duration
+	}
+	var (
+		mu   sync.Mutex
+		rows []row
+		wg   sync.WaitGroup
+	)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		out, stderr, code := runFirmware(t, queue, "bm-dmflow", "bench", "2.0.0")
+		if code != 0 || out.Result == nil {
+			t.Errorf("dmflow update: exit %d %+v %s", code, out, stderr)
+			return
+		}
+		lag := map[string]time.Duration{}
+		for _, s := range out.Result.Stages {
+			lag[s.Status] = s.SeenAt.Sub(s.ReportedAt)
+		}
+		events := strings.Count(string(historyJSON(t, temporalClient(t), out.WorkflowID)), `"eventId"`)
+		mu.Lock()
+		rows = append(rows, row{name: "dmflow FirmwareUpdate", events: events, lag: lag, duration: out.Result.Duration,
+			methods: methodInvocations(t, "bm-dmflow", protocol.MethodFirmwareUpdate), reads: serviceTwinReads(t, "bm-dmflow")})
+		mu.Unlock()
+	}()
+	for _, tc := range []struct{ device, interval string }{{"bm-tut5", "5s"}, {"bm-tut6", "6s"}} {
+		go func() {
+			defer wg.Done()
+			cmd := exec.Command(tutorial, "--devices", tc.device, "--interval", tc.interval, "--version", "2.0.0")
+			cmd.Env = hubEnv()
+			b, err := cmd.Output()
+			if err != nil {
+				t.Errorf("tutorial %s: %v", tc.device, err)
+				return
+			}
+			var s struct {
+				Runs []struct {
+					Status   string                   `json:"status"`
+					Duration time.Duration            `json:"duration"`
+					Lag      map[string]time.Duration `json:"lag"`
+				} `json:"runs"`
+			}
+			if err := json.Unmarshal(b, &s); err != nil || len(s.Runs) != 1 || s.Runs[0].Status != protocol.StatusCompleted {
+				t.Errorf("tutorial %s: %v %s", tc.device, err, b)
+				return
+			}
+			mu.Lock()
+			rows = append(rows, row{name: "tutorial loop, twin every " + tc.interval, lag: s.Runs[0].Lag, duration: s.Runs[0].Duration,
+				methods: methodInvocations(t, tc.device, protocol.MethodFirmwareUpdate), reads: serviceTwinReads(t, tc.device)})
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "| run | method calls | twin reads | hub calls | history events | seen late: downloading / applying / completed | duration |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		ev := "—"
+		if r.events > 0 {
+			ev = fmt.Sprint(r.events)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %s | %s / %s / %s | %s |\n", r.name, r.methods, r.reads, r.methods+r.reads, ev,
+			r.lag[protocol.StatusDownloading].Round(100*time.Millisecond), r.lag[protocol.StatusApplying].Round(100*time.Millisecond),
+			r.lag[protocol.StatusCompleted].Round(100*time.Millisecond), r.duration.Round(100*time.Millisecond))
+	}
+	t.Log("\n" + b.String())
+	if out := os.Getenv("DMFLOW_BENCH_OUT"); out != "" {
+		if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
