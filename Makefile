@@ -12,7 +12,7 @@ GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './.
 export DMFLOW_BIN_DIR := $(abspath $(BIN))
 export DMFLOW_TEMPORAL_BIN := $(abspath $(BIN)/temporal)
 
-.PHONY: help build temporal demo up down status test test-unit test-integration fuzz record-histories lint clean
+.PHONY: help build temporal demo up down status test test-unit test-integration fuzz record-histories lint clean bench bench-fleet bench-firmware
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,10 +55,20 @@ test-integration: build ## real processes: Temporal dev server, localhub, simdev
 	go test -tags integration -count=1 -timeout 20m -v ./test/... 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 record-histories: build ## re-record workflows/testdata/*.json from the integration tests
-	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd' ./test/...
+	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd|TestFirmwareEndToEnd' ./test/...
 
 fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
 	scripts/fuzz.sh
+
+bench: bench-firmware bench-fleet ## every benchmark (results to paste into BENCHMARKS.md)
+
+bench-firmware: build ## one firmware update at the tutorial's 15 s stages: dmflow against the tutorial's loop
+	DMFLOW_BENCH_OUT=$(abspath $(BIN))/bench-firmware.md go test -tags 'integration bench' -count=1 -timeout 10m \
+		-run TestMeasureFirmwareCost ./test/
+	@cat $(BIN)/bench-firmware.md
+
+bench-fleet: ## simdevice fleet of COUNT (default 10000) against its own localhub: connect time, memory
+	scripts/bench-fleet.sh
 
 test: lint build test-unit fuzz test-integration ## everything CI runs; starts and stops what the tests need
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # demo.sh: the main job on the embedded default. Starts the local stack
-# (Temporal dev server, localhub, worker), a simulated device, and reboots it
-# through the Reboot workflow. Leaves the stack up until Ctrl-C; with
+# (Temporal dev server, localhub, worker), a simulated device, reboots it
+# through the Reboot workflow and updates its firmware through FirmwareUpdate
+# (a device already on the version is skipped). Leaves the stack up until Ctrl-C; with
 # DEMO_EXIT=1 stops everything it started and exits with the demo's status.
 set -euo pipefail
 
@@ -9,8 +10,11 @@ cd "$(dirname "$0")/.."
 STATE=${DMFLOW_STATE_DIR:-.dmflow}
 BIN=${DMFLOW_BIN_DIR:-.bin}
 DEVICE=${DEMO_DEVICE:-dev-001}
-# The tutorial's device takes 20 s to reboot; the demo keeps that unless told.
+# The tutorial's device takes 20 s to reboot and 15 s per firmware stage; the
+# demo keeps that unless told.
 REBOOT_DURATION=${DEMO_REBOOT_DURATION:-20s}
+STAGE_DURATION=${DEMO_STAGE_DURATION:-15s}
+FW_VERSION=${DEMO_FIRMWARE_VERSION:-2.0.0}
 stack=scripts/stack.sh
 
 cleanup() { "$stack" down || true; }
@@ -21,13 +25,18 @@ t0=$(date +%s)
 # shellcheck disable=SC1091
 . "$STATE/env"
 
-"$stack" start "simdevice-$DEVICE" "$BIN/simdevice" --device-id "$DEVICE" --reboot-duration "$REBOOT_DURATION"
+"$stack" start "simdevice-$DEVICE" "$BIN/simdevice" --device-id "$DEVICE" \
+  --reboot-duration "$REBOOT_DURATION" --stage-duration "$STAGE_DURATION"
 "$stack" wait-for "simdevice $DEVICE" "$STATE/simdevice-$DEVICE.pid" "$STATE/simdevice-$DEVICE.log" "simdevice ready" 30
-echo "simdevice ready  device=$DEVICE reboot-duration=$REBOOT_DURATION (log: $STATE/simdevice-$DEVICE.log)"
+echo "simdevice ready  device=$DEVICE reboot-duration=$REBOOT_DURATION stage-duration=$STAGE_DURATION (log: $STATE/simdevice-$DEVICE.log)"
 echo
 echo "\$ starter reboot --device $DEVICE --wait"
 status=0
 "$BIN/starter" reboot --device "$DEVICE" --wait || status=$?
+echo
+uri="https://fw.example/dmflow-$FW_VERSION.bin"
+echo "\$ starter firmware --device $DEVICE --uri $uri --version $FW_VERSION --wait"
+"$BIN/starter" firmware --device "$DEVICE" --uri "$uri" --version "$FW_VERSION" --wait || status=$?
 echo
 echo "demo took $(($(date +%s) - t0))s; Temporal UI: $DMFLOW_TEMPORAL_UI"
 

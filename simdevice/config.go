@@ -7,12 +7,14 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/spf13/pflag"
 
 	"github.com/dmflow/dmflow/internal/device"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
+	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/internal/settings"
 )
 
@@ -25,6 +27,9 @@ const (
 	envBroker                 = settings.MQTTBroker
 	envRebootDuration         = "DMFLOW_REBOOT_DURATION"
 	envRebootStyle            = "DMFLOW_REBOOT_STYLE"
+	envStageDuration          = "DMFLOW_STAGE_DURATION"
+	envFirmwareVersion        = "DMFLOW_FIRMWARE_VERSION"
+	envFailStage              = "DMFLOW_FAIL_STAGE"
 	envLogFormat              = settings.LogFormat
 
 	// settingDeviceCS names the device connection string in errors.
@@ -42,12 +47,17 @@ type Config struct {
 	Broker                  string
 	RebootDuration          time.Duration
 	RebootStyle             string
-	LogFormat               string
+	StageDuration           time.Duration
+	FirmwareVersion         string
+	// FailStage makes every firmware update fail in this stage.
+	FailStage string
+	LogFormat string
 }
 
 // flagValues are the raw flag values; empty means "not given".
 type flagValues struct {
 	connectionString, deviceID, caFile, broker, rebootDuration, rebootStyle, logFormat string
+	stageDuration, firmwareVersion, failStage                                          string
 }
 
 func (f *flagValues) register(fs *pflag.FlagSet) {
@@ -57,6 +67,9 @@ func (f *flagValues) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.broker, "broker", "", "MQTT broker URL, e.g. tls://127.0.0.1:8883 (env "+envBroker+", default tls://<HostName>:8883)")
 	fs.StringVar(&f.rebootDuration, "reboot-duration", "", "how long a reboot takes (env "+envRebootDuration+", default 20s)")
 	fs.StringVar(&f.rebootStyle, "reboot-style", "", "rebootDevice behaviour "+device.Styles+": tutorial answers after the reboot, realistic answers at once and goes offline (env "+envRebootStyle+", default tutorial)")
+	fs.StringVar(&f.stageDuration, "stage-duration", "", "how long each firmware-update stage (downloading, applying, completed) takes (env "+envStageDuration+", default 15s)")
+	fs.StringVar(&f.firmwareVersion, "firmware-version", "", "firmware version the device runs until an update installs another; a version in the twin wins (env "+envFirmwareVersion+", default "+device.DefaultFirmwareVersion+")")
+	fs.StringVar(&f.failStage, "fail-stage", "", "make every firmware update fail in this stage, "+device.FailStages+" (env "+envFailStage+", default none)")
 	fs.StringVar(&f.logFormat, "log-format", "", "log format "+logging.Formats+" (env "+envLogFormat+", default text)")
 }
 
@@ -70,14 +83,26 @@ func (f flagValues) resolve(getenv func(string) string) (Config, error) {
 		CAFile:                  pick(f.caFile, envHubCAFile, ""),
 		Broker:                  pick(f.broker, envBroker, ""),
 		RebootStyle:             pick(f.rebootStyle, envRebootStyle, device.StyleTutorial),
+		FirmwareVersion:         pick(f.firmwareVersion, envFirmwareVersion, device.DefaultFirmwareVersion),
+		FailStage:               pick(f.failStage, envFailStage, ""),
 		LogFormat:               pick(f.logFormat, envLogFormat, "text"),
 	}
-	d := pick(f.rebootDuration, envRebootDuration, device.DefaultRebootDuration.String())
 	var err error
-	if cfg.RebootDuration, err = time.ParseDuration(d); err != nil {
-		return Config{}, fmt.Errorf("--reboot-duration (%s) %q is not a duration: use a positive duration such as 20s or 1m30s", envRebootDuration, d)
+	if cfg.RebootDuration, err = parseDuration(pick(f.rebootDuration, envRebootDuration, device.DefaultRebootDuration.String()), "--reboot-duration", envRebootDuration); err != nil {
+		return Config{}, err
+	}
+	if cfg.StageDuration, err = parseDuration(pick(f.stageDuration, envStageDuration, device.DefaultStageDuration.String()), "--stage-duration", envStageDuration); err != nil {
+		return Config{}, err
 	}
 	return cfg, cfg.Validate()
+}
+
+func parseDuration(s, flag, env string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%s (%s) %q is not a duration: use a positive duration such as 20s or 1m30s", flag, env, s)
+	}
+	return d, nil
 }
 
 // Validate checks every setting and names the one to fix. Errors never
@@ -86,28 +111,50 @@ func (c Config) Validate() error {
 	if err := c.validateIdentity(); err != nil {
 		return err
 	}
-	if c.CAFile != "" {
-		if _, err := os.Stat(c.CAFile); err != nil {
-			return fmt.Errorf("--ca-file (%s) %s cannot be read (%v): point it at localhub's ca.pem, or leave it empty for Azure IoT Hub", envHubCAFile, c.CAFile, err)
+	if err := c.validateFailStage(); err != nil {
+		return err
+	}
+	return validateCommon(c.CAFile, c.Broker, c.RebootDuration, c.RebootStyle, c.StageDuration, c.FirmwareVersion, c.LogFormat)
+}
+
+func (c Config) validateFailStage() error {
+	switch c.FailStage {
+	case "", protocol.StatusDownloading, protocol.StatusApplying:
+		return nil
+	}
+	return fmt.Errorf("--fail-stage (%s) %q is not known: use %s, or leave it empty", envFailStage, c.FailStage, device.FailStages)
+}
+
+// validateCommon checks the settings a single device and a fleet share.
+func validateCommon(caFile, broker string, rebootDuration time.Duration, rebootStyle string, stageDuration time.Duration, firmwareVersion, logFormat string) error {
+	if caFile != "" {
+		if _, err := os.Stat(caFile); err != nil {
+			return fmt.Errorf("--ca-file (%s) %s cannot be read (%v): point it at localhub's ca.pem, or leave it empty for Azure IoT Hub", envHubCAFile, caFile, err)
 		}
 	}
-	if c.Broker != "" {
-		if err := checkBroker(c.Broker); err != nil {
-			return fmt.Errorf("--broker (%s) %q %v: expected tls://<host>:<port>, e.g. tls://127.0.0.1:8883", envBroker, c.Broker, err)
+	if broker != "" {
+		if err := checkBroker(broker); err != nil {
+			return fmt.Errorf("--broker (%s) %q %v: expected tls://<host>:<port>, e.g. tls://127.0.0.1:8883", envBroker, broker, err)
 		}
 	}
-	if c.RebootDuration <= 0 {
-		return fmt.Errorf("--reboot-duration (%s) %s is not positive: use a duration such as 20s", envRebootDuration, c.RebootDuration)
+	if rebootDuration <= 0 {
+		return fmt.Errorf("--reboot-duration (%s) %s is not positive: use a duration such as 20s", envRebootDuration, rebootDuration)
 	}
-	switch c.RebootStyle {
+	if stageDuration <= 0 {
+		return fmt.Errorf("--stage-duration (%s) %s is not positive: use a duration such as 15s", envStageDuration, stageDuration)
+	}
+	switch rebootStyle {
 	case device.StyleTutorial, device.StyleRealistic:
 	default:
-		return fmt.Errorf("--reboot-style (%s) %q is not known: use %s", envRebootStyle, c.RebootStyle, device.Styles)
+		return fmt.Errorf("--reboot-style (%s) %q is not known: use %s", envRebootStyle, rebootStyle, device.Styles)
 	}
-	switch c.LogFormat {
+	if firmwareVersion == "" || len(firmwareVersion) > 128 || strings.IndexFunc(firmwareVersion, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return fmt.Errorf("--firmware-version (%s) %q is not a version: use up to 128 printable characters, e.g. 1.0.0", envFirmwareVersion, firmwareVersion)
+	}
+	switch logFormat {
 	case "text", "json":
 	default:
-		return fmt.Errorf("--log-format (%s) %q is not known: use %s", envLogFormat, c.LogFormat, logging.Formats)
+		return fmt.Errorf("--log-format (%s) %q is not known: use %s", envLogFormat, logFormat, logging.Formats)
 	}
 	return nil
 }

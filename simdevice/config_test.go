@@ -44,6 +44,8 @@ func TestResolve(t *testing.T) {
 			want: func(t *testing.T, c Config) {
 				assert.Equal(t, deviceCS, c.ConnectionString)
 				assert.Equal(t, 20*time.Second, c.RebootDuration)
+				assert.Equal(t, 15*time.Second, c.StageDuration)
+				assert.Equal(t, "1.0.0", c.FirmwareVersion)
 				assert.Equal(t, "tutorial", c.RebootStyle)
 				assert.Equal(t, "text", c.LogFormat)
 				assert.Empty(t, c.Broker)
@@ -185,6 +187,48 @@ func TestResolve(t *testing.T) {
 			flags:   flagValues{rebootStyle: "fast"},
 			env:     env(envDeviceConnectionString, deviceCS),
 			wantErr: []string{"--reboot-style", envRebootStyle, `"fast"`, "tutorial|realistic"},
+		},
+		{
+			name:  "firmware settings from flags",
+			flags: flagValues{stageDuration: "2s", firmwareVersion: "1.4.2", failStage: "applying"},
+			env:   env(envDeviceConnectionString, deviceCS, envStageDuration, "1m", envFirmwareVersion, "9", envFailStage, "downloading"),
+			want: func(t *testing.T, c Config) {
+				assert.Equal(t, 2*time.Second, c.StageDuration)
+				assert.Equal(t, "1.4.2", c.FirmwareVersion)
+				assert.Equal(t, "applying", c.FailStage)
+			},
+		},
+		{
+			name: "firmware settings from env and defaults",
+			env:  env(envDeviceConnectionString, deviceCS, envStageDuration, "1m"),
+			want: func(t *testing.T, c Config) {
+				assert.Equal(t, time.Minute, c.StageDuration)
+				assert.Equal(t, "1.0.0", c.FirmwareVersion)
+				assert.Empty(t, c.FailStage)
+			},
+		},
+		{
+			name:    "zero stage duration",
+			flags:   flagValues{stageDuration: "0s"},
+			env:     env(envDeviceConnectionString, deviceCS),
+			wantErr: []string{"--stage-duration", envStageDuration, "not positive"},
+		},
+		{
+			name:    "unparsable stage duration",
+			env:     env(envDeviceConnectionString, deviceCS, envStageDuration, "15"),
+			wantErr: []string{"--stage-duration", envStageDuration, `"15"`},
+		},
+		{
+			name:    "unknown fail stage",
+			flags:   flagValues{failStage: "completed"},
+			env:     env(envDeviceConnectionString, deviceCS),
+			wantErr: []string{"--fail-stage", envFailStage, "downloading|applying"},
+		},
+		{
+			name:    "unprintable firmware version",
+			flags:   flagValues{firmwareVersion: "1\x00"},
+			env:     env(envDeviceConnectionString, deviceCS),
+			wantErr: []string{"--firmware-version", envFirmwareVersion},
 		},
 		{
 			name:    "unknown log format",

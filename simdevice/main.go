@@ -1,6 +1,8 @@
-// Command simdevice simulates one IoT Hub device that serves the remote-reboot
-// tutorial's rebootDevice method (see internal/device), against Azure IoT Hub
-// or localhub.
+// Command simdevice simulates IoT Hub devices that serve the remote-reboot
+// and firmware-update tutorials' direct methods, rebootDevice and
+// firmwareUpdate (see internal/device), against Azure IoT Hub or localhub:
+// one device (the default command, or run), or a fleet of them with fault
+// profiles in one process (fleet, see internal/fleet).
 //
 // Exit status: 0 after SIGINT/SIGTERM, 2 for bad input, 1 for other errors.
 package main
@@ -69,17 +71,31 @@ func newCommand(getenv func(string) string, stderr io.Writer, started func()) *c
 	}
 	root := &cobra.Command{
 		Use:   "simdevice",
-		Short: "Simulate an IoT Hub device that serves rebootDevice",
-		Long: `Simulates one IoT Hub device serving the remote-reboot tutorial's direct
-method rebootDevice. Without a subcommand it runs the device.
+		Short: "Simulate IoT Hub devices that serve rebootDevice and firmwareUpdate",
+		Long: `Simulates one IoT Hub device serving the remote-reboot and firmware-update
+tutorials' direct methods, rebootDevice and firmwareUpdate. Without a
+subcommand it runs the device; "simdevice fleet" runs many (see its help).
 
 The device is given by IOTHUB_DEVICE_CONNECTION_STRING, or by --device-id
 (DMFLOW_DEVICE_ID) plus IOTHUB_CONNECTION_STRING, a service connection string
 with which simdevice registers the device if it is new. For localhub also set
 DMFLOW_HUB_CA_FILE to its ca.pem and DMFLOW_MQTT_BROKER to its MQTT address.
 
+rebootDevice: the tutorial style reboots (--reboot-duration) and then
+answers; the realistic style answers at once and goes offline meanwhile. A
+repeated requestId does not reboot again.
+
+firmwareUpdate with {"fwPackageUri": "https://…", "version": "2.0.0",
+"updateId": "u1"}: answers "Firmware update started" at once, then reports
+firmwareStatus downloading, applying and completed (with firmwareVersion),
+--stage-duration apart, each with firmwareUpdateId. A repeated updateId is
+not applied again; another one while an update runs answers 409; a missing
+or malformed fwPackageUri answers 400. At start the device reports standBy
+with the version it runs (--firmware-version, or the one its twin names).
+--fail-stage downloading|applying makes every update fail there.
+
 It logs "simdevice ready device=<id>" once it is connected and serves the
-method, and stops on SIGINT or SIGTERM.`,
+methods, and stops on SIGINT or SIGTERM.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -94,6 +110,7 @@ method, and stops on SIGINT or SIGTERM.`,
 		SilenceErrors: true,
 		RunE:          runE,
 	})
+	root.AddCommand(newFleetCommand(&flags, getenv, stderr, started))
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.CompletionOptions.DisableDefaultCmd = true
 	return root
@@ -114,6 +131,9 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 		Broker:           cfg.Broker,
 		RebootDuration:   cfg.RebootDuration,
 		RebootStyle:      cfg.RebootStyle,
+		StageDuration:    cfg.StageDuration,
+		FirmwareVersion:  cfg.FirmwareVersion,
+		FailStage:        cfg.FailStage,
 		Logger:           logger,
 	})
 	if err != nil {
@@ -123,12 +143,14 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	go func() { done <- d.Run(ctx) }()
 	select {
 	case <-d.Ready():
-		logger.Info("simdevice ready", "device", d.ID(), "style", cfg.RebootStyle, "reboot_duration", cfg.RebootDuration.String())
+		logger.Info("simdevice ready", "device", d.ID(), "style", cfg.RebootStyle, "reboot_duration", cfg.RebootDuration.String(),
+			"firmware_version", d.Firmware().Version, "stage_duration", cfg.StageDuration.String())
 	case err := <-done:
 		return err
 	}
 	err = <-done
-	logger.Info("simdevice stopped", "device", d.ID(), "reboots", d.Reboots(), "method_calls", d.MethodCalls())
+	logger.Info("simdevice stopped", "device", d.ID(), "reboots", d.Reboots(), "firmware_applies", d.FirmwareApplies(),
+		"method_calls", d.MethodCalls())
 	return err
 }
 

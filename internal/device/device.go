@@ -1,9 +1,15 @@
 // Package device simulates an IoT Hub device that serves the remote-reboot
-// tutorial's direct method, so simdevice, tests and a fleet of simulated
-// devices share one implementation.
+// and firmware-update tutorials' direct methods, so simdevice, tests and a
+// fleet of simulated devices (internal/fleet) share one implementation. The
+// method names, payload fields and reported properties are those of
+// internal/protocol.
 //
-// A Device connects over MQTT with the unchanged amenzhinsky/iothub client,
-// registers the rebootDevice method and answers it in one of two styles:
+// A Device connects over MQTT with the unchanged amenzhinsky/iothub client
+// and registers rebootDevice and firmwareUpdate.
+//
+// # rebootDevice
+//
+// The method is answered in one of two styles:
 //
 //   - StyleTutorial (the default) does exactly what the tutorial's device
 //     does: it "reboots" (sleeps RebootDuration), reports the twin property
@@ -22,6 +28,19 @@
 // reported as lastRebootRequestId next to rebootTime, from where a restarted
 // process reads it back.
 //
+// # firmwareUpdate
+//
+// See firmware.go: the tutorial's stages (downloading, applying, completed)
+// reported StageDuration apart, plus the running version, update IDs that
+// make a repeated call harmless, and injected failures.
+//
+// # Faults
+//
+// For fault profiles a Device can be Unresponsive (it connects and
+// subscribes but never answers a method, so the hub times calls out) and
+// can flap (FlapInterval: it drops its connection and comes back, again and
+// again). A device that never connects is simply one that is not run.
+//
 // Methods the device does not implement are answered 404 at once rather
 // than left to the hub's timeout.
 package device
@@ -34,6 +53,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -44,16 +64,20 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/dmflow/dmflow/internal/hubconn"
+	"github.com/dmflow/dmflow/internal/protocol"
 )
 
-// The direct method, reported properties and payload fields of the reboot
-// tutorial, plus the request ID dmflow adds for idempotency.
+// The reboot tutorial's method, property and payload names, as
+// internal/protocol defines them (kept here so callers of this package need
+// not import both).
 const (
-	MethodReboot            = "rebootDevice"
-	PropRebootTime          = "rebootTime"
-	PropLastRebootRequestID = "lastRebootRequestId"
-	FieldRequestID          = "requestId"
-	FieldResponse           = "Response"
+	MethodReboot            = protocol.MethodReboot
+	PropRebootTime          = protocol.PropRebootTime
+	PropLastRebootRequestID = protocol.PropLastRebootRequestID
+	FieldRequestID          = protocol.FieldRequestID
+
+	// FieldResponse is the field of the tutorials' method answers.
+	FieldResponse = "Response"
 
 	// TutorialResponse is the tutorial device's answer to rebootDevice.
 	TutorialResponse = "This is the response from the device"
@@ -106,6 +130,10 @@ type Config struct {
 	ConnectionString hubconn.Device
 	// CAFile is a PEM file of extra trusted roots (localhub's ca.pem).
 	CAFile string
+	// TLSConfig, when set, replaces CAFile: the roots the device trusts,
+	// built once with hubconn.TLSConfig and shared by a fleet's devices
+	// (each clone of the system roots costs some 30 KB).
+	TLSConfig *tls.Config
 	// Broker overrides the MQTT broker URL (default tls://<HostName>:8883).
 	Broker string
 	// RebootDuration is how long a reboot takes. Default
@@ -113,10 +141,37 @@ type Config struct {
 	RebootDuration time.Duration
 	// RebootStyle is StyleTutorial (default) or StyleRealistic.
 	RebootStyle string
+
+	// FirmwareVersion is the version the device runs when its twin does
+	// not say otherwise: the factory image. Once an update completed, the
+	// reported firmwareVersion wins, so a restarted process keeps running
+	// the updated version. Default DefaultFirmwareVersion.
+	FirmwareVersion string
+	// StageDuration is how long each firmware-update stage takes. Default
+	// DefaultStageDuration, the tutorial's 15 s.
+	StageDuration time.Duration
+	// FailStage makes every firmware update fail in this stage
+	// (protocol.StatusDownloading or protocol.StatusApplying); empty: no
+	// failure. See firmware.go.
+	FailStage string
+	// FailReason is the firmwareError a failing update reports. Default: a
+	// reason that names the stage and says it was injected.
+	FailReason string
+
+	// Unresponsive makes the device connect and subscribe to its methods
+	// but never answer them, so every call times out at the hub.
+	Unresponsive bool
+	// FlapInterval, when positive, makes the device drop its connection
+	// about every FlapInterval (±20%) and come back FlapDowntime later.
+	FlapInterval time.Duration
+	// FlapDowntime is how long a flapping device stays offline. Default
+	// FlapInterval/4, at least 100 ms.
+	FlapDowntime time.Duration
+
 	// Logger receives the device's log; "device" is added to every record.
 	// Default: discard.
 	Logger *slog.Logger
-	// Now is the clock for rebootTime. Default time.Now.
+	// Now is the clock for reported timestamps. Default time.Now.
 	Now func() time.Time
 }
 
@@ -129,6 +184,8 @@ type Device struct {
 	readyOnce sync.Once
 	// rebootReq wakes Run to take a realistic device offline.
 	rebootReq chan struct{}
+	// updates tracks the background firmware updates, which Run waits for.
+	updates sync.WaitGroup
 
 	mu       sync.Mutex
 	requests map[string]*request // by request ID
@@ -136,10 +193,20 @@ type Device struct {
 	// rebooting is set from the first call until the device is back.
 	pending   []string
 	rebooting bool
+	// current is the session in use, nil while offline.
+	current *session
+	// booted is set once a boot of this process read the twin.
+	booted bool
+	// stopped is set when Run returns; no update starts after it.
+	stopped bool
+	fw      firmwareState
 
+	connected   atomic.Bool
 	reboots     atomic.Int64
 	methodCalls atomic.Int64
 	connections atomic.Int64
+	applies     atomic.Int64
+	failures    atomic.Int64
 }
 
 // request is the state of one reboot request ID.
@@ -161,11 +228,39 @@ func New(cfg Config) (*Device, error) {
 	default:
 		return nil, fmt.Errorf("reboot style %q is not known: use %s", cfg.RebootStyle, Styles)
 	}
-	if cfg.RebootDuration < 0 {
-		return nil, fmt.Errorf("reboot duration %s is negative: use a positive duration such as 20s", cfg.RebootDuration)
+	for _, v := range []struct {
+		name string
+		d    *time.Duration
+		def  time.Duration
+	}{
+		{"reboot duration", &cfg.RebootDuration, DefaultRebootDuration},
+		{"stage duration", &cfg.StageDuration, DefaultStageDuration},
+		{"flap interval", &cfg.FlapInterval, 0},
+		{"flap downtime", &cfg.FlapDowntime, 0},
+	} {
+		if *v.d < 0 {
+			return nil, fmt.Errorf("%s %s is negative: use a positive duration such as 20s", v.name, *v.d)
+		}
+		if *v.d == 0 {
+			*v.d = v.def
+		}
 	}
-	if cfg.RebootDuration == 0 {
-		cfg.RebootDuration = DefaultRebootDuration
+	if cfg.FlapInterval > 0 && cfg.FlapDowntime == 0 {
+		cfg.FlapDowntime = max(cfg.FlapInterval/4, minFlapDowntime)
+	}
+	if cfg.FirmwareVersion == "" {
+		cfg.FirmwareVersion = DefaultFirmwareVersion
+	}
+	if err := checkText(protocol.FieldVersion, cfg.FirmwareVersion); err != nil {
+		return nil, fmt.Errorf("firmware version: %w", err)
+	}
+	switch cfg.FailStage {
+	case "", protocol.StatusDownloading, protocol.StatusApplying:
+	default:
+		return nil, fmt.Errorf("fail stage %q is not known: use %s", cfg.FailStage, FailStages)
+	}
+	if cfg.FailStage != "" && cfg.FailReason == "" {
+		cfg.FailReason = fmt.Sprintf("simulated failure while %s (injected fault)", cfg.FailStage)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -180,6 +275,7 @@ func New(cfg Config) (*Device, error) {
 		ready:     make(chan struct{}),
 		rebootReq: make(chan struct{}, 1),
 		requests:  map[string]*request{},
+		fw:        firmwareState{version: cfg.FirmwareVersion, served: map[string]*fwUpdate{}},
 	}, nil
 }
 
@@ -190,6 +286,9 @@ func (d *Device) ID() string { return d.cfg.ConnectionString.DeviceID }
 // registered.
 func (d *Device) Ready() <-chan struct{} { return d.ready }
 
+// Connected reports whether the device has an MQTT connection now.
+func (d *Device) Connected() bool { return d.connected.Load() }
+
 // Reboots returns the number of reboots performed.
 func (d *Device) Reboots() int64 { return d.reboots.Load() }
 
@@ -199,16 +298,18 @@ func (d *Device) MethodCalls() int64 { return d.methodCalls.Load() }
 
 // Connections returns how many times an MQTT connection was established:
 // first connects, automatic reconnects and connects after a realistic
-// reboot.
+// reboot or a flap.
 func (d *Device) Connections() int64 { return d.connections.Load() }
 
 // Run connects and serves direct methods until ctx is done, then
-// disconnects and returns nil. It returns an error when the device cannot
-// connect for good (refused credentials, untrusted certificate); transient
-// failures of the first connect are retried with exponential backoff, and
-// a lost connection is re-established by the MQTT client. Call Run once.
+// disconnects and returns nil once its background firmware updates have
+// stopped. It returns an error when the device cannot connect for good
+// (refused credentials, untrusted certificate); transient failures of the
+// first connect are retried with exponential backoff, and a lost connection
+// is re-established by the MQTT client. Call Run once.
 func (d *Device) Run(ctx context.Context) error {
-	s, err := d.connect(ctx)
+	defer d.stop()
+	s, err := d.connect(ctx, true)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -216,33 +317,68 @@ func (d *Device) Run(ctx context.Context) error {
 		return err
 	}
 	d.readyOnce.Do(func() { close(d.ready) })
-	d.log.Info("device ready", "style", d.cfg.RebootStyle, "reboot_duration", d.cfg.RebootDuration.String())
+	d.log.Info("device ready", "style", d.cfg.RebootStyle, "reboot_duration", d.cfg.RebootDuration.String(),
+		"firmware_version", d.Firmware().Version, "stage_duration", d.cfg.StageDuration.String())
 	for {
+		var flap <-chan time.Time
+		if d.cfg.FlapInterval > 0 {
+			// A timer per round; flap is drained or the round ends with
+			// the device, so nothing leaks.
+			flap = time.After(jitter(d.cfg.FlapInterval))
+		}
+		restart := false
 		select {
 		case <-ctx.Done():
-			s.close()
+			d.closeSession(s)
 			d.log.Info("device stopped")
 			return nil
 		case <-d.rebootReq:
+			// A realistic reboot: answer first (see ackGrace), then go
+			// offline.
+			if !sleep(ctx, ackGrace) {
+				d.closeSession(s)
+				return nil
+			}
+			d.closeSession(s)
+			d.log.Info("rebooting: offline", "duration", d.cfg.RebootDuration.String())
+			if !sleep(ctx, d.cfg.RebootDuration) {
+				return nil
+			}
+			restart = true
+		case <-flap:
+			d.closeSession(s)
+			d.log.Info("flapping: offline", "duration", d.cfg.FlapDowntime.String())
+			if !sleep(ctx, d.cfg.FlapDowntime) {
+				return nil
+			}
 		}
-		// A realistic reboot: answer first (see ackGrace), then go offline.
-		if !sleep(ctx, ackGrace) {
-			s.close()
-			return nil
-		}
-		s.close()
-		d.log.Info("rebooting: offline", "duration", d.cfg.RebootDuration.String())
-		if !sleep(ctx, d.cfg.RebootDuration) {
-			return nil
-		}
-		if s, err = d.connect(ctx); err != nil {
+		if s, err = d.connect(ctx, restart); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		d.log.Info("device back online after reboot")
+		if restart {
+			d.log.Info("device back online after reboot")
+		} else {
+			d.log.Info("device back online after flapping")
+		}
 	}
+}
+
+// stop waits for the background firmware updates, which end with Run's
+// context, and refuses new ones.
+func (d *Device) stop() {
+	d.mu.Lock()
+	d.stopped = true
+	d.mu.Unlock()
+	d.updates.Wait()
+}
+
+// jitter spreads d by ±20% so that a fleet's flapping devices do not all
+// drop at once.
+func jitter(d time.Duration) time.Duration {
+	return d - d/5 + rand.N(2*d/5+1)
 }
 
 // session is one MQTT client and a context that lives exactly as long as
@@ -279,10 +415,30 @@ func (s *session) call(timeout time.Duration, fn func(ctx context.Context) error
 	}
 }
 
-// connect builds a client, connects, boots (reads the twin, finishes a
-// realistic reboot) and registers the methods, retrying transient
-// failures with exponential backoff until ctx is done.
-func (d *Device) connect(ctx context.Context) (*session, error) {
+// closeSession closes s and, if it is the session in use, marks the device
+// offline.
+func (d *Device) closeSession(s *session) {
+	d.mu.Lock()
+	if d.current == s {
+		d.current = nil
+		d.connected.Store(false)
+	}
+	d.mu.Unlock()
+	s.close()
+}
+
+// session returns the session in use, nil while offline.
+func (d *Device) session() *session {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.current
+}
+
+// connect builds a client, connects, boots (reads the twin, reports the
+// start state) and registers the methods, retrying transient failures with
+// exponential backoff until ctx is done. restart says whether the device
+// (re)started, as opposed to coming back after a dropped connection.
+func (d *Device) connect(ctx context.Context, restart bool) (*session, error) {
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(500*time.Millisecond),
 		backoff.WithMaxInterval(10*time.Second),
@@ -302,21 +458,60 @@ func (d *Device) connect(ctx context.Context) (*session, error) {
 		if err := backoff.RetryNotify(op, backoff.WithContext(b, ctx), notify); err != nil {
 			return nil, err
 		}
-		d.boot(s)
-		err := s.call(subscribeTimeout, func(ctx context.Context) error {
-			return s.client.RegisterMethod(ctx, MethodReboot, d.rebootHandler(s))
-		})
+		d.mu.Lock()
+		d.current = s
+		d.connected.Store(true)
+		d.mu.Unlock()
+		d.boot(s, restart)
+		method, err := d.register(ctx, s)
 		if err == nil {
 			return s, nil
 		}
 		// Rare (the hub refused or ignored the subscription): start over
 		// with a fresh client rather than serve without the method.
-		s.close()
+		d.closeSession(s)
 		next := b.NextBackOff()
-		notify(fmt.Errorf("register method %s: %w", MethodReboot, err), next)
+		notify(fmt.Errorf("register method %s: %w", method, err), next)
 		if !sleep(ctx, next) {
 			return nil, ctx.Err()
 		}
+	}
+}
+
+// register subscribes the methods on s; runCtx bounds the firmware
+// updates the handlers start. It returns the method that failed.
+func (d *Device) register(runCtx context.Context, s *session) (string, error) {
+	handlers := []struct {
+		name string
+		fn   iotdevice.DirectMethodHandler
+	}{
+		{MethodReboot, d.rebootHandler(s)},
+		{MethodFirmwareUpdate, d.firmwareHandler(runCtx)},
+	}
+	for _, h := range handlers {
+		fn := h.fn
+		if d.cfg.Unresponsive {
+			fn = d.silent(s, h.name)
+		}
+		err := s.call(subscribeTimeout, func(ctx context.Context) error {
+			return s.client.RegisterMethod(ctx, h.name, fn)
+		})
+		if err != nil {
+			return h.name, err
+		}
+	}
+	return "", nil
+}
+
+// silent is an unresponsive device's handler: it counts the call and never
+// answers. It returns when the session ends; the client then has no
+// connection to publish the answer on.
+func (d *Device) silent(s *session, method string) iotdevice.DirectMethodHandler {
+	return func(map[string]any) (int, map[string]any, error) {
+		d.methodCalls.Add(1)
+		d.log.Info("method call ignored: the device is unresponsive", "method", method)
+		<-s.ctx.Done()
+		return http.StatusServiceUnavailable, map[string]any{"error": "the device went offline"}, nil
 	}
 }
 
@@ -324,13 +519,22 @@ func (d *Device) connect(ctx context.Context) (*session, error) {
 func (d *Device) dial(ctx context.Context) (*session, error) {
 	sctx, cancel := context.WithCancel(ctx)
 	s := &session{ctx: sctx, cancel: cancel}
+	unknown := d.unknownMethod
+	if d.cfg.Unresponsive {
+		unknown = func(method string) (int, []byte) {
+			d.methodCalls.Add(1)
+			<-sctx.Done()
+			return http.StatusServiceUnavailable, nil
+		}
+	}
 	c, err := hubconn.NewDeviceClient(d.cfg.ConnectionString, hubconn.DeviceOptions{
 		CAFile:           d.cfg.CAFile,
+		TLSConfig:        d.cfg.TLSConfig,
 		Broker:           d.cfg.Broker,
 		Logger:           d.log,
-		UnknownMethod:    d.unknownMethod,
+		UnknownMethod:    unknown,
 		OnConnect:        func() { d.onConnect(s) },
-		OnConnectionLost: func(err error) { d.log.Warn("connection lost", "error", err) },
+		OnConnectionLost: func(err error) { d.onConnectionLost(s, err) },
 	})
 	if err != nil {
 		cancel()
@@ -346,11 +550,27 @@ func (d *Device) dial(ctx context.Context) (*session, error) {
 
 func (d *Device) onConnect(s *session) {
 	d.connections.Add(1)
+	// The first connect of a session is marked in connect; this catches
+	// the client's own reconnects.
+	d.mu.Lock()
+	if d.current == s {
+		d.connected.Store(true)
+	}
+	d.mu.Unlock()
 	if s.first.Swap(true) {
 		d.log.Info("connection restored")
 		return
 	}
 	d.log.Info("connected", "host", d.cfg.ConnectionString.HostName)
+}
+
+func (d *Device) onConnectionLost(s *session, err error) {
+	d.mu.Lock()
+	if d.current == s {
+		d.connected.Store(false)
+	}
+	d.mu.Unlock()
+	d.log.Warn("connection lost", "error", err)
 }
 
 // classify makes connect errors that retrying cannot fix permanent, with a
@@ -375,25 +595,46 @@ func (d *Device) classify(err error) error {
 	return fmt.Errorf("connect as %s: %w", id, err)
 }
 
-// boot runs what a device does after (re)starting: it reads its twin (also
-// the first twin request of the session, see session) and, after a
-// realistic reboot, completes the pending reboot and reports it.
-func (d *Device) boot(s *session) {
+// boot runs what a device does after it connected: it reads its twin (also
+// the first twin request of the session, see session). On the first boot
+// of the process it restores what the twin remembers; after a (re)start it
+// completes a realistic reboot and reports its firmware state.
+func (d *Device) boot(s *session, restart bool) {
 	var reported iotdevice.TwinState
 	err := s.call(twinTimeout, func(ctx context.Context) error {
 		var err error
 		_, reported, err = s.client.RetrieveTwinState(ctx)
 		return err
 	})
+	d.mu.Lock()
+	first := !d.booted
+	d.booted = d.booted || err == nil
+	d.mu.Unlock()
 	if err != nil {
 		// Not fatal: the device serves methods without it and only lacks
-		// the request ID it served before a process restart.
+		// what it reported before a process restart. Until a read
+		// succeeds it does not report its firmware either, which could
+		// overwrite a newer version with the configured one.
 		d.log.Warn("read twin failed", "error", err)
 	} else {
 		d.log.Debug("twin read", "reported_version", reported.Version())
 		d.restore(reported)
+		if first {
+			d.restoreFirmware(reported)
+		}
 	}
+	if !restart {
+		return
+	}
+	d.finishReboot(s)
+	if err == nil {
+		d.reportFirmwareStart(s)
+	}
+}
 
+// finishReboot completes a realistic reboot after the device is back:
+// it counts the reboot and reports rebootTime with the request ID served.
+func (d *Device) finishReboot(s *session) {
 	d.mu.Lock()
 	if !d.rebooting {
 		d.mu.Unlock()
@@ -415,7 +656,7 @@ func (d *Device) boot(s *session) {
 		backoff.WithInitialInterval(time.Second),
 		backoff.WithMaxElapsedTime(reportMaxElapsed),
 	)
-	err = backoff.RetryNotify(func() error { return d.report(s, at, last) },
+	err := backoff.RetryNotify(func() error { return d.report(s, at, last) },
 		backoff.WithContext(b, s.ctx),
 		func(err error, next time.Duration) {
 			d.log.Warn("report rebootTime failed: retrying", "error", err, "retry_in", next.Round(time.Millisecond).String())
@@ -523,6 +764,9 @@ func (d *Device) rebootHandler(s *session) iotdevice.DirectMethodHandler {
 			return http.StatusInternalServerError, map[string]any{"error": "rebooted but could not report rebootTime: " + err.Error()}, nil
 		}
 		d.markReported(id)
+		// Back from the reboot: the firmware's start state, as after
+		// any start.
+		d.reportFirmwareStart(s)
 		return http.StatusOK, map[string]any{FieldResponse: TutorialResponse}, nil
 	}
 }

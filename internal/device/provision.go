@@ -22,7 +22,7 @@ import (
 func Provision(ctx context.Context, svc *iotservice.Client, id string) (hubconn.Device, error) {
 	dev, err := svc.GetDevice(ctx, id)
 	if isStatus(err, http.StatusNotFound) {
-		dev, err = svc.CreateDevice(ctx, newIdentity(id))
+		dev, err = svc.CreateDevice(ctx, NewIdentity(id))
 		if isStatus(err, http.StatusConflict) || isStatus(err, http.StatusPreconditionFailed) {
 			// Registered by someone else meanwhile.
 			dev, err = svc.GetDevice(ctx, id)
@@ -31,6 +31,13 @@ func Provision(ctx context.Context, svc *iotservice.Client, id string) (hubconn.
 	if err != nil {
 		return hubconn.Device{}, fmt.Errorf("register device %s: %w", id, err)
 	}
+	return Connection(svc, dev)
+}
+
+// Connection returns the connection string of a registered identity; its
+// HostName is the bare host (see Provision).
+func Connection(svc *iotservice.Client, dev *iotservice.Device) (hubconn.Device, error) {
+	id := dev.DeviceID
 	if dev.Authentication == nil || dev.Authentication.Type != iotservice.AuthSAS || dev.Authentication.SymmetricKey == nil {
 		// DeviceConnectionString would dereference a missing key set.
 		return hubconn.Device{}, fmt.Errorf("device %s does not authenticate with symmetric keys: use another device ID or pass its connection string in IOTHUB_DEVICE_CONNECTION_STRING", id)
@@ -47,7 +54,8 @@ func Provision(ctx context.Context, svc *iotservice.Client, id string) (hubconn.
 	return d, nil
 }
 
-func newIdentity(id string) *iotservice.Device {
+// NewIdentity is an enabled identity for id with fresh symmetric keys.
+func NewIdentity(id string) *iotservice.Device {
 	return &iotservice.Device{
 		DeviceID: id,
 		Status:   iotservice.Enabled,

@@ -17,6 +17,7 @@
 //	GET    /devices/{id}           read an identity
 //	DELETE /devices/{id}           delete an identity (If-Match optional)
 //	GET    /devices?top=N          list identities
+//	POST   /devices                bulk registry: create, update or delete up to 100 identities
 //	POST   /devices/query          query twins (see the query grammar in query.go)
 //	GET    /twins/{id}             read a twin
 //	PATCH  /twins/{id}             merge tags and desired properties (If-Match optional)

@@ -32,6 +32,7 @@ func (h *Hub) Handler() http.Handler {
 	mux.HandleFunc("GET /devices/{id}", h.handleGetDevice)
 	mux.HandleFunc("DELETE /devices/{id}", h.handleDeleteDevice)
 	mux.HandleFunc("GET /devices", h.handleListDevices)
+	mux.HandleFunc("POST /devices", h.handleBulkDevices)
 	mux.HandleFunc("POST /devices/query", h.handleQuery)
 	mux.HandleFunc("GET /twins/{id}", h.handleGetTwin)
 	mux.HandleFunc("PATCH /twins/{id}", h.handleUpdateTwin)
@@ -383,6 +384,7 @@ func (h *Hub) handleGetTwin(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	h.countTwinRead(d.ID)
 	w.Header().Set("ETag", `"`+twinETag(tw.Version)+`"`)
 	writeJSON(w, http.StatusOK, h.twinView(d, tw))
 }

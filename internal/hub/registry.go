@@ -95,58 +95,14 @@ func (s *deviceSpec) validate() error {
 // identity. Creating an existing device fails with DeviceAlreadyExists, as on
 // IoT Hub: updates must say so with If-Match.
 func (h *Hub) putDevice(spec deviceSpec, ifMatch string, now time.Time) (store.Device, error) {
-	if err := spec.validate(); err != nil {
-		return store.Device{}, err
-	}
 	var (
 		out      store.Device
 		disabled bool
 	)
 	err := h.store.Update(func(tx *store.Tx) error {
-		cur, err := tx.Device(spec.ID)
-		exists := err == nil
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-		if ifMatch == "" {
-			if exists {
-				return errorf(ErrDeviceAlreadyExists, "A device with ID '%s' is already registered.", spec.ID)
-			}
-			d, err := newDevice(spec, now)
-			if err != nil {
-				return err
-			}
-			if err := tx.PutDevice(d); err != nil {
-				return err
-			}
-			out = d
-			return tx.PutTwin(d.ID, newTwin(now))
-		}
-		if !exists {
-			return errorf(ErrDeviceNotFound, "device %q is not registered", spec.ID)
-		}
-		if !etagMatches(ifMatch, deviceETag(cur.Version)) {
-			return errorf(ErrPreconditionFailed, "the device etag does not match If-Match %s", ifMatch)
-		}
-		if spec.Status != "" && spec.Status != cur.Status {
-			cur.Status = spec.Status
-			cur.StatusUpdatedTime = now
-			disabled = spec.Status == statusDisabled
-		}
-		cur.StatusReason = spec.StatusReason
-		if spec.PrimaryKey != "" {
-			cur.PrimaryKey = spec.PrimaryKey
-		}
-		if spec.SecondaryKey != "" {
-			cur.SecondaryKey = spec.SecondaryKey
-		}
-		if cur.PrimaryKey == cur.SecondaryKey {
-			return errorf(ErrArgumentInvalid, "primaryKey and secondaryKey must differ")
-		}
-		cur.IoTEdge = spec.IoTEdge
-		cur.Version++
-		out = cur
-		return tx.PutDevice(cur)
+		var err error
+		out, disabled, err = putDeviceTx(tx, spec, ifMatch, now)
+		return err
 	})
 	if err != nil {
 		return store.Device{}, err
@@ -155,6 +111,57 @@ func (h *Hub) putDevice(spec deviceSpec, ifMatch string, now time.Time) (store.D
 		h.disconnectDevice(spec.ID, errDeviceDisabled)
 	}
 	return out, nil
+}
+
+// putDeviceTx is putDevice inside a transaction. It reports whether the
+// update disabled the device, whose connection the caller then closes. An
+// *Error leaves the transaction unchanged.
+func putDeviceTx(tx *store.Tx, spec deviceSpec, ifMatch string, now time.Time) (out store.Device, disabled bool, err error) {
+	if err := spec.validate(); err != nil {
+		return store.Device{}, false, err
+	}
+	cur, err := tx.Device(spec.ID)
+	exists := err == nil
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.Device{}, false, err
+	}
+	if ifMatch == "" {
+		if exists {
+			return store.Device{}, false, errorf(ErrDeviceAlreadyExists, "A device with ID '%s' is already registered.", spec.ID)
+		}
+		d, err := newDevice(spec, now)
+		if err != nil {
+			return store.Device{}, false, err
+		}
+		if err := tx.PutDevice(d); err != nil {
+			return store.Device{}, false, err
+		}
+		return d, false, tx.PutTwin(d.ID, newTwin(now))
+	}
+	if !exists {
+		return store.Device{}, false, errorf(ErrDeviceNotFound, "device %q is not registered", spec.ID)
+	}
+	if !etagMatches(ifMatch, deviceETag(cur.Version)) {
+		return store.Device{}, false, errorf(ErrPreconditionFailed, "the device etag does not match If-Match %s", ifMatch)
+	}
+	if spec.Status != "" && spec.Status != cur.Status {
+		cur.Status = spec.Status
+		cur.StatusUpdatedTime = now
+		disabled = spec.Status == statusDisabled
+	}
+	cur.StatusReason = spec.StatusReason
+	if spec.PrimaryKey != "" {
+		cur.PrimaryKey = spec.PrimaryKey
+	}
+	if spec.SecondaryKey != "" {
+		cur.SecondaryKey = spec.SecondaryKey
+	}
+	if cur.PrimaryKey == cur.SecondaryKey {
+		return store.Device{}, false, errorf(ErrArgumentInvalid, "primaryKey and secondaryKey must differ")
+	}
+	cur.IoTEdge = spec.IoTEdge
+	cur.Version++
+	return cur, disabled, tx.PutDevice(cur)
 }
 
 func newDevice(spec deviceSpec, now time.Time) (store.Device, error) {
@@ -234,25 +241,35 @@ func (h *Hub) getTwin(id string) (store.Device, store.Twin, error) {
 
 // deleteDevice removes an identity and its twin and disconnects the device.
 func (h *Hub) deleteDevice(id, ifMatch string) error {
-	err := h.store.Update(func(tx *store.Tx) error {
-		d, err := tx.Device(id)
-		if errors.Is(err, store.ErrNotFound) {
-			return errorf(ErrDeviceNotFound, "device %q is not registered", id)
-		}
-		if err != nil {
-			return err
-		}
-		if !etagMatches(ifMatch, deviceETag(d.Version)) {
-			return errorf(ErrPreconditionFailed, "the device etag does not match If-Match %s", ifMatch)
-		}
-		return tx.DeleteDevice(id)
-	})
+	err := h.store.Update(func(tx *store.Tx) error { return deleteDeviceTx(tx, id, ifMatch) })
 	if err != nil {
 		return err
 	}
+	h.forgetDevice(id)
+	return nil
+}
+
+// deleteDeviceTx is deleteDevice inside a transaction; the caller then
+// calls forgetDevice. An *Error leaves the transaction unchanged.
+func deleteDeviceTx(tx *store.Tx, id, ifMatch string) error {
+	d, err := tx.Device(id)
+	if errors.Is(err, store.ErrNotFound) {
+		return errorf(ErrDeviceNotFound, "device %q is not registered", id)
+	}
+	if err != nil {
+		return err
+	}
+	if !etagMatches(ifMatch, deviceETag(d.Version)) {
+		return errorf(ErrPreconditionFailed, "the device etag does not match If-Match %s", ifMatch)
+	}
+	return tx.DeleteDevice(id)
+}
+
+// forgetDevice disconnects a deleted device and drops its connection
+// history.
+func (h *Hub) forgetDevice(id string) {
 	h.disconnectDevice(id, errDeviceDeleted)
 	h.conns.forget(id)
-	return nil
 }
 
 // listDevices returns up to limit identities in ID order.

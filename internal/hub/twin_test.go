@@ -28,6 +28,9 @@ func TestTwin(t *testing.T) {
 		twin.Properties.Reported["$version"] != float64(1) || twin.ConnectionState != iotservice.Connected {
 		t.Errorf("new twin = %+v", twin)
 	}
+	if n := h.Stats().ServiceTwinReads["tw"]; n != 1 {
+		t.Errorf("service twin reads = %d, want 1", n)
+	}
 
 	sub, err := dc.SubscribeTwinUpdates(ctx)
 	if err != nil {

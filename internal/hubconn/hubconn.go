@@ -162,6 +162,10 @@ func NewServiceClient(s Service, caFile string) (*iotservice.Client, error) {
 type DeviceOptions struct {
 	// CAFile is a PEM file of extra roots (localhub's ca.pem).
 	CAFile string
+	// TLSConfig, when set, is used (cloned) instead of one built from
+	// CAFile. Many clients in one process share one: every TLSConfig call
+	// copies the system root pool, some 30 KB a client.
+	TLSConfig *tls.Config
 	// Broker overrides the MQTT broker URL (default tls://<HostName>:8883),
 	// e.g. tls://127.0.0.1:18883 for a localhub on another port.
 	Broker string
@@ -181,9 +185,14 @@ type DeviceOptions struct {
 
 // NewDeviceClient builds an MQTT device client for d.
 func NewDeviceClient(d Device, o DeviceOptions) (*iotdevice.Client, error) {
-	tlsCfg, err := TLSConfig(o.CAFile)
-	if err != nil {
-		return nil, err
+	var tlsCfg *tls.Config
+	if o.TLSConfig != nil {
+		tlsCfg = o.TLSConfig.Clone()
+	} else {
+		var err error
+		if tlsCfg, err = TLSConfig(o.CAFile); err != nil {
+			return nil, err
+		}
 	}
 	host := d.HostName
 	if h, _, ok := strings.Cut(host, ":"); ok {

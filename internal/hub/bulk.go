@@ -1,0 +1,180 @@
+package hub
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/dmflow/dmflow/internal/hub/store"
+)
+
+// maxBulkDevices is how many identities one bulk registry request may
+// carry, IoT Hub's limit.
+const maxBulkDevices = 100
+
+// Import modes of the bulk registry API (ExportImportDevice.importMode),
+// compared case-insensitively: the Go SDK sends "create" but "Update".
+const (
+	modeCreate            = "create"
+	modeCreateOrUpdate    = "createorupdate"
+	modeUpdate            = "update"
+	modeUpdateIfMatchETag = "updateifmatchetag"
+	modeDelete            = "delete"
+	modeDeleteIfMatchETag = "deleteifmatchetag"
+)
+
+// bulkDevice is one ExportImportDevice of POST /devices. JSON field names
+// match case-insensitively, so the SDK's "etag" fills ETag.
+type bulkDevice struct {
+	ID             string `json:"id"`
+	ETag           string `json:"eTag"`
+	ImportMode     string `json:"importMode"`
+	Status         string `json:"status"`
+	StatusReason   string `json:"statusReason"`
+	Authentication *struct {
+		SymmetricKey *symmetricKey `json:"symmetricKey"`
+		Type         string        `json:"type"`
+	} `json:"authentication"`
+	Capabilities *capabilities `json:"capabilities"`
+}
+
+// bulkResult is IoT Hub's BulkRegistryOperationResult.
+type bulkResult struct {
+	IsSuccessful bool        `json:"isSuccessful"`
+	Errors       []bulkError `json:"errors"`
+	Warnings     []any       `json:"warnings"`
+}
+
+// bulkError is a DeviceRegistryOperationError: the numeric error code (as
+// the SDKs decode it) and the message.
+type bulkError struct {
+	DeviceID    string `json:"deviceId"`
+	ErrorCode   int    `json:"errorCode"`
+	ErrorStatus string `json:"errorStatus"`
+}
+
+// handleBulkDevices serves POST /devices: create, update or delete up to
+// maxBulkDevices identities in one transaction. Each device succeeds or
+// fails on its own; with any failure the answer is 400 and lists them, as
+// on IoT Hub. Twin import modes are not supported.
+func (h *Hub) handleBulkDevices(w http.ResponseWriter, r *http.Request) {
+	var req []bulkDevice
+	if err := decodeBody(w, r, &req); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if err := checkBulk(req); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	res, err := h.bulkDevices(req, time.Now())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.log.Info("device identities saved in bulk", "devices", len(req), "failed", len(res.Errors))
+	status := http.StatusOK
+	if !res.IsSuccessful {
+		status = http.StatusBadRequest
+	}
+	writeJSON(w, status, res)
+}
+
+// checkBulk refuses a request as a whole: too many devices, or one twice.
+func checkBulk(req []bulkDevice) error {
+	switch {
+	case len(req) == 0:
+		return errorf(ErrArgumentInvalid, "the request lists no devices")
+	case len(req) > maxBulkDevices:
+		return errorf(ErrArgumentInvalid, "the request lists %d devices; at most %d are allowed per call", len(req), maxBulkDevices)
+	}
+	seen := make(map[string]bool, len(req))
+	for _, d := range req {
+		if seen[d.ID] {
+			return errorf(ErrArgumentInvalid, "device %q is listed more than once; a device may be specified only once", d.ID)
+		}
+		seen[d.ID] = true
+	}
+	return nil
+}
+
+// bulkDevices applies req in one transaction and answers per device.
+func (h *Hub) bulkDevices(req []bulkDevice, now time.Time) (bulkResult, error) {
+	res := bulkResult{IsSuccessful: true, Errors: []bulkError{}, Warnings: []any{}}
+	var disabled, deleted []string
+	err := h.store.Update(func(tx *store.Tx) error {
+		for _, d := range req {
+			dis, del, err := applyBulk(tx, d, now)
+			var e *Error
+			switch {
+			case errors.As(err, &e):
+				_, number := errorStatus(e.Code)
+				res.Errors = append(res.Errors, bulkError{DeviceID: d.ID, ErrorCode: number, ErrorStatus: e.Message})
+			case err != nil:
+				return err
+			case dis:
+				disabled = append(disabled, d.ID)
+			case del:
+				deleted = append(deleted, d.ID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return bulkResult{}, err
+	}
+	res.IsSuccessful = len(res.Errors) == 0
+	for _, id := range disabled {
+		h.disconnectDevice(id, errDeviceDisabled)
+	}
+	for _, id := range deleted {
+		h.forgetDevice(id)
+	}
+	return res, nil
+}
+
+// applyBulk applies one device's operation and reports whether it disabled
+// or deleted the device.
+func applyBulk(tx *store.Tx, d bulkDevice, now time.Time) (disabled, deleted bool, err error) {
+	spec := deviceSpec{ID: d.ID, Status: d.Status, StatusReason: d.StatusReason}
+	if a := d.Authentication; a != nil {
+		spec.AuthType = a.Type
+		if a.SymmetricKey != nil {
+			spec.PrimaryKey, spec.SecondaryKey = a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey
+		}
+	}
+	if d.Capabilities != nil {
+		spec.IoTEdge = d.Capabilities.IoTEdge
+	}
+	etag := strings.Trim(d.ETag, `"`)
+	switch strings.ToLower(d.ImportMode) {
+	case modeCreate:
+		_, _, err = putDeviceTx(tx, spec, "", now)
+	case modeCreateOrUpdate:
+		if _, err := tx.Device(d.ID); errors.Is(err, store.ErrNotFound) {
+			_, _, err = putDeviceTx(tx, spec, "", now)
+			return false, false, err
+		}
+		_, disabled, err = putDeviceTx(tx, spec, "*", now)
+	case modeUpdate:
+		_, disabled, err = putDeviceTx(tx, spec, "*", now)
+	case modeUpdateIfMatchETag:
+		if etag == "" {
+			return false, false, errorf(ErrArgumentInvalid, "importMode %s needs the device's eTag", d.ImportMode)
+		}
+		_, disabled, err = putDeviceTx(tx, spec, `"`+etag+`"`, now)
+	case modeDelete:
+		err = deleteDeviceTx(tx, d.ID, "*")
+		deleted = err == nil
+	case modeDeleteIfMatchETag:
+		if etag == "" {
+			return false, false, errorf(ErrArgumentInvalid, "importMode %s needs the device's eTag", d.ImportMode)
+		}
+		err = deleteDeviceTx(tx, d.ID, `"`+etag+`"`)
+		deleted = err == nil
+	default:
+		return false, false, errorf(ErrArgumentInvalid, "importMode %q is not supported by localhub; use create, createOrUpdate, update, updateIfMatchETag, delete or deleteIfMatchETag", d.ImportMode)
+	}
+	return disabled, deleted, err
+}
