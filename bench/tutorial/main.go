@@ -34,7 +34,8 @@ type deviceRun struct {
 	TwinReads  int           `json:"twinReads"`
 	Duration   time.Duration `json:"duration"`
 	// Lag is, per stage, how long after the device's own timestamp the
-	// loop saw it.
+	// loop saw it; a stage the loop never saw (it read the twin before and
+	// after it) is missing.
 	Lag map[string]time.Duration `json:"lag"`
 	Err string                   `json:"error,omitempty"`
 }
@@ -89,8 +90,8 @@ func main() {
 	_ = enc.Encode(sum)
 }
 
-func update(ctx context.Context, hub *iotservice.Client, id, uri, version, updateID string, interval, timeout time.Duration) deviceRun {
-	r := deviceRun{Device: id, Lag: map[string]time.Duration{}}
+func update(ctx context.Context, hub *iotservice.Client, id, uri, version, updateID string, interval, timeout time.Duration) (r deviceRun) {
+	r = deviceRun{Device: id, Lag: map[string]time.Duration{}}
 	start := time.Now()
 	defer func() { r.Duration = time.Since(start) }()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
