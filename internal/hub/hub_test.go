@@ -42,7 +42,8 @@ func TestTelemetryAndStats(t *testing.T) {
 	if res.StatusCode != http.StatusOK || json.Unmarshal(raw, &st) != nil {
 		t.Fatalf("stats = %d %s", res.StatusCode, raw)
 	}
-	want := Stats{ConnectedDevices: 1, TelemetryMessages: 3, MethodInvocations: map[string]map[string]int{"tele": {"m": 1}}}
+	want := Stats{ConnectedDevices: 1, TelemetryMessages: 3, MethodInvocations: map[string]map[string]int{"tele": {"m": 1}},
+		ServiceTwinReads: map[string]int{}}
 	if !reflect.DeepEqual(st, want) {
 		t.Errorf("stats = %+v, want %+v", st, want)
 	}
