@@ -96,7 +96,11 @@ func FuzzParseService(f *testing.F) {
 		if err != nil {
 			if i := strings.Index(cs, "SharedAccessKey="); i >= 0 {
 				v, _, _ := strings.Cut(cs[i+len("SharedAccessKey="):], ";")
-				if len(v) >= 8 && strings.Contains(err.Error(), v) {
+				// The fixed text (setting name, expected form) may contain
+				// any short string; only what is left could be a leak.
+				rest := strings.NewReplacer(ServiceForm, "", DeviceForm, "",
+					"SharedAccessKeyName", "", "SharedAccessKey", "", "HostName", "", "DeviceId", "").Replace(err.Error())
+				if len(v) >= 8 && strings.Contains(rest, v) {
 					t.Errorf("error %q quotes the key %q", err, v)
 				}
 			}
