@@ -35,8 +35,10 @@ status=0
 "$BIN/starter" reboot --device "$DEVICE" --wait || status=$?
 echo
 uri="https://fw.example/dmflow-$FW_VERSION.bin"
-echo "\$ starter firmware --device $DEVICE --uri $uri --version $FW_VERSION --wait"
-"$BIN/starter" firmware --device "$DEVICE" --uri "$uri" --version "$FW_VERSION" --wait || status=$?
+# One update ID per version: a demo run again finds the update it started
+# before (running or done) instead of starting a second one.
+echo "\$ starter firmware --device $DEVICE --uri $uri --version $FW_VERSION --update-id demo-$FW_VERSION --wait"
+"$BIN/starter" firmware --device "$DEVICE" --uri "$uri" --version "$FW_VERSION" --update-id "demo-$FW_VERSION" --wait || status=$?
 echo
 echo "demo took $(($(date +%s) - t0))s; Temporal UI: $DMFLOW_TEMPORAL_UI"
 

@@ -93,6 +93,19 @@ up() {
     done
     "$BIN/temporal" operator cluster health --address "127.0.0.1:$TEMPORAL_PORT" >/dev/null 2>&1 ||
       die "Temporal dev server not healthy after 30s (log: $STATE/temporal.log)"
+    # --search-attribute registers attributes only in a new database; a
+    # state dir from an older dmflow lacks the ones added since, and a
+    # workflow upserting one would stall. Add any that are missing.
+    local have a
+    have=$("$BIN/temporal" operator search-attribute list --address "127.0.0.1:$TEMPORAL_PORT" 2>/dev/null || true)
+    for a in $SEARCH_ATTRIBUTES; do
+      if ! grep -qw -- "${a%%=*}" <<<"$have"; then
+        "$BIN/temporal" operator search-attribute create --address "127.0.0.1:$TEMPORAL_PORT" \
+          --name "${a%%=*}" --type "${a#*=}" >/dev/null ||
+          die "could not register search attribute ${a%%=*} (log: $STATE/temporal.log)"
+        log "temporal  registered search attribute ${a%%=*}"
+      fi
+    done
     log "temporal  ready  grpc=127.0.0.1:$TEMPORAL_PORT ui=http://localhost:$TEMPORAL_UI_PORT"
   fi
 
