@@ -302,42 +302,19 @@ func getTwinOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
 		RetryPolicy: &temporal.RetryPolicy{
 			// Throttling (429) is the usual transient failure of a twin read: back off from 1 s to
 			// 15 s, well apart on the hub's 100 reads/s (S1) even for a rollout's many devices.
-			InitialInterval:    time.Second,
-			BackoffCoefficient: 2,
-			MaximumInterval:    15 * time.Second,
-			NonRetryableErrorTypes: []string{
-				activities.ErrDeviceNotFound,
-				activities.ErrUnauthorized,
-				activities.ErrBadRequest,
-			},
+			InitialInterval:        time.Second,
+			BackoffCoefficient:     2,
+			MaximumInterval:        15 * time.Second,
+			NonRetryableErrorTypes: hubNonRetryable,
 		},
 	})
 }
 
-// followOptions are the activity options of FollowStages.
+// followOptions are the activity options of FollowStages: it ends itself at the deadline or at a
+// stage timeout before it.
 func followOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
-	// The activity ends itself at the deadline (or a stage timeout before it).
-	remaining := max(deadline.Sub(workflow.Now(ctx)), 0)
-	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout:    remaining + followGrace,
-		ScheduleToCloseTimeout: remaining + followGrace,
-		HeartbeatTimeout:       followHeartbeatTimeout,
-		RetryPolicy: &temporal.RetryPolicy{
-			// Retries here mean a lost worker (transient hub errors are retried inside the activity),
-			// so come back quickly; the retry resumes from the heartbeat details with the stages seen.
-			InitialInterval:    time.Second,
-			BackoffCoefficient: 2,
-			MaximumInterval:    10 * time.Second,
-			NonRetryableErrorTypes: []string{
-				activities.ErrDeviceNotFound,
-				activities.ErrUnauthorized,
-				activities.ErrBadRequest,
-				activities.ErrDeadlineExceeded,
-				activities.ErrStageTimeout,
-				activities.ErrDeviceError,
-			},
-		},
-	})
+	return pollingOptions(ctx, deadline, followGrace, followHeartbeatTimeout,
+		activities.ErrDeadlineExceeded, activities.ErrStageTimeout, activities.ErrDeviceError)
 }
 
 // refusal rewrites a device's refusal of firmwareUpdate (ErrMethodFailed) into a message that puts

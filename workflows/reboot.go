@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
@@ -164,42 +165,46 @@ func invokeOptions(ctx workflow.Context, methodTimeout time.Duration, deadline t
 			InitialInterval:    2 * time.Second,
 			BackoffCoefficient: 2,
 			MaximumInterval:    30 * time.Second,
-			NonRetryableErrorTypes: []string{
-				activities.ErrDeviceNotFound,
-				activities.ErrUnauthorized,
-				activities.ErrBadRequest,
-				// The device ran the method and refused; calling again would only repeat that.
-				activities.ErrMethodFailed,
-			},
+			// The device ran the method and refused (MethodFailed); calling again would only
+			// repeat that.
+			NonRetryableErrorTypes: append(slices.Clone(hubNonRetryable), activities.ErrMethodFailed),
 		},
 	})
 }
 
 // waitOptions are the activity options of WaitForReported, polling at most pollMaxInterval apart
-// until deadline.
+// until deadline. The activity heartbeats after every poll; polls are at most pollMaxInterval apart
+// and a twin read is bounded at 5 s, so waitHeartbeatTimeout passes only when the worker is gone.
 func waitOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
-	// The activity ends itself at the deadline; if earlier steps used up the budget, it still gets
-	// to read the twin once (remaining 0 plus the grace).
+	return pollingOptions(ctx, deadline, waitGrace, waitHeartbeatTimeout, activities.ErrDeadlineExceeded)
+}
+
+// hubNonRetryable are the hub's answers that no retry changes: an unknown device, refused
+// credentials, a request the hub calls malformed.
+var hubNonRetryable = []string{
+	activities.ErrDeviceNotFound,
+	activities.ErrUnauthorized,
+	activities.ErrBadRequest,
+}
+
+// pollingOptions are the options of an activity that polls the twin until deadline and heartbeats
+// after every read (WaitForReported, FollowStages). grace lets it make its last read at the deadline
+// and fail with its own error, which names what it last saw, before Temporal's timeouts would cut it
+// short; if earlier steps used up the budget it still reads once (remaining 0 plus the grace).
+func pollingOptions(ctx workflow.Context, deadline time.Time, grace, heartbeat time.Duration, nonRetryable ...string) workflow.Context {
 	remaining := max(deadline.Sub(workflow.Now(ctx)), 0)
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout:    remaining + waitGrace,
-		ScheduleToCloseTimeout: remaining + waitGrace,
-		// The activity heartbeats after every poll; polls are at most pollMaxInterval apart and a twin
-		// read is bounded at 5 s, so 20 s passes only when the worker is gone. The retry then resumes
-		// from the heartbeat details.
-		HeartbeatTimeout: waitHeartbeatTimeout,
+		StartToCloseTimeout:    remaining + grace,
+		ScheduleToCloseTimeout: remaining + grace,
+		// A missed heartbeat means the worker is gone; the retry resumes from the heartbeat details.
+		HeartbeatTimeout: heartbeat,
 		RetryPolicy: &temporal.RetryPolicy{
 			// Retries here mean a lost worker (transient hub errors are retried inside the activity),
 			// so come back quickly.
-			InitialInterval:    time.Second,
-			BackoffCoefficient: 2,
-			MaximumInterval:    10 * time.Second,
-			NonRetryableErrorTypes: []string{
-				activities.ErrDeviceNotFound,
-				activities.ErrUnauthorized,
-				activities.ErrBadRequest,
-				activities.ErrDeadlineExceeded,
-			},
+			InitialInterval:        time.Second,
+			BackoffCoefficient:     2,
+			MaximumInterval:        10 * time.Second,
+			NonRetryableErrorTypes: append(slices.Clone(hubNonRetryable), nonRetryable...),
 		},
 	})
 }
