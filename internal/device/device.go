@@ -716,8 +716,8 @@ func (d *Device) markReported(ids ...string) {
 // unknownMethod answers methods this device does not implement.
 func (d *Device) unknownMethod(method string) (int, []byte) {
 	d.methodCalls.Add(1)
-	d.log.Warn("method not implemented", "method", method)
-	b, _ := json.Marshal(map[string]string{"error": fmt.Sprintf("method %s not implemented on this device", method)})
+	d.log.Warn("method not supported", "method", method)
+	b, _ := json.Marshal(map[string]string{"error": fmt.Sprintf("method %s is not supported by this device", method)})
 	return http.StatusNotFound, b
 }
 

@@ -157,7 +157,7 @@ func TestUnknownMethod(t *testing.T) {
 	assert.Equal(t, http.StatusNotFound, code)
 	var m map[string]string
 	require.NoError(t, json.Unmarshal(body, &m))
-	assert.Equal(t, "method selfDestruct not implemented on this device", m["error"])
+	assert.Equal(t, "method selfDestruct is not supported by this device", m["error"])
 	assert.EqualValues(t, 1, d.MethodCalls())
 }
 

@@ -3,6 +3,7 @@ package device
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -391,7 +392,7 @@ func TestUnknownMethodAnswered(t *testing.T) {
 	begin := time.Now()
 	res := call(t, h, "dev-unknown", "selfDestruct", map[string]any{"now": true})
 	assert.Equal(t, http.StatusNotFound, res.Status)
-	assert.Equal(t, map[string]any{"error": "method selfDestruct not implemented on this device"}, res.Payload)
+	assert.Equal(t, map[string]any{"error": "method selfDestruct is not supported by this device"}, res.Payload)
 	assert.Less(t, time.Since(begin), 5*time.Second, "answered, not timed out")
 	assert.EqualValues(t, 0, d.Reboots())
 	assert.EqualValues(t, 1, d.MethodCalls())
@@ -428,7 +429,8 @@ func TestRefusedKeyIsFatal(t *testing.T) {
 	t.Parallel()
 	h := startHub(t, t.TempDir(), "", "")
 	h.provision(t, "dev-badkey")
-	conn, err := hubconn.ParseDevice("test", "HostName=localhost;DeviceId=dev-badkey;SharedAccessKey=d3Jvbmcta2V5LXdyb25nLWtleQ==")
+	conn, err := hubconn.ParseDevice("test", "HostName=localhost;DeviceId=dev-badkey;SharedAccessKey="+
+		base64.StdEncoding.EncodeToString([]byte("wrong-key-wrong-key")))
 	require.NoError(t, err)
 	r := runDevice(t, h, conn, StyleTutorial, time.Second)
 	select {
