@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/dmflow/dmflow/internal/hub/store"
 )
@@ -17,15 +18,23 @@ import (
 // language that selects twins:
 //
 //	SELECT * FROM devices [WHERE condition]
+//	SELECT COUNT() [AS alias] FROM devices [WHERE condition]
 //
 // where a condition combines, with AND, OR, NOT and parentheses,
 // comparisons of a twin path (deviceId, status, connectionState,
 // tags.a.b, properties.reported.x, …) with a literal ('string', "string",
 // number, true, false, null) using = != <> < <= > >=, membership tests
 // path IN [literal, …] and path NIN [literal, …], and IS_DEFINED(path).
-// Keywords are case-insensitive, paths and values are not. Comparing values
-// of different types, or a missing property, is false.
+// Keywords are case-insensitive, paths and values are not. Strings take the
+// JSON escapes (\' \" \\ \/ \b \f \n \r \t \uXXXX). Comparing values of
+// different types, or a missing property, is false.
 //
+// COUNT() answers one row, [{"alias": n}], whatever the page size; without AS
+// the column is named "$1", as SQL engines of IoT Hub's lineage (Cosmos DB)
+// name an unnamed projection.
+//
+// A query that does not parse is refused with the 1-based line and column of
+// the offending token and the reason.
 // Pages hold x-ms-max-item-count twins (default 100, at most 1000); a
 // response with more to come carries an x-ms-continuation header to send
 // back with the same query.
@@ -38,7 +47,30 @@ const (
 
 // query is a parsed device query.
 type query struct {
-	where expr // nil selects every twin
+	where expr   // nil selects every twin
+	count string // "" for SELECT *, else the COUNT() column name
+}
+
+// defaultCountAlias names the COUNT() column of a query without AS.
+const defaultCountAlias = "$1"
+
+// queryError is a syntax error at a byte offset of the query text.
+type queryError struct {
+	src    string
+	pos    int // byte offset; len(src) for the end of the query
+	reason string
+}
+
+func (e *queryError) Error() string {
+	line, col := 1, 1
+	for _, r := range e.src[:min(e.pos, len(e.src))] {
+		if r == '\n' {
+			line, col = line+1, 1
+			continue
+		}
+		col++
+	}
+	return fmt.Sprintf("syntax error at line %d, column %d: %s", line, col, e.reason)
 }
 
 // expr is a condition evaluated against a twin document.
@@ -176,28 +208,63 @@ func compareValues(v, lit any) (int, bool) {
 // parseQuery parses the query text.
 func parseQuery(s string) (query, error) {
 	if len(s) > maxQueryLen {
-		return query{}, fmt.Errorf("query is longer than %d characters", maxQueryLen)
+		return query{}, &queryError{s, maxQueryLen, fmt.Sprintf("query is longer than %d characters", maxQueryLen)}
 	}
 	toks, err := lex(s)
 	if err != nil {
 		return query{}, err
 	}
-	p := &parser{toks: toks}
-	for _, kw := range []string{"SELECT", "*", "FROM", "DEVICES"} {
-		if err := p.expectWord(kw); err != nil {
-			return query{}, fmt.Errorf("%w (localhub supports SELECT * FROM devices [WHERE …])", err)
-		}
-	}
+	p := &parser{src: s, toks: toks}
 	var q query
+	if err := p.expectWord("SELECT"); err != nil {
+		return query{}, err
+	}
+	switch {
+	case p.acceptSymbol("*"):
+	case p.acceptWord("COUNT"):
+		if !p.acceptSymbol("(") || !p.acceptSymbol(")") {
+			return query{}, p.errorf("expected COUNT(), found %s", p.found())
+		}
+		q.count = defaultCountAlias
+		if p.acceptWord("AS") {
+			t := p.peek()
+			if p.done() || t.kind != tokWord || isKeyword(t.text) {
+				return query{}, p.errorf("expected an alias after AS, found %s", p.found())
+			}
+			p.i++
+			q.count = t.text
+		}
+	default:
+		return query{}, p.errorf("expected * or COUNT(), found %s (localhub supports SELECT * and SELECT COUNT() [AS alias])", p.found())
+	}
+	if err := p.expectWord("FROM"); err != nil {
+		return query{}, err
+	}
+	if err := p.expectWord("DEVICES"); err != nil {
+		return query{}, err
+	}
 	if p.acceptWord("WHERE") {
 		if q.where, err = p.or(); err != nil {
 			return query{}, err
 		}
 	}
 	if !p.done() {
-		return query{}, fmt.Errorf("unexpected %q", p.peek().text)
+		return query{}, p.errorf("unexpected %s", p.found())
 	}
 	return q, nil
+}
+
+// keywords cannot name a property or an alias without brackets, which
+// localhub does not support.
+var keywords = []string{"SELECT", "FROM", "WHERE", "AND", "OR", "NOT", "IN", "NIN", "AS", "TOP", "GROUP", "BY", "TRUE", "FALSE", "NULL"}
+
+func isKeyword(w string) bool {
+	for _, k := range keywords {
+		if strings.EqualFold(w, k) {
+			return true
+		}
+	}
+	return false
 }
 
 type tokKind int
@@ -212,9 +279,11 @@ const (
 type token struct {
 	kind tokKind
 	text string // word, symbol, decoded string or number text
-	pos  int
+	pos  int    // byte offset in the query
 }
 
+// lex splits the query into tokens. Strings are decoded here: IoT Hub's
+// string literals take JSON's escapes in either quote style.
 func lex(s string) ([]token, error) {
 	var toks []token
 	for i := 0; i < len(s); {
@@ -223,19 +292,12 @@ func lex(s string) ([]token, error) {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
 			i++
 		case c == '\'' || c == '"':
-			var b strings.Builder
-			j := i + 1
-			for ; j < len(s) && s[j] != c; j++ {
-				if s[j] == '\\' && j+1 < len(s) {
-					j++
-				}
-				b.WriteByte(s[j])
+			text, n, err := lexString(s, i)
+			if err != nil {
+				return nil, err
 			}
-			if j >= len(s) {
-				return nil, fmt.Errorf("unterminated string at %d", i)
-			}
-			toks = append(toks, token{tokString, b.String(), i})
-			i = j + 1
+			toks = append(toks, token{tokString, text, i})
+			i += n
 		case c == '-' || (c >= '0' && c <= '9'):
 			j := i + 1
 			for j < len(s) && strings.IndexByte("0123456789.eE+-", s[j]) >= 0 {
@@ -244,8 +306,8 @@ func lex(s string) ([]token, error) {
 				}
 				j++
 			}
-			if _, err := strconv.ParseFloat(s[i:j], 64); err != nil {
-				return nil, fmt.Errorf("bad number %q at %d", s[i:j], i)
+			if f, err := strconv.ParseFloat(s[i:j], 64); err != nil || math.IsInf(f, 0) {
+				return nil, &queryError{s, i, fmt.Sprintf("bad number %q", s[i:j])}
 			}
 			toks = append(toks, token{tokNumber, s[i:j], i})
 			i = j
@@ -257,14 +319,15 @@ func lex(s string) ([]token, error) {
 			toks = append(toks, token{tokWord, s[i:j], i})
 			i = j
 		default:
-			sym := string(c)
+			sym := s[i : i+1]
 			if i+1 < len(s) {
 				if two := s[i : i+2]; two == "!=" || two == "<>" || two == "<=" || two == ">=" {
 					sym = two
 				}
 			}
-			if !strings.Contains("()[],.=<>*", sym) && len(sym) == 1 {
-				return nil, fmt.Errorf("unexpected character %q at %d", c, i)
+			if len(sym) == 1 && !strings.Contains("()[],.=<>*", sym) {
+				r, _ := utf8.DecodeRuneInString(s[i:])
+				return nil, &queryError{s, i, fmt.Sprintf("unexpected character %q", r)}
 			}
 			toks = append(toks, token{tokSymbol, sym, i})
 			i += len(sym)
@@ -273,11 +336,60 @@ func lex(s string) ([]token, error) {
 	return toks, nil
 }
 
+// lexString decodes the string literal starting at s[i] and returns it with
+// the number of bytes it takes.
+func lexString(s string, i int) (string, int, error) {
+	quote := s[i]
+	var b strings.Builder
+	for j := i + 1; j < len(s); j++ {
+		c := s[j]
+		switch {
+		case c == quote:
+			return b.String(), j + 1 - i, nil
+		case c != '\\':
+			b.WriteByte(c)
+			continue
+		}
+		if j+1 >= len(s) {
+			break
+		}
+		j++
+		switch e := s[j]; e {
+		case '\'', '"', '\\', '/':
+			b.WriteByte(e)
+		case 'b':
+			b.WriteByte('\b')
+		case 'f':
+			b.WriteByte('\f')
+		case 'n':
+			b.WriteByte('\n')
+		case 'r':
+			b.WriteByte('\r')
+		case 't':
+			b.WriteByte('\t')
+		case 'u':
+			if j+5 > len(s) {
+				return "", 0, &queryError{s, j - 1, `bad \u escape: want four hex digits`}
+			}
+			n, err := strconv.ParseUint(s[j+1:j+5], 16, 16)
+			if err != nil {
+				return "", 0, &queryError{s, j - 1, `bad \u escape: want four hex digits`}
+			}
+			b.WriteRune(rune(n))
+			j += 4
+		default:
+			return "", 0, &queryError{s, j - 1, fmt.Sprintf(`unknown escape \%c in string`, e)}
+		}
+	}
+	return "", 0, &queryError{s, i, "unterminated string"}
+}
+
 func isWordByte(c byte) bool {
 	return c == '_' || c == '$' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
 }
 
 type parser struct {
+	src  string
 	toks []token
 	i    int
 }
@@ -286,9 +398,26 @@ func (p *parser) done() bool { return p.i >= len(p.toks) }
 
 func (p *parser) peek() token {
 	if p.done() {
-		return token{kind: tokSymbol, text: "end of query"}
+		return token{kind: tokSymbol, text: "end of query", pos: len(p.src)}
 	}
 	return p.toks[p.i]
+}
+
+// found describes the next token for an error message.
+func (p *parser) found() string {
+	if p.done() {
+		return "the end of the query"
+	}
+	t := p.peek()
+	if t.kind == tokString {
+		return fmt.Sprintf("string %q", t.text)
+	}
+	return fmt.Sprintf("%q", t.text)
+}
+
+// errorf reports a syntax error at the next token.
+func (p *parser) errorf(format string, args ...any) error {
+	return &queryError{p.src, p.peek().pos, fmt.Sprintf(format, args...)}
 }
 
 func (p *parser) acceptWord(w string) bool {
@@ -302,7 +431,7 @@ func (p *parser) acceptWord(w string) bool {
 
 func (p *parser) expectWord(w string) error {
 	if !p.acceptWord(w) {
-		return fmt.Errorf("expected %s, found %q", w, p.peek().text)
+		return p.errorf("expected %s, found %s", w, p.found())
 	}
 	return nil
 }
@@ -345,6 +474,8 @@ func (p *parser) and() (expr, error) {
 	return l, nil
 }
 
+// not binds tighter than AND and OR and looser than a comparison, as in SQL:
+// NOT a = 1 AND b = 2 is (NOT (a = 1)) AND (b = 2).
 func (p *parser) not() (expr, error) {
 	if p.acceptWord("NOT") {
 		e, err := p.not()
@@ -363,20 +494,20 @@ func (p *parser) primary() (expr, error) {
 			return nil, err
 		}
 		if !p.acceptSymbol(")") {
-			return nil, fmt.Errorf("expected ), found %q", p.peek().text)
+			return nil, p.errorf("expected ), found %s", p.found())
 		}
 		return e, nil
 	}
 	if p.acceptWord("IS_DEFINED") {
 		if !p.acceptSymbol("(") {
-			return nil, errors.New("expected ( after IS_DEFINED")
+			return nil, p.errorf("expected ( after IS_DEFINED, found %s", p.found())
 		}
 		path, err := p.path()
 		if err != nil {
 			return nil, err
 		}
 		if !p.acceptSymbol(")") {
-			return nil, fmt.Errorf("expected ), found %q", p.peek().text)
+			return nil, p.errorf("expected ), found %s", p.found())
 		}
 		return definedExpr{path}, nil
 	}
@@ -395,7 +526,7 @@ func (p *parser) primary() (expr, error) {
 	}
 	op := p.peek()
 	if p.done() || op.kind != tokSymbol || !strings.Contains(" = != <> < <= > >= ", " "+op.text+" ") {
-		return nil, fmt.Errorf("expected a comparison after %s, found %q", strings.Join(path, "."), op.text)
+		return nil, p.errorf("expected a comparison after %s, found %s", strings.Join(path, "."), p.found())
 	}
 	p.i++
 	lit, err := p.literal()
@@ -412,8 +543,9 @@ func (p *parser) path() ([]string, error) {
 	var path []string
 	for {
 		t := p.peek()
-		if p.done() || t.kind != tokWord {
-			return nil, fmt.Errorf("expected a property name, found %q", t.text)
+		// Only a leading keyword is refused: after a dot it can only be a name.
+		if p.done() || t.kind != tokWord || (len(path) == 0 && isKeyword(t.text)) {
+			return nil, p.errorf("expected a property name, found %s", p.found())
 		}
 		p.i++
 		path = append(path, t.text)
@@ -425,12 +557,12 @@ func (p *parser) path() ([]string, error) {
 
 func (p *parser) list() ([]any, error) {
 	if !p.acceptSymbol("[") {
-		return nil, fmt.Errorf("expected [, found %q", p.peek().text)
+		return nil, p.errorf("expected [, found %s", p.found())
 	}
 	var list []any
 	for !p.acceptSymbol("]") {
 		if len(list) > 0 && !p.acceptSymbol(",") {
-			return nil, fmt.Errorf("expected , or ], found %q", p.peek().text)
+			return nil, p.errorf("expected , or ], found %s", p.found())
 		}
 		lit, err := p.literal()
 		if err != nil {
@@ -443,10 +575,8 @@ func (p *parser) list() ([]any, error) {
 
 func (p *parser) literal() (any, error) {
 	t := p.peek()
-	if p.done() {
-		return nil, errors.New("expected a value, found the end of the query")
-	}
 	switch {
+	case p.done():
 	case t.kind == tokString:
 		p.i++
 		return t.text, nil
@@ -464,7 +594,7 @@ func (p *parser) literal() (any, error) {
 		p.i++
 		return nil, nil
 	}
-	return nil, fmt.Errorf("expected a value, found %q", t.text)
+	return nil, p.errorf("expected a value, found %s", p.found())
 }
 
 func (h *Hub) handleQuery(w http.ResponseWriter, r *http.Request) {
@@ -497,6 +627,17 @@ func (h *Hub) handleQuery(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		after = string(b)
+	}
+	if q.count != "" {
+		// An aggregate is one row: IoT Hub answers it in a single page
+		// without a continuation, whatever x-ms-max-item-count says.
+		n, err := h.runCount(q)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, []map[string]int{{q.count: n}})
+		return
 	}
 	twins, next, err := h.runQuery(q, after, page)
 	if err != nil {
@@ -540,6 +681,35 @@ func (h *Hub) runQuery(q query, after string, page int) ([]map[string]any, strin
 		return nil, "", fmt.Errorf("run query: %w", err)
 	}
 	return out, next, nil
+}
+
+// runCount counts the twins that match q.
+func (h *Hub) runCount(q query) (int, error) {
+	n := 0
+	err := h.store.View(func(tx *store.Tx) error {
+		return tx.Devices("", func(d store.Device) (bool, error) {
+			if q.where == nil {
+				n++
+				return true, nil
+			}
+			tw, err := tx.Twin(d.ID)
+			if err != nil {
+				return false, fmt.Errorf("twin %s: %w", d.ID, err)
+			}
+			doc, err := asDocument(h.twinView(d, tw))
+			if err != nil {
+				return false, err
+			}
+			if q.where.eval(doc) {
+				n++
+			}
+			return true, nil
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("run count query: %w", err)
+	}
+	return n, nil
 }
 
 // asDocument turns a view into the generic JSON document queries see.
