@@ -63,7 +63,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	f := root.Flags()
 	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", cfg.MQTTAddr, "listen address of the device MQTT endpoint (env "+hub.EnvMQTTAddr+")")
 	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format, "+logging.Formats+" (env "+hub.EnvLogFormat+")")
-	f.Float64Var(&cfg.MethodRateLimit, "method-rate-limit", cfg.MethodRateLimit, "direct-method calls per second before 429 ThrottlingException, 0 for no limit (env "+hub.EnvMethodRateLimit+")")
+	f.StringVar(&cfg.Tier, "tier", cfg.Tier, "IoT Hub tier whose documented throttles apply: S1, S2 or S3; F1 and B1 throttle as S1 (env "+hub.EnvTier+")")
+	f.IntVar(&cfg.Units, "units", cfg.Units, "units of the tier, scaling the per-unit quotas (env "+hub.EnvUnits+")")
+	f.Var(&quotaFlag{q: &cfg.Quotas}, "quota", "override an operation's rate, op=N/s, op=N/min or op=off; repeatable; ops: methods (4 KB chunks), twinReads, twinUpdates, queries, registry, connections, telemetry (env "+hub.EnvQuotas+", comma-separated)")
+	f.BoolVar(&cfg.NoThrottle, "no-throttle", cfg.NoThrottle, "turn throttling off, for tests and benchmarks (env "+hub.EnvNoThrottle+")")
 
 	var device string
 	var create bool
@@ -107,6 +110,37 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return root.ExecuteContext(ctx)
 }
 
+// quotaFlag is the repeatable --quota op=rate flag. The first use on the
+// command line replaces quotas from the environment; later ones add.
+type quotaFlag struct {
+	q   *map[hub.Operation]float64
+	set bool
+}
+
+func (f *quotaFlag) String() string {
+	if f.q == nil || len(*f.q) == 0 {
+		return ""
+	}
+	return hub.FormatQuotas(*f.q)
+}
+
+func (f *quotaFlag) Set(v string) error {
+	parsed, err := hub.ParseQuotas(v)
+	if err != nil {
+		return err
+	}
+	if !f.set || *f.q == nil {
+		*f.q = map[hub.Operation]float64{}
+		f.set = true
+	}
+	for op, r := range parsed {
+		(*f.q)[op] = r
+	}
+	return nil
+}
+
+func (f *quotaFlag) Type() string { return "op=rate" }
+
 // serve runs localhub until ctx ends.
 func serve(ctx context.Context, cfg hub.Config, stdout, stderr io.Writer) error {
 	if err := cfg.Validate(); err != nil {
@@ -123,6 +157,11 @@ func serve(ctx context.Context, cfg hub.Config, stdout, stderr io.Writer) error 
 	if err := h.Start(ctx); err != nil {
 		_ = h.Close()
 		return explain(err, cfg)
+	}
+	if cfg.NoThrottle {
+		log.Info("throttling off")
+	} else {
+		log.Info("throttling as IoT Hub", "tier", cfg.Tier, "units", cfg.Units, "quotas", hub.FormatQuotas(cfg.Quotas))
 	}
 	fmt.Fprintf(stdout, "localhub ready host=%s mqtt=%s https=%s ca=%s\n", h.HostName(), h.MQTTAddr(), h.HTTPSAddr(), h.CACertFile())
 	<-ctx.Done()

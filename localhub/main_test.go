@@ -45,7 +45,7 @@ func runCmd(t *testing.T, env func(string) string, args ...string) (string, erro
 
 func TestServeAndConnectionStrings(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	env := map[string]string{"DMFLOW_LOCALHUB_STATE_DIR": dir}
+	env := map[string]string{"DMFLOW_LOCALHUB_STATE_DIR": dir, "DMFLOW_LOCALHUB_QUOTAS": "queries=off", "DMFLOW_LOCALHUB_UNITS": "2"}
 	getenv := func(k string) string { return env[k] }
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -54,7 +54,8 @@ func TestServeAndConnectionStrings(t *testing.T) {
 	var serveErr error
 	go func() {
 		defer close(finished)
-		serveErr = run(ctx, []string{"--mqtt-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0", "--log-format", "json"}, getenv, &out, &errOut)
+		serveErr = run(ctx, []string{"--mqtt-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0", "--log-format", "json",
+			"--tier", "S2", "--quota", "methods=500/s", "--quota", "twinReads=1000/s"}, getenv, &out, &errOut)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -78,6 +79,10 @@ func TestServeAndConnectionStrings(t *testing.T) {
 			t.Fatalf("no ready line; stdout %q stderr %q", out.String(), errOut.String())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// --quota replaces DMFLOW_LOCALHUB_QUOTAS and repeats add up.
+	if want := `"msg":"throttling as IoT Hub","tier":"S2","units":2,"quotas":"methods=500/s,twinReads=1000/s"`; !strings.Contains(errOut.String(), want) {
+		t.Errorf("log lacks %s:\n%s", want, errOut.String())
 	}
 	if m[2] != filepath.Join(dir, "ca.pem") {
 		t.Errorf("ready line names CA %s", m[2])
@@ -142,7 +147,9 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{name: "bad log format", args: []string{"--state-dir", dir, "--log-format", "xml"}, wantErr: "--log-format"},
 		{name: "bad env address", env: map[string]string{"DMFLOW_LOCALHUB_MQTT_ADDR": "8883"}, args: []string{"--state-dir", dir}, wantErr: "DMFLOW_LOCALHUB_MQTT_ADDR"},
-		{name: "bad env rate", env: map[string]string{"DMFLOW_LOCALHUB_METHOD_RATE_LIMIT": "lots"}, wantErr: "DMFLOW_LOCALHUB_METHOD_RATE_LIMIT"},
+		{name: "bad env quotas", env: map[string]string{"DMFLOW_LOCALHUB_QUOTAS": "methods=lots"}, wantErr: "DMFLOW_LOCALHUB_QUOTAS"},
+		{name: "bad quota flag", args: []string{"--state-dir", dir, "--quota", "nope=1/s"}, wantErr: "--quota"},
+		{name: "bad tier", args: []string{"--state-dir", dir, "--tier", "S9"}, wantErr: "--tier"},
 		{name: "host with port", args: []string{"--state-dir", dir, "--host", "localhost:8443"}, wantErr: "--host"},
 		{name: "create without device", args: []string{"connection-string", "--state-dir", dir, "--create"}, wantErr: "--create needs --device"},
 		{name: "no state yet", args: []string{"connection-string", "--state-dir", filepath.Join(dir, "none")}, wantErr: "start localhub once"},

@@ -112,6 +112,8 @@ up() {
   if ! running localhub; then
     port_busy "$MQTT_PORT" && die "port $MQTT_PORT (localhub MQTT) is in use: stop what holds it, or set DMFLOW_MQTT_PORT"
     port_busy "$HTTPS_PORT" && die "port $HTTPS_PORT (localhub HTTPS) is in use: stop what holds it, or set DMFLOW_HTTPS_PORT"
+    # localhub throttles like an S1 hub with one unit; DMFLOW_LOCALHUB_TIER,
+    # _UNITS, _QUOTAS and _NO_THROTTLE in the environment change that.
     start localhub "$BIN/localhub" --state-dir "$STATE/localhub" \
       --mqtt-addr "127.0.0.1:$MQTT_PORT" --https-addr "127.0.0.1:$HTTPS_PORT"
     wait_for localhub "$STATE/localhub.pid" "$STATE/localhub.log" "localhub ready" 30 || die "localhub did not start"

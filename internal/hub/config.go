@@ -26,12 +26,15 @@ import (
 // Environment variables read by ConfigFromEnv; each backs the flag of the
 // same name in the localhub command.
 const (
-	EnvStateDir        = "DMFLOW_LOCALHUB_STATE_DIR"
-	EnvHost            = "DMFLOW_LOCALHUB_HOST"
-	EnvMQTTAddr        = "DMFLOW_LOCALHUB_MQTT_ADDR"
-	EnvHTTPSAddr       = "DMFLOW_LOCALHUB_HTTPS_ADDR"
-	EnvLogFormat       = "DMFLOW_LOCALHUB_LOG_FORMAT"
-	EnvMethodRateLimit = "DMFLOW_LOCALHUB_METHOD_RATE_LIMIT"
+	EnvStateDir   = "DMFLOW_LOCALHUB_STATE_DIR"
+	EnvHost       = "DMFLOW_LOCALHUB_HOST"
+	EnvMQTTAddr   = "DMFLOW_LOCALHUB_MQTT_ADDR"
+	EnvHTTPSAddr  = "DMFLOW_LOCALHUB_HTTPS_ADDR"
+	EnvLogFormat  = "DMFLOW_LOCALHUB_LOG_FORMAT"
+	EnvTier       = "DMFLOW_LOCALHUB_TIER"
+	EnvUnits      = "DMFLOW_LOCALHUB_UNITS"
+	EnvQuotas     = "DMFLOW_LOCALHUB_QUOTAS"      // e.g. methods=500/s,twinReads=1000/s
+	EnvNoThrottle = "DMFLOW_LOCALHUB_NO_THROTTLE" // true or 1
 )
 
 // DefaultStateDir is where localhub keeps its state unless told otherwise.
@@ -40,12 +43,17 @@ const DefaultStateDir = ".dmflow/localhub"
 // Config is the localhub command's configuration: flags with environment
 // fallbacks.
 type Config struct {
-	StateDir        string
-	Host            string
-	MQTTAddr        string
-	HTTPSAddr       string
-	LogFormat       string // text or json
-	MethodRateLimit float64
+	StateDir  string
+	Host      string
+	MQTTAddr  string
+	HTTPSAddr string
+	LogFormat string // text or json
+	// Tier, Units, Quotas and NoThrottle set the throttles; see the
+	// Options fields of the same names (NoThrottle is Unlimited).
+	Tier       string
+	Units      int
+	Quotas     map[Operation]float64
+	NoThrottle bool
 }
 
 // ConfigFromEnv returns the defaults overridden by the environment, read
@@ -57,6 +65,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		MQTTAddr:  DefaultMQTTAddr,
 		HTTPSAddr: DefaultHTTPSAddr,
 		LogFormat: "text",
+		Tier:      TierS1,
+		Units:     1,
 	}
 	for env, dst := range map[string]*string{
 		EnvStateDir: &c.StateDir, EnvHost: &c.Host, EnvMQTTAddr: &c.MQTTAddr,
@@ -66,12 +76,29 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			*dst = v
 		}
 	}
-	if v := getenv(EnvMethodRateLimit); v != "" {
-		f, err := strconv.ParseFloat(v, 64)
+	if v := getenv(EnvTier); v != "" {
+		c.Tier = v
+	}
+	if v := getenv(EnvUnits); v != "" {
+		n, err := strconv.Atoi(v)
 		if err != nil {
-			return c, fmt.Errorf("%s=%q is not a number: set it to calls per second, e.g. 40, or unset it", EnvMethodRateLimit, v)
+			return c, fmt.Errorf("%s=%q is not a whole number: set it to the hub's units, e.g. 2, or unset it", EnvUnits, v)
 		}
-		c.MethodRateLimit = f
+		c.Units = n
+	}
+	if v := getenv(EnvQuotas); v != "" {
+		q, err := ParseQuotas(v)
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", EnvQuotas, err)
+		}
+		c.Quotas = q
+	}
+	if v := getenv(EnvNoThrottle); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return c, fmt.Errorf("%s=%q is not a boolean: set it to true or false, or unset it", EnvNoThrottle, v)
+		}
+		c.NoThrottle = b
 	}
 	return c, nil
 }
@@ -99,8 +126,11 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("--log-format %q is not known: use text or json (or set %s)", c.LogFormat, EnvLogFormat))
 	}
-	if c.MethodRateLimit < 0 {
-		errs = append(errs, fmt.Errorf("--method-rate-limit %v is negative: use 0 for no limit or calls per second (or set %s)", c.MethodRateLimit, EnvMethodRateLimit))
+	if _, err := normalTier(c.Tier); err != nil {
+		errs = append(errs, fmt.Errorf("--tier: %w (or set %s)", err, EnvTier))
+	}
+	if c.Units < 1 {
+		errs = append(errs, fmt.Errorf("--units %d: a hub has at least 1 unit (or set %s)", c.Units, EnvUnits))
 	}
 	return errors.Join(errs...)
 }
@@ -130,12 +160,15 @@ func validListenAddr(a string) error {
 // Options turns the configuration into hub options.
 func (c Config) Options(log *slog.Logger) Options {
 	return Options{
-		StateDir:        c.StateDir,
-		HostName:        c.Host,
-		MQTTAddr:        c.MQTTAddr,
-		HTTPSAddr:       c.HTTPSAddr,
-		Logger:          log,
-		MethodRateLimit: c.MethodRateLimit,
+		StateDir:  c.StateDir,
+		HostName:  c.Host,
+		MQTTAddr:  c.MQTTAddr,
+		HTTPSAddr: c.HTTPSAddr,
+		Logger:    log,
+		Tier:      c.Tier,
+		Units:     c.Units,
+		Quotas:    c.Quotas,
+		Unlimited: c.NoThrottle,
 	}
 }
 

@@ -2,6 +2,8 @@ package hub
 
 import (
 	"context"
+	"math"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -11,30 +13,34 @@ func TestConfigFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{StateDir: ".dmflow/localhub", Host: "localhost", MQTTAddr: ":8883", HTTPSAddr: ":8443", LogFormat: "text"}
-	if c != want {
+	want := Config{StateDir: ".dmflow/localhub", Host: "localhost", MQTTAddr: ":8883", HTTPSAddr: ":8443", LogFormat: "text", Tier: "S1", Units: 1}
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults = %+v", c)
 	}
 	env := map[string]string{
 		EnvStateDir: "/tmp/s", EnvHost: "hub.local", EnvMQTTAddr: ":1883", EnvHTTPSAddr: "127.0.0.1:9443",
-		EnvLogFormat: "json", EnvMethodRateLimit: "40",
+		EnvLogFormat: "json", EnvTier: "S3", EnvUnits: "2", EnvQuotas: "methods=500/s, queries=60/min,telemetry=off",
+		EnvNoThrottle: "true",
 	}
 	c, err = ConfigFromEnv(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
-	want = Config{StateDir: "/tmp/s", Host: "hub.local", MQTTAddr: ":1883", HTTPSAddr: "127.0.0.1:9443", LogFormat: "json", MethodRateLimit: 40}
-	if c != want {
+	want = Config{StateDir: "/tmp/s", Host: "hub.local", MQTTAddr: ":1883", HTTPSAddr: "127.0.0.1:9443", LogFormat: "json",
+		Tier: "S3", Units: 2, Quotas: map[Operation]float64{OpMethods: 500, OpQueries: 1, OpTelemetry: math.Inf(1)}, NoThrottle: true}
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("from env = %+v", c)
 	}
-	env[EnvMethodRateLimit] = "fast"
-	if _, err := ConfigFromEnv(func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), EnvMethodRateLimit) {
-		t.Errorf("bad rate limit = %v", err)
+	for k, v := range map[string]string{EnvUnits: "two", EnvQuotas: "methods=fast", EnvNoThrottle: "maybe"} {
+		bad := map[string]string{k: v}
+		if _, err := ConfigFromEnv(func(k string) string { return bad[k] }); err == nil || !strings.Contains(err.Error(), k) {
+			t.Errorf("%s=%s: error = %v", k, v, err)
+		}
 	}
 }
 
 func TestConfigValidate(t *testing.T) {
-	good := Config{StateDir: "s", Host: "localhost", MQTTAddr: ":8883", HTTPSAddr: "127.0.0.1:0", LogFormat: "text"}
+	good := Config{StateDir: "s", Host: "localhost", MQTTAddr: ":8883", HTTPSAddr: "127.0.0.1:0", LogFormat: "text", Tier: "S1", Units: 1}
 	tests := []struct {
 		name    string
 		change  func(*Config)
@@ -49,7 +55,9 @@ func TestConfigValidate(t *testing.T) {
 		{name: "mqtt addr without port", change: func(c *Config) { c.MQTTAddr = "localhost" }, wantErr: "--mqtt-addr"},
 		{name: "https port out of range", change: func(c *Config) { c.HTTPSAddr = ":70000" }, wantErr: EnvHTTPSAddr},
 		{name: "log format", change: func(c *Config) { c.LogFormat = "xml" }, wantErr: "--log-format"},
-		{name: "negative rate", change: func(c *Config) { c.MethodRateLimit = -1 }, wantErr: "--method-rate-limit"},
+		{name: "free tier", change: func(c *Config) { c.Tier = "f1" }},
+		{name: "unknown tier", change: func(c *Config) { c.Tier = "S4" }, wantErr: "--tier"},
+		{name: "zero units", change: func(c *Config) { c.Units = 0 }, wantErr: EnvUnits},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

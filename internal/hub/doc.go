@@ -41,18 +41,34 @@
 //	{
 //	  "connectedDevices": 2,
 //	  "telemetryMessages": 17,
-//	  "methodInvocations": {"dev-1": {"rebootDevice": 1}}
+//	  "methodInvocations": {"dev-1": {"rebootDevice": 1}},
+//	  "serviceTwinReads": {"dev-1": 4},
+//	  "throttled": {"methods": 3}
 //	}
 //
 // methodInvocations counts requests delivered to devices since start, by
 // device and method name; (*Hub).MethodInvocations returns one device's row.
+// throttled counts requests refused by the throttles, by Operation.
+//
+// Throttling follows IoT Hub's documented per-hub quotas for Options.Tier
+// (default S1) and Options.Units (default 1), one token bucket per
+// Operation (see DocumentedQuota), overridable per operation
+// (Options.Quotas) or off (Options.Unlimited). A bucket holds one metering
+// window's worth: a second, or a minute for queries and registry
+// operations. Direct methods cost one token per 4 KB of request payload; a
+// bulk registry request is one registry operation. A request above the rate
+// waits for its token up to Options.MaxQueueDelay (1 s; IoT Hub's traffic
+// shaping) and is refused when it would wait longer: REST calls with 429
+// ThrottlingException (429001), device twin requests with
+// $iothub/twin/res/429/?$rid=…, new connections with CONNACK 3 (server
+// unavailable); telemetry above the rate is acknowledged and dropped.
 //
 // Errors have IoT Hub's body, {"Message": "ErrorCode:<name>;<text>",
 // "ExceptionMessage": "Tracking ID:…", "ErrorCode": <number>}, and an
 // iothub-errorcode header; errorStatus in errors.go is the one mapping from
 // error codes to HTTP status and number. Devices are refused with CONNACK 4
 // (malformed credentials), 5 (refused credentials, unknown device) or 3
-// (disabled device).
+// (disabled device, or throttled).
 //
 // Not implemented: cloud-to-device messages, modules, jobs, configurations,
 // X.509 authentication, the Event Hub-compatible endpoint (AMQP).

@@ -28,15 +28,16 @@ const maxListTop = 1000
 // with the iothubowner key; any api-version is accepted.
 func (h *Hub) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("PUT /devices/{id}", h.handlePutDevice)
-	mux.HandleFunc("GET /devices/{id}", h.handleGetDevice)
-	mux.HandleFunc("DELETE /devices/{id}", h.handleDeleteDevice)
-	mux.HandleFunc("GET /devices", h.handleListDevices)
-	mux.HandleFunc("POST /devices", h.handleBulkDevices)
-	mux.HandleFunc("POST /devices/query", h.handleQuery)
-	mux.HandleFunc("GET /twins/{id}", h.handleGetTwin)
-	mux.HandleFunc("PATCH /twins/{id}", h.handleUpdateTwin)
-	mux.HandleFunc("PUT /twins/{id}", h.handleUpdateTwin)
+	mux.HandleFunc("PUT /devices/{id}", h.throttled(OpRegistry, h.handlePutDevice))
+	mux.HandleFunc("GET /devices/{id}", h.throttled(OpRegistry, h.handleGetDevice))
+	mux.HandleFunc("DELETE /devices/{id}", h.throttled(OpRegistry, h.handleDeleteDevice))
+	mux.HandleFunc("GET /devices", h.throttled(OpRegistry, h.handleListDevices))
+	mux.HandleFunc("POST /devices", h.throttled(OpRegistry, h.handleBulkDevices)) // one op per request
+	mux.HandleFunc("POST /devices/query", h.throttled(OpQueries, h.handleQuery))
+	mux.HandleFunc("GET /twins/{id}", h.throttled(OpTwinReads, h.handleGetTwin))
+	mux.HandleFunc("PATCH /twins/{id}", h.throttled(OpTwinUpdates, h.handleUpdateTwin))
+	mux.HandleFunc("PUT /twins/{id}", h.throttled(OpTwinUpdates, h.handleUpdateTwin))
+	// Direct methods are metered by payload size in invokeMethod.
 	mux.HandleFunc("POST /twins/{id}/methods", h.handleInvokeMethod)
 	mux.HandleFunc("GET /statistics/devices", h.handleDeviceStats)
 	mux.HandleFunc("GET /statistics/service", h.handleServiceStats)
@@ -53,6 +54,20 @@ func (h *Hub) Handler() http.Handler {
 		h.fail(w, r, errorf(ErrNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
 	return h.withAuth(mux)
+}
+
+// throttled admits a request to next once op's quota allows it, or
+// answers 429 ThrottlingException (see throttle.wait).
+func (h *Hub) throttled(op Operation, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h.limits.wait(r.Context(), op, 1); err != nil {
+			if r.Context().Err() == nil {
+				h.fail(w, r, err)
+			}
+			return
+		}
+		next(w, r)
+	}
 }
 
 // withAuth checks the service SAS token before any route runs, as IoT Hub

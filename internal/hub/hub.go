@@ -47,14 +47,25 @@ type Options struct {
 	HTTPSAddr string
 	// Logger receives localhub's logs. Default: discard.
 	Logger *slog.Logger
-	// MethodRateLimit caps direct-method invocations per second across the
-	// hub; calls beyond it fail at once with 429 ThrottlingException, as
-	// IoT Hub does once its traffic shaping queue is full. Zero means no
-	// limit.
-	MethodRateLimit float64
-	// MethodBurst is how many calls may exceed MethodRateLimit in a burst.
-	// Default: MethodRateLimit rounded up (one second's worth).
-	MethodBurst int
+	// Tier is the IoT Hub tier whose documented throttles apply: "S1",
+	// "S2" or "S3" ("F1" and "B1" throttle as S1, "B2"/"B3" as S2/S3).
+	// Default "S1".
+	Tier string
+	// Units is the number of units of Tier. Default 1.
+	Units int
+	// Quotas overrides the documented rate of an operation, in tokens per
+	// second (direct methods: 4 KB chunks per second); math.Inf(1) lifts
+	// the limit. The bucket holds the same window's worth as the
+	// documented quota (a second, or a minute for queries and registry
+	// operations).
+	Quotas map[Operation]float64
+	// Unlimited turns throttling off, for tests and benchmarks that must
+	// not meet IoT Hub's quotas.
+	Unlimited bool
+	// MaxQueueDelay is how long a request above its rate may wait for a
+	// token (traffic shaping) before it is refused with 429
+	// ThrottlingException. Default DefaultMaxQueueDelay (1 s).
+	MaxQueueDelay time.Duration
 }
 
 func (o *Options) fill() error {
@@ -73,11 +84,17 @@ func (o *Options) fill() error {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if o.MethodRateLimit < 0 {
-		return fmt.Errorf("hub: Options.MethodRateLimit %v is negative", o.MethodRateLimit)
+	if o.Tier == "" {
+		o.Tier = TierS1
 	}
-	if o.MethodBurst <= 0 && o.MethodRateLimit > 0 {
-		o.MethodBurst = int(o.MethodRateLimit + 0.999999)
+	if o.Units == 0 {
+		o.Units = 1
+	}
+	if o.MaxQueueDelay == 0 {
+		o.MaxQueueDelay = DefaultMaxQueueDelay
+	}
+	if o.MaxQueueDelay < 0 {
+		return fmt.Errorf("hub: Options.MaxQueueDelay %v is negative", o.MaxQueueDelay)
 	}
 	return nil
 }
@@ -101,10 +118,10 @@ type Hub struct {
 	mqttAddr  string
 	httpsAddr string
 
-	conns   *connTable
-	calls   *callTable
-	limiter *limiter
-	twinMu  keyedMutex
+	conns  *connTable
+	calls  *callTable
+	limits *throttle
+	twinMu keyedMutex
 
 	statsMu     sync.Mutex
 	invocations map[string]map[string]int
@@ -121,6 +138,10 @@ type Hub struct {
 // listen yet; see Start.
 func New(opts Options) (*Hub, error) {
 	if err := opts.fill(); err != nil {
+		return nil, err
+	}
+	quotas, err := opts.quotas()
+	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
@@ -160,9 +181,7 @@ func New(opts Options) (*Hub, error) {
 		invocations: map[string]map[string]int{},
 		twinReads:   map[string]int{},
 	}
-	if opts.MethodRateLimit > 0 {
-		h.limiter = newLimiter(opts.MethodRateLimit, opts.MethodBurst, time.Now)
-	}
+	h.limits = newThrottle(quotas, opts.MaxQueueDelay)
 	return h, nil
 }
 
@@ -427,6 +446,10 @@ type Stats struct {
 	MethodInvocations map[string]map[string]int `json:"methodInvocations"`
 	// ServiceTwinReads counts GET /twins/{id} answered since start, by device.
 	ServiceTwinReads map[string]int `json:"serviceTwinReads"`
+	// Throttled counts requests refused (429, CONNACK "server
+	// unavailable", res/429) or telemetry dropped since start because an
+	// operation's quota was exceeded, by Operation.
+	Throttled map[string]int `json:"throttled"`
 }
 
 // Stats returns counters since Start.
@@ -449,6 +472,7 @@ func (h *Hub) Stats() Stats {
 		TelemetryMessages: h.telemetry.Load(),
 		MethodInvocations: inv,
 		ServiceTwinReads:  reads,
+		Throttled:         h.limits.counts(),
 	}
 }
 
@@ -484,36 +508,6 @@ func (k *keyedMutex) lock(key string) func() {
 		}
 		k.mu.Unlock()
 	}
-}
-
-// limiter is a token bucket: rate tokens per second, at most burst saved.
-type limiter struct {
-	mu     sync.Mutex
-	rate   float64
-	burst  float64
-	tokens float64
-	last   time.Time
-	now    func() time.Time
-}
-
-func newLimiter(rate float64, burst int, now func() time.Time) *limiter {
-	return &limiter{rate: rate, burst: float64(burst), tokens: float64(burst), last: now(), now: now}
-}
-
-func (l *limiter) allow() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	t := l.now()
-	l.tokens += t.Sub(l.last).Seconds() * l.rate
-	if l.tokens > l.burst {
-		l.tokens = l.burst
-	}
-	l.last = t
-	if l.tokens < 1 {
-		return false
-	}
-	l.tokens--
-	return true
 }
 
 // msTime formats a timestamp the way IoT Hub does: RFC 3339 in UTC with

@@ -43,7 +43,7 @@ func TestTelemetryAndStats(t *testing.T) {
 		t.Fatalf("stats = %d %s", res.StatusCode, raw)
 	}
 	want := Stats{ConnectedDevices: 1, TelemetryMessages: 3, MethodInvocations: map[string]map[string]int{"tele": {"m": 1}},
-		ServiceTwinReads: map[string]int{}}
+		ServiceTwinReads: map[string]int{}, Throttled: map[string]int{}}
 	if !reflect.DeepEqual(st, want) {
 		t.Errorf("stats = %+v, want %+v", st, want)
 	}
@@ -179,23 +179,6 @@ func TestCloseEndsWaitingCalls(t *testing.T) {
 	}
 }
 
-func TestLimiter(t *testing.T) {
-	now := time.Unix(0, 0)
-	l := newLimiter(2, 2, func() time.Time { return now })
-	var got []bool
-	for i := 0; i < 3; i++ {
-		got = append(got, l.allow())
-	}
-	now = now.Add(500 * time.Millisecond) // one token back
-	got = append(got, l.allow(), l.allow())
-	now = now.Add(10 * time.Second) // refills to the burst, no more
-	got = append(got, l.allow(), l.allow(), l.allow())
-	want := []bool{true, true, false, true, false, true, true, false}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("allow sequence = %v, want %v", got, want)
-	}
-}
-
 func TestAddresses(t *testing.T) {
 	for in, want := range map[string]string{
 		"[::]:8883":      "127.0.0.1:8883",
@@ -241,18 +224,19 @@ func TestTimestampsParseInGoSDK(t *testing.T) {
 }
 
 func TestOptionsDefaults(t *testing.T) {
-	o := Options{StateDir: "x", MethodRateLimit: 2.5}
+	o := Options{StateDir: "x"}
 	if err := o.fill(); err != nil {
 		t.Fatal(err)
 	}
-	if o.HostName != "localhost" || o.MQTTAddr != ":8883" || o.HTTPSAddr != ":8443" || o.Logger == nil || o.MethodBurst != 3 {
+	if o.HostName != "localhost" || o.MQTTAddr != ":8883" || o.HTTPSAddr != ":8443" || o.Logger == nil ||
+		o.Tier != "S1" || o.Units != 1 || o.MaxQueueDelay != time.Second || o.Unlimited {
 		t.Errorf("filled options = %+v", o)
 	}
 	if err := (&Options{}).fill(); err == nil {
 		t.Error("fill accepted an empty StateDir")
 	}
-	if err := (&Options{StateDir: "x", MethodRateLimit: -1}).fill(); err == nil {
-		t.Error("fill accepted a negative rate limit")
+	if err := (&Options{StateDir: "x", MaxQueueDelay: -1}).fill(); err == nil {
+		t.Error("fill accepted a negative queue delay")
 	}
 }
 

@@ -91,6 +91,11 @@ func (t *callTable) complete(deviceID, rid string, r methodResult) bool {
 
 // invokeMethod delivers a direct method to a device and waits for its answer.
 func (h *Hub) invokeMethod(ctx context.Context, deviceID string, call methodCall) (methodResult, error) {
+	// IoT Hub meters the request payload in 4 KB chunks; the answer's size
+	// is not known before the call is admitted, so it is not metered.
+	if err := h.limits.wait(ctx, OpMethods, methodCost(len(call.payload))); err != nil {
+		return methodResult{}, err
+	}
 	err := h.store.View(func(tx *store.Tx) error {
 		_, err := tx.Device(deviceID)
 		return err
@@ -100,9 +105,6 @@ func (h *Hub) invokeMethod(ctx context.Context, deviceID string, call methodCall
 	}
 	if err != nil {
 		return methodResult{}, err
-	}
-	if h.limiter != nil && !h.limiter.allow() {
-		return methodResult{}, errorf(ErrThrottling, "direct method rate limit of %v calls per second exceeded", h.opts.MethodRateLimit)
 	}
 
 	cl, since, ready, err := h.waitForMethods(ctx, deviceID, call.connectTimeout)

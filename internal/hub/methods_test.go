@@ -235,21 +235,6 @@ func TestMethodGoesOnlyToTarget(t *testing.T) {
 	}
 }
 
-func TestMethodRateLimit(t *testing.T) {
-	h := startHub(t, "", func(o *Options) { o.MethodRateLimit = 0.001; o.MethodBurst = 1 })
-	svc := serviceClient(t, h, "")
-	registerDevice(t, h, svc, "r")
-	ctx := context.Background()
-	_, err := svc.CallDeviceMethod(ctx, "r", &iotservice.MethodCall{MethodName: "x"})
-	if code, _ := requestError(t, err); code != http.StatusNotFound {
-		t.Errorf("first call = %d, want 404 (offline, within the limit)", code)
-	}
-	_, err = svc.CallDeviceMethod(ctx, "r", &iotservice.MethodCall{MethodName: "x"})
-	if code, body := requestError(t, err); code != http.StatusTooManyRequests || body.ErrorCode != 429001 {
-		t.Errorf("second call = %d %+v, want 429 429001", code, body)
-	}
-}
-
 func TestParseMethodCall(t *testing.T) {
 	tests := []struct {
 		name    string

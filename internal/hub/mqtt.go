@@ -69,6 +69,9 @@ var (
 	connackRefused     = packets.ErrBadUsernameOrPassword
 	connackDisabled    = packets.ErrServerUnavailable
 	connackBadClientID = packets.ErrClientIdentifierNotValid
+	// connackThrottled refuses a connection above the new-connection rate
+	// with 3 ("server unavailable"), IoT Hub's answer when it throttles.
+	connackThrottled = packets.ErrServerUnavailable
 )
 
 // OnConnect authenticates the device. It runs here rather than in
@@ -76,6 +79,15 @@ var (
 // always with the same code, while IoT Hub tells the cases apart.
 func (k *deviceHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	h := k.hub
+	// New connections are metered before authentication: IoT Hub limits
+	// the rate of connection attempts, and a refused device retries.
+	if err := h.limits.wait(h.ctx, OpConnections, 1); err != nil {
+		h.log.Warn("device connection refused", "device", pk.Connect.ClientIdentifier, "remote", cl.Net.Remote, "reason", "new connection rate exceeded")
+		if err := k.broker.SendConnack(cl, connackThrottled, false, nil); err != nil {
+			return fmt.Errorf("send connack: %w", err)
+		}
+		return connackThrottled
+	}
 	code, reason := h.authenticateDevice(pk.Connect.ClientIdentifier, string(pk.Connect.Username), string(pk.Connect.Password), time.Now())
 	if code == packets.CodeSuccess && pk.Connect.WillFlag && !allowedPublish(pk.Connect.ClientIdentifier, pk.Connect.WillTopic) {
 		// mochi publishes wills without an ACL check, so a will on another
@@ -284,7 +296,11 @@ func (k *deviceHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	case strings.HasPrefix(topic, topicMethodsRes):
 		h.deviceMethodResponse(cl, topic, pk.Payload)
 	default:
-		h.telemetry.Add(1)
+		// Telemetry above the quota is acknowledged and dropped, counted in
+		// Stats.Throttled; the device learns nothing, as with a full queue.
+		if err := h.limits.wait(h.ctx, OpTelemetry, 1); err == nil {
+			h.telemetry.Add(1)
+		}
 	}
 	return pk, packets.CodeSuccessIgnore
 }

@@ -235,12 +235,27 @@ func newTwin(now time.Time) store.Twin {
 	}
 }
 
+// throttleDevice takes a token of op for a device's twin request and
+// reports whether the request was refused; a refused request is answered
+// with status 429 on the twin response topic, as IoT Hub does.
+func (h *Hub) throttleDevice(cl *mqtt.Client, op Operation, rid string) bool {
+	if err := h.limits.wait(h.ctx, op, 1); err != nil {
+		h.log.Debug("device twin request throttled", "device", cl.ID, "operation", op)
+		h.sendToClient(cl, topicTwinRes+"429/?$rid="+rid, nil)
+		return true
+	}
+	return false
+}
+
 // deviceGetTwin answers $iothub/twin/GET/?$rid={rid} with the desired and
 // reported sections (no metadata, as IoT Hub sends them to devices).
 func (h *Hub) deviceGetTwin(cl *mqtt.Client, topic string) {
 	rid, ok := topicQuery(topic, "$rid")
 	if !ok {
 		h.log.Warn("twin request without $rid ignored", "device", cl.ID)
+		return
+	}
+	if h.throttleDevice(cl, OpTwinReads, rid) {
 		return
 	}
 	var tw store.Twin
@@ -278,6 +293,9 @@ func (h *Hub) devicePatchReported(cl *mqtt.Client, topic string, payload []byte)
 	rid, ok := topicQuery(topic, "$rid")
 	if !ok {
 		h.log.Warn("reported patch without $rid ignored", "device", cl.ID)
+		return
+	}
+	if h.throttleDevice(cl, OpTwinUpdates, rid) {
 		return
 	}
 	version, err := h.patchReported(cl.ID, payload, time.Now())
