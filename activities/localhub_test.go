@@ -1,14 +1,12 @@
 package activities
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
-	"log/slog"
+	"github.com/dmflow/dmflow/internal/testlog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,37 +26,6 @@ import (
 // the client makes of what the hub answers. hub_test.go's fakeHub covers the answers a hub does not
 // give on demand (throttling, server errors).
 
-// syncLog collects log output for a failing test and stays safe to write once the test is over:
-// MQTT client and hub goroutines outlive the test functions that started them.
-type syncLog struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	done bool
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.done {
-		l.buf.Write(p)
-	}
-	return len(p), nil
-}
-
-// newSyncLog returns a logger whose output is shown only when t fails.
-func newSyncLog(t *testing.T) *slog.Logger {
-	l := &syncLog{}
-	t.Cleanup(func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		if t.Failed() {
-			t.Logf("log:\n%s", l.buf.String())
-		}
-		l.done = true
-	})
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
 type localhub struct {
 	*hub.Hub
 	svc *iotservice.Client // iothubowner, the worker's client
@@ -72,7 +39,7 @@ func startLocalhub(t *testing.T) *localhub {
 		HostName:  "localhost",
 		MQTTAddr:  "127.0.0.1:0",
 		HTTPSAddr: "127.0.0.1:0",
-		Logger:    newSyncLog(t).With("component", "localhub"),
+		Logger:    testlog.Logger(t).With("component", "localhub"),
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -116,7 +83,7 @@ func (h *localhub) runSimDevice(t *testing.T, id string, rebootDuration time.Dur
 		Broker:           "tls://" + h.MQTTAddr(),
 		RebootDuration:   rebootDuration,
 		RebootStyle:      device.StyleTutorial,
-		Logger:           newSyncLog(t),
+		Logger:           testlog.Logger(t),
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -148,7 +115,7 @@ func (h *localhub) connectRawDevice(t *testing.T, id string) (*iotdevice.Client,
 	c, err := hubconn.NewDeviceClient(h.provision(t, id), hubconn.DeviceOptions{
 		CAFile: h.CACertFile(),
 		Broker: "tls://" + h.MQTTAddr(),
-		Logger: newSyncLog(t),
+		Logger: testlog.Logger(t),
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

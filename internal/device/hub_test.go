@@ -1,13 +1,12 @@
 package device
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
+	"github.com/dmflow/dmflow/internal/testlog"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,47 +21,11 @@ import (
 // These tests run the unchanged amenzhinsky device and service clients
 // against a real localhub started in-process.
 
-// testLog collects log output, shows it on failure and stays safe to write
-// after the test ended (MQTT client goroutines outlive Close).
-type testLog struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	done bool
-}
-
-func (l *testLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.done {
-		l.buf.Write(p)
-	}
-	return len(p), nil
-}
-
-func (l *testLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func newTestLog(t *testing.T) (*testLog, *slog.Logger) {
-	l := &testLog{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("log:\n%s", l.String())
-		}
-		l.mu.Lock()
-		l.done = true
-		l.mu.Unlock()
-	})
-	return l, slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
 type testHub struct {
 	*hub.Hub
 	dir string
 	svc *iotservice.Client
-	log *testLog
+	log *testlog.Sink
 }
 
 // startHub starts localhub on dir; mqttAddr and httpsAddr "" pick free
@@ -75,7 +38,7 @@ func startHub(t *testing.T, dir, mqttAddr, httpsAddr string) *testHub {
 	if httpsAddr == "" {
 		httpsAddr = "127.0.0.1:0"
 	}
-	log, logger := newTestLog(t)
+	log, logger := testlog.New(t, slog.LevelDebug)
 	h, err := hub.New(hub.Options{StateDir: dir, HostName: "localhost", MQTTAddr: mqttAddr, HTTPSAddr: httpsAddr, Logger: logger.With("component", "localhub")})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -102,7 +65,7 @@ func (h *testHub) provision(t *testing.T, id string) hubconn.Device {
 
 type running struct {
 	*Device
-	log    *testLog
+	log    *testlog.Sink
 	cancel context.CancelFunc
 	done   chan struct{} // closed when Run returned, with err set
 	err    error
@@ -160,7 +123,7 @@ func startDeviceWith(t *testing.T, h *testHub, conn hubconn.Device, set func(*Co
 
 func runDeviceWith(t *testing.T, h *testHub, conn hubconn.Device, set func(*Config)) *running {
 	t.Helper()
-	log, logger := newTestLog(t)
+	log, logger := testlog.New(t, slog.LevelDebug)
 	cfg := Config{
 		ConnectionString: conn,
 		CAFile:           h.CACertFile(),
@@ -447,7 +410,7 @@ func TestUntrustedHubIsFatal(t *testing.T) {
 	t.Parallel()
 	h := startHub(t, t.TempDir(), "", "")
 	conn := h.provision(t, "dev-noca")
-	_, logger := newTestLog(t)
+	_, logger := testlog.New(t, slog.LevelDebug)
 	d, err := New(Config{ConnectionString: conn, Broker: "tls://" + h.MQTTAddr(), RebootDuration: time.Second, Logger: logger})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)

@@ -1,9 +1,9 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"fmt"
+	"github.com/dmflow/dmflow/internal/testlog"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -31,7 +31,9 @@ type testHub struct {
 
 func startHub(t *testing.T) *testHub {
 	t.Helper()
-	h, err := hub.New(hub.Options{StateDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0"})
+	// Unthrottled: these tests are about the fleet; at S1 a restarted
+	// fleet's per-device registry reads alone wait on the 100/min quota.
+	h, err := hub.New(hub.Options{StateDir: t.TempDir(), MQTTAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0", Unlimited: true})
 	require.NoError(t, err)
 	require.NoError(t, h.Start(context.Background()))
 	t.Cleanup(func() { _ = h.Close() })
@@ -41,42 +43,6 @@ func startHub(t *testing.T) *testHub {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = svc.Close() })
 	return &testHub{Hub: h, service: s, svc: svc}
-}
-
-// syncLog is a log sink that tests read while the fleet writes, quiet
-// once the test is over.
-type syncLog struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	done bool
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.done {
-		l.buf.Write(p)
-	}
-	return len(p), nil
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func newSyncLog(t *testing.T) (*syncLog, *slog.Logger) {
-	l := &syncLog{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("log:\n%s", l.String())
-		}
-		l.mu.Lock()
-		l.done = true
-		l.mu.Unlock()
-	})
-	return l, slog.New(slog.NewTextHandler(l, nil))
 }
 
 func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
@@ -128,7 +94,7 @@ func TestRegisterIdempotent(t *testing.T) {
 func TestFleetFaultProfiles(t *testing.T) {
 	t.Parallel()
 	h := startHub(t)
-	logs, logger := newSyncLog(t)
+	logs, logger := testlog.New(t, slog.LevelInfo)
 	const stage = 200 * time.Millisecond
 	f, err := New(Config{
 		Count:   50,
@@ -301,8 +267,8 @@ func TestFleetFaultProfiles(t *testing.T) {
 func TestFleetRestart(t *testing.T) {
 	t.Parallel()
 	h := startHub(t)
-	run := func() *syncLog {
-		logs, logger := newSyncLog(t)
+	run := func() *testlog.Sink {
+		logs, logger := testlog.New(t, slog.LevelInfo)
 		f, err := New(Config{Count: 5, Prefix: "re-", Service: h.service, CAFile: h.CACertFile(),
 			Broker: "tls://" + h.MQTTAddr(), StageDuration: 200 * time.Millisecond, Logger: logger})
 		require.NoError(t, err)

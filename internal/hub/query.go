@@ -26,7 +26,7 @@ import (
 // number, true, false, null) using = != <> < <= > >=, membership tests
 // path IN [literal, …] and path NIN [literal, …], and IS_DEFINED(path).
 // Keywords are case-insensitive, paths and values are not. Strings take the
-// JSON escapes (\' \" \\ \/ \b \f \n \r \t \uXXXX). Comparing values of
+// JSON escapes (\' \" \\ \/ \b \f \n \r \t \uNNNN). Comparing values of
 // different types, or a missing property, is false.
 //
 // COUNT() answers one row, [{"alias": n}], whatever the page size; without AS
