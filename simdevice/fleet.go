@@ -43,6 +43,7 @@ type FleetConfig struct {
 	SummaryInterval    time.Duration
 	ConnectConcurrency int
 	Faults             fleet.Faults
+	Tags               []fleet.TagRule
 	// DeviceLogLevel is the level of the devices' own logs.
 	DeviceLogLevel slog.Level
 }
@@ -64,6 +65,7 @@ var fleetFlagDefs = []struct{ name, def, help string }{
 	{"slow-factor", strconv.FormatFloat(fleet.DefaultSlowFactor, 'g', -1, 64), "how many times slower slow devices are"},
 	{"failing", "0", "fraction of devices that fail every firmware update, in downloading or applying (chosen by seed)"},
 	{"unresponsive", "0", "fraction of devices that connect but never answer a method"},
+	{"tags", "", "twin tags to set, key=value[:N%] items applied in order by --seed, e.g. ring=beta:10%,ring=prod,site.city=Oslo"},
 	{"device-log-level", "warn", "level of the devices' own logs: debug, info, warn or error"},
 }
 
@@ -103,6 +105,11 @@ with --reboot-duration, --reboot-style, --stage-duration and
   --slow          stages and reboots take --slow-factor times as long
   --failing       every firmware update fails, in downloading or applying
   --unresponsive  connects and subscribes, never answers a method
+
+--tags sets twin tags after registering, before connecting: key=value[:N%]
+items, in order, each on N% of the devices not yet tagged for that key (by
+--seed), or on all left without a percentage; dots nest keys:
+  --tags ring=beta:10%,ring=prod,site.city=Oslo
 
 At start it logs one line per profile with its count and first device IDs,
 then "fleet registered" and "fleet started" (how long registering and
@@ -197,6 +204,9 @@ func resolveFleet(f flagValues, ff fleetFlags, getenv func(string) string) (Flee
 	if cfg.Faults.FlapInterval, err = time.ParseDuration(vals["flap-interval"]); err != nil || cfg.Faults.FlapInterval <= 0 {
 		return FleetConfig{}, bad("flap-interval", "is not a positive duration", "e.g. 30s")
 	}
+	if cfg.Tags, err = fleet.ParseTags(vals["tags"]); err != nil {
+		return FleetConfig{}, fmt.Errorf("--tags (%s) %q: %w", fleetEnv("tags"), vals["tags"], err)
+	}
 	if err := cfg.DeviceLogLevel.UnmarshalText([]byte(vals["device-log-level"])); err != nil {
 		return FleetConfig{}, bad("device-log-level", "is not a level", "debug, info, warn or error")
 	}
@@ -230,6 +240,7 @@ func (c FleetConfig) newFleet(logger, deviceLogger *slog.Logger) (*fleet.Fleet, 
 		Prefix:             c.Prefix,
 		Seed:               c.Seed,
 		Faults:             c.Faults,
+		Tags:               c.Tags,
 		Service:            svc,
 		CAFile:             c.CAFile,
 		Broker:             c.Broker,

@@ -89,6 +89,23 @@ func TestResolveFleet(t *testing.T) {
 		{name: "bad fraction", ff: fleetArgs("count", "5", "failing", "5%"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--failing", "DMFLOW_FLEET_FAILING", "fraction"}},
 		{name: "fraction over 1", ff: fleetArgs("count", "5", "slow", "1.5"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--slow", "fraction"}},
 		{name: "fractions add up over 1", ff: fleetArgs("count", "5", "slow", "0.6", "offline", "0.6"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"add up to 1.2"}},
+		{
+			name: "tags",
+			ff:   fleetArgs("count", "5", "tags", "ring=beta:10%,ring=prod"),
+			env:  env(envHubConnectionString, serviceCS, "DMFLOW_FLEET_TAGS", "x=y"),
+			want: func(t *testing.T, c FleetConfig) {
+				assert.Equal(t, []fleet.TagRule{{Path: []string{"ring"}, Value: "beta", Percent: 10}, {Path: []string{"ring"}, Value: "prod", All: true}}, c.Tags)
+			},
+		},
+		{
+			name: "tags from env",
+			ff:   fleetArgs("count", "5"),
+			env:  env(envHubConnectionString, serviceCS, "DMFLOW_FLEET_TAGS", "site.city=Oslo"),
+			want: func(t *testing.T, c FleetConfig) {
+				assert.Equal(t, []fleet.TagRule{{Path: []string{"site", "city"}, Value: "Oslo", All: true}}, c.Tags)
+			},
+		},
+		{name: "bad tags", ff: fleetArgs("count", "5", "tags", "ring:10%"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--tags", "DMFLOW_FLEET_TAGS", "key=value[:N%]"}},
 		{name: "bad seed", ff: fleetArgs("count", "5", "seed", "x"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--seed", "integer"}},
 		{name: "bad slow factor", ff: fleetArgs("count", "5", "slow-factor", "0.5"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--slow-factor"}},
 		{name: "bad flap interval", ff: fleetArgs("count", "5", "flap-interval", "0s"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--flap-interval"}},

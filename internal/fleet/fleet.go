@@ -58,6 +58,9 @@ type Config struct {
 	Seed int64
 	// Faults are the fault profiles' fractions.
 	Faults Faults
+	// Tags are set on the devices' twins after registering, before
+	// connecting, as PlanTags assigns them by Seed (see ParseTags).
+	Tags []TagRule
 	// Service registers the identities (the iothubowner policy or one
 	// with registry write rights).
 	Service hubconn.Service
@@ -263,12 +266,19 @@ func (f *Fleet) Run(ctx context.Context) error {
 		ids[i] = m.ID
 	}
 	reg, err := Register(ctx, svc, ids, f.cfg.RegisterConcurrency, f.log)
+	if err == nil {
+		if err = ApplyTags(ctx, svc, PlanTags(ids, f.cfg.Seed, f.cfg.Tags), f.cfg.RegisterConcurrency, f.log); err != nil {
+			err = fmt.Errorf("tag the fleet: %w", err)
+		}
+	} else {
+		err = fmt.Errorf("register the fleet: %w", err)
+	}
 	_ = svc.Close()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("register the fleet: %w", err)
+		return err
 	}
 
 	var wg sync.WaitGroup
