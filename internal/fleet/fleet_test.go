@@ -45,6 +45,33 @@ func startHub(t *testing.T) *testHub {
 	return &testHub{Hub: h, service: s, svc: svc}
 }
 
+// runUntilReady runs f until it reports ready, failing t if it ends early
+// or takes longer than within; stop cancels it and checks it ended cleanly.
+func runUntilReady(t *testing.T, f *Fleet, within time.Duration) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	select {
+	case <-f.Ready():
+	case err := <-done:
+		cancel()
+		t.Fatalf("Run returned early: %v", err)
+	case <-time.After(within):
+		cancel()
+		t.Fatalf("fleet not ready within %s", within)
+	}
+	return func() {
+		cancel()
+		select {
+		case err := <-done:
+			assert.NoError(t, err)
+		case <-time.After(30 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	}
+}
+
 func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
@@ -119,25 +146,9 @@ func TestFleetFaultProfiles(t *testing.T) {
 		require.Len(t, byProfile[p], want, "%s", p)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(30 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
-	select {
-	case <-f.Ready():
-	case err := <-done:
-		t.Fatalf("Run returned early: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("fleet not ready within 60s")
-	}
+	stop := runUntilReady(t, f, 60*time.Second)
+	t.Cleanup(stop)
+	ctx := context.Background()
 	st := f.Stats()
 	assert.Equal(t, 50, st.Devices)
 	assert.Equal(t, 45, st.Running)
@@ -272,19 +283,9 @@ func TestFleetRestart(t *testing.T) {
 		f, err := New(Config{Count: 5, Prefix: "re-", Service: h.service, CAFile: h.CACertFile(),
 			Broker: "tls://" + h.MQTTAddr(), StageDuration: 200 * time.Millisecond, Logger: logger})
 		require.NoError(t, err)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- f.Run(ctx) }()
-		select {
-		case <-f.Ready():
-		case err := <-done:
-			t.Fatalf("Run returned early: %v", err)
-		case <-time.After(30 * time.Second):
-			t.Fatal("fleet not ready")
-		}
+		stop := runUntilReady(t, f, 30*time.Second)
 		assert.Equal(t, 5, f.Stats().Connected)
-		cancel()
-		require.NoError(t, <-done)
+		stop()
 		return logs
 	}
 	assert.Contains(t, run().String(), "created=5 existing=0")

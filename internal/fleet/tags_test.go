@@ -126,18 +126,7 @@ func TestFleetTags(t *testing.T) {
 			Service: h.service, CAFile: h.CACertFile(), Broker: "tls://" + h.MQTTAddr(),
 		})
 		require.NoError(t, err)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- f.Run(ctx) }()
-		select {
-		case <-f.Ready():
-		case err := <-done:
-			t.Fatalf("Run returned early: %v", err)
-		case <-time.After(30 * time.Second):
-			t.Fatal("fleet not ready within 30s")
-		}
-		cancel()
-		require.NoError(t, <-done)
+		runUntilReady(t, f, 30*time.Second)()
 		return f.Members()
 	}
 	check := func(members []Member) {
