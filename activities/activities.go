@@ -1,8 +1,13 @@
 // Package activities holds the Temporal activities through which dmflow workflows reach Azure IoT Hub:
 // invoking a direct method on a device (InvokeMethod), reading reported twin properties (GetTwin),
-// waiting for a device to report a twin property (WaitForReported) and following a firmware update
-// through its reported stages (FollowStages). The two waits share one heartbeating poll loop with
-// exponential backoff (poll.go).
+// waiting for a device to report a twin property (WaitForReported), following a firmware update
+// through its reported stages (FollowStages) and listing the devices a query selects
+// (QueryDevices). The two waits share one heartbeating poll loop with exponential backoff
+// (poll.go).
+//
+// Inputs may carry a [HubRate]: the activities sharing its Key (a rollout's devices) then draw a
+// token from one bucket in the worker before every hub call they make, so that a rollout stays
+// under a share of the hub's quota however many devices it runs at once (rate.go).
 //
 // Activities are methods on [Activities], whose dependencies are set once by the worker; workflows
 // reference them through a nil *Activities. Every error from the hub passes through one classification
@@ -47,16 +52,27 @@ const (
 type Hub interface {
 	CallDeviceMethod(ctx context.Context, deviceID string, call *iotservice.MethodCall) (*iotservice.MethodResult, error)
 	GetDeviceTwin(ctx context.Context, deviceID string) (*iotservice.Twin, error)
+	// QueryDevices runs a device query and calls fn with every twin it selects, requesting page
+	// after page itself. *iotservice.Client decodes each page into the row maps of the previous
+	// one, so fn must copy out what it keeps before it returns.
+	QueryDevices(ctx context.Context, query string, fn func(v map[string]interface{}) error) error
 }
+
+// The service client is what the worker passes as Hub.
+var _ Hub = (*iotservice.Client)(nil)
 
 // Activities groups the IoT Hub activities. The worker registers one value with Hub set; workflows
 // call the methods through a nil *Activities, which only names them.
 type Activities struct {
 	Hub Hub
 
-	// heartbeatInterval overrides how often InvokeMethod heartbeats while the call is in flight;
-	// zero derives it from the activity's heartbeat timeout. Only tests set it, to observe
-	// heartbeats without waiting seconds.
+	// rates holds the token buckets of the HubRate keys in use (rate.go); its zero value is ready.
+	rates hubRates
+
+	// heartbeatInterval overrides how often InvokeMethod heartbeats while the call is in flight,
+	// and how often any activity heartbeats while it waits for a HubRate token; zero derives it
+	// from the activity's heartbeat timeout. Only tests set it, to observe heartbeats without
+	// waiting seconds.
 	heartbeatInterval time.Duration
 }
 

@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"testing"
@@ -18,10 +19,13 @@ import (
 type fakeHub struct {
 	call func(ctx context.Context, n int, call *iotservice.MethodCall) (*iotservice.MethodResult, error)
 	twin func(ctx context.Context, n int) (*iotservice.Twin, error)
+	// query answers QueryDevices; pagedQuery builds one that pages as the real client does.
+	query func(ctx context.Context, query string, fn func(v map[string]interface{}) error) error
 
-	mu    sync.Mutex
-	calls []*iotservice.MethodCall
-	reads int
+	mu      sync.Mutex
+	calls   []*iotservice.MethodCall
+	reads   int
+	queries []string
 }
 
 func (h *fakeHub) CallDeviceMethod(ctx context.Context, deviceID string, call *iotservice.MethodCall) (*iotservice.MethodResult, error) {
@@ -44,6 +48,63 @@ func (h *fakeHub) GetDeviceTwin(ctx context.Context, deviceID string) (*iotservi
 		return nil, fmt.Errorf("unexpected twin read of %s", deviceID)
 	}
 	return h.twin(ctx, n)
+}
+
+func (h *fakeHub) QueryDevices(ctx context.Context, query string, fn func(v map[string]interface{}) error) error {
+	h.mu.Lock()
+	h.queries = append(h.queries, query)
+	h.mu.Unlock()
+	if h.query == nil {
+		return fmt.Errorf("unexpected query %s", query)
+	}
+	return h.query(ctx, query, fn)
+}
+
+// pagedQuery answers a query with pages of twins the way *iotservice.Client does: it decodes
+// every page's JSON into the same slice, so later pages arrive in the row maps of earlier ones
+// (keys a row lacks survive from the row before, unless fn cleared the map). After each page it
+// calls onPage, if set, with the page's index, before "requesting" the next one. It stops at the
+// first error, of fn or of ctx.
+func pagedQuery(onPage func(page int), pages ...[]map[string]any) func(context.Context, string, func(map[string]interface{}) error) error {
+	return func(ctx context.Context, _ string, fn func(map[string]interface{}) error) error {
+		var res []map[string]interface{}
+		for i, page := range pages {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			b, err := json.Marshal(page)
+			if err != nil {
+				return err
+			}
+			if err := json.Unmarshal(b, &res); err != nil {
+				return err
+			}
+			for _, v := range res {
+				if err := fn(v); err != nil {
+					return err
+				}
+			}
+			if onPage != nil {
+				onPage(i)
+			}
+		}
+		return nil
+	}
+}
+
+// queryTwin is a twin row as a query returns it; reported may be nil.
+func queryTwin(id string, reported map[string]any) map[string]any {
+	row := map[string]any{"deviceId": id, "status": "enabled", "tags": map[string]any{"ring": "beta"}}
+	if reported != nil {
+		row["properties"] = map[string]any{"reported": reported, "desired": map[string]any{}}
+	}
+	return row
+}
+
+func (h *fakeHub) queryCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.queries)
 }
 
 func (h *fakeHub) callCount() int {

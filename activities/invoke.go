@@ -47,6 +47,8 @@ type InvokeMethodInput struct {
 	// whole seconds; IoT Hub accepts 0–300 s. Zero means the device must be connected now, otherwise
 	// the hub answers DeviceNotOnline, which is retried.
 	ConnectTimeout time.Duration `json:"connectTimeout,omitempty"`
+	// Rate, when set, draws a token from the rollout's bucket before each hub call.
+	Rate *HubRate `json:"rate,omitempty"`
 }
 
 // InvokeMethodResult is the device's answer to a direct method.
@@ -80,7 +82,12 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 		return InvokeMethodResult{}, errNoHub
 	}
 
+	// The heartbeats cover the wait for a rate token as well as the call.
 	stop := a.heartbeatWhile(ctx)
+	if err := a.takeToken(ctx, in.Rate, nil); err != nil {
+		stop()
+		return InvokeMethodResult{}, tokenError(ctx, logger, err)
+	}
 	callCtx, cancel := context.WithTimeout(ctx, callTimeout)
 	// The SDK's activity logger already carries the attempt number.
 	logger.Info("invoking direct method",
@@ -129,6 +136,9 @@ func (in InvokeMethodInput) methodCall() (*iotservice.MethodCall, time.Duration,
 		return nil, 0, badRequest("invoke %s on %s: connect timeout %s is outside IoT Hub's 0s–%s",
 			in.Method, in.DeviceID, in.ConnectTimeout, maxConnectTimeout)
 	}
+	if problem := in.Rate.problem(); problem != "" {
+		return nil, 0, badRequest("invoke %s on %s: %s", in.Method, in.DeviceID, problem)
+	}
 	if b, err := json.Marshal(in.Payload); err != nil {
 		return nil, 0, badRequest("invoke %s on %s: payload is not JSON: %v", in.Method, in.DeviceID, err)
 	} else if len(b) > maxPayloadBytes {
@@ -160,15 +170,7 @@ func ceilSeconds(d time.Duration) time.Duration {
 // heartbeatWhile heartbeats in the background until the returned stop function is called. stop waits
 // for the goroutine, so that no heartbeat is recorded after the activity has returned.
 func (a *Activities) heartbeatWhile(ctx context.Context) (stop func()) {
-	interval := a.heartbeatInterval
-	if interval <= 0 {
-		// A third of the timeout leaves room for two lost or late heartbeats; the SDK batches
-		// heartbeats anyway, so sending more often costs nothing on the wire.
-		interval = activity.GetInfo(ctx).HeartbeatTimeout / 3
-	}
-	if interval <= 0 {
-		interval = defaultHeartbeatInterval
-	}
+	interval := a.beatInterval(ctx)
 
 	done := make(chan struct{})
 	var wg sync.WaitGroup

@@ -232,4 +232,7 @@ func TestActivitiesWithoutHub(t *testing.T) {
 
 	_, err = env.ExecuteActivity((&Activities{}).WaitForReported, WaitForReportedInput{DeviceID: "dev1", Property: "rebootTime"})
 	require.ErrorContains(t, err, "Hub is not set")
+
+	_, err = env.ExecuteActivity((&Activities{}).QueryDevices, QueryDevicesInput{Query: "SELECT * FROM devices"})
+	require.ErrorContains(t, err, "Hub is not set")
 }

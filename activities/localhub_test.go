@@ -32,15 +32,20 @@ type localhub struct {
 }
 
 // startLocalhub starts localhub on 127.0.0.1:0 and closes it, and its service client, when t ends.
-func startLocalhub(t *testing.T) *localhub {
+// opts adjust the hub's options (its throttles) before it starts.
+func startLocalhub(t *testing.T, opts ...func(*hub.Options)) *localhub {
 	t.Helper()
-	h, err := hub.New(hub.Options{
+	o := hub.Options{
 		StateDir:  t.TempDir(),
 		HostName:  "localhost",
 		MQTTAddr:  "127.0.0.1:0",
 		HTTPSAddr: "127.0.0.1:0",
 		Logger:    testlog.Logger(t).With("component", "localhub"),
-	})
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	h, err := hub.New(o)
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

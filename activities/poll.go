@@ -26,7 +26,9 @@ const (
 //
 // Twin reads that fail with a retryable error (throttling, 5xx, network) are retried by the same
 // backoff inside the attempt, since a throttled or briefly unreachable hub is a normal part of
-// waiting; non-retryable ones (unknown device, bad credentials) end the poll at once.
+// waiting; non-retryable ones (unknown device, bad credentials) end the poll at once. A 429 in
+// particular never fails the device: the poll reads again after the next, longer, interval, and
+// the caller's deadlines alone decide when waiting has lasted too long.
 type twinPoll struct {
 	deviceID string
 	// initial, maxInterval, multiplier and jitter shape the exponential backoff between reads;
@@ -48,6 +50,9 @@ type twinPoll struct {
 	// progress returns the heartbeat details recorded after every read; a retried attempt reads
 	// them back with activity.GetHeartbeatDetails.
 	progress func() any
+	// rate, when set, is the bucket every read draws a token from first. While a read waits for
+	// its token the poll heartbeats progress, so that the details are never replaced by empty ones.
+	rate *HubRate
 }
 
 // runPoll polls until observe ends it. It returns ctx.Err() when the activity is cancelled or timed
@@ -86,6 +91,10 @@ func (a *Activities) runPoll(ctx context.Context, logger log.Logger, p twinPoll)
 			}
 		}
 
+		if err := a.takeToken(ctx, p.rate, func() { activity.RecordHeartbeat(ctx, p.progress()) }); err != nil {
+			// Retryable: the next attempt resumes from the progress heartbeated after the last read.
+			return tokenError(ctx, logger, err)
+		}
 		reported, readErr := a.readReported(ctx, p.deviceID)
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -60,6 +60,8 @@ type FollowStagesInput struct {
 	// about as long as each other, so a stage is still detected within MaxInterval, at fewer reads.
 	InitialInterval time.Duration `json:"initialInterval,omitempty"`
 	MaxInterval     time.Duration `json:"maxInterval,omitempty"`
+	// Rate, when set, draws a token from the rollout's bucket before each twin read.
+	Rate *HubRate `json:"rate,omitempty"`
 }
 
 // StageSeen is one firmware stage as FollowStages saw it.
@@ -168,6 +170,7 @@ func (a *Activities) FollowStages(ctx context.Context, in FollowStagesInput) (Fo
 			return next
 		},
 		progress: func() any { return p },
+		rate:     in.Rate,
 	})
 	if err != nil {
 		return FollowStagesResult{}, err
@@ -267,6 +270,9 @@ func (in FollowStagesInput) validate() (initial, maxInterval time.Duration, err 
 		return 0, 0, badRequest("follow firmware update %s on %s: stage timeout %s must be positive", in.UpdateID, in.DeviceID, in.StageTimeout)
 	}
 	initial, maxInterval, problem := backoffIntervals(in.InitialInterval, in.MaxInterval, followInitialInterval, followMaxInterval)
+	if problem == "" {
+		problem = in.Rate.problem()
+	}
 	if problem != "" {
 		return 0, 0, badRequest("follow firmware update %s on %s: %s", in.UpdateID, in.DeviceID, problem)
 	}

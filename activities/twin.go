@@ -17,6 +17,8 @@ type GetTwinInput struct {
 	// are returned: a twin's reported section may hold up to 32 KB, and whatever an activity
 	// returns is stored in the workflow's history.
 	Properties []string `json:"properties"`
+	// Rate, when set, draws a token from the rollout's bucket before each hub call.
+	Rate *HubRate `json:"rate,omitempty"`
 }
 
 // GetTwinResult holds the requested reported properties that the device has reported.
@@ -36,7 +38,8 @@ type GetTwinResult struct {
 // It makes a single read, bounded by twinReadTimeout, and lets Temporal retry a failed one: a
 // throttled or unreachable hub gives a plain error, an unknown device or refused credentials a
 // non-retryable one (see classify). It does not heartbeat: one bounded read ends well within the
-// StartToCloseTimeout a workflow sets.
+// StartToCloseTimeout a workflow sets. Only while it waits for a token of in.Rate, which may take
+// longer, does it heartbeat.
 func (a *Activities) GetTwin(ctx context.Context, in GetTwinInput) (GetTwinResult, error) {
 	logger := log.With(activity.GetLogger(ctx), "device", in.DeviceID)
 	if in.DeviceID == "" {
@@ -51,10 +54,18 @@ func (a *Activities) GetTwin(ctx context.Context, in GetTwinInput) (GetTwinResul
 			return GetTwinResult{}, badRequest("read twin of %s: property path %q is not a dotted path such as firmware.status", in.DeviceID, path)
 		}
 	}
+	if problem := in.Rate.problem(); problem != "" {
+		return GetTwinResult{}, badRequest("read twin of %s: %s", in.DeviceID, problem)
+	}
 	if a.Hub == nil {
 		return GetTwinResult{}, errNoHub
 	}
 
+	// GetTwin records no progress, so heartbeats without details are all a wait for a token
+	// needs; they matter only when the workflow set a heartbeat timeout.
+	if err := a.takeToken(ctx, in.Rate, func() { activity.RecordHeartbeat(ctx) }); err != nil {
+		return GetTwinResult{}, tokenError(ctx, logger, err)
+	}
 	reported, err := a.readReported(ctx, in.DeviceID)
 	if ctx.Err() != nil {
 		return GetTwinResult{}, ctx.Err()

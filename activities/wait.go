@@ -45,6 +45,8 @@ type WaitForReportedInput struct {
 	// hammering the hub while a device is slow.
 	InitialInterval time.Duration `json:"initialInterval,omitempty"`
 	MaxInterval     time.Duration `json:"maxInterval,omitempty"`
+	// Rate, when set, draws a token from the rollout's bucket before each twin read.
+	Rate *HubRate `json:"rate,omitempty"`
 }
 
 // WaitForReportedResult is the reported value that satisfied the condition.
@@ -128,6 +130,7 @@ func (a *Activities) WaitForReported(ctx context.Context, in WaitForReportedInpu
 		},
 		nextDeadline: func() time.Time { return in.Deadline },
 		progress:     func() any { return p },
+		rate:         in.Rate,
 	})
 	if err != nil {
 		return WaitForReportedResult{}, err
@@ -144,6 +147,9 @@ func (in WaitForReportedInput) validate() (initial, maxInterval time.Duration, e
 		return 0, 0, badRequest("wait on %s: property path %q is not a dotted path such as firmware.status", in.DeviceID, in.Property)
 	}
 	initial, maxInterval, problem := backoffIntervals(in.InitialInterval, in.MaxInterval, defaultInitialInterval, defaultMaxInterval)
+	if problem == "" {
+		problem = in.Rate.problem()
+	}
 	if problem != "" {
 		return 0, 0, badRequest("wait for %s on %s: %s", in.Property, in.DeviceID, problem)
 	}

@@ -12,7 +12,7 @@ TEMPORAL_UI_PORT=${DMFLOW_TEMPORAL_UI_PORT:-8233}
 MQTT_PORT=${DMFLOW_MQTT_PORT:-8883}
 HTTPS_PORT=${DMFLOW_HTTPS_PORT:-8443}
 # Search attributes dmflow's workflows upsert; keep in step with workflows/api.go.
-SEARCH_ATTRIBUTES=${DMFLOW_SEARCH_ATTRIBUTES:-DmflowDevice=Keyword DmflowOperation=Keyword DmflowTargetVersion=Keyword}
+SEARCH_ATTRIBUTES=${DMFLOW_SEARCH_ATTRIBUTES:-DmflowDevice=Keyword DmflowOperation=Keyword DmflowTargetVersion=Keyword DmflowRollout=Keyword DmflowRolloutState=Keyword}
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "stack: $*"; exit 1; }

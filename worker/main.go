@@ -88,6 +88,7 @@ func run(ctx context.Context, cfg Config) error {
 	})
 	w.RegisterWorkflow(workflows.Reboot)
 	w.RegisterWorkflow(workflows.FirmwareUpdate)
+	w.RegisterWorkflow(workflows.Rollout)
 	w.RegisterActivity(&activities.Activities{Hub: hub})
 
 	if err := w.Start(); err != nil {

@@ -9,11 +9,13 @@
 // Workflows do no I/O themselves; they reach IoT Hub through the activities package. The method and
 // property names are internal/protocol's, shared with the simulated devices.
 //
-// The search attributes DmflowDevice, DmflowOperation and DmflowTargetVersion (all Keyword) must be
-// registered in the namespace before a worker runs these workflows, e.g. for the dev server:
+// The search attributes DmflowDevice, DmflowOperation, DmflowTargetVersion, DmflowRollout and
+// DmflowRolloutState (all Keyword) must be registered in the namespace before a worker runs these
+// workflows, e.g. for the dev server:
 //
 //	temporal server start-dev --search-attribute DmflowDevice=Keyword \
-//	    --search-attribute DmflowOperation=Keyword --search-attribute DmflowTargetVersion=Keyword
+//	    --search-attribute DmflowOperation=Keyword --search-attribute DmflowTargetVersion=Keyword \
+//	    --search-attribute DmflowRollout=Keyword --search-attribute DmflowRolloutState=Keyword
 //
 // otherwise the server rejects the upsert and the workflow task fails until they are.
 package workflows
@@ -115,6 +117,9 @@ type RebootInput struct {
 	// invocation retry and the wait for rebootTime; at least MethodTimeout plus a 15 s margin, at most
 	// MaxRebootDeadline; default DefaultRebootDeadline.
 	Deadline time.Duration `json:"deadline,omitempty"`
+	// Rate, when set, bounds the hub calls with a token bucket shared by every workflow whose input
+	// carries the same key (a rollout's devices); see activities.HubRate.
+	Rate *activities.HubRate `json:"rate,omitempty"`
 }
 
 // RebootResult is the outcome of a confirmed reboot.
@@ -278,6 +283,8 @@ type FirmwareInput struct {
 	// (workflow ID RebootWorkflowID(device, update ID)), then confirms that the device reports
 	// Version.
 	Reboot bool `json:"reboot,omitempty"`
+	// Rate, when set, bounds the hub calls (see RebootInput.Rate); the reboot inherits it.
+	Rate *activities.HubRate `json:"rate,omitempty"`
 }
 
 // FirmwareResult is the outcome of a completed or skipped firmware update.

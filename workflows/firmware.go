@@ -135,6 +135,7 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 
 	var twin activities.GetTwinResult
 	err := workflow.ExecuteActivity(getTwinOptions(ctx, deadline), a.GetTwin, activities.GetTwinInput{
+		Rate:       f.in.Rate,
 		DeviceID:   f.in.DeviceID,
 		Properties: []string{protocol.PropFirmwareVersion, protocol.PropFirmwareStatus},
 	}).Get(ctx, &twin)
@@ -156,6 +157,7 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 	f.logger.Info("invoking direct method", "method", protocol.MethodFirmwareUpdate, "from_version", res.FromVersion, "deadline", deadline)
 	var inv activities.InvokeMethodResult
 	err = workflow.ExecuteActivity(invokeOptions(ctx, firmwareMethodTimeout, deadline), a.InvokeMethod, activities.InvokeMethodInput{
+		Rate:     f.in.Rate,
 		DeviceID: f.in.DeviceID,
 		Method:   protocol.MethodFirmwareUpdate,
 		// updateId makes the call idempotent: a retried invocation (after a gateway timeout or a
@@ -181,6 +183,7 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 	f.setStep(ctx, StepFollowingStages)
 	var followed activities.FollowStagesResult
 	err = workflow.ExecuteActivity(followOptions(ctx, deadline), a.FollowStages, activities.FollowStagesInput{
+		Rate:            f.in.Rate,
 		DeviceID:        f.in.DeviceID,
 		UpdateID:        f.in.UpdateID,
 		Since:           workflow.Now(ctx),
@@ -249,6 +252,7 @@ func (f *firmware) reboot(ctx workflow.Context, deadline time.Time) (*RebootResu
 		RequestID: requestID,
 		// The rest of this update's budget; the child enforces it itself.
 		Deadline: min(remaining, MaxRebootDeadline),
+		Rate:     f.in.Rate,
 	}).Get(ctx, &rr)
 	var already *temporal.ChildWorkflowExecutionAlreadyStartedError
 	switch {
@@ -270,6 +274,7 @@ func (f *firmware) reboot(ctx workflow.Context, deadline time.Time) (*RebootResu
 	}
 	var seen activities.WaitForReportedResult
 	err = workflow.ExecuteActivity(waitOptions(ctx, confirmBy), a.WaitForReported, activities.WaitForReportedInput{
+		Rate:            f.in.Rate,
 		DeviceID:        f.in.DeviceID,
 		Property:        protocol.PropFirmwareVersion,
 		OneOf:           []string{f.in.Version},

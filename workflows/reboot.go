@@ -91,6 +91,7 @@ func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, err
 	r.logger.Info("invoking direct method", "method", RebootMethod, "deadline", deadline)
 	var inv activities.InvokeMethodResult
 	err := workflow.ExecuteActivity(invokeOptions(ctx, r.in.MethodTimeout, deadline), a.InvokeMethod, activities.InvokeMethodInput{
+		Rate:            r.in.Rate,
 		DeviceID:        r.in.DeviceID,
 		Method:          RebootMethod,
 		Payload:         map[string]any{"method_number": rebootPayloadMethodNumber, protocol.FieldRequestID: workflowID},
@@ -108,6 +109,7 @@ func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, err
 	r.setStep(ctx, StepWaiting)
 	var seen activities.WaitForReportedResult
 	err = workflow.ExecuteActivity(waitOptions(ctx, deadline), a.WaitForReported, activities.WaitForReportedInput{
+		Rate:     r.in.Rate,
 		DeviceID: r.in.DeviceID,
 		Property: RebootTimeProperty,
 		// After = the workflow's start: a rebootTime from an earlier reboot must not count. The device

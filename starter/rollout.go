@@ -1,0 +1,677 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dmflow/dmflow/internal/settings"
+	"github.com/dmflow/dmflow/workflows"
+	"github.com/spf13/cobra"
+	enumspb "go.temporal.io/api/enums/v1"
+)
+
+// Timeouts of the single calls the rollout commands make. A query or update waits for a worker to
+// answer it, for a finished rollout too; without one it would wait forever.
+const (
+	queryTimeout   = 15 * time.Second
+	controlTimeout = time.Minute
+	// defaultPoll is how often watch asks the progress query.
+	defaultPoll = time.Second
+)
+
+// listRolloutsHint tells where the names of the existing rollouts are.
+const listRolloutsHint = `temporal workflow list --query "WorkflowType = 'Rollout'"`
+
+// rolloutCmd holds what the rollout subcommands share.
+type rolloutCmd struct {
+	g       *globals
+	connect connectFunc
+}
+
+func newRolloutCommand(g *globals, connect connectFunc) *cobra.Command {
+	if connect == nil {
+		connect = dialRollouts
+	}
+	r := &rolloutCmd{g: g, connect: connect}
+	cmd := &cobra.Command{
+		Use:   "rollout",
+		Short: "Run a firmware update or reboot on many devices in waves; follow, pause, resume, cancel and report it",
+		Long: `A rollout runs a firmware update or a reboot on many devices: a canary wave
+first, then waves growing by --growth, with at most --max-concurrent devices in
+flight and at most --rate IoT Hub calls per second. When more devices fail than
+--max-failures allows, the rollout aborts and leaves the devices not started
+untouched. A running rollout can be paused, resumed and cancelled.
+
+A rollout is the workflow rollout/<name>; each device runs as the workflow
+rollout/<name>/<device>, so a rollout never runs a device twice, across
+restarts too. List rollouts with
+  ` + listRolloutsHint + `
+and see one with its device workflows in the Temporal UI with the query
+  DmflowRollout = "<name>"
+
+status, watch and report ask the rollout's queries, which a running dmflow
+worker answers, for a finished rollout too.
+
+Exit codes:
+  0  the command did what it was asked: a rollout started (or was found),
+     a status or report printed, a pause, resume or cancel accepted; for
+     watch and start --wait: the rollout completed with no failed device
+  1  watch and start --wait: the rollout aborted, failed, was cancelled, or
+     completed with failed devices (within --max-failures); any command:
+     a pause, resume or cancel refused (the reason is printed), the rollout
+     not found, Temporal unreachable
+  2  the command line is wrong`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("unknown rollout command %q: use start, status, watch, pause, resume, cancel or report", args[0])}
+			}
+			return cmd.Help()
+		},
+	}
+	cmd.AddCommand(r.startCommand(), r.statusCommand(), r.watchCommand(),
+		r.controlCommand(workflows.UpdatePause, "Stop starting devices; those in flight finish",
+			`Pauses a running rollout: no further device starts until resume; the devices
+in flight finish. The reason shows in the rollout's progress. Refused unless the
+rollout is running.`),
+		r.controlCommand(workflows.UpdateResume, "Start devices again after a pause",
+			`Resumes a paused rollout where it stopped. Refused unless the rollout is paused.`),
+		r.controlCommand(workflows.UpdateCancel, "Stop the rollout: no device starts any more, those in flight are cancelled",
+			`Cancels a rollout: no device starts any more, the device workflows in flight
+are cancelled, and the rollout ends as cancelled. Devices already updated stay
+updated. Refused once the rollout has ended.`),
+		r.reportCommand())
+	return cmd
+}
+
+// noArgs refuses positional arguments as a usage error.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("%s takes no arguments, got %q: flags start with --", cmd.CommandPath(), args[0])}
+	}
+	return nil
+}
+
+// nameArg takes the rollout's name, the one positional argument of the commands after start.
+func nameArg(cmd *cobra.Command, args []string) error {
+	if len(args) != 1 || args[0] == "" {
+		return usageError{fmt.Errorf("name the rollout: %s NAME (list rollouts with %s)", cmd.CommandPath(), listRolloutsHint)}
+	}
+	return nil
+}
+
+// withAPI connects to Temporal and runs fn; Ctrl-C cancels its context.
+func (r *rolloutCmd) withAPI(cmd *cobra.Command, fn func(ctx context.Context, api rolloutAPI) error) error {
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	api, err := r.connect(ctx, r.g)
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	return fn(ctx, api)
+}
+
+// startFlags are the flags of rollout start.
+type startFlags struct {
+	name        string
+	query       string
+	devices     []string
+	devicesFile string
+
+	firmware      string
+	version       string
+	reboot        bool
+	stageTimeout  time.Duration
+	deadline      time.Duration
+	methodTimeout time.Duration
+
+	canary        int
+	growth        float64
+	maxConcurrent int
+	rate          string
+	maxFailures   string
+	minDevices    int
+	retryFailed   bool
+	devicesPerRun int
+
+	wait      bool
+	poll      time.Duration
+	taskQueue string
+}
+
+func (r *rolloutCmd) startCommand() *cobra.Command {
+	var f startFlags
+	cmd := &cobra.Command{
+		Use:   "start --name NAME (--query Q | --devices IDS | --devices-file FILE) (--firmware URI --version V [--reboot] | --reboot) [--wait]",
+		Short: "Start a rollout (or find the one already started under its name)",
+		Long: `Starts the Rollout workflow rollout/<name>.
+
+Targets, one of:
+  --query "SELECT * FROM devices WHERE tags.ring = 'beta'"
+        an IoT Hub device query (whole twins: SELECT * FROM devices [WHERE …])
+  --devices a,b,c
+        device IDs
+  --devices-file ids.txt
+        one device ID per line; blank lines and lines starting with # are
+        ignored, as is a # comment after the ID; "-" reads standard input
+The targets are resolved once, at the start, at most ` + strconv.Itoa(workflows.MaxRolloutDevices) + ` of them, and run in
+device-ID order.
+
+Operation, one of:
+  --firmware URI --version V [--reboot] [--stage-timeout D] [--deadline D]
+        a firmware update per device (see starter firmware --help); devices
+        that already report V are skipped; with --reboot each device is
+        rebooted after its update and must then report V
+  --reboot [--method-timeout D] [--deadline D]
+        a reboot per device (see starter reboot --help)
+
+Waves: the first wave has --canary devices, each next one --growth times as
+many. The rollout aborts when more devices of a wave fail than --max-failures
+allows of the wave's size, or more of all devices finished so far, once
+--min-devices have finished. --retry-failed runs the failed devices once more
+at the end (unless the rollout aborted or was cancelled).
+
+The name is the rollout's identity: starting a name that is running attaches
+to it (its own settings stay; these flags are not applied), and a name that
+completed or was cancelled is not run again. A rollout that aborted or failed
+may be started again under its name: the devices it already updated or
+rebooted are skipped.
+
+With --wait, starter follows the rollout like watch and exits as watch does.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			in, err := f.input(cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			f.taskQueue = settings.Pick(r.g.getenv, f.taskQueue, settings.TaskQueue, workflows.TaskQueue)
+			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+				return runStart(ctx, api, in, f, r.g.output, r.watchOptions(cmd, f.poll))
+			})
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&f.name, "name", "n", "", "rollout name: letters, digits and -._: up to 64 characters, e.g. fw-2.0 (required)")
+	fl.StringVarP(&f.query, "query", "q", "", `targets by IoT Hub device query: SELECT * FROM devices [WHERE …]`)
+	fl.StringSliceVar(&f.devices, "devices", nil, "targets by device ID, comma-separated")
+	fl.StringVar(&f.devicesFile, "devices-file", "", `targets from a file of device IDs, one per line ("-" for standard input)`)
+	fl.StringVar(&f.firmware, "firmware", "", "firmware update: http(s) URI of the image, without credentials")
+	fl.StringVar(&f.version, "version", "", "firmware update: the version the image holds (required with --firmware)")
+	fl.BoolVar(&f.reboot, "reboot", false, "with --firmware: reboot each device after its update; alone: a reboot rollout")
+	fl.DurationVar(&f.stageTimeout, "stage-timeout", 0, "firmware update: how long a device may take for each stage (default 2m)")
+	fl.DurationVar(&f.deadline, "deadline", 0, "time budget per device, a firmware update's reboot included (default 15m for a firmware update, 5m for a reboot)")
+	fl.DurationVar(&f.methodTimeout, "method-timeout", 0, "reboot: how long the hub waits for rebootDevice's answer (5s–300s; default 60s)")
+	fl.IntVar(&f.canary, "canary", 0, fmt.Sprintf("devices in the first wave (default %d)", workflows.DefaultCanary))
+	fl.Float64Var(&f.growth, "growth", 0, fmt.Sprintf("each wave is this many times the size of the one before, 1–100 (default %g)", workflows.DefaultGrowth))
+	fl.IntVar(&f.maxConcurrent, "max-concurrent", 0, fmt.Sprintf("most devices in flight at once, up to %d (default %d)", workflows.MaxConcurrentLimit, workflows.DefaultMaxConcurrent))
+	fl.StringVar(&f.rate, "rate", "", `most IoT Hub calls per second for the whole rollout: 100/s, 6000/min or 100 (per second); default no limit`)
+	fl.StringVar(&f.maxFailures, "max-failures", "", fmt.Sprintf(`failure threshold: a device count (5) or a percentage (5%%) (default %s)`, workflows.DefaultMaxFailures))
+	fl.IntVar(&f.minDevices, "min-devices", 0, fmt.Sprintf("devices that must have finished before the overall percentage applies (default %d)", workflows.DefaultMinDevices))
+	fl.BoolVar(&f.retryFailed, "retry-failed", false, "run the failed devices once more at the end")
+	fl.IntVar(&f.devicesPerRun, "devices-per-run", 0, "devices a workflow run starts before it continues as new")
+	fl.BoolVarP(&f.wait, "wait", "w", false, "follow the rollout until it ends, like watch, and exit as watch does")
+	fl.DurationVar(&f.poll, "poll-interval", defaultPoll, "how often --wait asks the progress")
+	fl.StringVar(&f.taskQueue, "task-queue", "", "task queue of the worker (env DMFLOW_TASK_QUEUE, default "+workflows.TaskQueue+")")
+	_ = fl.MarkHidden("devices-per-run")
+	_ = fl.MarkHidden("poll-interval")
+	return cmd
+}
+
+// input checks the flags and builds the workflow input; every problem is a usage error, all of
+// them at once. stdin is read for --devices-file -.
+func (f startFlags) input(stdin io.Reader) (workflows.RolloutInput, error) {
+	var problems []string
+	in := workflows.RolloutInput{
+		Name:          f.name,
+		Query:         strings.TrimSpace(f.query),
+		Canary:        f.canary,
+		Growth:        f.growth,
+		MaxConcurrent: f.maxConcurrent,
+		MaxFailures:   strings.TrimSpace(f.maxFailures),
+		MinDevices:    f.minDevices,
+		RetryFailed:   f.retryFailed,
+		DevicesPerRun: f.devicesPerRun,
+	}
+	if f.name == "" {
+		problems = append(problems, "--name is required: name the rollout, e.g. --name fw-2.0")
+	}
+
+	var given []string
+	for _, t := range []struct {
+		flag string
+		set  bool
+	}{{"--query", in.Query != ""}, {"--devices", len(f.devices) > 0}, {"--devices-file", f.devicesFile != ""}} {
+		if t.set {
+			given = append(given, t.flag)
+		}
+	}
+	switch {
+	case len(given) == 0:
+		problems = append(problems, `no targets: give --query "SELECT * FROM devices WHERE tags.ring = 'beta'", --devices a,b,c or --devices-file ids.txt`)
+	case len(given) > 1:
+		problems = append(problems, fmt.Sprintf("%s: give the targets one way only", strings.Join(given, " and ")))
+	case len(f.devices) > 0:
+		ids, err := checkDeviceIDs(f.devices)
+		if err != nil {
+			problems = append(problems, "--devices: "+err.Error())
+		}
+		in.Devices = ids
+	case f.devicesFile != "":
+		ids, err := readDeviceFile(f.devicesFile, stdin)
+		if err != nil {
+			problems = append(problems, "--devices-file "+err.Error())
+		}
+		in.Devices = ids
+	}
+
+	switch {
+	case f.firmware != "":
+		in.Operation = workflows.OperationFirmware
+		in.Firmware = &workflows.RolloutFirmware{PackageURI: f.firmware, Version: f.version,
+			StageTimeout: f.stageTimeout, Deadline: f.deadline, Reboot: f.reboot}
+		if f.version == "" {
+			problems = append(problems, "--firmware needs --version: the version the image holds, e.g. --version 2.0.0 (devices already on it are skipped)")
+		}
+		if f.methodTimeout != 0 {
+			problems = append(problems, "--method-timeout belongs to a reboot rollout (--reboot without --firmware); the reboot after a firmware update uses the default")
+		}
+	case f.reboot:
+		in.Operation = workflows.OperationReboot
+		if f.methodTimeout != 0 || f.deadline != 0 {
+			in.Reboot = &workflows.RolloutReboot{MethodTimeout: f.methodTimeout, Deadline: f.deadline}
+		}
+		if f.version != "" || f.stageTimeout != 0 {
+			problems = append(problems, "--version and --stage-timeout belong to a firmware update: add --firmware URI, or drop them for a reboot rollout")
+		}
+	default:
+		problems = append(problems, "no operation: give --firmware URI --version V for a firmware update (add --reboot to reboot afterwards), or --reboot alone for a reboot")
+	}
+
+	rate, err := parseRate(f.rate)
+	if err != nil {
+		problems = append(problems, err.Error())
+	}
+	in.Rate = rate
+
+	if len(problems) > 0 {
+		return workflows.RolloutInput{}, usageError{errors.New(strings.Join(problems, "; "))}
+	}
+	if err := in.Validate(); err != nil {
+		return workflows.RolloutInput{}, usageError{err}
+	}
+	return in, nil
+}
+
+// parseRate reads --rate: calls per second ("100/s", "100"), per minute ("6000/min") or per hour
+// ("3600/h"), as calls per second; "" and "0" mean no limit.
+func parseRate(s string) (float64, error) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	if s == "" {
+		return 0, nil
+	}
+	num, unit, _ := strings.Cut(s, "/")
+	var per float64
+	switch strings.TrimSpace(unit) {
+	case "", "s", "sec", "second":
+		per = 1
+	case "m", "min", "minute":
+		per = 60
+	case "h", "hour":
+		per = 3600
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if per == 0 || err != nil || v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("--rate %q: give IoT Hub calls per second or minute, e.g. 100/s, 6000/min or 100 (per second); 0 for no limit", s)
+	}
+	return v / per, nil
+}
+
+// checkDeviceIDs checks the IDs of --devices: legal, no repeats; blanks between commas are
+// ignored.
+func checkDeviceIDs(list []string) ([]string, error) {
+	var ids []string
+	seen := map[string]bool{}
+	for _, id := range list {
+		id = strings.TrimSpace(id)
+		if id == "" {
+			continue
+		}
+		if err := checkDeviceID(id); err != nil {
+			return nil, err
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("device %s is listed twice", id)
+		}
+		seen[id] = true
+		ids = append(ids, id)
+	}
+	if len(ids) == 0 {
+		return nil, errors.New("no device IDs")
+	}
+	return ids, nil
+}
+
+// checkDeviceID checks one device ID by IoT Hub's rule, which RebootInput.Validate applies (the
+// other fields' zero values are valid).
+func checkDeviceID(id string) error {
+	if (workflows.RebootInput{DeviceID: id}).Validate() != nil {
+		return fmt.Errorf("%s is not a legal IoT Hub device ID: up to 128 letters, digits and -:.+%%_#*?!(),=@;$'", quoteShort(id))
+	}
+	return nil
+}
+
+// readDeviceFile reads --devices-file: a path, or "-" for stdin. Errors start with the file's
+// name, after the flag the caller puts before them.
+func readDeviceFile(path string, stdin io.Reader) ([]string, error) {
+	if path == "-" {
+		return parseDeviceList(stdin, "-")
+	}
+	fh, err := os.Open(path)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	defer fh.Close()
+	return parseDeviceList(fh, path)
+}
+
+// maxDeviceLine bounds a line of a device list; a device ID has at most 128 characters, so a
+// longer line is a wrong file (a binary, a CSV export with many columns).
+const maxDeviceLine = 4096
+
+// parseDeviceList reads one device ID per line. Blank lines are ignored, and so is a line whose
+// first word starts with # (a comment; an ID starting with # cannot be listed this way), and
+// anything after the ID that starts with #. IDs are checked as IoT Hub does and must not repeat;
+// an error names source and the line. A UTF-8 byte-order mark and CRLF line ends are accepted.
+func parseDeviceList(r io.Reader, source string) ([]string, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), maxDeviceLine)
+	var ids []string
+	seen := map[string]int{}
+	line := 0
+	for sc.Scan() {
+		line++
+		text := sc.Text()
+		if line == 1 {
+			text = strings.TrimPrefix(text, "\ufeff")
+		}
+		fields := strings.Fields(text)
+		if len(fields) == 0 || strings.HasPrefix(fields[0], "#") {
+			continue
+		}
+		if len(fields) > 1 && !strings.HasPrefix(fields[1], "#") {
+			return nil, fmt.Errorf("%s line %d: %s holds more than one word: give one device ID per line (a # starts a comment)", source, line, quoteShort(strings.TrimSpace(text)))
+		}
+		id := fields[0]
+		if err := checkDeviceID(id); err != nil {
+			return nil, fmt.Errorf("%s line %d: %w", source, line, err)
+		}
+		if first, dup := seen[id]; dup {
+			return nil, fmt.Errorf("%s line %d: device %s repeats line %d", source, line, id, first)
+		}
+		seen[id] = line
+		ids = append(ids, id)
+		if len(ids) > workflows.MaxRolloutDevices {
+			return nil, fmt.Errorf("%s line %d: more than %d devices, the most one rollout takes: split them into several rollouts", source, line, workflows.MaxRolloutDevices)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return nil, fmt.Errorf("%s line %d: longer than %d bytes: not a list of device IDs", source, line+1, maxDeviceLine)
+		}
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("%s holds no device IDs", source)
+	}
+	return ids, nil
+}
+
+// quoteShort quotes s for an error message, shortened: a message must stay one line.
+func quoteShort(s string) string {
+	const max = 60
+	if r := []rune(s); len(r) > max {
+		s = string(r[:max]) + "…"
+	}
+	return strconv.Quote(s)
+}
+
+// describeInput says in a few words what a rollout does: "firmware 2.0.0 (then reboot) on 3
+// devices".
+func describeInput(in workflows.RolloutInput) string {
+	var b strings.Builder
+	switch {
+	case in.Firmware != nil:
+		b.WriteString("firmware " + in.Firmware.Version)
+		if in.Firmware.Reboot {
+			b.WriteString(" then reboot")
+		}
+	default:
+		b.WriteString(in.Operation)
+	}
+	if len(in.Devices) > 0 {
+		fmt.Fprintf(&b, " on %d %s", len(in.Devices), plural(len(in.Devices), "device", "devices"))
+	} else {
+		b.WriteString(" on the devices of " + in.Query)
+	}
+	return b.String()
+}
+
+// runStart starts the rollout or attaches to the one of that name, prints where to follow it and,
+// with --wait, follows it.
+func runStart(ctx context.Context, api rolloutAPI, in workflows.RolloutInput, f startFlags, output string, wo watchOptions) error {
+	out := wo.out
+	runID, existing, err := api.Start(ctx, in, f.taskQueue)
+	if err != nil {
+		return fmt.Errorf("start rollout %s: %w", in.Name, err)
+	}
+	res := launchOutput[workflows.RolloutProgress]{
+		WorkflowID: workflows.RolloutWorkflowID(in.Name), RunID: runID, URL: api.URL(in.Name), Existing: existing,
+	}
+	if output == "text" {
+		fmt.Fprintf(out, "%s rollout %s: %s\n  workflow: %s\n  ui:       %s\n", startVerb(existing), in.Name, describeInput(in), res.WorkflowID, res.URL)
+		running := existing == "" || existing == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING.String()
+		switch {
+		case existing == "":
+		case running:
+			fmt.Fprintf(out, "  note:     a rollout by this name was started before; it keeps its own settings, these flags were not applied\n")
+		default:
+			fmt.Fprintf(out, "  note:     a rollout by this name already ran, and a name runs once: choose a new --name to roll out again\n")
+		}
+		if !f.wait && running {
+			fmt.Fprintf(out, "  follow:   starter rollout watch %s\n", in.Name)
+		} else if !f.wait {
+			fmt.Fprintf(out, "  status:   starter rollout status %s\n", in.Name)
+		}
+	}
+	if !f.wait {
+		if output == "json" {
+			return writeJSON(out, res)
+		}
+		return nil
+	}
+	p, werr := watchRollout(ctx, api, in.Name, wo)
+	if output == "json" {
+		if werr == nil {
+			res.Result = &p
+		} else {
+			res.Error = werr.Error()
+		}
+		if err := writeJSON(out, res); err != nil {
+			return err
+		}
+	} else if werr == nil {
+		printSummary(ctx, out, api, p)
+	}
+	if werr != nil {
+		return werr
+	}
+	return outcomeError(p)
+}
+
+func (r *rolloutCmd) statusCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status NAME",
+		Short: "Print a rollout's progress once",
+		Long: `Prints the rollout's state (and the reason of a pause, abort, cancellation or
+failure), its device counts, the current wave, its speed in devices per minute
+(time paused not counted), the estimated time left, and the Temporal UI link.
+With --output json, the progress as the workflow reports it.
+
+Exits 0 whenever the progress could be read, whatever the rollout's state; use
+watch (or --output json) to act on the outcome.`,
+		Args: nameArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+				p, err := currentProgress(ctx, api, args[0])
+				if err != nil {
+					return err
+				}
+				if r.g.output == "json" {
+					return writeJSON(cmd.OutOrStdout(), p)
+				}
+				printStatus(cmd.OutOrStdout(), p, api.URL(args[0]))
+				return nil
+			})
+		},
+	}
+}
+
+// currentProgress asks the progress query once. A rollout that has ended answers from its result
+// when the query cannot be answered (no worker runs), as long as it completed or aborted.
+func currentProgress(ctx context.Context, api rolloutAPI, name string) (workflows.RolloutProgress, error) {
+	qctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	p, err := api.Progress(qctx, name)
+	cancel()
+	var nf notFoundError
+	if err == nil || errors.As(err, &nf) || ctx.Err() != nil {
+		return p, err
+	}
+	octx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if op, oerr := api.Outcome(octx, name); oerr == nil {
+		return op, nil
+	}
+	return p, fmt.Errorf("query the progress of rollout %s: %w: is a dmflow worker running? it answers queries, for finished rollouts too", name, err)
+}
+
+func (r *rolloutCmd) watchCommand() *cobra.Command {
+	var poll time.Duration
+	cmd := &cobra.Command{
+		Use:   "watch NAME",
+		Short: "Follow a rollout's progress until it ends",
+		Long: `Follows the rollout until it ends. On a terminal: a progress bar of the devices
+done (succeeded, skipped, failed, cancelled or not started) of all targets, with
+the counts failed, skipped, running and pending, the current wave, devices per
+minute and the estimated time left, redrawn in place. Elsewhere (a pipe, CI) a
+plain line whenever the counts change, at most about once a second. With
+--output json the lines go to standard error and standard output gets the
+final progress as JSON.
+
+At the end: the summary (state, counts, reason, duration, hub calls) and the
+first failed devices with their errors; starter rollout report NAME lists all.
+
+Exits 0 when the rollout completed with no failed device, 1 when it aborted,
+failed, was cancelled or completed with failed devices. Ctrl-C stops watching,
+not the rollout.`,
+		Args: nameArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+				return runWatch(ctx, api, args[0], r.g.output, r.watchOptions(cmd, poll))
+			})
+		},
+	}
+	cmd.Flags().DurationVar(&poll, "poll-interval", defaultPoll, "how often to ask the progress")
+	_ = cmd.Flags().MarkHidden("poll-interval")
+	return cmd
+}
+
+// watchOptions configures the live view for the command's output and --output.
+func (r *rolloutCmd) watchOptions(cmd *cobra.Command, poll time.Duration) watchOptions {
+	o := watchOptions{out: cmd.OutOrStdout(), lines: cmd.OutOrStdout(), poll: max(poll, 10*time.Millisecond), minGap: time.Second, pollTimeout: 5 * time.Second}
+	if r.g.output == "json" {
+		// Standard output holds the JSON document alone.
+		o.lines = cmd.ErrOrStderr()
+	} else {
+		o.bar = isTerminal(o.out) && r.g.getenv("TERM") != "dumb"
+	}
+	return o
+}
+
+// runWatch follows the rollout, prints the outcome and returns the error that sets the exit code.
+func runWatch(ctx context.Context, api rolloutAPI, name, output string, wo watchOptions) error {
+	p, err := watchRollout(ctx, api, name, wo)
+	if err != nil {
+		return err
+	}
+	if output == "json" {
+		if err := writeJSON(wo.out, p); err != nil {
+			return err
+		}
+	} else {
+		printSummary(ctx, wo.out, api, p)
+	}
+	return outcomeError(p)
+}
+
+// controlCommand builds pause, resume or cancel.
+func (r *rolloutCmd) controlCommand(update, short, long string) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   update + " NAME [--reason TEXT]",
+		Short: short,
+		Long: long + `
+
+Prints the rollout's progress after the change (--output json: as JSON). A
+refusal prints the rollout's reason and exits 1.`,
+		Args: nameArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+				return runControl(ctx, api, args[0], update, reason, r.g.output, cmd.OutOrStdout())
+			})
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why, shown in the rollout's progress and report")
+	return cmd
+}
+
+// runControl sends pause, resume or cancel and prints the progress after it.
+func runControl(ctx context.Context, api rolloutAPI, name, update, reason, output string, out io.Writer) error {
+	cctx, cancel := context.WithTimeout(ctx, controlTimeout)
+	defer cancel()
+	p, err := api.Control(cctx, name, update, reason)
+	var refused refusedError
+	switch {
+	case errors.As(err, &refused):
+		return fmt.Errorf("cannot %s rollout %s: %s", update, name, refused.reason)
+	case err != nil && cctx.Err() == context.DeadlineExceeded && ctx.Err() == nil:
+		return fmt.Errorf("%s rollout %s: no answer within %s: is a dmflow worker running? it applies the change", update, name, controlTimeout)
+	case err != nil:
+		return fmt.Errorf("%s rollout %s: %w", update, name, err)
+	}
+	if output == "json" {
+		return writeJSON(out, p)
+	}
+	printStatus(out, p, api.URL(name))
+	switch {
+	case p.State == workflows.RolloutPaused:
+		fmt.Fprintf(out, "  resume:    starter rollout resume %s\n", name)
+	case update == workflows.UpdateCancel && !p.Done():
+		fmt.Fprintf(out, "  the devices in flight are being cancelled: starter rollout watch %s\n", name)
+	}
+	return nil
+}

@@ -1,0 +1,548 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dmflow/dmflow/workflows"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/cwriter"
+	"github.com/vbauerster/mpb/v8/decor"
+)
+
+// watchOptions configures how watch and start --wait follow a rollout.
+type watchOptions struct {
+	// out gets the progress bar and the summary; lines the plain progress lines.
+	out, lines io.Writer
+	// bar draws a progress bar redrawn in place (out is a terminal) instead of plain lines.
+	bar bool
+	// poll is the time between progress queries, pollTimeout the most one may take.
+	poll, pollTimeout time.Duration
+	// minGap is the least time between two plain lines that differ only in their counts; a
+	// change of state is printed at once.
+	minGap time.Duration
+	// now is time.Now outside tests.
+	now func() time.Time
+}
+
+// quietPolls is how many progress queries in a row may fail before watch says so: a rollout
+// not yet picked up by a worker, or continuing as new, cannot answer for a moment.
+const quietPolls = 10
+
+// progressView shows the progress as it changes.
+type progressView interface {
+	update(p workflows.RolloutProgress)
+	// note prints a remark between the updates.
+	note(text string)
+	// close ends the view; the output is free for the summary afterwards.
+	close()
+}
+
+// watchRollout follows the rollout until it ends and returns its final progress. It asks the
+// progress query every o.poll and meanwhile waits for the workflow to close, so that a rollout that
+// ends without a final progress (terminated, timed out) ends the watch too.
+func watchRollout(ctx context.Context, api rolloutAPI, name string, o watchOptions) (workflows.RolloutProgress, error) {
+	if o.now == nil {
+		o.now = time.Now
+	}
+	var view progressView
+	if o.bar {
+		view = newBarView(o.out, name)
+	} else {
+		view = &lineView{w: o.lines, minGap: o.minGap, now: o.now}
+	}
+	p, err := follow(ctx, api, name, o, view)
+	view.close()
+	return p, err
+}
+
+type outcomeResult struct {
+	p   workflows.RolloutProgress
+	err error
+}
+
+func follow(ctx context.Context, api rolloutAPI, name string, o watchOptions, view progressView) (workflows.RolloutProgress, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	closed := make(chan outcomeResult, 1)
+	waitOutcome := func(delay time.Duration) {
+		go func() {
+			select {
+			case <-time.After(delay):
+			case <-wctx.Done():
+				return
+			}
+			p, err := api.Outcome(wctx, name)
+			closed <- outcomeResult{p, err}
+		}()
+	}
+	waitOutcome(0)
+	poll := func() (workflows.RolloutProgress, error) {
+		pctx, cancel := context.WithTimeout(ctx, o.pollTimeout)
+		defer cancel()
+		return api.Progress(pctx, name)
+	}
+
+	tick := time.NewTicker(o.poll)
+	defer tick.Stop()
+	var last workflows.RolloutProgress
+	var nf notFoundError
+	failures := 0
+	for {
+		p, err := poll()
+		switch {
+		case err == nil:
+			failures = 0
+			last = p
+			view.update(p)
+			if p.Done() {
+				return p, nil
+			}
+		case errors.As(err, &nf):
+			return last, err
+		case ctx.Err() == nil:
+			if failures++; failures == quietPolls {
+				view.note(fmt.Sprintf("no progress for %d polls (%v): is a dmflow worker running? it answers the progress query", failures, err))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return last, fmt.Errorf("stopped watching rollout %s, which goes on: starter rollout watch %s", name, name)
+		case oc := <-closed:
+			var ended endedError
+			switch {
+			case oc.err == nil:
+				view.update(oc.p)
+				return oc.p, nil
+			case errors.As(oc.err, &ended):
+				// A failed resolution still answers the query with its reason.
+				if q, err := poll(); err == nil && q.Done() {
+					view.update(q)
+					return q, nil
+				}
+				return last, fmt.Errorf("rollout %s ended without a result: %w", name, oc.err)
+			case errors.As(oc.err, &nf):
+				return last, oc.err
+			default:
+				// Says nothing about the rollout (the server unreachable for a moment): ask again.
+				waitOutcome(5 * o.poll)
+			}
+		case <-tick.C:
+		}
+	}
+}
+
+// lineView prints a plain line whenever the progress changes: at once for a change of state, at
+// most every minGap for changed counts.
+type lineView struct {
+	w      io.Writer
+	minGap time.Duration
+	now    func() time.Time
+
+	printed   bool
+	lastKey   string
+	lastState string
+	lastAt    time.Time
+}
+
+func (v *lineView) update(p workflows.RolloutProgress) {
+	key := progressKey(p)
+	if v.printed && key == v.lastKey {
+		return
+	}
+	now := v.now()
+	if v.printed && p.State == v.lastState && !p.Done() && now.Sub(v.lastAt) < v.minGap {
+		return
+	}
+	fmt.Fprintln(v.w, rolloutLine(p))
+	v.printed, v.lastKey, v.lastState, v.lastAt = true, key, p.State, now
+}
+
+func (v *lineView) note(text string) { fmt.Fprintln(v.w, "  note: "+text) }
+func (v *lineView) close()           {}
+
+// progressKey is what makes a new line: state, reason, wave and counts, not the speed and ETA.
+func progressKey(p workflows.RolloutProgress) string {
+	return fmt.Sprintf("%s|%s|%d/%d|%v|%d %d %d %d %d %d %d", p.State, p.Reason, p.Wave, p.Waves, p.Retrying,
+		p.Succeeded, p.Skipped, p.Failed, p.Cancelled, p.NotStarted, p.Running, p.Pending)
+}
+
+// doneCount is the devices the rollout has finished with: every result but running and pending.
+func doneCount(p workflows.RolloutProgress) int {
+	return p.Succeeded + p.Skipped + p.Failed + p.Cancelled + p.NotStarted
+}
+
+// devicesPerMinute is the rollout's speed: devices finished (succeeded, skipped, failed) per minute
+// of time not paused. ok is false before the first one finished.
+func devicesPerMinute(p workflows.RolloutProgress) (rate float64, ok bool) {
+	n := p.Succeeded + p.Skipped + p.Failed
+	if n == 0 || p.Active <= 0 {
+		return 0, false
+	}
+	return float64(n) / p.Active.Minutes(), true
+}
+
+// rolloutETA estimates the time left: the devices running or pending at the current speed. ok is
+// false when there is nothing to estimate: ended, paused, or no speed yet.
+func rolloutETA(p workflows.RolloutProgress) (time.Duration, bool) {
+	rate, ok := devicesPerMinute(p)
+	if !ok || p.Done() || p.State == workflows.RolloutPaused {
+		return 0, false
+	}
+	return time.Duration(float64(p.Running+p.Pending) / rate * float64(time.Minute)), true
+}
+
+// speedText is "12.5 devices/min, ETA 6m15s", shortened to what is known.
+func speedText(p workflows.RolloutProgress) string {
+	rate, ok := devicesPerMinute(p)
+	if !ok {
+		if p.Done() {
+			return "no device finished"
+		}
+		return "– devices/min, ETA unknown"
+	}
+	s := fmt.Sprintf("%.1f devices/min", rate)
+	if eta, ok := rolloutETA(p); ok {
+		s += ", ETA " + fmtDuration(eta)
+	} else if p.State == workflows.RolloutPaused {
+		s += ", paused"
+	}
+	return s
+}
+
+// fmtDuration formats a duration for people, to the second under an hour: 45s, 6m05s, 2h05m, 3d04h.
+func fmtDuration(d time.Duration) string {
+	d = max(d, 0).Round(time.Second)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	default:
+		return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+	}
+}
+
+// stateText is the state with its reason: "paused (maintenance window)".
+func stateText(p workflows.RolloutProgress) string {
+	if p.Reason != "" {
+		return p.State + " (" + p.Reason + ")"
+	}
+	return p.State
+}
+
+// waveText is "wave 2/5", "wave 6/6 retry".
+func waveText(p workflows.RolloutProgress) string {
+	s := fmt.Sprintf("wave %d/%d", p.Wave, p.Waves)
+	if p.Retrying {
+		s += " retry"
+	}
+	return s
+}
+
+// countsText is the counts of the live view, those of the end only once they occur.
+func countsText(p workflows.RolloutProgress, sep string) string {
+	parts := []string{
+		fmt.Sprintf("failed %d", p.Failed), fmt.Sprintf("skipped %d", p.Skipped),
+		fmt.Sprintf("running %d", p.Running), fmt.Sprintf("pending %d", p.Pending),
+	}
+	if p.Cancelled > 0 {
+		parts = append(parts, fmt.Sprintf("cancelled %d", p.Cancelled))
+	}
+	if p.NotStarted > 0 {
+		parts = append(parts, fmt.Sprintf("not started %d", p.NotStarted))
+	}
+	return strings.Join(parts, sep)
+}
+
+// percent is done of total in whole percent, rounded down: 100% only when all are done.
+func percent(done, total int) int {
+	if total <= 0 {
+		return 0
+	}
+	return done * 100 / total
+}
+
+// rolloutLine is one plain line of the live view:
+//
+//	+3m45s  running  wave 2/5  45/120 done (37%)  failed 2  skipped 3  running 10  pending 65  12.0 devices/min, ETA 6m15s
+func rolloutLine(p workflows.RolloutProgress) string {
+	elapsed := "+" + fmtDuration(elapsedOf(p))
+	if p.State == workflows.RolloutResolving || (p.Total == 0 && !p.Done()) {
+		return fmt.Sprintf(" %7s  %s  resolving the targets", elapsed, stateText(p))
+	}
+	done := doneCount(p)
+	return fmt.Sprintf(" %7s  %s  %s  %d/%d done (%d%%)  %s  %s", elapsed, stateText(p), waveText(p),
+		done, p.Total, percent(done, p.Total), countsText(p, "  "), speedText(p))
+}
+
+// elapsedOf is the rollout's age at its last change (or end), pauses included.
+func elapsedOf(p workflows.RolloutProgress) time.Duration {
+	end := p.Updated
+	if !p.Finished.IsZero() {
+		end = p.Finished
+	}
+	if p.Started.IsZero() || end.Before(p.Started) {
+		return 0
+	}
+	return end.Sub(p.Started)
+}
+
+// barView draws the progress on a terminal with mpb, redrawn in place:
+//
+//	fw-2.0 running  wave 2/5 [==========>-------------------] 45/120 37%
+//	  failed 2 · skipped 3 · running 10 · pending 65 · 12.0 devices/min, ETA 6m15s
+//
+// Changes of state and notes are printed above the bar.
+type barView struct {
+	progress *mpb.Progress
+	bar      *mpb.Bar
+	details  *mpb.Bar
+
+	mu        sync.Mutex
+	cur       workflows.RolloutProgress
+	seen      bool
+	lastState string
+}
+
+func newBarView(out io.Writer, name string) *barView {
+	v := &barView{cur: workflows.RolloutProgress{Name: name, State: workflows.RolloutResolving}}
+	// Auto refresh: out is a terminal here, but the test of this view writes to a buffer. A
+	// terminal's lines are as wide as the terminal (mpb shortens them with …); the width is for
+	// anything else.
+	v.progress = mpb.New(mpb.WithOutput(out), mpb.WithWidth(160), mpb.WithRefreshRate(200*time.Millisecond), mpb.WithAutoRefresh())
+	text := func(f func(p workflows.RolloutProgress) string) decor.Decorator {
+		return decor.Any(func(decor.Statistics) string {
+			v.mu.Lock()
+			defer v.mu.Unlock()
+			return f(v.cur)
+		})
+	}
+	v.bar = v.progress.New(0, mpb.BarStyle(), mpb.BarWidth(32),
+		mpb.PrependDecorators(text(func(p workflows.RolloutProgress) string {
+			if p.Total == 0 && !p.Done() {
+				return p.Name + " " + p.State
+			}
+			return fmt.Sprintf("%s %s  %s", p.Name, p.State, waveText(p))
+		})),
+		mpb.AppendDecorators(text(func(p workflows.RolloutProgress) string {
+			done := doneCount(p)
+			return fmt.Sprintf("%d/%d %d%%", done, p.Total, percent(done, p.Total))
+		})))
+	v.details = v.progress.New(0, mpb.NopStyle(), mpb.BarFillerTrim(), mpb.PrependDecorators(text(func(p workflows.RolloutProgress) string {
+		if p.Total == 0 && !p.Done() {
+			return "  resolving the targets"
+		}
+		return "  " + countsText(p, " · ") + " · " + speedText(p)
+	})))
+	return v
+}
+
+func (v *barView) update(p workflows.RolloutProgress) {
+	v.mu.Lock()
+	v.cur = p
+	changed := v.seen && (p.State != v.lastState)
+	v.seen, v.lastState = true, p.State
+	v.mu.Unlock()
+	if changed && !p.Done() {
+		fmt.Fprintf(v.progress, "%s  %s\n", "+"+fmtDuration(elapsedOf(p)), stateText(p))
+	}
+	v.bar.SetTotal(int64(p.Total), false)
+	v.bar.SetCurrent(int64(doneCount(p)))
+}
+
+func (v *barView) note(text string) { fmt.Fprintln(v.progress, "note: "+text) }
+
+// close draws the bar a last time and leaves it on the screen: full for an ended rollout, where it
+// stood when the watch stopped before the end.
+func (v *barView) close() {
+	v.mu.Lock()
+	done := v.cur.Done()
+	v.mu.Unlock()
+	for _, b := range []*mpb.Bar{v.bar, v.details} {
+		if done {
+			b.SetTotal(-1, true)
+		} else {
+			b.Abort(false)
+		}
+	}
+	v.progress.Wait()
+}
+
+// isTerminal reports whether w is a terminal, where the progress bar can be redrawn in place.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && cwriter.IsTerminal(int(f.Fd()))
+}
+
+// operationText is "firmware 2.0.0" or "reboot".
+func operationText(p workflows.RolloutProgress) string {
+	if p.Operation == workflows.OperationFirmware && p.Version != "" {
+		return "firmware " + p.Version
+	}
+	return p.Operation
+}
+
+// resultCounts lists the final counts that are not zero, succeeded first.
+func resultCounts(p workflows.RolloutProgress) string {
+	var parts []string
+	for _, c := range []struct {
+		n    int
+		what string
+	}{{p.Succeeded, "succeeded"}, {p.Skipped, "skipped"}, {p.Failed, "failed"}, {p.Cancelled, "cancelled"},
+		{p.NotStarted, "not started"}, {p.Running, "running"}, {p.Pending, "pending"}} {
+		if c.n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.what))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// printStatus prints the progress for status, pause, resume and cancel.
+func printStatus(out io.Writer, p workflows.RolloutProgress, url string) {
+	fmt.Fprintf(out, "rollout %s: %s (%s)\n", p.Name, p.State, operationText(p))
+	if p.Reason != "" {
+		fmt.Fprintf(out, "  reason:    %s\n", p.Reason)
+	}
+	if p.Total == 0 && !p.Done() {
+		fmt.Fprintf(out, "  devices:   resolving the targets\n")
+	} else {
+		done := doneCount(p)
+		fmt.Fprintf(out, "  devices:   %d/%d done (%d%%): %s\n", done, p.Total, percent(done, p.Total), resultCounts(p))
+		wave := fmt.Sprintf("%d of %d, %d of its %d devices done, %d failed", p.Wave, p.Waves, p.WaveDone, p.WaveSize, p.WaveFailed)
+		if p.Retrying {
+			wave += " (retrying the failed devices)"
+		}
+		fmt.Fprintf(out, "  wave:      %s\n", wave)
+		fmt.Fprintf(out, "  speed:     %s\n", speedText(p))
+	}
+	limits := fmt.Sprintf("max failures %s, max concurrent %d", p.MaxFailures, p.MaxConcurrent)
+	if p.Rate > 0 {
+		limits += fmt.Sprintf(", rate %g hub calls/s", p.Rate)
+	}
+	fmt.Fprintf(out, "  limits:    %s\n", limits)
+	if !p.Started.IsZero() {
+		fmt.Fprintf(out, "  started:   %s, active %s, %d hub calls, %d %s\n", p.Started.UTC().Format(time.RFC3339),
+			fmtDuration(p.Active), p.HubCalls, p.Runs, plural(p.Runs, "workflow run", "workflow runs"))
+	}
+	if !p.Finished.IsZero() {
+		fmt.Fprintf(out, "  finished:  %s, after %s\n", p.Finished.UTC().Format(time.RFC3339), fmtDuration(elapsedOf(p)))
+	}
+	fmt.Fprintf(out, "  ui:        %s\n", url)
+}
+
+// maxFailedShown is how many failed devices the summary lists; the report has them all.
+const maxFailedShown = 10
+
+// printSummary prints how the rollout ended, with its first failed devices from the report.
+func printSummary(ctx context.Context, out io.Writer, api rolloutAPI, p workflows.RolloutProgress) {
+	var failed []workflows.DeviceRow
+	var ferr error
+	if p.Failed > 0 {
+		failed, ferr = firstFailed(ctx, api, p.Name, maxFailedShown)
+	}
+	writeSummary(out, p, failed, ferr)
+}
+
+// writeSummary prints the end of a rollout: state and duration, counts, reason, hub calls, and the
+// failed devices given.
+func writeSummary(out io.Writer, p workflows.RolloutProgress, failed []workflows.DeviceRow, failedErr error) {
+	verb := map[string]string{
+		workflows.RolloutCompleted: "completed in",
+		workflows.RolloutAborted:   "aborted after",
+		workflows.RolloutCancelled: "was cancelled after",
+		workflows.RolloutFailed:    "failed after",
+	}[p.State]
+	if verb == "" {
+		verb = p.State + " after"
+	}
+	paused := ""
+	if d := (elapsedOf(p) - p.Active).Round(time.Second); p.Active > 0 && d > 0 {
+		paused = fmt.Sprintf(" (%s of it paused)", fmtDuration(d))
+	}
+	fmt.Fprintf(out, "rollout %s %s %s%s: %s on %d %s\n", p.Name, verb, fmtDuration(elapsedOf(p)), paused,
+		operationText(p), p.Total, plural(p.Total, "device", "devices"))
+	fmt.Fprintf(out, "  devices:   %s\n", resultCounts(p))
+	if p.Reason != "" {
+		fmt.Fprintf(out, "  reason:    %s\n", p.Reason)
+	}
+	fmt.Fprintf(out, "  hub calls: %d in %d %s\n", p.HubCalls, p.Runs, plural(p.Runs, "workflow run", "workflow runs"))
+	if p.Failed > 0 {
+		switch {
+		case failedErr != nil:
+			fmt.Fprintf(out, "  failed devices: cannot list them: %v\n", failedErr)
+		case len(failed) < p.Failed:
+			fmt.Fprintf(out, "  failed devices (the first %d of %d):\n", len(failed), p.Failed)
+		default:
+			fmt.Fprintf(out, "  failed devices:\n")
+		}
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		for _, r := range failed {
+			fmt.Fprintf(tw, "    %s\twave %s\t%s\n", r.DeviceID, waveCell(r.Wave), rowError(r))
+		}
+		tw.Flush()
+	}
+	if p.Total > 0 {
+		fmt.Fprintf(out, "  report:    starter rollout report %s\n", p.Name)
+	}
+}
+
+// firstFailed pages through the report until it has n failed devices.
+func firstFailed(ctx context.Context, api rolloutAPI, name string, n int) ([]workflows.DeviceRow, error) {
+	var failed []workflows.DeviceRow
+	err := pageReport(ctx, api, name, func(rows []workflows.DeviceRow) bool {
+		for _, r := range rows {
+			if r.Result == workflows.DeviceFailed {
+				failed = append(failed, r)
+				if len(failed) == n {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	return failed, err
+}
+
+// outcomeError is the error, and so the exit code, of a rollout's end: nil only for a rollout that
+// completed with no failed device.
+func outcomeError(p workflows.RolloutProgress) error {
+	why := ""
+	if p.Reason != "" {
+		why = ": " + p.Reason
+	}
+	switch p.State {
+	case workflows.RolloutCompleted:
+		if p.Failed == 0 {
+			return nil
+		}
+		return fmt.Errorf("rollout %s completed with %d failed %s (within --max-failures %s): see starter rollout report %s",
+			p.Name, p.Failed, plural(p.Failed, "device", "devices"), p.MaxFailures, p.Name)
+	case workflows.RolloutAborted:
+		return fmt.Errorf("rollout %s aborted%s", p.Name, why)
+	case workflows.RolloutCancelled:
+		return fmt.Errorf("rollout %s was cancelled%s", p.Name, why)
+	case workflows.RolloutFailed:
+		return fmt.Errorf("rollout %s failed%s", p.Name, why)
+	}
+	return fmt.Errorf("rollout %s has not ended: %s", p.Name, p.State)
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}

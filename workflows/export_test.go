@@ -1,0 +1,4 @@
+package workflows
+
+// PlanWaves exposes planWaves to the black-box tests.
+var PlanWaves = planWaves

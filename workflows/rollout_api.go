@@ -1,0 +1,494 @@
+package workflows
+
+import (
+	"fmt"
+	"math"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+)
+
+// Rollout contract: the names, search attributes, workflow-ID helpers and types of the Rollout
+// workflow, which runs FirmwareUpdate or Reboot on many devices in waves.
+
+// Query and update names of a Rollout.
+const (
+	// QueryProgress answers a RolloutProgress.
+	QueryProgress = "progress"
+	// QueryReport answers a ReportPage for a ReportRequest: one row per target device.
+	QueryReport = "report"
+	// UpdatePause stops starting devices; those in flight finish. Argument: a ControlRequest;
+	// result: the RolloutProgress after the change. Refused unless the rollout is running.
+	UpdatePause = "pause"
+	// UpdateResume starts devices again after a pause. Refused unless the rollout is paused.
+	UpdateResume = "resume"
+	// UpdateCancel stops the rollout: no device starts any more, in-flight device workflows are
+	// cancelled, and the rollout ends as RolloutCancelled. Refused once the rollout has ended.
+	UpdateCancel = "cancel"
+)
+
+// Search attributes a Rollout sets, besides DmflowOperation and DmflowTargetVersion: its name, and
+// its state as it changes. Its device workflows carry DmflowRollout too, so
+// `DmflowRollout = "fw-2.0"` lists a rollout with all its device workflows in the Temporal UI.
+var (
+	SearchAttrRollout      = temporal.NewSearchAttributeKeyKeyword("DmflowRollout")
+	SearchAttrRolloutState = temporal.NewSearchAttributeKeyKeyword("DmflowRolloutState")
+)
+
+// Rollout states, in RolloutProgress.State and the DmflowRolloutState search attribute.
+const (
+	// RolloutResolving: the targets are being resolved.
+	RolloutResolving = "resolving"
+	// RolloutRunning: devices are being started.
+	RolloutRunning = "running"
+	// RolloutPaused: no device starts until resume; in-flight devices finish.
+	RolloutPaused = "paused"
+	// RolloutCompleted: every target device finished (some may have failed, within the threshold).
+	RolloutCompleted = "completed"
+	// RolloutAborted: failures exceeded the threshold; devices not started were left untouched.
+	RolloutAborted = "aborted"
+	// RolloutCancelled: an operator cancelled the rollout.
+	RolloutCancelled = "cancelled"
+	// RolloutFailed: the targets could not be resolved (bad query, unreachable hub).
+	RolloutFailed = "failed"
+)
+
+// Results of one device in a rollout, in DeviceRow.Result.
+const (
+	// DevicePending: not started yet.
+	DevicePending = "pending"
+	// DeviceRunning: its device workflow runs.
+	DeviceRunning = "running"
+	// DeviceUpdated: the firmware update completed (FirmwareUpdated).
+	DeviceUpdated = "updated"
+	// DeviceRebooted: the reboot was confirmed.
+	DeviceRebooted = "rebooted"
+	// DeviceSkipped: the device already ran the target version (no method was invoked), or an
+	// earlier run of this rollout already completed it.
+	DeviceSkipped = "skipped"
+	// DeviceFailed: its device workflow failed; Error says why.
+	DeviceFailed = "failed"
+	// DeviceCancelled: it was in flight when the rollout was cancelled.
+	DeviceCancelled = "cancelled"
+	// DeviceNotStarted: the rollout ended (aborted or cancelled) before it started; untouched.
+	DeviceNotStarted = "not started"
+)
+
+// Error types a Rollout fails with.
+const (
+	// ErrRolloutAborted: failures exceeded the threshold. The error's details hold the final
+	// RolloutProgress.
+	ErrRolloutAborted = "RolloutAborted"
+)
+
+// Defaults and bounds of RolloutInput.
+const (
+	DefaultCanary        = 1
+	DefaultGrowth        = 2.0
+	DefaultMaxConcurrent = 50
+	// DefaultMaxFailures aborts a rollout when more than a tenth of a wave, or of the devices
+	// finished (once DefaultMinDevices have), failed.
+	DefaultMaxFailures = "10%"
+	DefaultMinDevices  = 10
+	// MaxRolloutDevices bounds the targets of one rollout: every device has a row in the
+	// rollout's state, which travels through continue-as-new and must stay well below Temporal's
+	// 2 MB payload limit. Larger fleets are split into several rollouts (by tag or ID range).
+	MaxRolloutDevices = 20000
+	// MaxConcurrentLimit bounds MaxConcurrent: each device in flight is a child workflow.
+	MaxConcurrentLimit = 2000
+	// DefaultDevicesPerRun is how many devices one run of the workflow starts before it continues
+	// as new: each device adds about six events to the rollout's history.
+	DefaultDevicesPerRun = 1000
+	// MaxNameLength bounds RolloutInput.Name.
+	MaxNameLength = 64
+)
+
+// RolloutWorkflowID is the workflow ID of the rollout named name.
+func RolloutWorkflowID(name string) string { return "rollout/" + name }
+
+// RolloutDeviceWorkflowID is the workflow ID of the device workflow a rollout runs on deviceID.
+// The same device is never run twice within a rollout: a completed device workflow with this ID
+// is not started again, across worker and server restarts and new runs of the rollout.
+func RolloutDeviceWorkflowID(name, deviceID string) string {
+	return "rollout/" + name + "/" + deviceID
+}
+
+// RolloutUpdateID is the update ID (and reboot request ID) a rollout's device workflow sends to the
+// device on its attempt'th try (1, or 2 for the retry of a failed device): a device ignores a
+// repeated call of the same attempt, and a retry is a new request.
+func RolloutUpdateID(name string, attempt int) string {
+	if attempt <= 1 {
+		return "rollout:" + name
+	}
+	return "rollout:" + name + ":" + strconv.Itoa(attempt)
+}
+
+// RolloutInput is the input of Rollout. It holds no credentials.
+type RolloutInput struct {
+	// Name names the rollout: letters, digits and -._: up to MaxNameLength characters. It is part of
+	// the workflow IDs of the rollout (RolloutWorkflowID) and its device workflows.
+	Name string `json:"name"`
+	// Operation is OperationFirmware or OperationReboot.
+	Operation string `json:"operation"`
+
+	// Targets: either Query, an IoT Hub device query (SELECT * FROM devices WHERE …), or Devices,
+	// device IDs; resolved once at the start and kept in device-ID order.
+	Query   string   `json:"query,omitempty"`
+	Devices []string `json:"devices,omitempty"`
+
+	// Firmware describes the update, for OperationFirmware.
+	Firmware *RolloutFirmware `json:"firmware,omitempty"`
+	// Reboot tunes the reboots, for OperationReboot; nil takes RebootInput's defaults.
+	Reboot *RolloutReboot `json:"reboot,omitempty"`
+
+	// Canary is the size of the first wave; default DefaultCanary.
+	Canary int `json:"canary,omitempty"`
+	// Growth multiplies each next wave's size (≥ 1); default DefaultGrowth.
+	Growth float64 `json:"growth,omitempty"`
+	// MaxConcurrent bounds the devices in flight; default DefaultMaxConcurrent.
+	MaxConcurrent int `json:"maxConcurrent,omitempty"`
+	// Rate bounds the rollout's IoT Hub calls per second (twin reads, method calls, queries), with
+	// one token bucket for the whole rollout in each worker process; zero for no bound.
+	Rate float64 `json:"rate,omitempty"`
+	// MaxFailures is the failure threshold: a count ("5") or a percentage ("5%"). The rollout
+	// aborts when more devices of a wave fail than it allows of the wave's size, or more of all
+	// devices finished so far (once MinDevices have finished); default DefaultMaxFailures.
+	MaxFailures string `json:"maxFailures,omitempty"`
+	// MinDevices is how many devices must have finished before the overall percentage applies;
+	// default DefaultMinDevices.
+	MinDevices int `json:"minDevices,omitempty"`
+	// RetryFailed runs every failed device once more at the end (a new update ID), unless the
+	// rollout aborted or was cancelled.
+	RetryFailed bool `json:"retryFailed,omitempty"`
+	// DevicesPerRun is how many devices a run starts before it continues as new; default
+	// DefaultDevicesPerRun.
+	DevicesPerRun int `json:"devicesPerRun,omitempty"`
+
+	// State is the rollout's state carried over continue-as-new; nil when starting.
+	State *RolloutState `json:"state,omitempty"`
+}
+
+// RolloutFirmware is the firmware update a rollout applies to each device: FirmwareInput without the
+// device and update IDs.
+type RolloutFirmware struct {
+	PackageURI   string        `json:"packageUri"`
+	Version      string        `json:"version"`
+	StageTimeout time.Duration `json:"stageTimeout,omitempty"`
+	Deadline     time.Duration `json:"deadline,omitempty"`
+	Reboot       bool          `json:"reboot,omitempty"`
+}
+
+// RolloutReboot tunes a reboot rollout's reboots: RebootInput without the device and request IDs.
+type RolloutReboot struct {
+	MethodTimeout time.Duration `json:"methodTimeout,omitempty"`
+	Deadline      time.Duration `json:"deadline,omitempty"`
+}
+
+// RolloutState is what a rollout carries into its next run when it continues as new.
+type RolloutState struct {
+	// Rows are the target devices in device-ID order with their results so far.
+	Rows []DeviceRow `json:"rows"`
+	// WaveSizes are the planned sizes of the waves; Wave is the current one (0-based). A retry of
+	// failed devices is one more wave.
+	WaveSizes []int `json:"waveSizes"`
+	Wave      int   `json:"wave"`
+	// Retrying is set once failed devices were queued again.
+	Retrying bool `json:"retrying,omitempty"`
+	// Paused and PauseReason carry a pause over.
+	Paused      bool   `json:"paused,omitempty"`
+	PauseReason string `json:"pauseReason,omitempty"`
+	// Started is the first run's start; PausedFor sums the time spent paused.
+	Started   time.Time     `json:"started"`
+	PausedFor time.Duration `json:"pausedFor,omitempty"`
+	// PausedSince is when the pause in force began.
+	PausedSince time.Time `json:"pausedSince,omitzero"`
+	// Runs counts the runs so far, this one included.
+	Runs int `json:"runs"`
+	// HubCalls sums the hub calls of the finished devices and the target resolution.
+	HubCalls int `json:"hubCalls"`
+}
+
+// DeviceRow is one target device of a rollout and its result: a line of the report.
+type DeviceRow struct {
+	DeviceID string `json:"deviceId"`
+	// Wave is the wave it belongs to (0-based); -1 for a device skipped at resolution.
+	Wave int `json:"wave"`
+	// Result is one of the Device* constants.
+	Result string `json:"result"`
+	// Attempts is how often the rollout ran the device (2 after a retry).
+	Attempts int `json:"attempts,omitempty"`
+	// FromVersion is the firmware version it reported before the update, when known.
+	FromVersion string `json:"fromVersion,omitempty"`
+	// Stages are the firmware stages seen (downloading, applying, completed), also of a failure.
+	Stages []string `json:"stages,omitempty"`
+	// Started and Duration: when the device workflow started and how long it ran.
+	Started  time.Time     `json:"started,omitzero"`
+	Duration time.Duration `json:"duration,omitempty"`
+	// HubCalls is the IoT Hub calls its device workflow made.
+	HubCalls int `json:"hubCalls,omitempty"`
+	// Error and ErrorType say why it failed (ErrorType: the activities' or workflows' Err* type).
+	Error     string `json:"error,omitempty"`
+	ErrorType string `json:"errorType,omitempty"`
+	// Note explains a skip: already on the target version, or done by an earlier run.
+	Note string `json:"note,omitempty"`
+}
+
+// Finished reports whether the row's result is final for the current attempt.
+func (r DeviceRow) Finished() bool {
+	switch r.Result {
+	case DevicePending, DeviceRunning:
+		return false
+	}
+	return true
+}
+
+// RolloutProgress is what QueryProgress answers, and the result of a finished Rollout.
+type RolloutProgress struct {
+	Name      string `json:"name"`
+	Operation string `json:"operation"`
+	Version   string `json:"version,omitempty"`
+	// State is one of the Rollout* state constants; Reason explains a pause, an abort, a
+	// cancellation or a failure.
+	State  string `json:"state"`
+	Reason string `json:"reason,omitempty"`
+
+	// Total is the number of target devices: Succeeded + Skipped + Failed + Cancelled + NotStarted
+	// + Running + Pending.
+	Total      int `json:"total"`
+	Succeeded  int `json:"succeeded"`
+	Skipped    int `json:"skipped"`
+	Failed     int `json:"failed"`
+	Cancelled  int `json:"cancelled"`
+	NotStarted int `json:"notStarted"`
+	Running    int `json:"running"`
+	Pending    int `json:"pending"`
+
+	// Wave is the current wave (1-based for people) of Waves; WaveSize, WaveDone and WaveFailed
+	// describe it.
+	Wave       int `json:"wave"`
+	Waves      int `json:"waves"`
+	WaveSize   int `json:"waveSize"`
+	WaveDone   int `json:"waveDone"`
+	WaveFailed int `json:"waveFailed"`
+	// Retrying is set while failed devices run a second time.
+	Retrying bool `json:"retrying,omitempty"`
+
+	// MaxFailures and MaxConcurrent and Rate repeat the limits in force.
+	MaxFailures   string  `json:"maxFailures"`
+	MaxConcurrent int     `json:"maxConcurrent"`
+	Rate          float64 `json:"rate,omitempty"`
+
+	// Started is the rollout's start and Updated the time of this snapshot (the last change), by
+	// workflow time; Finished is set once it ended. Active is the time spent not paused up to
+	// Updated (or Finished): devices per minute are (Succeeded+Skipped+Failed) / Active.
+	Started  time.Time     `json:"started"`
+	Updated  time.Time     `json:"updated"`
+	Finished time.Time     `json:"finished,omitzero"`
+	Active   time.Duration `json:"active"`
+
+	// HubCalls sums the hub calls of the finished devices and the target resolution.
+	HubCalls int `json:"hubCalls"`
+	// Runs is the number of workflow runs (continue-as-new) so far.
+	Runs int `json:"runs"`
+}
+
+// Done reports whether the progress is final.
+func (p RolloutProgress) Done() bool {
+	switch p.State {
+	case RolloutCompleted, RolloutAborted, RolloutCancelled, RolloutFailed:
+		return true
+	}
+	return false
+}
+
+// ControlRequest is the argument of the pause, resume and cancel updates.
+type ControlRequest struct {
+	// Reason is shown in the progress and the report; optional.
+	Reason string `json:"reason,omitempty"`
+}
+
+// ReportRequest asks QueryReport for a page of rows.
+type ReportRequest struct {
+	// Offset is the first row, in device-ID order; Limit the most rows (default and maximum
+	// MaxReportPage).
+	Offset int `json:"offset,omitempty"`
+	Limit  int `json:"limit,omitempty"`
+}
+
+// MaxReportPage bounds a page of the report, keeping a query answer far below gRPC's 4 MB.
+const MaxReportPage = 2000
+
+// ReportPage is a page of a rollout's report.
+type ReportPage struct {
+	Rows []DeviceRow `json:"rows"`
+	// Total is the number of rows; Next is the offset of the next page, or 0 after the last.
+	Total int `json:"total"`
+	Next  int `json:"next,omitempty"`
+}
+
+// Threshold is a parsed failure threshold: Count devices, or Percent of them.
+type Threshold struct {
+	Count   int
+	Percent float64
+	IsPct   bool
+}
+
+// ParseThreshold parses "5" (devices) or "5%" (of the devices).
+func ParseThreshold(s string) (Threshold, error) {
+	s = strings.TrimSpace(s)
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		v, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil || math.IsNaN(v) || v < 0 || v > 100 {
+			return Threshold{}, fmt.Errorf("failure threshold %q: a percentage must be a number from 0%% to 100%%, e.g. 5%%", s)
+		}
+		return Threshold{Percent: v, IsPct: true}, nil
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 0 {
+		return Threshold{}, fmt.Errorf("failure threshold %q: give a device count (e.g. 5) or a percentage (e.g. 5%%)", s)
+	}
+	return Threshold{Count: v}, nil
+}
+
+// Allowed is how many failures the threshold allows among n devices.
+func (t Threshold) Allowed(n int) int {
+	if !t.IsPct {
+		return t.Count
+	}
+	// A small epsilon keeps 5% of 100 at 5 despite floating point.
+	return int(math.Floor(t.Percent*float64(n)/100 + 1e-9))
+}
+
+// String formats the threshold as ParseThreshold reads it.
+func (t Threshold) String() string {
+	if t.IsPct {
+		return strconv.FormatFloat(t.Percent, 'f', -1, 64) + "%"
+	}
+	return strconv.Itoa(t.Count)
+}
+
+// rolloutNamePattern keeps names usable in workflow IDs (no '/') and as search attribute values.
+var rolloutNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9\-._:]*$`)
+
+// selectDevicesPattern is the shape of a target query: whole twins from devices.
+var selectDevicesPattern = regexp.MustCompile(`(?is)^\s*SELECT\s+\*\s+FROM\s+devices(\s+WHERE\s+.+)?\s*$`)
+
+// Validate reports what is wrong with the input, all problems at once, or nil.
+func (in RolloutInput) Validate() error {
+	var problems []string
+	switch {
+	case in.Name == "":
+		problems = append(problems, "name is required, e.g. fw-2.0")
+	case len(in.Name) > MaxNameLength || !rolloutNamePattern.MatchString(in.Name):
+		problems = append(problems, fmt.Sprintf("name %q must be up to %d letters, digits and -._: starting with a letter or digit", in.Name, MaxNameLength))
+	}
+	switch in.Operation {
+	case OperationFirmware:
+		if in.Firmware == nil {
+			problems = append(problems, "a firmware rollout needs the firmware: package URI and version")
+		} else {
+			fw := FirmwareInput{DeviceID: "device", PackageURI: in.Firmware.PackageURI, Version: in.Firmware.Version,
+				StageTimeout: in.Firmware.StageTimeout, Deadline: in.Firmware.Deadline}
+			if err := fw.Validate(); err != nil {
+				problems = append(problems, strings.TrimPrefix(err.Error(), "invalid firmware input: "))
+			}
+		}
+		if in.Reboot != nil {
+			problems = append(problems, "reboot options belong to a reboot rollout; a firmware rollout reboots with firmware.reboot")
+		}
+	case OperationReboot:
+		if in.Firmware != nil {
+			problems = append(problems, "a reboot rollout takes no firmware")
+		}
+		if in.Reboot != nil {
+			rb := RebootInput{DeviceID: "device", MethodTimeout: in.Reboot.MethodTimeout, Deadline: in.Reboot.Deadline}
+			if err := rb.Validate(); err != nil {
+				problems = append(problems, strings.TrimPrefix(err.Error(), "invalid reboot input: "))
+			}
+		}
+	default:
+		problems = append(problems, fmt.Sprintf("operation %q is not %q or %q", in.Operation, OperationFirmware, OperationReboot))
+	}
+	switch {
+	case in.State != nil:
+		// A continued run: the targets were resolved and checked by the first.
+	case in.Query != "" && len(in.Devices) > 0:
+		problems = append(problems, "give the targets as a query or as device IDs, not both")
+	case in.Query == "" && len(in.Devices) == 0:
+		problems = append(problems, "no targets: give a device query (SELECT * FROM devices WHERE tags.ring = 'beta') or device IDs")
+	case in.Query != "" && !selectDevicesPattern.MatchString(in.Query):
+		problems = append(problems, "the target query must select whole twins: SELECT * FROM devices [WHERE …], e.g. SELECT * FROM devices WHERE tags.ring = 'beta'")
+	case len(in.Devices) > MaxRolloutDevices:
+		problems = append(problems, fmt.Sprintf("%d target devices are more than the %d one rollout takes: split them into several rollouts", len(in.Devices), MaxRolloutDevices))
+	default:
+		for _, id := range in.Devices {
+			if !deviceIDPattern.MatchString(id) {
+				problems = append(problems, fmt.Sprintf("device ID %q is not a legal IoT Hub device ID: up to 128 characters of letters, digits and -:.+%%_#*?!(),=@;$'", id))
+				break
+			}
+		}
+	}
+	if in.Canary < 0 {
+		problems = append(problems, "canary must not be negative")
+	}
+	if in.Growth != 0 && (in.Growth < 1 || in.Growth > 100 || math.IsNaN(in.Growth)) {
+		problems = append(problems, fmt.Sprintf("growth %v must lie between 1 (waves of the canary's size) and 100", in.Growth))
+	}
+	if in.MaxConcurrent < 0 || in.MaxConcurrent > MaxConcurrentLimit {
+		problems = append(problems, fmt.Sprintf("max concurrent %d must lie between 1 and %d", in.MaxConcurrent, MaxConcurrentLimit))
+	}
+	if in.Rate < 0 || math.IsNaN(in.Rate) || math.IsInf(in.Rate, 0) {
+		problems = append(problems, "rate must be a positive number of hub calls per second, or 0 for no limit")
+	}
+	if in.MaxFailures != "" {
+		if _, err := ParseThreshold(in.MaxFailures); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	if in.MinDevices < 0 || in.DevicesPerRun < 0 {
+		problems = append(problems, "min devices and devices per run must not be negative")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("invalid rollout input: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// withDefaults fills zero fields.
+func (in RolloutInput) withDefaults() RolloutInput {
+	if in.Canary == 0 {
+		in.Canary = DefaultCanary
+	}
+	if in.Growth == 0 {
+		in.Growth = DefaultGrowth
+	}
+	if in.MaxConcurrent == 0 {
+		in.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if in.MaxFailures == "" {
+		in.MaxFailures = DefaultMaxFailures
+	}
+	if in.MinDevices == 0 {
+		in.MinDevices = DefaultMinDevices
+	}
+	if in.DevicesPerRun == 0 {
+		in.DevicesPerRun = DefaultDevicesPerRun
+	}
+	return in
+}
+
+// planWaves splits n devices into a canary wave and waves growing by growth.
+func planWaves(n, canary int, growth float64) []int {
+	var sizes []int
+	size := float64(max(canary, 1))
+	for left := n; left > 0; {
+		s := min(int(math.Ceil(size-1e-9)), left)
+		sizes = append(sizes, s)
+		left -= s
+		size *= growth
+	}
+	return sizes
+}

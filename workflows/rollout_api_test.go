@@ -1,0 +1,112 @@
+package workflows_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/dmflow/dmflow/workflows"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestPlanWaves(t *testing.T) {
+	tests := []struct {
+		n, canary int
+		growth    float64
+		want      []int
+	}{
+		{0, 5, 2, nil},
+		{1, 5, 2, []int{1}},
+		{1000, 5, 2, []int{5, 10, 20, 40, 80, 160, 320, 365}},
+		{10, 1, 1, []int{1, 1, 1, 1, 1, 1, 1, 1, 1, 1}},
+		{10, 3, 1.5, []int{3, 5, 2}},
+		{100, 100, 2, []int{100}},
+		{7, 0, 2, []int{1, 2, 4}},
+	}
+	for _, tc := range tests {
+		assert.Equal(t, tc.want, workflows.PlanWaves(tc.n, tc.canary, tc.growth), "n=%d canary=%d growth=%v", tc.n, tc.canary, tc.growth)
+	}
+}
+
+func TestParseThreshold(t *testing.T) {
+	tests := []struct {
+		in      string
+		allowed map[int]int // devices → failures allowed
+		str     string
+		err     string
+	}{
+		{in: "5%", allowed: map[int]int{5: 0, 20: 1, 100: 5, 1000: 50}, str: "5%"},
+		{in: " 12.5 % ", allowed: map[int]int{8: 1, 16: 2}, str: "12.5%"},
+		{in: "0", allowed: map[int]int{1000: 0}, str: "0"},
+		{in: "3", allowed: map[int]int{1: 3, 1000: 3}, str: "3"},
+		{in: "100%", allowed: map[int]int{7: 7}, str: "100%"},
+		{in: "101%", err: "from 0% to 100%"},
+		{in: "-1", err: "device count"},
+		{in: "five", err: "device count"},
+		{in: "%", err: "percentage"},
+	}
+	for _, tc := range tests {
+		th, err := workflows.ParseThreshold(tc.in)
+		if tc.err != "" {
+			require.Error(t, err, tc.in)
+			assert.Contains(t, err.Error(), tc.err)
+			continue
+		}
+		require.NoError(t, err, tc.in)
+		assert.Equal(t, tc.str, th.String())
+		for n, want := range tc.allowed {
+			assert.Equal(t, want, th.Allowed(n), "%s of %d", tc.in, n)
+		}
+	}
+}
+
+func TestRolloutInputValidate(t *testing.T) {
+	valid := func() workflows.RolloutInput {
+		return workflows.RolloutInput{
+			Name: "fw-2.0", Operation: workflows.OperationFirmware, Query: "select * from devices where tags.ring = 'beta'",
+			Firmware: &workflows.RolloutFirmware{PackageURI: "https://fw.example/v2.bin", Version: "2.0.0"},
+		}
+	}
+	require.NoError(t, valid().Validate())
+	tests := []struct {
+		name   string
+		change func(*workflows.RolloutInput)
+		want   string
+	}{
+		{"no name", func(in *workflows.RolloutInput) { in.Name = "" }, "name is required"},
+		{"slash in name", func(in *workflows.RolloutInput) { in.Name = "a/b" }, "letters, digits"},
+		{"long name", func(in *workflows.RolloutInput) { in.Name = strings.Repeat("a", 65) }, "up to 64"},
+		{"unknown operation", func(in *workflows.RolloutInput) { in.Operation = "flash" }, `operation "flash"`},
+		{"firmware missing", func(in *workflows.RolloutInput) { in.Firmware = nil }, "needs the firmware"},
+		{"reboot with firmware", func(in *workflows.RolloutInput) { in.Operation = workflows.OperationReboot }, "takes no firmware"},
+		{"no targets", func(in *workflows.RolloutInput) { in.Query = "" }, "no targets"},
+		{"both targets", func(in *workflows.RolloutInput) { in.Devices = []string{"d"} }, "not both"},
+		{"not select star", func(in *workflows.RolloutInput) { in.Query = "SELECT deviceId FROM devices" }, "whole twins"},
+		{"bad device", func(in *workflows.RolloutInput) { in.Query, in.Devices = "", []string{"ok", "a b"} }, `"a b"`},
+		{"too many devices", func(in *workflows.RolloutInput) {
+			in.Query, in.Devices = "", make([]string, workflows.MaxRolloutDevices+1)
+		}, "split them"},
+		{"growth below 1", func(in *workflows.RolloutInput) { in.Growth = 0.5 }, "growth"},
+		{"concurrency", func(in *workflows.RolloutInput) { in.MaxConcurrent = workflows.MaxConcurrentLimit + 1 }, "max concurrent"},
+		{"rate", func(in *workflows.RolloutInput) { in.Rate = -1 }, "rate"},
+		{"threshold", func(in *workflows.RolloutInput) { in.MaxFailures = "5 %%" }, "failure threshold"},
+		{"sas uri", func(in *workflows.RolloutInput) { in.Firmware.PackageURI = "https://x/y?sv=1&sig=abc" }, "SAS signature"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in := valid()
+			tc.change(&in)
+			err := in.Validate()
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.NotContains(t, err.Error(), "sig=abc")
+		})
+	}
+}
+
+func TestRolloutIDs(t *testing.T) {
+	assert.Equal(t, "rollout/fw-2.0", workflows.RolloutWorkflowID("fw-2.0"))
+	assert.Equal(t, "rollout/fw-2.0/dev-1", workflows.RolloutDeviceWorkflowID("fw-2.0", "dev-1"))
+	assert.Equal(t, "rollout:fw-2.0", workflows.RolloutUpdateID("fw-2.0", 1))
+	assert.Equal(t, "rollout:fw-2.0:2", workflows.RolloutUpdateID("fw-2.0", 2))
+}

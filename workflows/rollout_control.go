@@ -1,0 +1,210 @@
+package workflows
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"go.temporal.io/sdk/workflow"
+)
+
+// setHandlers registers Rollout's queries and updates. The update handlers change state only; the
+// main loop acts on it, so none of them blocks.
+func (r *rollout) setHandlers(ctx workflow.Context) error {
+	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (RolloutProgress, error) {
+		return r.progress(), nil
+	}); err != nil {
+		return err
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryReport, func(req ReportRequest) (ReportPage, error) {
+		return r.report(req)
+	}); err != nil {
+		return err
+	}
+	handlers := []struct {
+		name     string
+		validate func(ControlRequest) error
+		apply    func(workflow.Context, ControlRequest)
+	}{
+		{UpdatePause, r.validatePause, r.pause},
+		{UpdateResume, r.validateResume, r.resume},
+		{UpdateCancel, r.validateCancel, r.cancel},
+	}
+	for _, h := range handlers {
+		err := workflow.SetUpdateHandlerWithOptions(ctx, h.name,
+			func(ctx workflow.Context, req ControlRequest) (RolloutProgress, error) {
+				h.apply(ctx, req)
+				r.touch(ctx)
+				return r.progress(), nil
+			},
+			workflow.UpdateHandlerOptions{
+				Validator: func(_ workflow.Context, req ControlRequest) error { return h.validate(req) },
+			})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxReasonLength bounds a control request's reason, which lands in the state and the report.
+const maxReasonLength = 500
+
+// refusal says why a rollout that has ended, or is ending, refuses control; "" when it does not.
+func (r *rollout) refusal(action string) string {
+	switch {
+	case !r.finishedTime.IsZero():
+		return fmt.Sprintf("rollout %s is %s: there is nothing to %s", r.in.Name, r.state, action)
+	case r.cancelRequested:
+		return fmt.Sprintf("rollout %s is being cancelled: there is nothing to %s", r.in.Name, action)
+	case r.abortReason != "":
+		return fmt.Sprintf("rollout %s is aborting (%s): there is nothing to %s", r.in.Name, r.abortReason, action)
+	}
+	return ""
+}
+
+func checkReason(req ControlRequest) error {
+	if len(req.Reason) > maxReasonLength {
+		return fmt.Errorf("the reason has %d characters; keep it under %d", len(req.Reason), maxReasonLength)
+	}
+	return nil
+}
+
+func (r *rollout) validatePause(req ControlRequest) error {
+	if why := r.refusal("pause"); why != "" {
+		return fmt.Errorf("%s", why)
+	}
+	if r.st.Paused {
+		return fmt.Errorf("rollout %s is already paused (since %s): resume it with resume", r.in.Name, r.st.PausedSince.Format(time.RFC3339))
+	}
+	return checkReason(req)
+}
+
+func (r *rollout) validateResume(req ControlRequest) error {
+	if why := r.refusal("resume"); why != "" {
+		return fmt.Errorf("%s", why)
+	}
+	if !r.st.Paused {
+		return fmt.Errorf("rollout %s is not paused: it is %s", r.in.Name, r.state)
+	}
+	return checkReason(req)
+}
+
+func (r *rollout) validateCancel(req ControlRequest) error {
+	if why := r.refusal("cancel"); why != "" {
+		return fmt.Errorf("%s", why)
+	}
+	return checkReason(req)
+}
+
+func (r *rollout) pause(ctx workflow.Context, req ControlRequest) {
+	r.st.Paused = true
+	r.st.PausedSince = workflow.Now(ctx)
+	r.st.PauseReason = orDefault(req.Reason, "paused by an operator")
+	r.reason = r.st.PauseReason
+	// The main loop publishes the state as search attribute when it next runs.
+	r.state = RolloutPaused
+	r.logger.Info("rollout paused", "reason", r.reason, "running", r.running)
+}
+
+func (r *rollout) resume(ctx workflow.Context, req ControlRequest) {
+	r.st.PausedFor += workflow.Now(ctx).Sub(r.st.PausedSince)
+	r.st.Paused = false
+	r.st.PausedSince = time.Time{}
+	r.st.PauseReason = ""
+	r.reason = ""
+	r.state = RolloutRunning
+	r.logger.Info("rollout resumed", "reason", req.Reason)
+}
+
+func (r *rollout) cancel(_ workflow.Context, req ControlRequest) {
+	r.cancelRequested = true
+	r.reason = orDefault(req.Reason, "cancelled by an operator")
+	r.logger.Info("rollout cancelled by update", "reason", r.reason, "running", r.running)
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// progress summarises the rollout.
+func (r *rollout) progress() RolloutProgress {
+	p := RolloutProgress{
+		Name:          r.in.Name,
+		Operation:     r.in.Operation,
+		State:         r.state,
+		Reason:        r.reason,
+		Total:         len(r.st.Rows),
+		Waves:         len(r.st.WaveSizes),
+		Retrying:      r.st.Retrying,
+		MaxFailures:   r.threshold.String(),
+		MaxConcurrent: r.in.MaxConcurrent,
+		Rate:          r.in.Rate,
+		Started:       r.st.Started,
+		Updated:       r.now,
+		Finished:      r.finishedTime,
+		HubCalls:      r.st.HubCalls,
+		Runs:          r.st.Runs,
+	}
+	if r.in.Firmware != nil {
+		p.Version = r.in.Firmware.Version
+	}
+	if r.abortReason != "" && p.Reason == "" {
+		p.Reason = r.abortReason
+	}
+	for _, row := range r.st.Rows {
+		switch row.Result {
+		case DeviceUpdated, DeviceRebooted:
+			p.Succeeded++
+		case DeviceSkipped:
+			p.Skipped++
+		case DeviceFailed:
+			p.Failed++
+		case DeviceCancelled:
+			p.Cancelled++
+		case DeviceNotStarted:
+			p.NotStarted++
+		case DeviceRunning:
+			p.Running++
+		default:
+			p.Pending++
+		}
+	}
+	if w := r.st.Wave; w < len(r.st.WaveSizes) {
+		p.Wave = w + 1
+		p.WaveSize = r.st.WaveSizes[w]
+		p.WaveDone = r.waveDone[w]
+		p.WaveFailed = r.waveFailed[w]
+	}
+	p.Active = r.now.Sub(r.st.Started) - r.st.PausedFor
+	if r.st.Paused {
+		p.Active -= r.now.Sub(r.st.PausedSince)
+	}
+	p.Active = max(p.Active, 0)
+	return p
+}
+
+// report answers a page of rows.
+func (r *rollout) report(req ReportRequest) (ReportPage, error) {
+	if req.Offset < 0 || req.Limit < 0 {
+		return ReportPage{}, fmt.Errorf("report offset and limit must not be negative")
+	}
+	limit := req.Limit
+	if limit == 0 || limit > MaxReportPage {
+		limit = MaxReportPage
+	}
+	total := len(r.st.Rows)
+	from := min(req.Offset, total)
+	to := min(from+limit, total)
+	page := ReportPage{Rows: slices.Clone(r.st.Rows[from:to]), Total: total}
+	if page.Rows == nil {
+		page.Rows = []DeviceRow{}
+	}
+	if to < total {
+		page.Next = to
+	}
+	return page, nil
+}
