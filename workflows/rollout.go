@@ -1,6 +1,9 @@
 package workflows
 
 import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -81,7 +84,9 @@ func Rollout(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
 		r.rate = &activities.HubRate{Key: info.WorkflowExecution.ID, PerSecond: in.Rate}
 	}
 	if in.State != nil {
-		r.restore(ctx, in.State)
+		if err := r.restore(in.State); err != nil {
+			return RolloutProgress{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalidInput, nil)
+		}
 	} else {
 		r.st = &RolloutState{Started: r.now, Runs: 1}
 		r.state = RolloutResolving
@@ -150,7 +155,14 @@ type rollout struct {
 }
 
 // restore takes over the state carried by continue-as-new.
-func (r *rollout) restore(ctx workflow.Context, st *RolloutState) {
+func (r *rollout) restore(st *RolloutState) error {
+	if st.PackedRows != nil {
+		rows, err := unpackRows(st.PackedRows)
+		if err != nil {
+			return err
+		}
+		st.Rows, st.PackedRows = rows, nil
+	}
 	r.st = st
 	r.st.Runs++
 	r.state = RolloutRunning
@@ -160,6 +172,33 @@ func (r *rollout) restore(ctx workflow.Context, st *RolloutState) {
 	}
 	r.countRows()
 	r.logger.Info("rollout continues", "run", st.Runs, "finished", r.finished, "total", len(st.Rows))
+	return nil
+}
+
+// packRows compresses the rows for continue-as-new. The result depends only on the rows, and
+// replay does not compare a continue-as-new's input, so this is safe in workflow code.
+func packRows(rows []DeviceRow) ([]byte, error) {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	if err := json.NewEncoder(zw).Encode(rows); err != nil {
+		return nil, fmt.Errorf("pack the rollout's rows: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("pack the rollout's rows: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+func unpackRows(packed []byte) ([]DeviceRow, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(packed))
+	if err != nil {
+		return nil, fmt.Errorf("unpack the rollout's rows: %w", err)
+	}
+	var rows []DeviceRow
+	if err := json.NewDecoder(zr).Decode(&rows); err != nil {
+		return nil, fmt.Errorf("unpack the rollout's rows: %w", err)
+	}
+	return rows, nil
 }
 
 // countRows derives the counters from the rows. Rows still running when a run ended (none, since
@@ -573,9 +612,15 @@ func (r *rollout) continueAsNew(ctx workflow.Context) (RolloutProgress, error) {
 	}
 	p := r.progress()
 	r.logger.Info("continuing as new", "run", r.st.Runs, "finished", r.finished, "total", len(r.st.Rows))
+	packed, err := packRows(r.st.Rows)
+	if err != nil {
+		return p, err
+	}
+	carry := *r.st
+	carry.Rows, carry.PackedRows = nil, packed
 	next := r.in
 	next.Query, next.Devices = "", nil
-	next.State = r.st
+	next.State = &carry
 	return p, workflow.NewContinueAsNewError(ctx, Rollout, next)
 }
 

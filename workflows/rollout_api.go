@@ -189,8 +189,11 @@ type RolloutReboot struct {
 
 // RolloutState is what a rollout carries into its next run when it continues as new.
 type RolloutState struct {
-	// Rows are the target devices in device-ID order with their results so far.
-	Rows []DeviceRow `json:"rows"`
+	// Rows are the target devices in device-ID order with their results so far. Between runs they
+	// travel as PackedRows instead: gzip-compressed JSON, since 20,000 rows of JSON (about 200
+	// bytes each) would pass Temporal's 2 MB payload limit, and compress about tenfold.
+	Rows       []DeviceRow `json:"rows,omitempty"`
+	PackedRows []byte      `json:"packedRows,omitempty"`
 	// WaveSizes are the planned sizes of the waves; Wave is the current one (0-based). A retry of
 	// failed devices is one more wave.
 	WaveSizes []int `json:"waveSizes"`

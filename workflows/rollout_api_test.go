@@ -1,8 +1,11 @@
 package workflows_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
@@ -109,4 +112,32 @@ func TestRolloutIDs(t *testing.T) {
 	assert.Equal(t, "rollout/fw-2.0/dev-1", workflows.RolloutDeviceWorkflowID("fw-2.0", "dev-1"))
 	assert.Equal(t, "rollout:fw-2.0", workflows.RolloutUpdateID("fw-2.0", 1))
 	assert.Equal(t, "rollout:fw-2.0:2", workflows.RolloutUpdateID("fw-2.0", 2))
+}
+
+// TestPackedRowsFitTemporalPayloads guards continue-as-new at MaxRolloutDevices: the carried rows
+// must stay far below Temporal's 2 MB payload limit.
+func TestPackedRowsFitTemporalPayloads(t *testing.T) {
+	rows := make([]workflows.DeviceRow, workflows.MaxRolloutDevices)
+	at := time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC)
+	for i := range rows {
+		rows[i] = workflows.DeviceRow{
+			DeviceID: fmt.Sprintf("plant-7-line-%02d-sensor-%05d", i%40, i), Wave: i / 2000, Result: workflows.DeviceUpdated,
+			Attempts: 1, FromVersion: "1.4.2", Stages: []string{"downloading", "applying", "completed"},
+			Started: at.Add(time.Duration(i) * 37 * time.Millisecond), Duration: time.Duration(8000+i%5000) * time.Millisecond, HubCalls: 7 + i%3,
+		}
+		if i%50 == 0 {
+			rows[i].Result, rows[i].ErrorType = workflows.DeviceFailed, "StageTimeout"
+			rows[i].Error = fmt.Sprintf("device plant-7-line-%02d-sensor-%05d stayed in downloading for more than 2m0s", i%40, i)
+		}
+	}
+	plain, err := json.Marshal(rows)
+	require.NoError(t, err)
+	packed, err := workflows.PackRows(rows)
+	require.NoError(t, err)
+	t.Logf("%d rows: %d bytes of JSON, %d packed", len(rows), len(plain), len(packed))
+	assert.Greater(t, len(plain), 2<<20, "unpacked, the rows would not fit")
+	assert.Less(t, len(packed), 1<<20, "packed rows must leave room below the 2 MB limit")
+	back, err := workflows.UnpackRows(packed)
+	require.NoError(t, err)
+	assert.Equal(t, rows, back)
 }

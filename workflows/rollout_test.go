@@ -579,7 +579,12 @@ func TestRolloutContinuesAsNewKeepingProgress(t *testing.T) {
 			require.NoError(t, converter.GetDefaultDataConverter().FromPayloads(can.Input, &next))
 			require.NotNil(t, next.State)
 			assert.Empty(t, next.Devices, "targets travel as rows")
-			for _, row := range next.State.Rows {
+			require.Empty(t, next.State.Rows, "rows travel packed")
+			require.NotEmpty(t, next.State.PackedRows)
+			rows, err := workflows.UnpackRows(next.State.PackedRows)
+			require.NoError(t, err)
+			require.Len(t, rows, 10)
+			for _, row := range rows {
 				assert.NotEqual(t, workflows.DeviceRunning, row.Result, "a run drains before continuing")
 			}
 			in = next
