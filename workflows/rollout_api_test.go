@@ -141,3 +141,27 @@ func TestPackedRowsFitTemporalPayloads(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, rows, back)
 }
+
+func FuzzParseThreshold(f *testing.F) {
+	for _, s := range []string{"5%", "5", "0", "100%", "12.5 %", "-1", "1e3%", "NaN%", "%", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		th, err := workflows.ParseThreshold(s)
+		if err != nil {
+			return
+		}
+		// What parses formats back to itself, and never allows more failures than devices
+		// (percentages) or fewer than none.
+		again, err := workflows.ParseThreshold(th.String())
+		if err != nil || again != th {
+			t.Fatalf("%q parsed as %+v, which formats as %q and parses as %+v, %v", s, th, th.String(), again, err)
+		}
+		for _, n := range []int{0, 1, 7, 100, workflows.MaxRolloutDevices} {
+			a := th.Allowed(n)
+			if a < 0 || (th.IsPct && a > n) {
+				t.Fatalf("%q allows %d failures of %d devices", s, a, n)
+			}
+		}
+	})
+}
