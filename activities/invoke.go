@@ -49,6 +49,18 @@ type InvokeMethodInput struct {
 	ConnectTimeout time.Duration `json:"connectTimeout,omitempty"`
 	// Rate, when set, draws a token from the rollout's bucket before each hub call.
 	Rate *HubRate `json:"rate,omitempty"`
+	// AcceptedWhen, when set, makes every retry (attempt 2 on) read the twin before calling: when the
+	// device already reports the property with the value, an earlier attempt's call reached it (the
+	// worker died, or the answer was lost, after the hub delivered it), and the activity returns
+	// with AlreadyAccepted instead of calling again. Devices ignore a repeated request ID anyway;
+	// this keeps the repeat off the hub and the device.
+	AcceptedWhen *ReportedValue `json:"acceptedWhen,omitempty"`
+}
+
+// ReportedValue is a reported property with the value that shows a method call was received.
+type ReportedValue struct {
+	Property string `json:"property"`
+	Value    string `json:"value"`
 }
 
 // InvokeMethodResult is the device's answer to a direct method.
@@ -59,6 +71,9 @@ type InvokeMethodResult struct {
 	// Attempt is the activity attempt that got the answer (1 for the first), so that a workflow can
 	// report how many invocations it took, retries of offline devices included.
 	Attempt int `json:"attempt"`
+	// AlreadyAccepted is set when a retry found the device reporting InvokeMethodInput.AcceptedWhen
+	// and made no call; Status is then 200 and Payload empty.
+	AlreadyAccepted bool `json:"alreadyAccepted,omitempty"`
 }
 
 // InvokeMethod invokes a direct method on a device through IoT Hub and returns the device's answer.
@@ -84,6 +99,10 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 
 	// The heartbeats cover the wait for a rate token as well as the call.
 	stop := a.heartbeatWhile(ctx)
+	if attempt > 1 && in.AcceptedWhen != nil && a.accepted(ctx, logger, in) {
+		stop()
+		return InvokeMethodResult{Status: 200, Attempt: attempt, AlreadyAccepted: true}, nil
+	}
 	if err := a.takeToken(ctx, in.Rate, nil); err != nil {
 		stop()
 		return InvokeMethodResult{}, tokenError(ctx, logger, err)
@@ -115,6 +134,26 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 	}
 	logger.Info("device answered", "status", res.Status)
 	return out, nil
+}
+
+// accepted reports whether the device already reports in.AcceptedWhen. A failed read is no answer:
+// the call goes ahead, and the device's own deduplication covers it.
+func (a *Activities) accepted(ctx context.Context, logger log.Logger, in InvokeMethodInput) bool {
+	if err := a.takeToken(ctx, in.Rate, nil); err != nil {
+		return false
+	}
+	reported, err := a.readReported(ctx, in.DeviceID)
+	if err != nil {
+		logger.Warn("cannot check whether an earlier call reached the device; calling again", "error", classify(err, "read twin", in.DeviceID))
+		return false
+	}
+	v, ok := lookup(reported, in.AcceptedWhen.Property)
+	if !ok || fmt.Sprint(v) != in.AcceptedWhen.Value {
+		return false
+	}
+	logger.Info("an earlier attempt's call reached the device; not calling again",
+		"property", in.AcceptedWhen.Property, "value", in.AcceptedWhen.Value)
+	return true
 }
 
 // methodCall validates the input against IoT Hub's limits and builds the hub request, together with

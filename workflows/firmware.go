@@ -172,6 +172,9 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 		// As for Reboot: an offline device makes the hub answer DeviceNotOnline at once, retried
 		// with backoff, rather than one call parked on the hub.
 		ConnectTimeout: 0,
+		// A device that accepted this update labels its status with the update ID: a retry after a
+		// lost answer (a worker killed during the call) then does not call again.
+		AcceptedWhen: &activities.ReportedValue{Property: protocol.PropFirmwareUpdateID, Value: f.in.UpdateID},
 	}).Get(ctx, &inv)
 	if err != nil {
 		return res, refusal(f.in.DeviceID, err)

@@ -195,6 +195,7 @@ func TestFirmwareUpdated(t *testing.T) {
 		Method:          "firmwareUpdate",
 		Payload:         map[string]any{"fwPackageUri": fwURI, "version": fwVersion, "updateId": "u1"},
 		ResponseTimeout: 30 * time.Second,
+		AcceptedWhen:    &activities.ReportedValue{Property: "firmwareUpdateId", Value: "u1"},
 	}, c.inv[0])
 	require.Len(t, c.follIn, 1)
 	f := c.follIn[0]

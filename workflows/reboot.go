@@ -100,6 +100,9 @@ func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, err
 		// makes the hub answer DeviceNotOnline, which the retry policy retries with backoff, so that
 		// each try shows in the history and Attempts, rather than one call parked on the hub.
 		ConnectTimeout: 0,
+		// A device that rebooted for this request reports its ID (simdevice does): a retry after a
+		// lost answer then does not call again.
+		AcceptedWhen: &activities.ReportedValue{Property: protocol.PropLastRebootRequestID, Value: workflowID},
 	}).Get(ctx, &inv)
 	if err != nil {
 		return r.fail(ctx, err)

@@ -132,6 +132,7 @@ func TestRebootSuccess(t *testing.T) {
 		Method:          "rebootDevice",
 		Payload:         map[string]any{"method_number": "42", "requestId": workflowID},
 		ResponseTimeout: 60 * time.Second,
+		AcceptedWhen:    &activities.ReportedValue{Property: "lastRebootRequestId", Value: workflowID},
 	}, c.inv[0])
 	require.Len(t, c.waitIn, 1)
 	w := c.waitIn[0]
