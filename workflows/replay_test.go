@@ -18,6 +18,7 @@ func TestReplay(t *testing.T) {
 		{"reboot.json", Reboot},
 		{"firmware.json", FirmwareUpdate},
 		{"firmware_reboot.json", FirmwareUpdate},
+		{"rollout.json", Rollout},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			r := worker.NewWorkflowReplayer()
