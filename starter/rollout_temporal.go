@@ -165,8 +165,14 @@ func (t *temporalRollouts) Control(ctx context.Context, name, update, reason str
 		if derr == nil {
 			status := desc.GetWorkflowExecutionInfo().GetStatus()
 			if status != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
-				return p, refusedError{reason: fmt.Sprintf("rollout %s has ended (workflow %s): see starter rollout status %s",
-					name, strings.ToLower(status.String()), name)}
+				// The rollout's own state says more than the workflow's status: a cancelled
+				// rollout's workflow completed.
+				ended := "workflow " + strings.ToLower(status.String())
+				if final, oerr := t.Outcome(ctx, name); oerr == nil && final.State != "" {
+					ended = final.State
+				}
+				return p, refusedError{reason: fmt.Sprintf("rollout %s has ended (%s): see starter rollout status %s",
+					name, ended, name)}
 			}
 		}
 	}

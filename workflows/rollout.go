@@ -578,24 +578,33 @@ func (r *rollout) done(ctx workflow.Context, i int, out deviceOutcome) {
 		r.failed++
 		r.waveFailed[row.Wave]++
 		r.logger.Warn("device failed", "device", row.DeviceID, "wave", row.Wave+1, "error_type", out.errType, "error", out.errMsg)
-		r.checkThreshold(row.Wave)
 	}
+	r.checkThreshold(row.Wave, out.result == DeviceFailed)
 	r.touch(ctx)
 }
 
 // checkThreshold sets abortReason when the failures of wave w or of the whole rollout exceed the
-// threshold. The retry wave is exempt: its devices failed once already and were counted then.
-func (r *rollout) checkThreshold(w int) {
+// threshold, after a device of wave w finished. The retry wave is exempt: its devices failed once
+// already and were counted then.
+func (r *rollout) checkThreshold(w int, failed bool) {
 	if r.abortReason != "" || r.cancelRequested || r.st.Retrying {
 		return
 	}
 	size := r.st.WaveSizes[w]
-	if allowed := r.threshold.Allowed(size); r.waveFailed[w] > allowed {
+	if allowed := r.threshold.Allowed(size); failed && r.waveFailed[w] > allowed {
 		r.abortReason = fmt.Sprintf("%d of the %d devices of wave %d failed, more than the %s allowed (%d)",
 			r.waveFailed[w], size, w+1, r.threshold, allowed)
 		return
 	}
-	if r.threshold.IsPct && r.finished < r.in.MinDevices {
+	if !r.threshold.IsPct {
+		if r.failed > r.threshold.Count {
+			r.abortReason = fmt.Sprintf("%d devices failed, more than the %d allowed", r.failed, r.threshold.Count)
+		}
+		return
+	}
+	// A share of all devices is judged when a wave has finished: within a wave, devices that fail
+	// fast (a refused download) finish before the healthy ones and would inflate it.
+	if r.waveDone[w] < size || r.finished < r.in.MinDevices {
 		return
 	}
 	if allowed := r.threshold.Allowed(r.finished); r.failed > allowed {

@@ -50,11 +50,10 @@ func (r *rollout) setHandlers(ctx workflow.Context) error {
 // maxReasonLength bounds a control request's reason, which lands in the state and the report.
 const maxReasonLength = 500
 
-// refusal says why a rollout that has ended, or is ending, refuses control; "" when it does not.
+// refusal says why a rollout that is ending refuses control; "" when it does not. Once it has
+// ended, the server refuses updates itself.
 func (r *rollout) refusal(action string) string {
 	switch {
-	case !r.finishedTime.IsZero():
-		return fmt.Sprintf("rollout %s is %s: there is nothing to %s", r.in.Name, r.state, action)
 	case r.cancelRequested:
 		return fmt.Sprintf("rollout %s is being cancelled: there is nothing to %s", r.in.Name, action)
 	case r.abortReason != "":

@@ -310,13 +310,14 @@ func TestRolloutThresholds(t *testing.T) {
 		{name: "percent of a wave exceeded", maxFailures: "10%", fail: []string{"dev-012", "dev-013"}, aborted: true, reason: "wave 3"},
 		{name: "percent within every wave", maxFailures: "10%", fail: []string{"dev-012", "dev-030"}},
 		// A count of 2: the third failure overall aborts, even spread over waves.
-		{name: "count exceeded overall", maxFailures: "2", fail: []string{"dev-005", "dev-006", "dev-015"}, aborted: true, reason: "3 of the"},
+		{name: "count exceeded overall", maxFailures: "2", fail: []string{"dev-005", "dev-006", "dev-015"}, aborted: true, reason: "3 devices failed, more than the 2 allowed"},
 		{name: "count reached, not exceeded", maxFailures: "2", fail: []string{"dev-005", "dev-030"}},
-		// 25% allows 2 of wave 2 and 4 of wave 3, but dev-012 and dev-013 fail fast: 4 failed of the
-		// 14 finished then is more than 25% (3).
-		{name: "percent overall", maxFailures: "25%", minDevices: 10, fail: []string{"dev-004", "dev-005", "dev-012", "dev-013"}, fast: true, aborted: true, reason: "devices finished failed"},
-		// The same with a minimum of 20 finished devices: the wave's share decides, and it holds.
-		{name: "percent overall after a minimum", maxFailures: "25%", minDevices: 20, fail: []string{"dev-004", "dev-005", "dev-012", "dev-013"}, fast: true},
+		// 25% allows 2 of wave 2 and 4 of wave 3. dev-012 and dev-013 fail fast: 4 failed of the
+		// 14 finished then would be more than 25%, but the share of all devices is judged when
+		// wave 3 has finished (4 of 28).
+		{name: "percent overall judged at the end of a wave", maxFailures: "25%", minDevices: 10, fail: []string{"dev-004", "dev-005", "dev-012", "dev-013"}, fast: true},
+		// With a count, the failures abort as soon as they exceed it, whatever the order.
+		{name: "count exceeded by fast failures", maxFailures: "3", fail: []string{"dev-004", "dev-005", "dev-012", "dev-013"}, fast: true, aborted: true, reason: "4 devices failed"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
