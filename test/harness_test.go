@@ -101,7 +101,9 @@ func setup() (int, error) {
 		"--log-level", "warn",
 		"--search-attribute", "DmflowDevice=Keyword",
 		"--search-attribute", "DmflowOperation=Keyword",
-		"--search-attribute", "DmflowTargetVersion=Keyword")
+		"--search-attribute", "DmflowTargetVersion=Keyword",
+		"--search-attribute", "DmflowRollout=Keyword",
+		"--search-attribute", "DmflowRolloutState=Keyword")
 	if err := waitTemporal(tp, 60*time.Second); err != nil {
 		return 1, err
 	}
@@ -341,6 +343,9 @@ func temporalClient(t *testing.T) client.Client {
 type hubStats struct {
 	MethodInvocations map[string]map[string]int `json:"methodInvocations"`
 	ServiceTwinReads  map[string]int            `json:"serviceTwinReads"`
+	// Throttled counts requests refused (429) by operation: methods,
+	// twinReads, twinUpdates, queries, registry, connections, telemetry.
+	Throttled map[string]int `json:"throttled"`
 }
 
 // stats reads localhub's stats endpoint with the service key.
