@@ -16,12 +16,21 @@ import (
 	"go.temporal.io/sdk/client"
 )
 
-// historyJSON fetches a workflow's full history as the JSON that
-// worker.WorkflowReplayer reads (the same form as `temporal workflow show
+// historyJSON fetches a workflow's full history (its latest run) as the JSON
+// that worker.WorkflowReplayer reads (the same form as `temporal workflow show
 // --output json`).
 func historyJSON(t *testing.T, c client.Client, workflowID string) []byte {
 	t.Helper()
-	it := c.GetWorkflowHistory(context.Background(), workflowID, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	_, b := runHistory(t, c, workflowID, "")
+	return b
+}
+
+// runHistory fetches one run of a workflow ("" for the latest) as a history
+// and as replayer JSON: a rollout keeps its workflow ID across
+// continue-as-new, and its replay test wants the first run.
+func runHistory(t *testing.T, c client.Client, workflowID, runID string) (*historypb.History, []byte) {
+	t.Helper()
+	it := c.GetWorkflowHistory(context.Background(), workflowID, runID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 	h := &historypb.History{}
 	for it.HasNext() {
 		ev, err := it.Next()
@@ -34,7 +43,7 @@ func historyJSON(t *testing.T, c client.Client, workflowID string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b
+	return h, b
 }
 
 // checkHistory asserts a history holds no secret, and with

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -23,8 +22,6 @@ import (
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/workflows"
 	enumspb "go.temporal.io/api/enums/v1"
-	historypb "go.temporal.io/api/history/v1"
-	"go.temporal.io/api/temporalproto"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
@@ -208,20 +205,6 @@ func callCount(m map[string]int) int {
 	return n
 }
 
-// rolloutWaves is the Rollout workflow's wave plan (workflows.planWaves,
-// unexported): a canary, then waves growing by growth.
-func rolloutWaves(n, canary int, growth float64) []int {
-	var sizes []int
-	size := float64(max(canary, 1))
-	for left := n; left > 0; {
-		s := min(int(math.Ceil(size-1e-9)), left)
-		sizes = append(sizes, s)
-		left -= s
-		size *= growth
-	}
-	return sizes
-}
-
 // waveOf maps each device (rows in device-ID order) to its wave, 0-based.
 func waveOf(ids []string, waves []int) map[string]int {
 	out := map[string]int{}
@@ -349,7 +332,7 @@ func TestRollout1000Devices(t *testing.T) {
 	fl := startRolloutFleet(t, prefix, count, seed, 0.02, "--stage-duration", "100ms", "--tags", "ring=beta")
 	failing := fl.failing()
 	ids := fl.ids()
-	waves := rolloutWaves(count, canary, growth)
+	waves := workflows.PlanWaves(count, canary, growth)
 	th, err := workflows.ParseThreshold(maxFail)
 	if err != nil {
 		t.Fatal(err)
@@ -491,7 +474,7 @@ func TestRolloutAbortsOnFailures(t *testing.T) {
 	startWorker(t, queue)
 	fl := startRolloutFleet(t, prefix, count, seed, 0.3, "--stage-duration", "300ms", "--tags", "ring=abort")
 	failing, ids := fl.failing(), fl.ids()
-	waves := rolloutWaves(count, canary, growth)
+	waves := workflows.PlanWaves(count, canary, growth)
 	th, _ := workflows.ParseThreshold(maxFail)
 	perWave := failuresPerWave(ids, waves, failing)
 	abortWave := -1
@@ -912,27 +895,6 @@ func TestRolloutEndToEnd(t *testing.T) {
 		}
 		t.Logf("recorded the first run of %s in %s", workflows.RolloutWorkflowID(name), filepath.Join(dir, "rollout.json"))
 	}
-}
-
-// runHistory is historyJSON for one run of a workflow, with the history
-// itself: a rollout keeps its workflow ID across continue-as-new, and the
-// replay test wants the first run.
-func runHistory(t *testing.T, c client.Client, workflowID, runID string) (*historypb.History, []byte) {
-	t.Helper()
-	it := c.GetWorkflowHistory(context.Background(), workflowID, runID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-	h := &historypb.History{}
-	for it.HasNext() {
-		ev, err := it.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		h.Events = append(h.Events, ev)
-	}
-	b, err := temporalproto.CustomJSONMarshalOptions{Indent: "  "}.Marshal(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h, b
 }
 
 // noSecrets asserts a history holds no hub key or SAS token, as checkHistory

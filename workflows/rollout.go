@@ -274,7 +274,7 @@ func (r *rollout) resolve(ctx workflow.Context) error {
 		}
 		rows = append(rows, row)
 	}
-	r.st.WaveSizes = planWaves(work, r.in.Canary, r.in.Growth)
+	r.st.WaveSizes = PlanWaves(work, r.in.Canary, r.in.Growth)
 	wave, inWave := 0, 0
 	for i := range rows {
 		if rows[i].Result != DevicePending {

@@ -483,8 +483,9 @@ func (in RolloutInput) withDefaults() RolloutInput {
 	return in
 }
 
-// planWaves splits n devices into a canary wave and waves growing by growth.
-func planWaves(n, canary int, growth float64) []int {
+// PlanWaves is how a rollout splits n devices into waves: a canary wave of canary devices (at
+// least one), then waves growing by the factor growth, the last one taking the rest.
+func PlanWaves(n, canary int, growth float64) []int {
 	var sizes []int
 	size := float64(max(canary, 1))
 	for left := n; left > 0; {
