@@ -141,6 +141,12 @@ func (a *Activities) FollowStages(ctx context.Context, in FollowStagesInput) (Fo
 			logger.Info("resuming from the previous attempt", "polls", p.Polls, "stage", p.Stage())
 		}
 	}
+	if len(p.Stages) == len(protocol.FirmwareStages) {
+		// The previous attempt saw the update complete and heartbeat that, but its worker died
+		// before the activity could return.
+		logger.Info("the previous attempt saw the update complete", "polls", p.Polls)
+		return FollowStagesResult{Stages: p.Stages, Polls: p.Polls}, nil
+	}
 
 	err = a.runPoll(ctx, logger, twinPoll{
 		deviceID:    in.DeviceID,
@@ -240,7 +246,7 @@ func (in FollowStagesInput) expired(p FollowStagesProgress, now time.Time) error
 				in.UpdateID, in.DeviceID, protocol.StatusDownloading, protocol.StatusDownloading, in.StageTimeout, last)
 		} else {
 			stage := p.Stage()
-			next := protocol.FirmwareStages[len(p.Stages)]
+			next := protocol.FirmwareStages[min(len(p.Stages), len(protocol.FirmwareStages)-1)]
 			msg = fmt.Sprintf("firmware update %s on %s stuck in %s: no %s within %s of %s being seen (%s)",
 				in.UpdateID, in.DeviceID, stage, next, in.StageTimeout, stage, last)
 		}

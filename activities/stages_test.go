@@ -275,6 +275,32 @@ func TestFollowStagesResumesFromHeartbeat(t *testing.T) {
 	require.Len(t, rec.recorded(), 1)
 }
 
+// TestFollowStagesResumesAfterCompletion: the previous attempt saw "completed" and heartbeat it,
+// then its worker died before the activity returned (seen in the worker-kill integration test).
+// The retry returns the stages at once, without reading the twin again.
+func TestFollowStagesResumesAfterCompletion(t *testing.T) {
+	hub := &fakeHub{}
+	env, _ := newEnv(t, &Activities{Hub: hub})
+	seen := time.Date(2026, 5, 1, 12, 0, 29, 0, time.UTC)
+	stages := []StageSeen{
+		{Status: "downloading", SeenAt: seen, ReportedAt: mustTime(tDownload)},
+		{Status: "applying", SeenAt: seen.Add(15 * time.Second)},
+		{Status: "completed", SeenAt: seen.Add(30 * time.Second), ReportedAt: mustTime(tComplete)},
+	}
+	env.SetHeartbeatDetails(FollowStagesProgress{Polls: 10, Stages: stages, LastStatus: "completed", LastUpdateID: "u1"})
+	val, err := env.ExecuteActivity((&Activities{}).FollowStages, fastFollow(func(in *FollowStagesInput) {
+		// A stage timeout long past: the stages are complete, so it no longer applies.
+		in.Since, in.StageTimeout = seen.Add(-time.Hour), time.Second
+	}))
+	require.NoError(t, err)
+	var res FollowStagesResult
+	require.NoError(t, val.Get(&res))
+	assert.Equal(t, 10, res.Polls)
+	require.Len(t, res.Stages, 3)
+	assert.True(t, res.Stages[2].SeenAt.Equal(stages[2].SeenAt))
+	assert.Zero(t, hub.reads, "no twin read")
+}
+
 func TestFollowStagesWaitsBeforeTheFirstRead(t *testing.T) {
 	var mu sync.Mutex
 	var reads []time.Time
