@@ -12,7 +12,7 @@ GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './.
 export DMFLOW_BIN_DIR := $(abspath $(BIN))
 export DMFLOW_TEMPORAL_BIN := $(abspath $(BIN)/temporal)
 
-.PHONY: help build temporal demo up down status test test-unit test-integration fuzz record-histories lint clean bench bench-fleet bench-firmware
+.PHONY: help build temporal demo up down status test test-unit test-integration fuzz record-histories lint clean bench bench-fleet bench-firmware bench-rollout
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,7 +39,7 @@ down: ## stop everything `make up` / `make demo` started
 status: ## show which stack processes run
 	scripts/stack.sh status
 
-demo: build ## reboot a simulated device end to end (DEMO_EXIT=1: exit after the demo)
+demo: build ## reboot a simulated device, update its firmware, roll a version out to 100 simulated devices (DEMO_EXIT=1: exit after the demo)
 	scripts/demo.sh
 
 lint: ## gofmt and go vet
@@ -55,17 +55,22 @@ test-integration: build ## real processes: Temporal dev server, localhub, simdev
 	go test -tags integration -count=1 -timeout 20m -v ./test/... 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 record-histories: build ## re-record workflows/testdata/*.json from the integration tests
-	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd|TestFirmwareEndToEnd' ./test/...
+	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd|TestFirmwareEndToEnd|TestRolloutEndToEnd' ./test/...
 
 fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
 	scripts/fuzz.sh
 
-bench: bench-firmware bench-fleet ## every benchmark (results to paste into BENCHMARKS.md)
+bench: bench-firmware bench-fleet bench-rollout ## every benchmark (results to paste into BENCHMARKS.md)
 
 bench-firmware: build ## one firmware update at the tutorial's 15 s stages: dmflow against the tutorial's loop
 	DMFLOW_BENCH_OUT=$(abspath $(BIN))/bench-firmware.md go test -tags 'integration bench' -count=1 -timeout 10m \
 		-run TestMeasureFirmwareCost ./test/
 	@cat $(BIN)/bench-firmware.md
+
+bench-rollout: build ## firmware rollouts of 1,000 and 10,000 simulated devices at S1 quotas, against Temporal's own ceiling (~40 min)
+	ulimit -n "$$(ulimit -Hn)"; DMFLOW_BENCH_OUT=$(abspath $(BIN))/bench-rollout.md go test -tags 'integration bench' -count=1 -timeout 120m \
+		-run TestMeasureRollout -v ./test/ 2>&1 | tee $(BIN)/bench-rollout.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|measure_rollout_test.go' ; exit $${PIPESTATUS[0]}
+	@cat $(BIN)/bench-rollout.md
 
 bench-fleet: ## simdevice fleet of COUNT (default 10000) against its own localhub: connect time, memory
 	scripts/bench-fleet.sh
