@@ -184,7 +184,13 @@ func FuzzParse(f *testing.F) {
 		// A parsed token must verify without panicking, and a token
 		// re-signed from its parts must parse back to the same resource.
 		_ = tok.Verify(keyA, now)
-		again, err := Parse(Sign(tok.ResourceURI(), keyA, tok.Expiry, tok.KeyName))
+		resigned := Sign(tok.ResourceURI(), keyA, tok.Expiry, tok.KeyName)
+		if len(resigned) > maxTokenLen {
+			// Sign escapes what the token may carry raw (bytes above 0x7f): a token near the
+			// length limit can outgrow it when re-signed, and is then rightly refused.
+			return
+		}
+		again, err := Parse(resigned)
 		if err != nil {
 			t.Fatalf("re-signed token does not parse: %v", err)
 		}
