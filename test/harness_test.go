@@ -348,14 +348,21 @@ type hubStats struct {
 	Throttled map[string]int `json:"throttled"`
 }
 
-// stats reads localhub's stats endpoint with the service key.
+// stats reads the test localhub's stats endpoint with the service key.
 func stats(t *testing.T) hubStats {
 	t.Helper()
-	s, err := hubconn.ParseService("hub", env.hubCS)
+	return statsOf(t, env.hubCS, env.caFile, env.hubHTTPS)
+}
+
+// statsOf reads the stats endpoint of the localhub at httpsAddr, whose service connection string
+// is cs and CA caFile.
+func statsOf(t *testing.T, cs, caFile, httpsAddr string) hubStats {
+	t.Helper()
+	s, err := hubconn.ParseService("hub", cs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tlsCfg, err := hubconn.TLSConfig(env.caFile)
+	tlsCfg, err := hubconn.TLSConfig(caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,9 +374,9 @@ func stats(t *testing.T) hubStats {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest(http.MethodGet, "https://"+env.hubHTTPS+"/_localhub/stats", nil)
+	req, _ := http.NewRequest(http.MethodGet, "https://"+httpsAddr+"/_localhub/stats", nil)
 	req.Header.Set("Authorization", tok.String())
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tlsCfg.RootCAs, ServerName: "localhost"}}}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tlsCfg.RootCAs, ServerName: "localhost"}}}
 	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)

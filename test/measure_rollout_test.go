@@ -4,12 +4,8 @@ package test
 
 import (
 	"context"
-	"crypto/tls"
-	"encoding/json"
 	"fmt"
-	"io"
 	"math"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,9 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/amenzhinsky/iothub/common"
 	"github.com/dmflow/dmflow/internal/hub"
-	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/workflows"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/activity"
@@ -502,49 +496,10 @@ func (h benchHub) env(extra ...string) []string {
 	}, extra...)
 }
 
-// benchHubStats is localhub's stats endpoint, with the throttling counts.
-type benchHubStats struct {
-	MethodInvocations map[string]map[string]int `json:"methodInvocations"`
-	ServiceTwinReads  map[string]int            `json:"serviceTwinReads"`
-	Throttled         map[string]int            `json:"throttled"`
-}
-
-func (h benchHub) stats(t *testing.T) benchHubStats {
+// stats reads the benchmark localhub's stats, with the throttling counts.
+func (h benchHub) stats(t *testing.T) hubStats {
 	t.Helper()
-	s, err := hubconn.ParseService("hub", h.cs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, err := hubconn.TLSConfig(h.caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sak, err := common.ParseConnectionString(s.String(), "HostName", "SharedAccessKeyName", "SharedAccessKey")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := common.NewSharedAccessSignature(sak["HostName"], sak["SharedAccessKeyName"], sak["SharedAccessKey"], time.Now().Add(time.Minute))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req, _ := http.NewRequest(http.MethodGet, "https://"+h.https+"/_localhub/stats", nil)
-	req.Header.Set("Authorization", tok.String())
-	hc := &http.Client{Timeout: 30 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tlsCfg.RootCAs, ServerName: "localhost"}}}
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("stats: HTTP %d: %s", resp.StatusCode, body)
-	}
-	var st benchHubStats
-	if err := json.Unmarshal(body, &st); err != nil {
-		t.Fatalf("stats: %v", err)
-	}
-	return st
+	return statsOf(t, h.cs, h.caFile, h.https)
 }
 
 // The ceiling: trivial stand-ins for Rollout, FirmwareUpdate and its three activities, on a worker
