@@ -66,6 +66,10 @@ const (
 // DmflowRolloutState, kept current; every device workflow carries DmflowRollout too.
 func Rollout(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
 	info := workflow.GetInfo(ctx)
+	if in.Schedule != "" && in.Name == "" {
+		// Started by a schedule: every run of the schedule is a rollout of its own.
+		in.Name = ScheduledRolloutName(info.WorkflowExecution.ID)
+	}
 	logger := log.With(workflow.GetLogger(ctx), "rollout", in.Name, "workflow_id", info.WorkflowExecution.ID)
 	if err := in.Validate(); err != nil {
 		logger.Error("invalid input", "error", err)
@@ -231,9 +235,9 @@ func (r *rollout) resolve(ctx workflow.Context) error {
 		known       bool // version read from the twin
 	}
 	var targets []target
-	if r.in.Query != "" {
+	if query := r.in.TargetQuery(); query != "" {
 		var a *activities.Activities
-		qin := activities.QueryDevicesInput{Query: r.in.Query, MaxDevices: MaxRolloutDevices, Rate: r.rate}
+		qin := activities.QueryDevicesInput{Query: query, MaxDevices: MaxRolloutDevices, Rate: r.rate}
 		if r.in.Operation == OperationFirmware {
 			qin.Properties = []string{protocol.PropFirmwareVersion}
 		}

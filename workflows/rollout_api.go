@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/protocol"
 	"go.temporal.io/sdk/temporal"
 )
 
@@ -167,8 +168,34 @@ type RolloutInput struct {
 	// DefaultDevicesPerRun.
 	DevicesPerRun int `json:"devicesPerRun,omitempty"`
 
+	// Reconcile narrows the targets of a firmware rollout to the devices whose reported
+	// firmwareVersion differs from Firmware.Version or is missing: the query (default: all devices)
+	// gains that condition, so a recurring rollout touches only devices that drifted or joined.
+	Reconcile bool `json:"reconcile,omitempty"`
+	// Windows are maintenance windows: when any is given, devices start only while one is open;
+	// devices in flight finish, and between windows the rollout waits on a durable timer.
+	Windows []Window `json:"windows,omitempty"`
+	// Schedule is set by a Temporal Schedule's action (starter schedule create): the name of the
+	// schedule. The rollout then takes its Name from its workflow ID, which Temporal derives from
+	// the schedule's workflow ID and the run's scheduled time: rollout/<schedule>-<time>.
+	Schedule string `json:"schedule,omitempty"`
+
 	// State is the rollout's state carried over continue-as-new; nil when starting.
 	State *RolloutState `json:"state,omitempty"`
+}
+
+// Window is a maintenance window, either recurring or absolute.
+//
+// Recurring: Cron is a five-field cron expression (minute hour day-of-month month day-of-week)
+// giving the times the window opens, in TimeZone (an IANA name, default UTC); it stays open for
+// Duration. Absolute: the window is open from Start (inclusive) to End (exclusive).
+type Window struct {
+	Cron     string        `json:"cron,omitempty"`
+	Duration time.Duration `json:"duration,omitempty"`
+	TimeZone string        `json:"timeZone,omitempty"`
+
+	Start time.Time `json:"start,omitzero"`
+	End   time.Time `json:"end,omitzero"`
 }
 
 // RolloutFirmware is the firmware update a rollout applies to each device: FirmwareInput without the
@@ -415,9 +442,19 @@ func (in RolloutInput) Validate() error {
 	default:
 		problems = append(problems, fmt.Sprintf("operation %q is not %q or %q", in.Operation, OperationFirmware, OperationReboot))
 	}
+	if in.Reconcile && in.Operation != OperationFirmware {
+		problems = append(problems, "reconcile applies to a firmware rollout: it targets the devices whose firmwareVersion differs from the target")
+	}
+	if in.Schedule != "" && (len(in.Schedule) > MaxScheduleNameLength || !rolloutNamePattern.MatchString(in.Schedule)) {
+		problems = append(problems, fmt.Sprintf("schedule %q must be up to %d letters, digits and -._: starting with a letter or digit", in.Schedule, MaxScheduleNameLength))
+	}
 	switch {
 	case in.State != nil:
 		// A continued run: the targets were resolved and checked by the first.
+	case in.Reconcile && len(in.Devices) > 0:
+		problems = append(problems, "a reconcile rollout selects its targets by query (default: every device), not by device IDs")
+	case in.Reconcile && in.Query == "":
+		// Every device whose version differs.
 	case in.Query != "" && len(in.Devices) > 0:
 		problems = append(problems, "give the targets as a query or as device IDs, not both")
 	case in.Query == "" && len(in.Devices) == 0:
@@ -459,6 +496,43 @@ func (in RolloutInput) Validate() error {
 	}
 	return nil
 }
+
+// allDevices is the target query of a reconcile rollout given no query.
+const allDevices = "SELECT * FROM devices"
+
+// whereClause splits the condition off a target query: "SELECT * FROM devices WHERE c" gives c.
+var whereClause = regexp.MustCompile(`(?is)^\s*SELECT\s+\*\s+FROM\s+devices\s+WHERE\s+(.+?)\s*$`)
+
+// TargetQuery is the device query the rollout resolves its targets with, or "" when it targets
+// device IDs. A reconcile rollout adds to the query (default: every device) the condition that the
+// device's reported firmwareVersion differs from the target or is missing.
+func (in RolloutInput) TargetQuery() string {
+	if !in.Reconcile || in.Firmware == nil {
+		return in.Query
+	}
+	drifted := "(NOT IS_DEFINED(properties.reported." + protocol.PropFirmwareVersion + ") OR properties.reported." +
+		protocol.PropFirmwareVersion + " != " + quoteQueryString(in.Firmware.Version) + ")"
+	if m := whereClause.FindStringSubmatch(in.Query); m != nil {
+		return allDevices + " WHERE (" + m[1] + ") AND " + drifted
+	}
+	return allDevices + " WHERE " + drifted
+}
+
+// quoteQueryString writes s as a single-quoted IoT Hub query string literal.
+func quoteQueryString(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
+
+// ScheduledRolloutName is the name of the rollout a schedule's run starts with workflow ID
+// workflowID: Temporal starts it as the schedule action's workflow ID (RolloutWorkflowID of the
+// schedule's name) followed by "-" and the scheduled time, so the name is <schedule>-<time>.
+func ScheduledRolloutName(workflowID string) string {
+	return strings.TrimPrefix(workflowID, RolloutWorkflowID(""))
+}
+
+// MaxScheduleNameLength bounds a schedule's name: the rollouts it starts are named
+// <schedule>-<RFC 3339 time>, 21 characters longer, within MaxNameLength.
+const MaxScheduleNameLength = MaxNameLength - len("-2006-01-02T15:04:05Z")
 
 // withDefaults fills zero fields.
 func (in RolloutInput) withDefaults() RolloutInput {

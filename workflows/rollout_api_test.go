@@ -94,6 +94,13 @@ func TestRolloutInputValidate(t *testing.T) {
 		{"rate", func(in *workflows.RolloutInput) { in.Rate = -1 }, "rate"},
 		{"threshold", func(in *workflows.RolloutInput) { in.MaxFailures = "5 %%" }, "failure threshold"},
 		{"sas uri", func(in *workflows.RolloutInput) { in.Firmware.PackageURI = "https://x/y?sv=1&sig=abc" }, "SAS signature"},
+		{"reconcile reboot", func(in *workflows.RolloutInput) {
+			in.Operation, in.Firmware, in.Reconcile = workflows.OperationReboot, nil, true
+		}, "reconcile applies to a firmware rollout"},
+		{"reconcile device IDs", func(in *workflows.RolloutInput) {
+			in.Query, in.Devices, in.Reconcile = "", []string{"d"}, true
+		}, "selects its targets by query"},
+		{"schedule name", func(in *workflows.RolloutInput) { in.Schedule = strings.Repeat("s", 44) }, "up to 43"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -164,4 +171,40 @@ func FuzzParseThreshold(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestRolloutTargetQuery(t *testing.T) {
+	fw := &workflows.RolloutFirmware{PackageURI: "https://fw.example/v2.bin", Version: "2.0.0"}
+	drift := "(NOT IS_DEFINED(properties.reported.firmwareVersion) OR properties.reported.firmwareVersion != '2.0.0')"
+	tests := []struct {
+		name string
+		in   workflows.RolloutInput
+		want string
+	}{
+		{"query as given", workflows.RolloutInput{Query: "SELECT * FROM devices WHERE tags.ring = 'beta'", Firmware: fw},
+			"SELECT * FROM devices WHERE tags.ring = 'beta'"},
+		{"device IDs", workflows.RolloutInput{Devices: []string{"a"}, Firmware: fw}, ""},
+		{"reconcile all devices", workflows.RolloutInput{Reconcile: true, Firmware: fw},
+			"SELECT * FROM devices WHERE " + drift},
+		{"reconcile all devices, query without WHERE", workflows.RolloutInput{Reconcile: true, Query: " select * from devices ", Firmware: fw},
+			"SELECT * FROM devices WHERE " + drift},
+		{"reconcile within a query", workflows.RolloutInput{Reconcile: true, Firmware: fw,
+			Query: "select * from devices where tags.ring = 'beta' OR tags.ring = 'prod'\n"},
+			"SELECT * FROM devices WHERE (tags.ring = 'beta' OR tags.ring = 'prod') AND " + drift},
+		{"quotes in the version", workflows.RolloutInput{Reconcile: true,
+			Firmware: &workflows.RolloutFirmware{Version: `2.0'rc\1`}},
+			`SELECT * FROM devices WHERE (NOT IS_DEFINED(properties.reported.firmwareVersion) OR properties.reported.firmwareVersion != '2.0\'rc\\1')`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, tc.in.TargetQuery())
+		})
+	}
+}
+
+func TestScheduledRolloutName(t *testing.T) {
+	assert.Equal(t, "weekly-2026-11-29T01:00:00Z", workflows.ScheduledRolloutName("rollout/weekly-2026-11-29T01:00:00Z"))
+	name := workflows.ScheduledRolloutName(workflows.RolloutWorkflowID(strings.Repeat("s", workflows.MaxScheduleNameLength)) + "-2026-11-29T01:00:00Z")
+	in := workflows.RolloutInput{Name: name, Operation: workflows.OperationReboot, Devices: []string{"d"}}
+	assert.NoError(t, in.Validate(), "the longest schedule name gives a valid rollout name")
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/amenzhinsky/iothub/iotdevice"
 	"github.com/amenzhinsky/iothub/iotservice"
+	"github.com/dmflow/dmflow/workflows"
 )
 
 func TestParseQuery(t *testing.T) {
@@ -192,6 +193,35 @@ func TestQueryEval(t *testing.T) {
 				t.Errorf("eval = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestReconcileQueryEval evaluates the query a reconcile rollout resolves its targets with: the
+// devices of the ring whose firmwareVersion differs from the target or was never reported.
+func TestReconcileQueryEval(t *testing.T) {
+	in := workflows.RolloutInput{Reconcile: true, Query: "SELECT * FROM devices WHERE tags.ring = 'beta'",
+		Firmware: &workflows.RolloutFirmware{Version: "2.0'1"}}
+	q, err := parseQuery(in.TargetQuery())
+	if err != nil {
+		t.Fatalf("parseQuery(%s): %v", in.TargetQuery(), err)
+	}
+	tests := []struct {
+		twin string
+		want bool
+	}{
+		{`{"tags": {"ring": "beta"}, "properties": {"reported": {"firmwareVersion": "1.0.0"}}}`, true},
+		{`{"tags": {"ring": "beta"}, "properties": {"reported": {}}}`, true},
+		{`{"tags": {"ring": "beta"}, "properties": {"reported": {"firmwareVersion": "2.0'1"}}}`, false},
+		{`{"tags": {"ring": "prod"}, "properties": {"reported": {"firmwareVersion": "1.0.0"}}}`, false},
+	}
+	for _, tc := range tests {
+		doc, err := decodeDocument([]byte(tc.twin))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := q.where.eval(doc); got != tc.want {
+			t.Errorf("%s: eval = %v, want %v", tc.twin, got, tc.want)
+		}
 	}
 }
 
