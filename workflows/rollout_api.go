@@ -488,6 +488,7 @@ func (in RolloutInput) Validate() error {
 			problems = append(problems, err.Error())
 		}
 	}
+	problems = append(problems, checkWindows(in.Windows)...)
 	if in.MinDevices < 0 || in.DevicesPerRun < 0 {
 		problems = append(problems, "min devices and devices per run must not be negative")
 	}
