@@ -519,3 +519,79 @@ func jsonNode(data []byte) (*yaml.Node, error) {
 	}
 	return root, nil
 }
+
+// specOut is a rollout spec as a spec file writes it: the fields parseSpec reads, in its order.
+type specOut struct {
+	Name          string           `yaml:"name,omitempty"`
+	Query         string           `yaml:"query,omitempty"`
+	Devices       []string         `yaml:"devices,omitempty,flow"`
+	Firmware      *specFirmwareOut `yaml:"firmware,omitempty"`
+	Reboot        any              `yaml:"reboot,omitempty"`
+	Canary        int              `yaml:"canary,omitempty"`
+	Growth        float64          `yaml:"growth,omitempty"`
+	MaxConcurrent int              `yaml:"maxConcurrent,omitempty"`
+	Rate          string           `yaml:"rate,omitempty"`
+	MaxFailures   string           `yaml:"maxFailures,omitempty"`
+	MinDevices    int              `yaml:"minDevices,omitempty"`
+	RetryFailed   bool             `yaml:"retryFailed,omitempty"`
+	Reconcile     bool             `yaml:"reconcile,omitempty"`
+	Windows       []string         `yaml:"windows,omitempty"`
+}
+
+type specFirmwareOut struct {
+	URI          string `yaml:"uri"`
+	Version      string `yaml:"version"`
+	Reboot       bool   `yaml:"reboot,omitempty"`
+	StageTimeout string `yaml:"stageTimeout,omitempty"`
+	Deadline     string `yaml:"deadline,omitempty"`
+}
+
+type specRebootOut struct {
+	MethodTimeout string `yaml:"methodTimeout,omitempty"`
+	Deadline      string `yaml:"deadline,omitempty"`
+}
+
+// formatSpec writes a rollout's input as a spec file that parseSpec reads back (describe shows a
+// schedule's rollout so). More than maxDevices device IDs are left out, with a comment saying how
+// many.
+func formatSpec(in workflows.RolloutInput, maxDevices int) []byte {
+	dur := func(d time.Duration) string {
+		if d == 0 {
+			return ""
+		}
+		return shortDuration(d)
+	}
+	out := specOut{Name: in.Name, Query: in.Query, Devices: in.Devices, Canary: in.Canary, Growth: in.Growth,
+		MaxConcurrent: in.MaxConcurrent, MaxFailures: in.MaxFailures, MinDevices: in.MinDevices, RetryFailed: in.RetryFailed,
+		Reconcile: in.Reconcile}
+	if len(in.Devices) > maxDevices {
+		out.Devices = nil
+	}
+	if in.Rate > 0 {
+		out.Rate = formatRate(in.Rate)
+	}
+	if fw := in.Firmware; fw != nil {
+		out.Firmware = &specFirmwareOut{URI: fw.PackageURI, Version: fw.Version, Reboot: fw.Reboot,
+			StageTimeout: dur(fw.StageTimeout), Deadline: dur(fw.Deadline)}
+	}
+	switch {
+	case in.Reboot != nil:
+		out.Reboot = specRebootOut{MethodTimeout: dur(in.Reboot.MethodTimeout), Deadline: dur(in.Reboot.Deadline)}
+	case in.Operation == workflows.OperationReboot:
+		out.Reboot = true
+	}
+	for _, w := range in.Windows {
+		out.Windows = append(out.Windows, w.String())
+	}
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(out); err != nil {
+		// Strings, numbers and booleans always encode.
+		panic(err)
+	}
+	if len(in.Devices) > maxDevices {
+		fmt.Fprintf(&b, "# devices: %d device IDs (--output json lists them)\n", len(in.Devices))
+	}
+	return b.Bytes()
+}
