@@ -58,7 +58,7 @@ func (f *fakeSchedules) Create(_ context.Context, req scheduleRequest) error {
 	next := []time.Time{time.Date(2026, 11, 29, 1, 0, 0, 0, time.UTC), time.Date(2026, 12, 6, 1, 0, 0, 0, time.UTC),
 		time.Date(2026, 12, 13, 1, 0, 0, 0, time.UTC)}
 	f.schedules[req.Name] = &scheduleInfo{Name: req.Name, Timing: req.Timing, When: describeTiming(req.Timing), Rollout: describeInput(in),
-		Input: &in, TaskQueue: req.TaskQueue, Paused: req.Paused, Note: req.Note, Overlap: "SKIP",
+		Input: &in, TaskQueue: req.TaskQueue, Paused: req.Paused, Note: req.Note, Overlap: "skip",
 		CatchupWindow: textDuration(req.CatchupWindow), NextRuns: next, URL: f.URL(req.Name)}
 	return nil
 }
@@ -186,7 +186,7 @@ func weeklyFw() scheduleInfo {
 	timing := scheduleTiming{Cron: "0 2 * * SUN", TimeZone: "Europe/Warsaw"}
 	return scheduleInfo{
 		Name: "weekly-fw", Timing: timing, When: describeTiming(timing), Rollout: describeInput(in), Input: &in, TaskQueue: "dmflow",
-		Overlap: "SKIP", CatchupWindow: textDuration(time.Hour),
+		Overlap: "skip", CatchupWindow: textDuration(time.Hour),
 		NextRuns: []time.Time{time.Date(2026, 11, 29, 1, 0, 0, 0, time.UTC), time.Date(2026, 12, 6, 1, 0, 0, 0, time.UTC)},
 		RecentRuns: []scheduledRun{
 			{Rollout: "weekly-fw-2026-11-22T01:00:00Z", WorkflowID: "rollout/weekly-fw-2026-11-22T01:00:00Z",

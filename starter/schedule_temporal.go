@@ -90,7 +90,7 @@ type scheduleInfo struct {
 	TaskQueue string                  `json:"taskQueue,omitempty"`
 	Paused    bool                    `json:"paused"`
 	Note      string                  `json:"note,omitempty"`
-	// Overlap is Temporal's overlap policy (SKIP for dmflow's); CatchupWindow bounds how late a
+	// Overlap is Temporal's overlap policy (skip for dmflow's); CatchupWindow bounds how late a
 	// missed run may still start.
 	Overlap       string       `json:"overlapPolicy,omitempty"`
 	CatchupWindow textDuration `json:"catchupWindow,omitempty"`
@@ -268,7 +268,7 @@ func (t *temporalSchedules) Describe(ctx context.Context, name string, runStates
 		info.Paused, info.Note = d.Schedule.State.Paused, d.Schedule.State.Note
 	}
 	if d.Schedule.Policy != nil {
-		info.Overlap = strings.TrimPrefix(d.Schedule.Policy.Overlap.String(), "SCHEDULE_OVERLAP_POLICY_")
+		info.Overlap = strings.ToLower(strings.TrimPrefix(d.Schedule.Policy.Overlap.String(), "SCHEDULE_OVERLAP_POLICY_"))
 		info.CatchupWindow = textDuration(d.Schedule.Policy.CatchupWindow)
 	}
 	t.applyMemo(&info, d.Memo, d.Schedule.Spec)
