@@ -155,7 +155,7 @@ When, one of:
         in the IANA time zone given (default UTC), daylight saving included:
         a time that a change skips does not run, one it repeats runs twice
   --interval 24h [--offset 2h]
-        every interval since the Unix epoch, shifted by offset (at least ` + minInterval.String() + `)
+        every interval since the Unix epoch, shifted by offset (at least ` + shortDuration(minInterval) + `)
 
 Runs: one rollout of the schedule at a time; a run due while the previous one
 still runs is skipped (overlap policy skip). --catchup-window (default ` + shortDuration(defaultCatchupWindow) + `,
@@ -244,7 +244,7 @@ func (f *createFlags) timing() (scheduleTiming, []string) {
 		}
 	case f.interval != 0:
 		if f.interval < minInterval {
-			problems = append(problems, fmt.Sprintf("--interval %s: at least %s (each run queries the hub for its targets)", f.interval, minInterval))
+			problems = append(problems, fmt.Sprintf("--interval %s: at least %s (each run queries the hub for its targets)", f.interval, shortDuration(minInterval)))
 		}
 		if f.offset < 0 || f.offset >= f.interval {
 			problems = append(problems, fmt.Sprintf("--offset %s: from 0 up to the interval (%s)", f.offset, f.interval))

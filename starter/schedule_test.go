@@ -60,7 +60,7 @@ func TestScheduleCreateRequest(t *testing.T) {
 		{name: "unknown time zone", args: args([]string{"--cron", "0 2 * * SUN", "--timezone", "Mars/Olympus"}, fw), wantErr: []string{`--timezone "Mars/Olympus": unknown time zone`}},
 		{name: "time zone with interval", args: args([]string{"--interval", "1h", "--timezone", "UTC"}, fw), wantErr: []string{"--timezone belongs to --cron"}},
 		{name: "offset with cron", args: args(weekly, fw, []string{"--offset", "1h"}), wantErr: []string{"--offset belongs to --interval"}},
-		{name: "interval too short", args: args([]string{"--interval", "10s"}, fw), wantErr: []string{"--interval 10s: at least 1m0s"}},
+		{name: "interval too short", args: args([]string{"--interval", "10s"}, fw), wantErr: []string{"--interval 10s: at least 1m (each run queries the hub"}},
 		{name: "offset past the interval", args: args([]string{"--interval", "1h", "--offset", "1h"}, fw), wantErr: []string{"--offset 1h0m0s: from 0 up to the interval"}},
 		{name: "catch-up window too long", args: args(weekly, fw, []string{"--catchup-window", "48h"}), wantErr: []string{"--catchup-window 48h0m0s: give 1m to 24h"}},
 		{name: "name too long", args: []string{"schedule", "create", strings.Repeat("w", 44), "--cron", "@daily", "--reboot", "--devices", "a"},
