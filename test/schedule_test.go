@@ -292,7 +292,8 @@ func TestScheduleReconcile(t *testing.T) {
 
 // A schedule created with --cron, --timezone and a maintenance window runs
 // at the cron's times in that zone: describe shows the next runs there, and
-// the window in the rollout spec.
+// the window in the rollout spec. A schedule that starts another workflow is
+// left alone.
 func TestScheduleCronInTimeZone(t *testing.T) {
 	const schedule = "sundays-waw"
 	c := temporalClient(t)
@@ -329,5 +330,32 @@ func TestScheduleCronInTimeZone(t *testing.T) {
 	want := fmt.Sprintf("next runs:   %s  (%s)", first.Format("Mon 2006-01-02 15:04 MST"), desc.NextRuns[0].UTC().Format(time.RFC3339))
 	if !strings.Contains(text, want) || !strings.Contains(text, "- 0 2 * * SUN for 4h0m0s in Europe/Warsaw") {
 		t.Errorf("describe text lacks %q or the window:\n%s", want, text)
+	}
+
+	// A schedule that starts another workflow is not dmflow's: refused by name, not listed.
+	const other = "not-a-rollout"
+	deleteSchedulesAtEnd(t, c, other)
+	_, err = c.ScheduleClient().Create(context.Background(), client.ScheduleOptions{ID: other, Paused: true,
+		Spec:   client.ScheduleSpec{CronExpressions: []string{"@daily"}},
+		Action: &client.ScheduleWorkflowAction{ID: "other", Workflow: "Reboot", TaskQueue: "nobody"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"describe", "delete", "trigger"} {
+		if _, stderr, code := runStarter(t, time.Minute, "schedule", cmd, other); code != 1 || !strings.Contains(stderr, "is not a dmflow rollout schedule (its action starts workflow Reboot)") {
+			t.Errorf("schedule %s %s: exit %d, %q: want 1, not a rollout schedule", cmd, other, code, stderr)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var list []scheduleView
+		scheduleJSON(t, &list, 0, "list")
+		if slices.ContainsFunc(list, func(s scheduleView) bool { return s.Name == other }) {
+			t.Fatalf("list shows %s, which starts no rollout", other)
+		}
+		if slices.ContainsFunc(list, func(s scheduleView) bool { return s.Name == schedule }) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
 	}
 }
