@@ -193,6 +193,8 @@ echo "  source $STATE/env"
 echo "  $BIN/starter reboot --device $DEVICE --wait"
 if ((ROLLOUT_DEVICES > 0)); then
   echo "  $BIN/starter rollout start --name my-2.9.0 --query \"SELECT * FROM devices WHERE tags.ring = 'beta'\" --firmware https://fw.example/v2.9.bin --version 2.9.0 --canary 5 --wait"
+  echo "  $BIN/starter schedule create weekly-beta --cron \"0 2 * * SUN\" --timezone Europe/Warsaw --reconcile --query \"SELECT * FROM devices WHERE tags.ring = 'beta'\" --firmware https://fw.example/v2.9.bin --version 2.9.0 --window \"0 2 * * SUN for 4h in Europe/Warsaw\""
+  echo "  $BIN/starter schedule trigger weekly-beta      (then: Temporal UI -> Schedules, $DMFLOW_TEMPORAL_UI/namespaces/$ns/schedules)"
 fi
 trap 'echo; cleanup; exit 0' INT TERM
 while true; do sleep 3600 & wait $!; done

@@ -81,6 +81,6 @@ Web UI base URL used in links (default ` + temporalconn.DefaultUIURL + `).`,
 	pf.StringVar(&g.temporal.Address, "temporal-address", "", "Temporal frontend host:port (overrides TEMPORAL_ADDRESS)")
 	pf.StringVar(&g.temporal.Namespace, "temporal-namespace", "", "Temporal namespace (overrides TEMPORAL_NAMESPACE)")
 	pf.StringVar(&g.temporal.UIURL, "ui-url", "", "Temporal Web UI base URL for links (env DMFLOW_TEMPORAL_UI)")
-	root.AddCommand(newRebootCommand(g), newFirmwareCommand(g), newRolloutCommand(g, nil))
+	root.AddCommand(newRebootCommand(g), newFirmwareCommand(g), newRolloutCommand(g, nil), newScheduleCommand(g, nil))
 	return root
 }

@@ -46,6 +46,8 @@ func TestExecuteErrors(t *testing.T) {
 		{"firmware bad output", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "-o", "yaml"}, exitUsage, []string{`--output "yaml"`}, nil},
 		{"firmware unreachable temporal", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "--temporal-address", unreachable}, exitFailed,
 			[]string{"cannot reach Temporal", unreachable}, nil},
+		{"schedule without times", []string{"schedule", "create", "weekly", "--reboot", "--devices", "d"}, exitUsage, []string{"no times: give --cron"}, nil},
+		{"schedule unreachable temporal", []string{"schedule", "list", "--temporal-address", unreachable}, exitFailed, []string{"cannot reach Temporal", unreachable}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

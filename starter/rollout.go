@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"os/signal"
 	"strconv"
@@ -122,28 +121,9 @@ func (r *rolloutCmd) withAPI(cmd *cobra.Command, fn func(ctx context.Context, ap
 	return fn(ctx, api)
 }
 
-// startFlags are the flags of rollout start.
+// startFlags are the flags of rollout start: the rollout spec and how to follow it.
 type startFlags struct {
-	name        string
-	query       string
-	devices     []string
-	devicesFile string
-
-	firmware      string
-	version       string
-	reboot        bool
-	stageTimeout  time.Duration
-	deadline      time.Duration
-	methodTimeout time.Duration
-
-	canary        int
-	growth        float64
-	maxConcurrent int
-	rate          string
-	maxFailures   string
-	minDevices    int
-	retryFailed   bool
-	devicesPerRun int
+	specFlags
 
 	wait      bool
 	poll      time.Duration
@@ -153,34 +133,11 @@ type startFlags struct {
 func (r *rolloutCmd) startCommand() *cobra.Command {
 	var f startFlags
 	cmd := &cobra.Command{
-		Use:   "start --name NAME (--query Q | --devices IDS | --devices-file FILE) (--firmware URI --version V [--reboot] | --reboot) [--wait]",
+		Use:   "start --name NAME (--query Q | --devices IDS | --devices-file FILE) (--firmware URI --version V [--reboot] [--reconcile] | --reboot) [--window W]... [--spec FILE] [--wait]",
 		Short: "Start a rollout (or find the one already started under its name)",
 		Long: `Starts the Rollout workflow rollout/<name>.
 
-Targets, one of:
-  --query "SELECT * FROM devices WHERE tags.ring = 'beta'"
-        an IoT Hub device query (whole twins: SELECT * FROM devices [WHERE …])
-  --devices a,b,c
-        device IDs
-  --devices-file ids.txt
-        one device ID per line; blank lines and lines starting with # are
-        ignored, as is a # comment after the ID; "-" reads standard input
-The targets are resolved once, at the start, at most ` + strconv.Itoa(workflows.MaxRolloutDevices) + ` of them, and run in
-device-ID order.
-
-Operation, one of:
-  --firmware URI --version V [--reboot] [--stage-timeout D] [--deadline D]
-        a firmware update per device (see starter firmware --help); devices
-        that already report V are skipped; with --reboot each device is
-        rebooted after its update and must then report V
-  --reboot [--method-timeout D] [--deadline D]
-        a reboot per device (see starter reboot --help)
-
-Waves: the first wave has --canary devices, each next one --growth times as
-many. The rollout aborts when more devices of a wave fail than --max-failures
-allows of the wave's size, or more of all devices finished so far, once
---min-devices have finished. --retry-failed runs the failed devices once more
-at the end (unless the rollout aborted or was cancelled).
+` + specHelp + `
 
 The name is the rollout's identity: starting a name that is running attaches
 to it (its own settings stay; these flags are not applied), and a name that
@@ -191,7 +148,7 @@ rebooted are skipped.
 With --wait, starter follows the rollout like watch and exits as watch does.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			in, err := f.input(cmd.InOrStdin())
+			in, err := f.input(cmd.InOrStdin(), cmd.Flags().Changed, "")
 			if err != nil {
 				return err
 			}
@@ -202,139 +159,12 @@ With --wait, starter follows the rollout like watch and exits as watch does.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVarP(&f.name, "name", "n", "", "rollout name: letters, digits and -._: up to 64 characters, e.g. fw-2.0 (required)")
-	fl.StringVarP(&f.query, "query", "q", "", `targets by IoT Hub device query: SELECT * FROM devices [WHERE …]`)
-	fl.StringSliceVar(&f.devices, "devices", nil, "targets by device ID, comma-separated")
-	fl.StringVar(&f.devicesFile, "devices-file", "", `targets from a file of device IDs, one per line ("-" for standard input)`)
-	fl.StringVar(&f.firmware, "firmware", "", "firmware update: http(s) URI of the image, without credentials")
-	fl.StringVar(&f.version, "version", "", "firmware update: the version the image holds (required with --firmware)")
-	fl.BoolVar(&f.reboot, "reboot", false, "with --firmware: reboot each device after its update; alone: a reboot rollout")
-	fl.DurationVar(&f.stageTimeout, "stage-timeout", 0, "firmware update: how long a device may take for each stage (default 2m)")
-	fl.DurationVar(&f.deadline, "deadline", 0, "time budget per device, a firmware update's reboot included (default 15m for a firmware update, 5m for a reboot)")
-	fl.DurationVar(&f.methodTimeout, "method-timeout", 0, "reboot: how long the hub waits for rebootDevice's answer (5s–300s; default 60s)")
-	fl.IntVar(&f.canary, "canary", 0, fmt.Sprintf("devices in the first wave (default %d)", workflows.DefaultCanary))
-	fl.Float64Var(&f.growth, "growth", 0, fmt.Sprintf("each wave is this many times the size of the one before, 1–100 (default %g)", workflows.DefaultGrowth))
-	fl.IntVar(&f.maxConcurrent, "max-concurrent", 0, fmt.Sprintf("most devices in flight at once, up to %d (default %d)", workflows.MaxConcurrentLimit, workflows.DefaultMaxConcurrent))
-	fl.StringVar(&f.rate, "rate", "", `most IoT Hub calls per second for the whole rollout: 100/s, 6000/min or 100 (per second); default no limit`)
-	fl.StringVar(&f.maxFailures, "max-failures", "", fmt.Sprintf(`failure threshold: a device count (5) or a percentage (5%%) (default %s)`, workflows.DefaultMaxFailures))
-	fl.IntVar(&f.minDevices, "min-devices", 0, fmt.Sprintf("devices that must have finished before the overall percentage applies (default %d)", workflows.DefaultMinDevices))
-	fl.BoolVar(&f.retryFailed, "retry-failed", false, "run the failed devices once more at the end")
-	fl.IntVar(&f.devicesPerRun, "devices-per-run", 0, "devices a workflow run starts before it continues as new")
+	addSpecFlags(fl, &f.specFlags, true)
 	fl.BoolVarP(&f.wait, "wait", "w", false, "follow the rollout until it ends, like watch, and exit as watch does")
 	fl.DurationVar(&f.poll, "poll-interval", defaultPoll, "how often --wait asks the progress")
 	fl.StringVar(&f.taskQueue, "task-queue", "", "task queue of the worker (env DMFLOW_TASK_QUEUE, default "+workflows.TaskQueue+")")
-	_ = fl.MarkHidden("devices-per-run")
 	_ = fl.MarkHidden("poll-interval")
 	return cmd
-}
-
-// input checks the flags and builds the workflow input; every problem is a usage error, all of
-// them at once. stdin is read for --devices-file -.
-func (f startFlags) input(stdin io.Reader) (workflows.RolloutInput, error) {
-	var problems []string
-	in := workflows.RolloutInput{
-		Name:          f.name,
-		Query:         strings.TrimSpace(f.query),
-		Canary:        f.canary,
-		Growth:        f.growth,
-		MaxConcurrent: f.maxConcurrent,
-		MaxFailures:   strings.TrimSpace(f.maxFailures),
-		MinDevices:    f.minDevices,
-		RetryFailed:   f.retryFailed,
-		DevicesPerRun: f.devicesPerRun,
-	}
-	if f.name == "" {
-		problems = append(problems, "--name is required: name the rollout, e.g. --name fw-2.0")
-	}
-
-	var given []string
-	for _, t := range []struct {
-		flag string
-		set  bool
-	}{{"--query", in.Query != ""}, {"--devices", len(f.devices) > 0}, {"--devices-file", f.devicesFile != ""}} {
-		if t.set {
-			given = append(given, t.flag)
-		}
-	}
-	switch {
-	case len(given) == 0:
-		problems = append(problems, `no targets: give --query "SELECT * FROM devices WHERE tags.ring = 'beta'", --devices a,b,c or --devices-file ids.txt`)
-	case len(given) > 1:
-		problems = append(problems, fmt.Sprintf("%s: give the targets one way only", strings.Join(given, " and ")))
-	case len(f.devices) > 0:
-		ids, err := checkDeviceIDs(f.devices)
-		if err != nil {
-			problems = append(problems, "--devices: "+err.Error())
-		}
-		in.Devices = ids
-	case f.devicesFile != "":
-		ids, err := readDeviceFile(f.devicesFile, stdin)
-		if err != nil {
-			problems = append(problems, "--devices-file "+err.Error())
-		}
-		in.Devices = ids
-	}
-
-	switch {
-	case f.firmware != "":
-		in.Operation = workflows.OperationFirmware
-		in.Firmware = &workflows.RolloutFirmware{PackageURI: f.firmware, Version: f.version,
-			StageTimeout: f.stageTimeout, Deadline: f.deadline, Reboot: f.reboot}
-		if f.version == "" {
-			problems = append(problems, "--firmware needs --version: the version the image holds, e.g. --version 2.0.0 (devices already on it are skipped)")
-		}
-		if f.methodTimeout != 0 {
-			problems = append(problems, "--method-timeout belongs to a reboot rollout (--reboot without --firmware); the reboot after a firmware update uses the default")
-		}
-	case f.reboot:
-		in.Operation = workflows.OperationReboot
-		if f.methodTimeout != 0 || f.deadline != 0 {
-			in.Reboot = &workflows.RolloutReboot{MethodTimeout: f.methodTimeout, Deadline: f.deadline}
-		}
-		if f.version != "" || f.stageTimeout != 0 {
-			problems = append(problems, "--version and --stage-timeout belong to a firmware update: add --firmware URI, or drop them for a reboot rollout")
-		}
-	default:
-		problems = append(problems, "no operation: give --firmware URI --version V for a firmware update (add --reboot to reboot afterwards), or --reboot alone for a reboot")
-	}
-
-	rate, err := parseRate(f.rate)
-	if err != nil {
-		problems = append(problems, err.Error())
-	}
-	in.Rate = rate
-
-	if len(problems) > 0 {
-		return workflows.RolloutInput{}, usageError{errors.New(strings.Join(problems, "; "))}
-	}
-	if err := in.Validate(); err != nil {
-		return workflows.RolloutInput{}, usageError{err}
-	}
-	return in, nil
-}
-
-// parseRate reads --rate: calls per second ("100/s", "100"), per minute ("6000/min") or per hour
-// ("3600/h"), as calls per second; "" and "0" mean no limit.
-func parseRate(s string) (float64, error) {
-	s = strings.ToLower(strings.TrimSpace(s))
-	if s == "" {
-		return 0, nil
-	}
-	num, unit, _ := strings.Cut(s, "/")
-	var per float64
-	switch strings.TrimSpace(unit) {
-	case "", "s", "sec", "second":
-		per = 1
-	case "m", "min", "minute":
-		per = 60
-	case "h", "hour":
-		per = 3600
-	}
-	v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
-	if per == 0 || err != nil || v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
-		return 0, fmt.Errorf("--rate %q: give IoT Hub calls per second or minute, e.g. 100/s, 6000/min or 100 (per second); 0 for no limit", s)
-	}
-	return v / per, nil
 }
 
 // checkDeviceIDs checks the IDs of --devices: legal, no repeats; blanks between commas are
@@ -463,10 +293,18 @@ func describeInput(in workflows.RolloutInput) string {
 	default:
 		b.WriteString(in.Operation)
 	}
-	if len(in.Devices) > 0 {
+	switch {
+	case len(in.Devices) > 0:
 		fmt.Fprintf(&b, " on %d %s", len(in.Devices), plural(len(in.Devices), "device", "devices"))
-	} else {
+	case in.Reconcile && in.Firmware != nil && in.Query == "":
+		b.WriteString(" on every device not on " + in.Firmware.Version)
+	case in.Reconcile && in.Firmware != nil:
+		b.WriteString(" on the devices not on " + in.Firmware.Version + " of " + in.Query)
+	default:
 		b.WriteString(" on the devices of " + in.Query)
+	}
+	if n := len(in.Windows); n > 0 {
+		fmt.Fprintf(&b, ", in %d maintenance %s", n, plural(n, "window", "windows"))
 	}
 	return b.String()
 }

@@ -293,7 +293,10 @@ func (r *rollout) resolve(ctx workflow.Context) error {
 	r.st.Rows = rows
 	r.countRows()
 	r.logger.Info("targets resolved", "devices", len(rows), "to_run", work, "waves", r.st.WaveSizes)
-	if len(rows) == 0 {
+	switch {
+	case len(rows) == 0 && r.in.Reconcile:
+		r.reason = "no target devices: every device selected already reports " + r.in.Firmware.Version
+	case len(rows) == 0:
 		r.reason = "no target devices: the query selected none"
 	}
 	return nil

@@ -85,3 +85,11 @@ func WorkflowURL(uiBase, namespace, workflowID, runID string) string {
 	}
 	return u
 }
+
+// ScheduleURL links a schedule in the Temporal Web UI's Schedules page.
+func ScheduleURL(uiBase, namespace, scheduleID string) string {
+	if uiBase == "" {
+		uiBase = DefaultUIURL
+	}
+	return strings.TrimRight(uiBase, "/") + "/namespaces/" + url.PathEscape(namespace) + "/schedules/" + url.PathEscape(scheduleID)
+}

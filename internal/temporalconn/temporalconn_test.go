@@ -71,3 +71,10 @@ func TestWorkflowURL(t *testing.T) {
 		}
 	}
 }
+
+func TestScheduleURL(t *testing.T) {
+	want := "http://localhost:8233/namespaces/default/schedules/weekly-fw"
+	if got := ScheduleURL("", "default", "weekly-fw"); got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+}
