@@ -242,6 +242,20 @@ func TestWorkerMetrics(t *testing.T) {
 			t.Errorf("the scrape has a label %q", id)
 		}
 	}
+	// Every metric registered: a name reused with other labels would be dropped with a warning.
+	if strings.Contains(w.output(), "metric dropped") {
+		t.Errorf("the worker dropped metrics:\n%s", w.tail(20))
+	}
+	// A stop shuts the endpoint down with the worker, cleanly.
+	w.stop()
+	if w.err != nil {
+		t.Errorf("worker exit: %v", w.err)
+	}
+	if resp, err := http.Get(url); err == nil {
+		resp.Body.Close()
+		t.Errorf("the metrics endpoint still answers after the worker stopped")
+	}
+
 	if t.Failed() {
 		var dmflow []string
 		for _, line := range strings.Split(s.body, "\n") {
