@@ -19,6 +19,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/dmflow/dmflow/internal/hub"
+	"github.com/dmflow/dmflow/internal/settings"
 )
 
 // The compose files, relative to the repository root (the project directory).
@@ -148,6 +149,11 @@ func (f facts) listenPorts(s types.ServiceConfig) map[uint32]string {
 		}
 		add(mqtt, "mqtt")
 		add(https, "https")
+	case isDmflow(s) && f.command(s) == "worker":
+		// The worker listens only when given a metrics address.
+		if v := env(s, settings.MetricsAddress); v != "" {
+			add(v, "metrics")
+		}
 	case repo == "temporalio/server":
 		add(client.DefaultHostPort, "grpc")
 		if v := env(s, "FRONTEND_GRPC_PORT"); v != "" {
@@ -239,6 +245,13 @@ func checkProject(p *types.Project, f facts, required []string) []error {
 		for port, what := range listen {
 			if !published[port] {
 				fail(name, "does not publish its %s port %d", what, port)
+			}
+		}
+		// A metrics address on the container's loopback is one no published port and no
+		// Prometheus on the network reaches.
+		if v := env(s, settings.MetricsAddress); isDmflow(s) && v != "" {
+			if host, _, err := net.SplitHostPort(v); err == nil && (host == "localhost" || net.ParseIP(host).IsLoopback()) {
+				fail(name, "%s=%q listens on the container's loopback, which neither the published port nor Prometheus reaches: use \":%s\"", settings.MetricsAddress, v, strings.TrimPrefix(v, host+":"))
 			}
 		}
 
@@ -625,6 +638,14 @@ func TestComposeChecksCatch(t *testing.T) {
 		{"port localhub does not listen on", setPort(svcLocalhub, 0, func(pc *types.ServicePortConfig) { pc.Target = 1883 }), "publishes container port 1883"},
 		{"UI on the wrong port", setPort(svcUI, 0, func(pc *types.ServicePortConfig) { pc.Target = 8088 }), "does not publish its http port 8080"},
 		{"published on all interfaces", setPort(svcTemporal, 0, func(pc *types.ServicePortConfig) { pc.HostIP = "" }), "on all interfaces"},
+		{"worker metrics not published", func(t *testing.T, p *types.Project) {
+			s := svc(t, p, svcWorker)
+			s.Ports = nil
+			p.Services[svcWorker] = s
+		}, "service worker: does not publish its metrics port 9464"},
+		{"worker metrics on another port than published", setEnv(svcWorker, settings.MetricsAddress, ":9465"), "publishes container port 9464"},
+		{"worker metrics on the container's loopback", setEnv(svcWorker, settings.MetricsAddress, "127.0.0.1:9464"), "listens on the container's loopback"},
+		{"worker metrics variable misspelt", setEnv(svcWorker, "DMFLOW_METRICS_ADDR", ":9464"), "sets DMFLOW_METRICS_ADDR, which worker does not read"},
 		{"worker on the wrong Temporal port", setEnv(svcWorker, "TEMPORAL_ADDRESS", "temporal:7234"), "TEMPORAL_ADDRESS=\"temporal:7234\""},
 		{"fleet on localhub's HTTPS port", setEnv(svcFleet, "DMFLOW_MQTT_BROKER", "tls://localhub:8443"), "DMFLOW_MQTT_BROKER"},
 		{"localhub named localhost", setEnv(svcLocalhub, hub.EnvHost, "localhost"), hub.EnvHost},

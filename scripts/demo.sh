@@ -191,6 +191,7 @@ fi
 echo "The stack stays up; Ctrl-C stops it. Try, in another shell:"
 echo "  source $STATE/env"
 echo "  $BIN/starter reboot --device $DEVICE --wait"
+echo "  curl -s http://127.0.0.1:${DMFLOW_METRICS_PORT:-9464}/metrics | grep '^dmflow_'    # the worker's metrics"
 if ((ROLLOUT_DEVICES > 0)); then
   echo "  $BIN/starter rollout start --name my-2.9.0 --query \"SELECT * FROM devices WHERE tags.ring = 'beta'\" --firmware https://fw.example/v2.9.bin --version 2.9.0 --canary 5 --wait"
   echo "  $BIN/starter schedule create weekly-beta --cron \"0 2 * * SUN\" --timezone Europe/Warsaw --reconcile --query \"SELECT * FROM devices WHERE tags.ring = 'beta'\" --firmware https://fw.example/v2.9.bin --version 2.9.0 --window \"0 2 * * SUN for 4h in Europe/Warsaw\""

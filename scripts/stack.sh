@@ -11,6 +11,8 @@ TEMPORAL_PORT=${DMFLOW_TEMPORAL_PORT:-7233}
 TEMPORAL_UI_PORT=${DMFLOW_TEMPORAL_UI_PORT:-8233}
 MQTT_PORT=${DMFLOW_MQTT_PORT:-8883}
 HTTPS_PORT=${DMFLOW_HTTPS_PORT:-8443}
+# The worker's Prometheus endpoint (/metrics, /healthz), on the loopback only.
+METRICS_PORT=${DMFLOW_METRICS_PORT:-9464}
 # Search attributes dmflow's workflows upsert; keep in step with workflows/api.go.
 SEARCH_ATTRIBUTES=${DMFLOW_SEARCH_ATTRIBUTES:-DmflowDevice=Keyword DmflowOperation=Keyword DmflowTargetVersion=Keyword DmflowRollout=Keyword DmflowRolloutState=Keyword}
 
@@ -136,10 +138,11 @@ ENV
   )
 
   if ! running worker; then
+    port_busy "$METRICS_PORT" && die "port $METRICS_PORT (worker metrics) is in use: stop what holds it, or set DMFLOW_METRICS_PORT"
     # shellcheck disable=SC1091
-    (. "$STATE/env" && start worker "$BIN/worker")
+    (. "$STATE/env" && start worker "$BIN/worker" --metrics-address "127.0.0.1:$METRICS_PORT")
     wait_for worker "$STATE/worker.pid" "$STATE/worker.log" "worker ready" 30 || die "worker did not start"
-    log "worker    ready  (log: $STATE/worker.log)"
+    log "worker    ready  metrics=http://127.0.0.1:$METRICS_PORT/metrics (log: $STATE/worker.log)"
   fi
   log "stack up: Temporal UI http://localhost:$TEMPORAL_UI_PORT — 'source $STATE/env' to use it by hand, 'make down' to stop"
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -290,11 +291,78 @@ func hubEnv(extra ...string) []string {
 
 func startWorker(t *testing.T, taskQueue string) *proc {
 	t.Helper()
-	p := startProc(t, "worker", hubEnv("DMFLOW_TASK_QUEUE="+taskQueue), filepath.Join(env.bin, "worker"))
+	return startWorkerWith(t, hubEnv("DMFLOW_TASK_QUEUE="+taskQueue))
+}
+
+// startWorkerWith starts a worker with the environment workerEnv and waits until it is ready.
+func startWorkerWith(t *testing.T, workerEnv []string) *proc {
+	t.Helper()
+	p := startProc(t, "worker", workerEnv, filepath.Join(env.bin, "worker"))
 	if err := p.waitFor("worker ready", 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// workerMetricsRE finds the metrics URL on the ready line of a worker started with
+// DMFLOW_METRICS_ADDRESS (port 0 gets a free one, which only the line tells).
+var workerMetricsRE = regexp.MustCompile(`msg="worker ready" .*metrics=(http://\S+)`)
+
+// metricsURL is the metrics URL of worker p.
+func metricsURL(t *testing.T, p *proc) string {
+	t.Helper()
+	m := workerMetricsRE.FindStringSubmatch(p.output())
+	if m == nil {
+		t.Fatalf("worker ready line without metrics=: %s", p.tail(5))
+	}
+	return m[1]
+}
+
+// ownHub is a localhub of a test's own: fresh state, free ports, flags (throttles) of its own.
+type ownHub struct {
+	cs, caFile, https, mqtt string
+	proc                    *proc
+}
+
+var localhubReady = regexp.MustCompile(`localhub ready host=\S+ mqtt=(\S+) https=(\S+)`)
+
+// startOwnHub starts a localhub with args added to its state directory and ports.
+func startOwnHub(t *testing.T, name string, args ...string) ownHub {
+	t.Helper()
+	state, err := os.MkdirTemp(env.dir, name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args = append([]string{"--state-dir", state, "--mqtt-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0", "--log-format", "text"}, args...)
+	p := startProc(t, name, nil, filepath.Join(env.bin, "localhub"), args...)
+	if err := p.waitFor("localhub ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m := localhubReady.FindStringSubmatch(p.output())
+	if m == nil {
+		t.Fatalf("localhub: no addresses in %q", p.tail(5))
+	}
+	out, err := exec.Command(filepath.Join(env.bin, "localhub"), "connection-string", "--state-dir", state).Output()
+	if err != nil {
+		t.Fatalf("localhub connection-string: %v", err)
+	}
+	return ownHub{cs: strings.TrimSpace(string(out)), caFile: filepath.Join(state, "ca.pem"), https: m[2], mqtt: m[1], proc: p}
+}
+
+// env is the environment of a worker or fleet on this hub and the shared Temporal dev server.
+func (h ownHub) env(extra ...string) []string {
+	return append([]string{
+		"IOTHUB_CONNECTION_STRING=" + h.cs,
+		"DMFLOW_HUB_CA_FILE=" + h.caFile,
+		"DMFLOW_MQTT_BROKER=tls://" + h.mqtt,
+		"TEMPORAL_ADDRESS=" + env.temporalAddr,
+	}, extra...)
+}
+
+// stats reads the hub's stats, with the throttling counts.
+func (h ownHub) stats(t *testing.T) hubStats {
+	t.Helper()
+	return statsOf(t, h.cs, h.caFile, h.https)
 }
 
 func startDevice(t *testing.T, deviceID string, args ...string) *proc {

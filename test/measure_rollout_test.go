@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -448,21 +446,10 @@ func sumNested(m map[string]map[string]int) int {
 	return s
 }
 
-// benchHub is a localhub of the benchmark's own: fresh state, free ports, the tier's throttles.
-type benchHub struct {
-	cs, caFile, https, mqtt string
-	proc                    *proc
-}
-
-var localhubReady = regexp.MustCompile(`localhub ready host=\S+ mqtt=(\S+) https=(\S+)`)
-
-func startBenchHub(t *testing.T, cfg rolloutBenchConfig) benchHub {
+// startBenchHub starts a localhub of the benchmark's own at the tier's throttles.
+func startBenchHub(t *testing.T, cfg rolloutBenchConfig) ownHub {
 	t.Helper()
-	state, err := os.MkdirTemp(env.dir, "bench-localhub-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"--state-dir", state, "--mqtt-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0", "--log-format", "text"}
+	var args []string
 	if cfg.throttle {
 		args = append(args, "--tier", cfg.tier)
 		for _, q := range cfg.quotas {
@@ -471,35 +458,7 @@ func startBenchHub(t *testing.T, cfg rolloutBenchConfig) benchHub {
 	} else {
 		args = append(args, "--no-throttle")
 	}
-	p := startProc(t, "bench-localhub", nil, filepath.Join(env.bin, "localhub"), args...)
-	if err := p.waitFor("localhub ready", 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	m := localhubReady.FindStringSubmatch(p.output())
-	if m == nil {
-		t.Fatalf("localhub: no addresses in %q", p.tail(5))
-	}
-	out, err := exec.Command(filepath.Join(env.bin, "localhub"), "connection-string", "--state-dir", state).Output()
-	if err != nil {
-		t.Fatalf("localhub connection-string: %v", err)
-	}
-	return benchHub{cs: strings.TrimSpace(string(out)), caFile: filepath.Join(state, "ca.pem"), https: m[2], mqtt: m[1], proc: p}
-}
-
-// env is the environment of a worker or fleet on this hub and the shared Temporal dev server.
-func (h benchHub) env(extra ...string) []string {
-	return append([]string{
-		"IOTHUB_CONNECTION_STRING=" + h.cs,
-		"DMFLOW_HUB_CA_FILE=" + h.caFile,
-		"DMFLOW_MQTT_BROKER=tls://" + h.mqtt,
-		"TEMPORAL_ADDRESS=" + env.temporalAddr,
-	}, extra...)
-}
-
-// stats reads the benchmark localhub's stats, with the throttling counts.
-func (h benchHub) stats(t *testing.T) hubStats {
-	t.Helper()
-	return statsOf(t, h.cs, h.caFile, h.https)
+	return startOwnHub(t, "bench-localhub", args...)
 }
 
 // The ceiling: trivial stand-ins for Rollout, FirmwareUpdate and its three activities, on a worker

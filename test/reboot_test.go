@@ -5,6 +5,7 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -199,6 +200,11 @@ func workflowIDFrom(t *testing.T, stdout string) string {
 
 // Bad configuration: one clear line naming the setting, non-zero exit.
 func TestWorkerBadConfiguration(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
 	for _, tc := range []struct {
 		name string
 		env  []string
@@ -209,6 +215,8 @@ func TestWorkerBadConfiguration(t *testing.T) {
 		{"missing CA file", append(hubEnv(), "DMFLOW_HUB_CA_FILE=/nonexistent/ca.pem"), []string{"DMFLOW_HUB_CA_FILE"}},
 		{"unreachable hub", []string{"IOTHUB_CONNECTION_STRING=HostName=127.0.0.1:1;SharedAccessKeyName=iothubowner;SharedAccessKey=c2VjcmV0", "TEMPORAL_ADDRESS=" + env.temporalAddr}, []string{"cannot reach IoT Hub"}},
 		{"unreachable Temporal", append(hubEnv(), "TEMPORAL_ADDRESS=127.0.0.1:1"), []string{"cannot reach Temporal", "TEMPORAL_ADDRESS"}},
+		{"metrics address in use", append(hubEnv(), "DMFLOW_METRICS_ADDRESS="+taken.Addr().String()), []string{"DMFLOW_METRICS_ADDRESS", taken.Addr().String(), "address already in use", "choose a free host:port"}},
+		{"one workflow poller", append(hubEnv(), "DMFLOW_WORKFLOW_POLLERS=1"), []string{"DMFLOW_WORKFLOW_POLLERS", "at least 2"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := startProc(t, "worker-bad", tc.env, filepath.Join(env.bin, "worker"))

@@ -1,6 +1,11 @@
 package main
 
 import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/settings"
@@ -15,6 +20,7 @@ const (
 	envHubCAFile           = settings.HubCAFile
 	envTaskQueue           = settings.TaskQueue
 	envLogFormat           = settings.LogFormat
+	envMetricsAddress      = settings.MetricsAddress
 )
 
 // Config is the worker's whole configuration. The hub connection string lives
@@ -24,12 +30,76 @@ type Config struct {
 	CAFile    string
 	TaskQueue string
 	LogFormat string
-	Temporal  temporalconn.Config
+	// MetricsAddress is where /metrics and /healthz are served (host:port); empty serves
+	// nothing. Off by default: a worker opens no port it was not asked to, and which interface
+	// to expose metrics on is the deployment's choice (make up and the compose file set it).
+	MetricsAddress string
+	Limits         Limits
+	Temporal       temporalconn.Config
+}
+
+// Limits are the worker's concurrency settings; zero keeps the SDK's default.
+type Limits struct {
+	// Activities caps the activity executions at once (SDK default 1,000). Each device in
+	// flight holds one, mostly waiting on the hub.
+	Activities int
+	// WorkflowTasks caps the workflow tasks processed at once (SDK default 1,000).
+	WorkflowTasks int
+	// ActivityPollers and WorkflowPollers are the goroutines that long-poll the task queue
+	// (SDK default 2 each, or the namespace's poller autoscaling when it enrolls workers in it).
+	ActivityPollers, WorkflowPollers int
+	// StickyCacheSize is how many workflow executions the worker keeps in memory between tasks
+	// (SDK default 10,000); one evicted is rebuilt by replaying its history at its next task.
+	StickyCacheSize int
+}
+
+// limit describes one field of Limits: its flag, environment variable and bounds.
+type limit struct {
+	flag, env string
+	// least is the smallest value allowed, and why when it is above 1.
+	least int
+	why   string
+	// what the number is, and the SDK's default, for the help and for errors.
+	what, sdkDefault string
+	field            func(*Limits) *int
+}
+
+// limits are the worker's concurrency settings. The SDK takes 0 for its default and panics on
+// 1 where the minimum is 2, so values are checked here, with the reason, instead.
+var limits = []limit{
+	{
+		flag: "max-concurrent-activities", env: "DMFLOW_MAX_CONCURRENT_ACTIVITIES", least: 1,
+		what: "maximum number of activity executions at once", sdkDefault: "1000",
+		field: func(l *Limits) *int { return &l.Activities },
+	},
+	{
+		flag: "max-concurrent-workflow-tasks", env: "DMFLOW_MAX_CONCURRENT_WORKFLOW_TASKS", least: 2,
+		why:  "the worker polls its sticky queue and the task queue, each needing a slot",
+		what: "maximum number of workflow tasks processed at once", sdkDefault: "1000",
+		field: func(l *Limits) *int { return &l.WorkflowTasks },
+	},
+	{
+		flag: "activity-pollers", env: "DMFLOW_ACTIVITY_POLLERS", least: 1,
+		what: "number of goroutines polling for activity tasks", sdkDefault: "2",
+		field: func(l *Limits) *int { return &l.ActivityPollers },
+	},
+	{
+		flag: "workflow-pollers", env: "DMFLOW_WORKFLOW_POLLERS", least: 2,
+		why:  "one poller would only ever poll the sticky queue, never the task queue",
+		what: "number of goroutines polling for workflow tasks", sdkDefault: "2",
+		field: func(l *Limits) *int { return &l.WorkflowPollers },
+	},
+	{
+		flag: "sticky-cache-size", env: "DMFLOW_STICKY_CACHE_SIZE", least: 1,
+		what: "number of workflow executions kept in memory between tasks", sdkDefault: "10000",
+		field: func(l *Limits) *int { return &l.StickyCacheSize },
+	},
 }
 
 // flagValues are the raw flag values; empty means "not given".
 type flagValues struct {
-	caFile, taskQueue, logFormat, address, namespace string
+	caFile, taskQueue, logFormat, address, namespace, metricsAddress string
+	limits                                                           map[string]*string
 }
 
 func (f *flagValues) register(fs *pflag.FlagSet) {
@@ -38,16 +108,53 @@ func (f *flagValues) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logFormat, "log-format", "", "log format "+logging.Formats+" (env "+envLogFormat+", default text)")
 	fs.StringVar(&f.address, "temporal-address", "", "Temporal frontend host:port (overrides TEMPORAL_ADDRESS)")
 	fs.StringVar(&f.namespace, "temporal-namespace", "", "Temporal namespace (overrides TEMPORAL_NAMESPACE)")
+	fs.StringVar(&f.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDRESS/metrics and a health check at /healthz, e.g. 127.0.0.1:9464 or :9464 (env "+envMetricsAddress+"; default: no endpoint)")
+	f.limits = make(map[string]*string, len(limits))
+	for _, l := range limits {
+		least := ""
+		if l.least > 1 {
+			least = fmt.Sprintf(", at least %d", l.least)
+		}
+		v := new(string)
+		f.limits[l.flag] = v
+		fs.Var(rawFlag{v, "int"}, l.flag, fmt.Sprintf("%s%s (env %s; default: the SDK's, %s)", l.what, least, l.env, l.sdkDefault))
+	}
 }
+
+// rawFlag is a flag kept as given, so that an unset one falls back to the environment and the
+// value is checked with the rest of the configuration; typ is the type the help shows.
+type rawFlag struct {
+	v   *string
+	typ string
+}
+
+func (f rawFlag) String() string     { return *f.v }
+func (f rawFlag) Set(s string) error { *f.v = s; return nil }
+func (f rawFlag) Type() string       { return f.typ }
 
 // resolve applies flags over the environment and validates the result.
 func (f flagValues) resolve(getenv func(string) string) (Config, error) {
 	pick := func(flag, env, def string) string { return settings.Pick(getenv, flag, env, def) }
 	cfg := Config{
-		CAFile:    pick(f.caFile, envHubCAFile, ""),
-		TaskQueue: pick(f.taskQueue, envTaskQueue, workflows.TaskQueue),
-		LogFormat: pick(f.logFormat, envLogFormat, "text"),
-		Temporal:  temporalconn.Config{Address: f.address, Namespace: f.namespace},
+		CAFile:         pick(f.caFile, envHubCAFile, ""),
+		TaskQueue:      pick(f.taskQueue, envTaskQueue, workflows.TaskQueue),
+		LogFormat:      pick(f.logFormat, envLogFormat, "text"),
+		MetricsAddress: pick(f.metricsAddress, envMetricsAddress, ""),
+		Temporal:       temporalconn.Config{Address: f.address, Namespace: f.namespace},
+	}
+	if err := checkAddress(cfg.MetricsAddress, f.metricsAddress != ""); err != nil {
+		return Config{}, err
+	}
+	for _, l := range limits {
+		var flag string
+		if p := f.limits[l.flag]; p != nil {
+			flag = *p
+		}
+		n, err := l.parse(flag, getenv(l.env))
+		if err != nil {
+			return Config{}, err
+		}
+		*l.field(&cfg.Limits) = n
 	}
 	hub, err := hubconn.ParseService(envHubConnectionString, getenv(envHubConnectionString))
 	if err != nil {
@@ -55,4 +162,43 @@ func (f flagValues) resolve(getenv func(string) string) (Config, error) {
 	}
 	cfg.Hub = hub
 	return cfg, nil
+}
+
+// parse reads the limit from the flag, else the environment; 0 when neither is set.
+func (l limit) parse(flag, env string) (int, error) {
+	v, source := flag, "--"+l.flag
+	if v == "" {
+		v, source = env, l.env
+	}
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < l.least {
+		msg := fmt.Sprintf("%s %q is not a whole number of at least %d", source, v, l.least)
+		if l.why != "" {
+			msg += " (" + l.why + ")"
+		}
+		return 0, fmt.Errorf("%s: it is the %s; unset, the SDK's default (%s) applies", msg, l.what, l.sdkDefault)
+	}
+	return n, nil
+}
+
+// checkAddress checks a metrics address before anything starts, naming where it came from.
+func checkAddress(addr string, fromFlag bool) error {
+	if addr == "" {
+		return nil
+	}
+	source := envMetricsAddress
+	if fromFlag {
+		source = "--metrics-address"
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		return fmt.Errorf("%s %q is not host:port: set it to e.g. 127.0.0.1:9464 (this machine only) or :9464 (every interface), or leave it empty for no metrics endpoint", source, addr)
+	}
+	return nil
 }

@@ -2,8 +2,11 @@ package main
 
 import (
 	"encoding/base64"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 
 	"github.com/dmflow/dmflow/workflows"
 )
@@ -38,6 +41,61 @@ func TestResolve(t *testing.T) {
 					t.Errorf("got %+v", c)
 				}
 			},
+		},
+		{
+			name: "metrics and limits from env",
+			env: map[string]string{envHubConnectionString: testCS, envMetricsAddress: ":9464",
+				"DMFLOW_MAX_CONCURRENT_ACTIVITIES": "200", "DMFLOW_STICKY_CACHE_SIZE": " 5000 "},
+			want: func(t *testing.T, c Config) {
+				if c.MetricsAddress != ":9464" || c.Limits != (Limits{Activities: 200, StickyCacheSize: 5000}) {
+					t.Errorf("got %+v", c)
+				}
+			},
+		},
+		{
+			name: "metrics and limits: flags override env",
+			flags: flagValues{metricsAddress: "127.0.0.1:0", limits: map[string]*string{
+				"max-concurrent-activities": ptr("50"), "max-concurrent-workflow-tasks": ptr("20"),
+				"activity-pollers": ptr("4"), "workflow-pollers": ptr("3"), "sticky-cache-size": ptr("100")}},
+			env: map[string]string{envHubConnectionString: testCS, envMetricsAddress: ":9464", "DMFLOW_MAX_CONCURRENT_ACTIVITIES": "200"},
+			want: func(t *testing.T, c Config) {
+				want := Limits{Activities: 50, WorkflowTasks: 20, ActivityPollers: 4, WorkflowPollers: 3, StickyCacheSize: 100}
+				if c.MetricsAddress != "127.0.0.1:0" || c.Limits != want {
+					t.Errorf("got %+v, want limits %+v", c, want)
+				}
+			},
+		},
+		{
+			name:    "metrics address without a port",
+			env:     map[string]string{envHubConnectionString: testCS, envMetricsAddress: "localhost"},
+			wantErr: []string{envMetricsAddress, `"localhost"`, "host:port", "127.0.0.1:9464"},
+		},
+		{
+			name:    "metrics address from the flag is named as the flag",
+			flags:   flagValues{metricsAddress: "127.0.0.1:http"},
+			env:     map[string]string{envHubConnectionString: testCS},
+			wantErr: []string{"--metrics-address", "host:port"},
+		},
+		{
+			name:    "limit not a number",
+			env:     map[string]string{envHubConnectionString: testCS, "DMFLOW_ACTIVITY_POLLERS": "many"},
+			wantErr: []string{"DMFLOW_ACTIVITY_POLLERS", `"many"`, "whole number of at least 1", "number of goroutines polling for activity tasks", "SDK's default (2) applies"},
+		},
+		{
+			name:    "limit zero",
+			env:     map[string]string{envHubConnectionString: testCS, "DMFLOW_MAX_CONCURRENT_ACTIVITIES": "0"},
+			wantErr: []string{"DMFLOW_MAX_CONCURRENT_ACTIVITIES", "at least 1"},
+		},
+		{
+			name:    "one workflow poller says why not",
+			flags:   flagValues{limits: map[string]*string{"workflow-pollers": ptr("1")}},
+			env:     map[string]string{envHubConnectionString: testCS},
+			wantErr: []string{"--workflow-pollers", "at least 2", "sticky queue"},
+		},
+		{
+			name:    "one workflow task slot says why not",
+			env:     map[string]string{envHubConnectionString: testCS, "DMFLOW_MAX_CONCURRENT_WORKFLOW_TASKS": "1"},
+			wantErr: []string{"DMFLOW_MAX_CONCURRENT_WORKFLOW_TASKS", "at least 2", "sticky queue"},
 		},
 		{
 			name:    "missing connection string names the setting and form",
@@ -76,5 +134,34 @@ func TestResolve(t *testing.T) {
 			}
 			tc.want(t, c)
 		})
+	}
+}
+
+func ptr(s string) *string { return &s }
+
+// Every limit has a flag and an environment variable, and the flags parse into Config.
+func TestLimitFlags(t *testing.T) {
+	var f flagValues
+	fs := pflag.NewFlagSet("worker", pflag.ContinueOnError)
+	f.register(fs)
+	args := []string{"--metrics-address", ":9464"}
+	for i, l := range limits {
+		if !strings.HasPrefix(l.env, "DMFLOW_") || fs.Lookup(l.flag) == nil {
+			t.Errorf("limit %s: env %s, flag registered %v", l.flag, l.env, fs.Lookup(l.flag) != nil)
+		}
+		if u := fs.Lookup(l.flag).Usage; !strings.Contains(u, l.env) || !strings.Contains(u, "default: the SDK's") {
+			t.Errorf("--%s usage %q", l.flag, u)
+		}
+		args = append(args, "--"+l.flag, strconv.Itoa(10+i))
+	}
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.resolve(func(k string) string { return map[string]string{envHubConnectionString: testCS}[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Limits{Activities: 10, WorkflowTasks: 11, ActivityPollers: 12, WorkflowPollers: 13, StickyCacheSize: 14}); c.Limits != want || c.MetricsAddress != ":9464" {
+		t.Errorf("got %+v, want limits %+v", c, want)
 	}
 }

@@ -10,12 +10,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
+	"github.com/dmflow/dmflow/internal/metrics"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
 	"go.temporal.io/sdk/worker"
@@ -38,7 +40,11 @@ func newCommand(getenv func(string) string) *cobra.Command {
 Temporal is configured the standard way (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
 TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE). IoT Hub is reached with
 IOTHUB_CONNECTION_STRING (a service policy connection string); for localhub
-also set DMFLOW_HUB_CA_FILE to its ca.pem.`,
+also set DMFLOW_HUB_CA_FILE to its ca.pem.
+
+With --metrics-address (DMFLOW_METRICS_ADDRESS) the worker serves Prometheus
+metrics at /metrics, the Temporal SDK's and dmflow's (device operations, hub
+calls by status, 429s, rollout progress), and /healthz.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -64,6 +70,33 @@ func run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	// The endpoint comes first: an address in use fails here, before any connection is made.
+	var endpoint *metrics.Server
+	if cfg.MetricsAddress != "" {
+		reg, err := metrics.New(logger)
+		if err != nil {
+			return err
+		}
+		endpoint, err = metrics.Listen(cfg.MetricsAddress, reg, logger)
+		if err != nil {
+			return fmt.Errorf("%s (--metrics-address) %s: %w: choose a free host:port, or leave it empty for no endpoint", envMetricsAddress, cfg.MetricsAddress, err)
+		}
+		defer func() {
+			// The registry reports what was counted last before the endpoint goes.
+			if err := reg.Close(); err != nil {
+				logger.Warn("closing the metrics", "error", err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := endpoint.Shutdown(ctx); err != nil {
+				logger.Warn("stopping the metrics endpoint", "error", err)
+			}
+		}()
+		// The SDK's metrics and dmflow's (workflows and activities emit through the SDK's
+		// handler) go to the one registry.
+		cfg.Temporal.MetricsHandler = reg.Handler()
+	}
+
 	hub, err := hubconn.NewServiceClient(cfg.Hub, cfg.CAFile)
 	if err != nil {
 		return err
@@ -78,6 +111,11 @@ func run(ctx context.Context, cfg Config) error {
 	}
 	defer tc.Close()
 
+	lim := cfg.Limits
+	if lim.StickyCacheSize > 0 {
+		// Process-wide, and read when the first worker starts.
+		worker.SetStickyWorkflowCacheSize(lim.StickyCacheSize)
+	}
 	w := worker.New(tc, cfg.TaskQueue, worker.Options{
 		// Heartbeats reach the server at most this long after an activity records them (default:
 		// 80% of the heartbeat timeout, 24 s for FollowStages). The firmware stages a client shows
@@ -85,18 +123,36 @@ func run(ctx context.Context, cfg Config) error {
 		// The cost is small: the polls heartbeat once per twin read anyway, and InvokeMethod's
 		// heartbeats while a call is in flight (every ~3 s) are sent each instead of one per 8 s.
 		MaxHeartbeatThrottleInterval: heartbeatThrottle,
+		// Zero keeps each SDK default.
+		MaxConcurrentActivityExecutionSize:     lim.Activities,
+		MaxConcurrentWorkflowTaskExecutionSize: lim.WorkflowTasks,
+		MaxConcurrentActivityTaskPollers:       lim.ActivityPollers,
+		MaxConcurrentWorkflowTaskPollers:       lim.WorkflowPollers,
 	})
 	w.RegisterWorkflow(workflows.Reboot)
 	w.RegisterWorkflow(workflows.FirmwareUpdate)
 	w.RegisterWorkflow(workflows.Rollout)
-	w.RegisterActivity(&activities.Activities{Hub: hub})
+	w.RegisterActivity(&activities.Activities{Hub: activities.MeteredHub(hub)})
 
 	if err := w.Start(); err != nil {
 		return fmt.Errorf("start worker on task queue %s: %w", cfg.TaskQueue, err)
 	}
-	logger.Info("worker ready", "task_queue", cfg.TaskQueue, "hub", hub.HostName())
+	ready := []any{"task_queue", cfg.TaskQueue, "hub", hub.HostName()}
+	if endpoint != nil {
+		endpoint.SetReady(true)
+		ready = append(ready, "metrics", endpoint.URL())
+	}
+	for _, l := range limits {
+		if n := *l.field(&lim); n > 0 {
+			ready = append(ready, strings.ReplaceAll(l.flag, "-", "_"), n)
+		}
+	}
+	logger.Info("worker ready", ready...)
 	<-ctx.Done()
 	logger.Info("worker stopping")
+	if endpoint != nil {
+		endpoint.SetReady(false)
+	}
 	// Stop waits for running activities up to WorkerStopTimeout; unfinished
 	// ones are retried elsewhere, their heartbeats telling where to resume.
 	w.Stop()

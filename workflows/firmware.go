@@ -77,7 +77,9 @@ func FirmwareUpdate(ctx workflow.Context, in FirmwareInput) (FirmwareResult, err
 	}
 	if err != nil {
 		logger.Error("invalid input", "error", err)
-		return FirmwareResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalidInput, nil)
+		err = temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalidInput, nil)
+		countOperation(ctx, OperationFirmware, DeviceUpdated, err)
+		return FirmwareResult{}, err
 	}
 
 	started := workflow.Now(ctx)
@@ -107,6 +109,11 @@ func FirmwareUpdate(ctx workflow.Context, in FirmwareInput) (FirmwareResult, err
 		return FirmwareResult{}, err
 	}
 	res, err := f.run(ctx)
+	ok := DeviceUpdated
+	if res.Status == FirmwareSkipped {
+		ok = DeviceSkipped
+	}
+	countOperation(ctx, OperationFirmware, ok, err)
 	if err != nil {
 		f.logger.Error("firmware update failed", "step", f.status.Step, "stage", f.status.Stage, "error", err)
 		f.setStep(ctx, StepFailed)

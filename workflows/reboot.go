@@ -47,7 +47,9 @@ func Reboot(ctx workflow.Context, in RebootInput) (RebootResult, error) {
 	logger := log.With(workflow.GetLogger(ctx), "device", in.DeviceID, "workflow_id", info.WorkflowExecution.ID)
 	if err := in.Validate(); err != nil {
 		logger.Error("invalid input", "error", err)
-		return RebootResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalidInput, nil)
+		err = temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalidInput, nil)
+		countOperation(ctx, OperationReboot, DeviceRebooted, err)
+		return RebootResult{}, err
 	}
 	in = in.withDefaults()
 
@@ -74,7 +76,9 @@ func Reboot(ctx workflow.Context, in RebootInput) (RebootResult, error) {
 	); err != nil {
 		return RebootResult{}, err
 	}
-	return r.run(ctx, info.WorkflowExecution.ID)
+	res, err := r.run(ctx, info.WorkflowExecution.ID)
+	countOperation(ctx, OperationReboot, DeviceRebooted, err)
+	return res, err
 }
 
 // reboot is the state of one Reboot execution.

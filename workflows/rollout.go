@@ -156,6 +156,8 @@ type rollout struct {
 	changes int
 	// cancelChildren cancels every device workflow in flight.
 	cancelChildren workflow.CancelFunc
+	// metrics is what observe last emitted (metrics.go).
+	metrics rolloutMetrics
 }
 
 // restore takes over the state carried by continue-as-new.
@@ -662,6 +664,7 @@ func (r *rollout) end(ctx workflow.Context, state string) {
 // setState changes the state and keeps the DmflowRolloutState search attribute current.
 func (r *rollout) setState(ctx workflow.Context, state string) {
 	r.state = state
+	r.observe(ctx)
 	if state == r.publishedState {
 		return
 	}

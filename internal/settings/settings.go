@@ -20,6 +20,8 @@ const (
 	LogFormat = "DMFLOW_LOG_FORMAT"
 	// TemporalUI is the Temporal Web UI base URL used in links.
 	TemporalUI = "DMFLOW_TEMPORAL_UI"
+	// MetricsAddress is the host:port a command serves Prometheus metrics on; empty for none.
+	MetricsAddress = "DMFLOW_METRICS_ADDRESS"
 )
 
 // Pick returns flag when set, else the environment variable env when set,

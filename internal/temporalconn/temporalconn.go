@@ -27,6 +27,9 @@ type Config struct {
 	Address   string // host:port of the frontend; default localhost:7233
 	Namespace string // default "default"
 	UIURL     string // base URL of the Temporal Web UI, for links
+	// MetricsHandler receives the SDK's metrics (the worker passes its Prometheus registry's);
+	// nil keeps the SDK's default, which drops them.
+	MetricsHandler client.MetricsHandler
 	// Env replaces the process environment (tests); nil reads the real one.
 	Env envconfig.EnvLookup
 }
@@ -52,6 +55,9 @@ func (c Config) ClientOptions(logger *slog.Logger) (client.Options, error) {
 	}
 	if logger != nil {
 		opts.Logger = tlog.NewStructuredLogger(logger)
+	}
+	if c.MetricsHandler != nil {
+		opts.MetricsHandler = c.MetricsHandler
 	}
 	return opts, nil
 }

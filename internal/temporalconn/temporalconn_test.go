@@ -1,10 +1,15 @@
 package temporalconn
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
+
+	"github.com/uber-go/tally/v4"
+	sdktally "go.temporal.io/sdk/contrib/tally"
 )
 
 // fakeEnv implements envconfig.EnvLookup over a map.
@@ -39,6 +44,31 @@ func TestClientOptions(t *testing.T) {
 				t.Errorf("got %s/%s, want %s/%s", o.HostPort, o.Namespace, tc.wantHost, tc.wantNS)
 			}
 		})
+	}
+}
+
+func TestClientOptionsLoggerAndMetrics(t *testing.T) {
+	env := fakeEnv{"TEMPORAL_CONFIG_FILE": "/nonexistent.toml"}
+	o, err := Config{Env: env}.ClientOptions(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Logger != nil || o.MetricsHandler != nil {
+		t.Errorf("without a logger and handler: logger %v, metrics handler %v, want the SDK's defaults", o.Logger, o.MetricsHandler)
+	}
+	var buf bytes.Buffer
+	h := sdktally.NewMetricsHandler(tally.NewTestScope("", nil))
+	o, err = Config{Env: env, MetricsHandler: h}.ClientOptions(slog.New(slog.NewJSONHandler(&buf, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.MetricsHandler != h {
+		t.Errorf("metrics handler %v, want the one passed", o.MetricsHandler)
+	}
+	// The SDK's own log lines go to the same slog handler.
+	o.Logger.Info("from the sdk", "Namespace", "default")
+	if !strings.Contains(buf.String(), `"msg":"from the sdk","Namespace":"default"`) {
+		t.Errorf("SDK log line %q did not reach the slog handler", buf.String())
 	}
 }
 

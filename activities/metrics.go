@@ -1,0 +1,139 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"strconv"
+
+	"github.com/amenzhinsky/iothub/iotservice"
+	"go.temporal.io/sdk/activity"
+)
+
+// Metrics the activities emit through the SDK's metrics handler (activity.GetMetricsHandler), so
+// that they reach the worker's Prometheus registry with the SDK's own and carry its labels
+// (namespace, task_queue, workflow_type, activity_type). Prometheus sees counters with _total.
+const (
+	// MetricHubCalls counts IoT Hub calls, labelled LabelCall and LabelStatus.
+	MetricHubCalls = "dmflow_hub_calls"
+	// MetricHubThrottled counts the calls the hub refused with 429 (ThrottlingException),
+	// labelled LabelCall: the signal that the hub's quota, not dmflow, sets the pace.
+	MetricHubThrottled = "dmflow_hub_throttled"
+
+	// LabelCall names the hub call: CallInvokeMethod, CallGetTwin, CallQuery.
+	LabelCall = "call"
+	// LabelStatus is the HTTP status the hub answered ("200", "404", "429", "504", ...), or
+	// StatusTimeout, StatusCancelled or StatusError when no answer came.
+	LabelStatus = "status"
+)
+
+// Values of LabelCall.
+const (
+	CallInvokeMethod = "invoke_method"
+	CallGetTwin      = "get_twin"
+	// CallQuery is one page of a device query: a query of 2,500 twins is three calls.
+	CallQuery = "query"
+)
+
+// Values of LabelStatus for calls that got no HTTP answer.
+const (
+	// StatusTimeout: the call's deadline passed first.
+	StatusTimeout = "timeout"
+	// StatusCancelled: the activity was cancelled during the call.
+	StatusCancelled = "cancelled"
+	// StatusError: the request failed otherwise (connection refused, TLS, DNS, a body that does
+	// not decode).
+	StatusError = "error"
+)
+
+// statusOK is what the hub answered a call that returned no error. A direct method the device
+// answered with 4xx or 5xx is still an HTTP 200 from the hub: the device's status is in the
+// result, the call itself succeeded.
+const statusOK = "200"
+
+// statusThrottled is IoT Hub's answer to a call over its quota (ThrottlingException, 429001).
+const statusThrottled = "429"
+
+// MeteredHub returns hub with every call counted in MetricHubCalls (and 429s in
+// MetricHubThrottled), when made from an activity; the worker wraps its service client in it.
+// Calls from outside an activity (a check at start) pass through uncounted: only an activity's
+// context carries the handler, and its labels.
+func MeteredHub(hub Hub) Hub { return meteredHub{hub} }
+
+type meteredHub struct{ hub Hub }
+
+func (m meteredHub) CallDeviceMethod(ctx context.Context, deviceID string, call *iotservice.MethodCall) (*iotservice.MethodResult, error) {
+	res, err := m.hub.CallDeviceMethod(ctx, deviceID, call)
+	countHubCall(ctx, CallInvokeMethod, hubStatus(err))
+	return res, err
+}
+
+func (m meteredHub) GetDeviceTwin(ctx context.Context, deviceID string) (*iotservice.Twin, error) {
+	twin, err := m.hub.GetDeviceTwin(ctx, deviceID)
+	countHubCall(ctx, CallGetTwin, hubStatus(err))
+	return twin, err
+}
+
+// QueryDevices counts each page the client fetches. The client requests page after page itself;
+// a new page shows as its first twin arriving in the row map of page 1's first twin, which the
+// client decodes every page into (see Hub), as the QueryDevices activity tells pages apart too.
+// A page without twins shows only as the first (an empty result).
+func (m meteredHub) QueryDevices(ctx context.Context, query string, fn func(v map[string]interface{}) error) error {
+	var (
+		first reflect.Value
+		pages int
+		fnErr error
+	)
+	err := m.hub.QueryDevices(ctx, query, func(row map[string]interface{}) error {
+		if v := reflect.ValueOf(row); !first.IsValid() {
+			first, pages = v, 1
+		} else if v.UnsafePointer() == first.UnsafePointer() {
+			pages++
+		}
+		fnErr = fn(row)
+		return fnErr
+	})
+	// fn ending the query is no failed request; any other error is the request for the next
+	// page's (or the first's).
+	failed := err != nil && (fnErr == nil || !errors.Is(err, fnErr))
+	if pages == 0 && !failed {
+		pages = 1
+	}
+	for range pages {
+		countHubCall(ctx, CallQuery, statusOK)
+	}
+	if failed {
+		countHubCall(ctx, CallQuery, hubStatus(err))
+	}
+	return err
+}
+
+// hubStatus is the LabelStatus of a call that returned err.
+func hubStatus(err error) string {
+	if err == nil {
+		return statusOK
+	}
+	if he, ok := parseHubError(err); ok {
+		return strconv.Itoa(he.status)
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return StatusTimeout
+	case errors.Is(err, context.Canceled):
+		return StatusCancelled
+	}
+	return StatusError
+}
+
+// countHubCall adds one call to the metrics of ctx's activity; outside an activity it does
+// nothing.
+func countHubCall(ctx context.Context, call, status string) {
+	if !activity.IsActivity(ctx) {
+		return
+	}
+	h := activity.GetMetricsHandler(ctx)
+	h.WithTags(map[string]string{LabelCall: call, LabelStatus: status}).Counter(MetricHubCalls).Inc(1)
+	if status == statusThrottled {
+		h.WithTags(map[string]string{LabelCall: call}).Counter(MetricHubThrottled).Inc(1)
+	}
+}
