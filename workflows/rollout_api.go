@@ -188,7 +188,10 @@ type RolloutInput struct {
 //
 // Recurring: Cron is a five-field cron expression (minute hour day-of-month month day-of-week)
 // giving the times the window opens, in TimeZone (an IANA name, default UTC); it stays open for
-// Duration. Absolute: the window is open from Start (inclusive) to End (exclusive).
+// Duration, elapsed time. Where the clocks change, a start the clocks jump over opens the window
+// when they land (0 2 * * SUN in Europe/Warsaw opens at 03:00 on the last Sunday of March), and a
+// start they pass twice opens it once, at the first. Absolute: the window is open from Start
+// (inclusive) to End (exclusive). Overlapping and adjoining openings of windows merge into one.
 type Window struct {
 	Cron     string        `json:"cron,omitempty"`
 	Duration time.Duration `json:"duration,omitempty"`
