@@ -340,6 +340,8 @@ type RolloutProgress struct {
 	Updated  time.Time     `json:"updated"`
 	Finished time.Time     `json:"finished,omitzero"`
 	Active   time.Duration `json:"active"`
+	// Waited is the time spent waiting for a maintenance window (not paused) up to Updated.
+	Waited time.Duration `json:"waited,omitempty"`
 
 	// WindowOpens is when the next maintenance window opens, while the rollout is waiting;
 	// WindowCloses when the open one closes, while it is running in a window with devices left to

@@ -180,12 +180,13 @@ func (r *rollout) progress() RolloutProgress {
 		p.WaveDone = r.waveDone[w]
 		p.WaveFailed = r.waveFailed[w]
 	}
-	p.Active = r.now.Sub(r.st.Started) - r.st.PausedFor - r.st.WaitedFor
+	p.Waited = r.st.WaitedFor
+	if !r.waitingSince.IsZero() {
+		p.Waited += r.now.Sub(r.waitingSince)
+	}
+	p.Active = r.now.Sub(r.st.Started) - r.st.PausedFor - p.Waited
 	if r.st.Paused {
 		p.Active -= r.now.Sub(r.st.PausedSince)
-	}
-	if !r.waitingSince.IsZero() {
-		p.Active -= r.now.Sub(r.waitingSince)
 	}
 	p.Active = max(p.Active, 0)
 	r.windowProgress(&p)

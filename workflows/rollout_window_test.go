@@ -108,6 +108,10 @@ func TestRolloutSpansThreeWindows(t *testing.T) {
 
 	// Active leaves out the waits (12:00–13:00, 13:20–16:00, 16:20–19:00): 20 + 20 + 12 minutes.
 	assert.Equal(t, 52*time.Minute, p.Active)
+	assert.Equal(t, 6*time.Hour+20*time.Minute, p.Waited)
+	// A snapshot counts up to its last change, here wave 2's three finishing at 13:24.
+	assert.Equal(t, at(0, 13, 24), between.Updated)
+	assert.Equal(t, time.Hour+4*time.Minute, between.Waited)
 	assert.Equal(t, []string{workflows.RolloutResolving, workflows.RolloutWaiting, workflows.RolloutRunning, workflows.RolloutWaiting,
 		workflows.RolloutRunning, workflows.RolloutWaiting, workflows.RolloutRunning, workflows.RolloutCompleted}, *states)
 }
@@ -183,6 +187,7 @@ func TestRolloutPauseWhileWaitingThenResume(t *testing.T) {
 	// active 5 minutes.
 	assert.Equal(t, start.Add(75*time.Minute), p.Finished)
 	assert.Equal(t, 5*time.Minute, p.Active)
+	assert.Equal(t, 40*time.Minute, p.Waited)
 }
 
 // When no window opens any more, the devices left end as not started and the rollout as aborted
