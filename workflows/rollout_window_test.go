@@ -139,6 +139,26 @@ func TestRolloutCancelWhileWaiting(t *testing.T) {
 	assert.Empty(t, sim.starts)
 }
 
+// Cancelling the workflow in Temporal while it waits ends it as cancelled at once too.
+func TestRolloutWorkflowCancellationWhileWaiting(t *testing.T) {
+	sim := newFleetSim()
+	env := newRolloutEnv(t, sim)
+	in := rolloutInput(4)
+	in.Windows = []workflows.Window{{Cron: "0 3 * * *", Duration: time.Hour}}
+	env.RegisterDelayedCallback(env.CancelWorkflow, 10*time.Minute)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	var canceled *temporal.CanceledError
+	require.ErrorAs(t, env.GetWorkflowError(), &canceled)
+	var p workflows.RolloutProgress
+	require.NoError(t, canceled.Details(&p))
+	assert.Equal(t, workflows.RolloutCancelled, p.State)
+	assert.Equal(t, 4, p.NotStarted)
+	assert.Equal(t, start.Add(10*time.Minute), p.Finished)
+	assert.Empty(t, sim.starts)
+}
+
 // Pause while waiting shows paused; resume before the window returns to waiting, and the devices
 // start when it opens. Waiting and paused time are both left out of Active.
 func TestRolloutPauseWhileWaitingThenResume(t *testing.T) {
