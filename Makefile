@@ -55,7 +55,7 @@ test-integration: build ## real processes: Temporal dev server, localhub, simdev
 	go test -tags integration -count=1 -timeout 20m -v ./test/... 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 record-histories: build ## re-record workflows/testdata/*.json from the integration tests
-	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd|TestFirmwareEndToEnd|TestRolloutEndToEnd' ./test/...
+	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd|TestFirmwareEndToEnd|TestRolloutEndToEnd|TestRolloutWindows' ./test/...
 
 fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
 	scripts/fuzz.sh

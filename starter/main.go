@@ -8,6 +8,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
+	// The time zone database, for maintenance windows in a time zone (the rollout's input is
+	// validated here too) and for TZ=<zone> on a machine without one.
+	_ "time/tzdata"
 
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/internal/temporalconn"
@@ -49,6 +53,31 @@ type globals struct {
 	temporal temporalconn.Config
 	output   string
 	getenv   func(string) string
+	// clock tells the time and zone times are shown in; the zero value is the machine's.
+	clock clock
+}
+
+// clock is the wall clock and time zone of the starter's output: time.Now and time.Local unless
+// a test sets them.
+type clock struct {
+	now func() time.Time
+	loc *time.Location
+}
+
+// Now is the time now.
+func (c clock) Now() time.Time {
+	if c.now == nil {
+		return time.Now()
+	}
+	return c.now()
+}
+
+// Loc is the time zone to show times in.
+func (c clock) Loc() *time.Location {
+	if c.loc == nil {
+		return time.Local
+	}
+	return c.loc
 }
 
 func newRoot(stdout io.Writer, getenv func(string) string) *cobra.Command {

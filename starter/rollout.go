@@ -309,6 +309,16 @@ func describeInput(in workflows.RolloutInput) string {
 	return b.String()
 }
 
+// windowsText lists maintenance windows as ParseWindow reads them: "0 2 * * SUN for 4h in
+// Europe/Warsaw; 2026-11-29T02:00:00Z/2026-11-29T06:00:00Z".
+func windowsText(ws []workflows.Window) string {
+	parts := make([]string, len(ws))
+	for i, w := range ws {
+		parts[i] = w.String()
+	}
+	return strings.Join(parts, "; ")
+}
+
 // runStart starts the rollout or attaches to the one of that name, prints where to follow it and,
 // with --wait, follows it.
 func runStart(ctx context.Context, api rolloutAPI, in workflows.RolloutInput, f startFlags, output string, wo watchOptions) error {
@@ -322,6 +332,10 @@ func runStart(ctx context.Context, api rolloutAPI, in workflows.RolloutInput, f 
 	}
 	if output == "text" {
 		fmt.Fprintf(out, "%s rollout %s: %s\n  workflow: %s\n  ui:       %s\n", startVerb(existing), in.Name, describeInput(in), res.WorkflowID, res.URL)
+		if existing == "" && len(in.Windows) > 0 {
+			// Outside its windows a rollout starts no device: say when it may.
+			fmt.Fprintf(out, "  windows:  %s\n", windowsText(in.Windows))
+		}
 		running := existing == "" || existing == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING.String()
 		switch {
 		case existing == "":
@@ -368,7 +382,10 @@ func (r *rolloutCmd) statusCommand() *cobra.Command {
 		Long: `Prints the rollout's state (and the reason of a pause, abort, cancellation or
 failure), its device counts, the current wave, its speed in devices per minute
 (time paused not counted), the estimated time left, and the Temporal UI link.
-With --output json, the progress as the workflow reports it.
+A rollout with maintenance windows shows when the next window opens while it
+waits ("waiting for window, opens at …"), or when the open one closes; time
+spent waiting counts neither in the speed nor in the estimate. With --output
+json, the progress as the workflow reports it.
 
 Exits 0 whenever the progress could be read, whatever the rollout's state; use
 watch (or --output json) to act on the outcome.`,
@@ -382,7 +399,7 @@ watch (or --output json) to act on the outcome.`,
 				if r.g.output == "json" {
 					return writeJSON(cmd.OutOrStdout(), p)
 				}
-				printStatus(cmd.OutOrStdout(), p, api.URL(args[0]))
+				printStatus(cmd.OutOrStdout(), p, api.URL(args[0]), r.g.clock.Now(), r.g.clock.Loc())
 				return nil
 			})
 		},
@@ -440,7 +457,8 @@ not the rollout.`,
 
 // watchOptions configures the live view for the command's output and --output.
 func (r *rolloutCmd) watchOptions(cmd *cobra.Command, poll time.Duration) watchOptions {
-	o := watchOptions{out: cmd.OutOrStdout(), lines: cmd.OutOrStdout(), poll: max(poll, 10*time.Millisecond), minGap: time.Second, pollTimeout: 5 * time.Second}
+	o := watchOptions{out: cmd.OutOrStdout(), lines: cmd.OutOrStdout(), poll: max(poll, 10*time.Millisecond), minGap: time.Second, pollTimeout: 5 * time.Second,
+		now: r.g.clock.Now, loc: r.g.clock.Loc()}
 	if r.g.output == "json" {
 		// Standard output holds the JSON document alone.
 		o.lines = cmd.ErrOrStderr()
@@ -479,7 +497,7 @@ refusal prints the rollout's reason and exits 1.`,
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
-				return runControl(ctx, api, args[0], update, reason, r.g.output, cmd.OutOrStdout())
+				return runControl(ctx, api, args[0], update, reason, r.g.output, cmd.OutOrStdout(), r.g.clock)
 			})
 		},
 	}
@@ -488,7 +506,7 @@ refusal prints the rollout's reason and exits 1.`,
 }
 
 // runControl sends pause, resume or cancel and prints the progress after it.
-func runControl(ctx context.Context, api rolloutAPI, name, update, reason, output string, out io.Writer) error {
+func runControl(ctx context.Context, api rolloutAPI, name, update, reason, output string, out io.Writer, clk clock) error {
 	cctx, cancel := context.WithTimeout(ctx, controlTimeout)
 	defer cancel()
 	p, err := api.Control(cctx, name, update, reason)
@@ -504,7 +522,7 @@ func runControl(ctx context.Context, api rolloutAPI, name, update, reason, outpu
 	if output == "json" {
 		return writeJSON(out, p)
 	}
-	printStatus(out, p, api.URL(name))
+	printStatus(out, p, api.URL(name), clk.Now(), clk.Loc())
 	switch {
 	case p.State == workflows.RolloutPaused:
 		fmt.Fprintf(out, "  resume:    starter rollout resume %s\n", name)

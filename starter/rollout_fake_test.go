@@ -135,7 +135,7 @@ func (f *fakeRollouts) Control(_ context.Context, name, update, reason string) (
 func runRolloutCLI(t *testing.T, api rolloutAPI, stdin string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	g := &globals{getenv: func(string) string { return "" }}
+	g := &globals{getenv: func(string) string { return "" }, clock: testClock}
 	root := &cobra.Command{
 		Use: "starter", SilenceUsage: true, SilenceErrors: true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
@@ -176,9 +176,22 @@ func prog(state string, mod func(p *workflows.RolloutProgress)) workflows.Rollou
 	return p
 }
 
-// testWatch are watch options for tests: fast polls, plain lines into w, no rate limit.
+// testWatch are watch options for tests: fast polls, plain lines into w, no rate limit, the time
+// and zone of testClock.
 func testWatch(w io.Writer) watchOptions {
-	return watchOptions{out: w, lines: w, poll: time.Millisecond, pollTimeout: time.Second}
+	return watchOptions{out: w, lines: w, poll: time.Millisecond, pollTimeout: time.Second, now: testClock.Now, loc: testClock.Loc()}
+}
+
+// testClock is the starter's clock in tests: t0 plus ten minutes, in Warsaw (CEST in May, so
+// times show as 14:00 CEST for 12:00 UTC).
+var testClock = clock{now: func() time.Time { return t0.Add(10 * time.Minute) }, loc: mustLoadLocation("Europe/Warsaw")}
+
+func mustLoadLocation(name string) *time.Location {
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		panic(err)
+	}
+	return loc
 }
 
 // syncBuffer is a bytes.Buffer for a writer on another goroutine.

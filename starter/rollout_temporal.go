@@ -25,8 +25,8 @@ type rolloutAPI interface {
 	// Progress asks the progress query.
 	Progress(ctx context.Context, name string) (workflows.RolloutProgress, error)
 	// Outcome waits until the rollout's workflow has closed and returns its final progress: the
-	// workflow's result, or the details of its RolloutAborted failure. Any other end (a failed
-	// resolution, a termination, a timeout) is an error.
+	// workflow's result, or the details of its RolloutAborted or RolloutNoWindow failure. Any
+	// other end (a failed resolution, a termination, a timeout) is an error.
 	Outcome(ctx context.Context, name string) (workflows.RolloutProgress, error)
 	// Report asks the report query for one page.
 	Report(ctx context.Context, name string, req workflows.ReportRequest) (workflows.ReportPage, error)
@@ -129,11 +129,13 @@ func (t *temporalRollouts) Outcome(ctx context.Context, name string) (workflows.
 	return p, t.mapErr(name, err)
 }
 
-// abortedProgress takes the final progress out of a rollout's RolloutAborted failure.
+// abortedProgress takes the final progress out of a rollout's RolloutAborted or RolloutNoWindow
+// failure: both end the rollout as aborted.
 func abortedProgress(err error) (workflows.RolloutProgress, bool) {
 	var p workflows.RolloutProgress
 	var app *temporal.ApplicationError
-	if errors.As(err, &app) && app.Type() == workflows.ErrRolloutAborted && app.HasDetails() && app.Details(&p) == nil {
+	if errors.As(err, &app) && (app.Type() == workflows.ErrRolloutAborted || app.Type() == workflows.ErrRolloutNoWindow) &&
+		app.HasDetails() && app.Details(&p) == nil {
 		return p, true
 	}
 	return p, false

@@ -30,6 +30,8 @@ type watchOptions struct {
 	minGap time.Duration
 	// now is time.Now outside tests.
 	now func() time.Time
+	// loc is the time zone maintenance windows are shown in: time.Local outside tests.
+	loc *time.Location
 }
 
 // quietPolls is how many progress queries in a row may fail before watch says so: a rollout
@@ -52,11 +54,14 @@ func watchRollout(ctx context.Context, api rolloutAPI, name string, o watchOptio
 	if o.now == nil {
 		o.now = time.Now
 	}
+	if o.loc == nil {
+		o.loc = time.Local
+	}
 	var view progressView
 	if o.bar {
-		view = newBarView(o.out, name)
+		view = newBarView(o.out, name, o.now, o.loc)
 	} else {
-		view = &lineView{w: o.lines, minGap: o.minGap, now: o.now}
+		view = &lineView{w: o.lines, minGap: o.minGap, now: o.now, loc: o.loc}
 	}
 	p, err := follow(ctx, api, name, o, view)
 	view.close()
@@ -145,6 +150,7 @@ type lineView struct {
 	w      io.Writer
 	minGap time.Duration
 	now    func() time.Time
+	loc    *time.Location
 
 	printed   bool
 	lastKey   string
@@ -161,17 +167,18 @@ func (v *lineView) update(p workflows.RolloutProgress) {
 	if v.printed && p.State == v.lastState && !p.Done() && now.Sub(v.lastAt) < v.minGap {
 		return
 	}
-	fmt.Fprintln(v.w, rolloutLine(p))
+	fmt.Fprintln(v.w, rolloutLine(p, now, v.loc))
 	v.printed, v.lastKey, v.lastState, v.lastAt = true, key, p.State, now
 }
 
 func (v *lineView) note(text string) { fmt.Fprintln(v.w, "  note: "+text) }
 func (v *lineView) close()           {}
 
-// progressKey is what makes a new line: state, reason, wave and counts, not the speed and ETA.
+// progressKey is what makes a new line: state, reason, window, wave and counts, not the speed and
+// ETA.
 func progressKey(p workflows.RolloutProgress) string {
-	return fmt.Sprintf("%s|%s|%d/%d|%v|%d %d %d %d %d %d %d", p.State, p.Reason, p.Wave, p.Waves, p.Retrying,
-		p.Succeeded, p.Skipped, p.Failed, p.Cancelled, p.NotStarted, p.Running, p.Pending)
+	return fmt.Sprintf("%s|%s|%d %d|%d/%d|%v|%d %d %d %d %d %d %d", p.State, p.Reason, p.WindowOpens.Unix(), p.WindowCloses.Unix(),
+		p.Wave, p.Waves, p.Retrying, p.Succeeded, p.Skipped, p.Failed, p.Cancelled, p.NotStarted, p.Running, p.Pending)
 }
 
 // doneCount is the devices the rollout has finished with: every result but running and pending.
@@ -190,10 +197,11 @@ func devicesPerMinute(p workflows.RolloutProgress) (rate float64, ok bool) {
 }
 
 // rolloutETA estimates the time left: the devices running or pending at the current speed. ok is
-// false when there is nothing to estimate: ended, paused, or no speed yet.
+// false when there is nothing to estimate: ended, paused, waiting for a maintenance window (the
+// time left is then time inside windows, which the window line tells better), or no speed yet.
 func rolloutETA(p workflows.RolloutProgress) (time.Duration, bool) {
 	rate, ok := devicesPerMinute(p)
-	if !ok || p.Done() || p.State == workflows.RolloutPaused {
+	if !ok || p.Done() || p.State == workflows.RolloutPaused || p.State == workflows.RolloutWaiting {
 		return 0, false
 	}
 	return time.Duration(float64(p.Running+p.Pending) / rate * float64(time.Minute)), true
@@ -211,8 +219,8 @@ func speedText(p workflows.RolloutProgress) string {
 	s := fmt.Sprintf("%.1f devices/min", rate)
 	if eta, ok := rolloutETA(p); ok {
 		s += ", ETA " + fmtDuration(eta)
-	} else if p.State == workflows.RolloutPaused {
-		s += ", paused"
+	} else if p.State == workflows.RolloutPaused || p.State == workflows.RolloutWaiting {
+		s += ", " + p.State
 	}
 	return s
 }
@@ -232,12 +240,48 @@ func fmtDuration(d time.Duration) string {
 	}
 }
 
-// stateText is the state with its reason: "paused (maintenance window)".
+// stateText is the state with its reason: "paused (change freeze)".
 func stateText(p workflows.RolloutProgress) string {
 	if p.Reason != "" {
 		return p.State + " (" + p.Reason + ")"
 	}
 	return p.State
+}
+
+// windowText says where a rollout with maintenance windows stands with them, at now and in loc:
+// "waiting for window, opens at 2026-11-29 02:00 CET (in 3h12m)" while waiting, "window closes
+// at 2026-11-29 06:00 CET (in 1h05m)" while running in one; "" otherwise.
+func windowText(p workflows.RolloutProgress, now time.Time, loc *time.Location) string {
+	switch {
+	case p.Done():
+		return ""
+	case p.State == workflows.RolloutWaiting && !p.WindowOpens.IsZero():
+		return "waiting for window, opens at " + whenText(p.WindowOpens, now, loc)
+	case p.State == workflows.RolloutRunning && !p.WindowCloses.IsZero():
+		return "window closes at " + whenText(p.WindowCloses, now, loc)
+	}
+	return ""
+}
+
+// whenText is a time people read: "2026-11-29 02:00 CET (in 3h12m)", "(now)" once it has come.
+func whenText(t, now time.Time, loc *time.Location) string {
+	s := t.In(loc).Format("2006-01-02 15:04 MST")
+	if d := t.Sub(now); d >= time.Second {
+		return s + " (in " + fmtDuration(d) + ")"
+	}
+	return s + " (now)"
+}
+
+// stateWindowText is the state with its reason or, with windows, where it stands with them.
+func stateWindowText(p workflows.RolloutProgress, now time.Time, loc *time.Location) string {
+	w := windowText(p, now, loc)
+	switch {
+	case w == "":
+		return stateText(p)
+	case p.State == workflows.RolloutWaiting:
+		return w
+	}
+	return p.State + ", " + w
 }
 
 // waveText is "wave 2/5", "wave 6/6 retry".
@@ -272,16 +316,17 @@ func percent(done, total int) int {
 	return done * 100 / total
 }
 
-// rolloutLine is one plain line of the live view:
+// rolloutLine is one plain line of the live view, at now, with maintenance windows shown in loc:
 //
 //	+3m45s  running  wave 2/5  45/120 done (37%)  failed 2  skipped 3  running 10  pending 65  12.0 devices/min, ETA 6m15s
-func rolloutLine(p workflows.RolloutProgress) string {
+//	+1h00m  waiting for window, opens at 2026-11-29 02:00 CET (in 3h12m)  wave 2/5  …
+func rolloutLine(p workflows.RolloutProgress, now time.Time, loc *time.Location) string {
 	elapsed := "+" + fmtDuration(elapsedOf(p))
 	if p.State == workflows.RolloutResolving || (p.Total == 0 && !p.Done()) {
 		return fmt.Sprintf(" %7s  %s  resolving the targets", elapsed, stateText(p))
 	}
 	done := doneCount(p)
-	return fmt.Sprintf(" %7s  %s  %s  %d/%d done (%d%%)  %s  %s", elapsed, stateText(p), waveText(p),
+	return fmt.Sprintf(" %7s  %s  %s  %d/%d done (%d%%)  %s  %s", elapsed, stateWindowText(p, now, loc), waveText(p),
 		done, p.Total, percent(done, p.Total), countsText(p, "  "), speedText(p))
 }
 
@@ -302,11 +347,15 @@ func elapsedOf(p workflows.RolloutProgress) time.Duration {
 //	fw-2.0 running  wave 2/5 [==========>-------------------] 45/120 37%
 //	  failed 2 · skipped 3 · running 10 · pending 65 · 12.0 devices/min, ETA 6m15s
 //
-// Changes of state and notes are printed above the bar.
+// With maintenance windows the second line ends with where the rollout stands with them (the
+// time to the next opening or the close counting down). Changes of state and notes are printed
+// above the bar.
 type barView struct {
 	progress *mpb.Progress
 	bar      *mpb.Bar
 	details  *mpb.Bar
+	now      func() time.Time
+	loc      *time.Location
 
 	mu        sync.Mutex
 	cur       workflows.RolloutProgress
@@ -314,8 +363,8 @@ type barView struct {
 	lastState string
 }
 
-func newBarView(out io.Writer, name string) *barView {
-	v := &barView{cur: workflows.RolloutProgress{Name: name, State: workflows.RolloutResolving}}
+func newBarView(out io.Writer, name string, now func() time.Time, loc *time.Location) *barView {
+	v := &barView{cur: workflows.RolloutProgress{Name: name, State: workflows.RolloutResolving}, now: now, loc: loc}
 	// Auto refresh: out is a terminal here, but the test of this view writes to a buffer. A
 	// terminal's lines are as wide as the terminal (mpb shortens them with …); the width is for
 	// anything else.
@@ -342,7 +391,11 @@ func newBarView(out io.Writer, name string) *barView {
 		if p.Total == 0 && !p.Done() {
 			return "  resolving the targets"
 		}
-		return "  " + countsText(p, " · ") + " · " + speedText(p)
+		s := "  " + countsText(p, " · ") + " · " + speedText(p)
+		if w := windowText(p, v.now(), v.loc); w != "" {
+			s += " · " + w
+		}
+		return s
 	})))
 	return v
 }
@@ -354,7 +407,7 @@ func (v *barView) update(p workflows.RolloutProgress) {
 	v.seen, v.lastState = true, p.State
 	v.mu.Unlock()
 	if changed && !p.Done() {
-		fmt.Fprintf(v.progress, "%s  %s\n", "+"+fmtDuration(elapsedOf(p)), stateText(p))
+		fmt.Fprintf(v.progress, "%s  %s\n", "+"+fmtDuration(elapsedOf(p)), stateWindowText(p, v.now(), v.loc))
 	}
 	v.bar.SetTotal(int64(p.Total), false)
 	v.bar.SetCurrent(int64(doneCount(p)))
@@ -410,11 +463,15 @@ func resultCounts(p workflows.RolloutProgress) string {
 	return strings.Join(parts, ", ")
 }
 
-// printStatus prints the progress for status, pause, resume and cancel.
-func printStatus(out io.Writer, p workflows.RolloutProgress, url string) {
+// printStatus prints the progress for status, pause, resume and cancel; maintenance windows at now,
+// in loc.
+func printStatus(out io.Writer, p workflows.RolloutProgress, url string, now time.Time, loc *time.Location) {
 	fmt.Fprintf(out, "rollout %s: %s (%s)\n", p.Name, p.State, operationText(p))
 	if p.Reason != "" {
 		fmt.Fprintf(out, "  reason:    %s\n", p.Reason)
+	}
+	if w := windowText(p, now, loc); w != "" {
+		fmt.Fprintf(out, "  window:    %s\n", w)
 	}
 	if p.Total == 0 && !p.Done() {
 		fmt.Fprintf(out, "  devices:   resolving the targets\n")
@@ -434,8 +491,12 @@ func printStatus(out io.Writer, p workflows.RolloutProgress, url string) {
 	}
 	fmt.Fprintf(out, "  limits:    %s\n", limits)
 	if !p.Started.IsZero() {
-		fmt.Fprintf(out, "  started:   %s, active %s, %d hub calls, %d %s\n", p.Started.UTC().Format(time.RFC3339),
-			fmtDuration(p.Active), p.HubCalls, p.Runs, plural(p.Runs, "workflow run", "workflow runs"))
+		waited := ""
+		if p.Waited > 0 {
+			waited = ", waited " + fmtDuration(p.Waited) + " for windows"
+		}
+		fmt.Fprintf(out, "  started:   %s, active %s%s, %d hub calls, %d %s\n", p.Started.UTC().Format(time.RFC3339),
+			fmtDuration(p.Active), waited, p.HubCalls, p.Runs, plural(p.Runs, "workflow run", "workflow runs"))
 	}
 	if !p.Finished.IsZero() {
 		fmt.Fprintf(out, "  finished:  %s, after %s\n", p.Finished.UTC().Format(time.RFC3339), fmtDuration(elapsedOf(p)))
@@ -468,9 +529,16 @@ func writeSummary(out io.Writer, p workflows.RolloutProgress, failed []workflows
 	if verb == "" {
 		verb = p.State + " after"
 	}
+	var idle []string
+	if d := (elapsedOf(p) - p.Active - p.Waited).Round(time.Second); p.Active > 0 && d > 0 {
+		idle = append(idle, fmtDuration(d)+" of it paused")
+	}
+	if d := p.Waited.Round(time.Second); d > 0 {
+		idle = append(idle, fmtDuration(d)+" waiting for maintenance windows")
+	}
 	paused := ""
-	if d := (elapsedOf(p) - p.Active).Round(time.Second); p.Active > 0 && d > 0 {
-		paused = fmt.Sprintf(" (%s of it paused)", fmtDuration(d))
+	if len(idle) > 0 {
+		paused = " (" + strings.Join(idle, ", ") + ")"
 	}
 	fmt.Fprintf(out, "rollout %s %s %s%s: %s on %d %s\n", p.Name, verb, fmtDuration(elapsedOf(p)), paused,
 		operationText(p), p.Total, plural(p.Total, "device", "devices"))

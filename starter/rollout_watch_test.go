@@ -249,7 +249,7 @@ func TestRolloutLine(t *testing.T) {
 			"     +0s  cancelled  wave 0/5  120/120 done (100%)  failed 0  skipped 0  running 0  pending 0  not started 120  no device finished"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			assert.Equal(t, tc.want, rolloutLine(tc.p))
+			assert.Equal(t, tc.want, rolloutLine(tc.p, t0, time.UTC))
 		})
 	}
 }
@@ -296,7 +296,7 @@ var ansi = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
 // on the screen.
 func TestBarView(t *testing.T) {
 	var out syncBuffer
-	v := newBarView(&out, "fw-2.0")
+	v := newBarView(&out, "fw-2.0", time.Now, time.UTC)
 	v.update(prog(workflows.RolloutRunning, func(p *workflows.RolloutProgress) {
 		p.Wave, p.Succeeded, p.Failed, p.Running, p.Pending, p.Active = 2, 40, 1, 10, 69, 4*time.Minute
 	}))
@@ -323,7 +323,7 @@ func TestBarView(t *testing.T) {
 // A watch stopped before the end leaves the bar where it stood.
 func TestBarViewInterrupted(t *testing.T) {
 	var out syncBuffer
-	v := newBarView(&out, "fw-2.0")
+	v := newBarView(&out, "fw-2.0", time.Now, time.UTC)
 	v.update(prog(workflows.RolloutRunning, func(p *workflows.RolloutProgress) { p.Wave, p.Succeeded, p.Pending = 1, 30, 90 }))
 	v.close()
 	screen := ansi.ReplaceAllString(out.String(), "")

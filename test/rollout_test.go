@@ -48,13 +48,16 @@ type rolloutLaunch struct {
 
 // reportLine is a row of `starter rollout report -f json`.
 type reportLine struct {
-	Device    string   `json:"device"`
-	Wave      int      `json:"wave"` // 1-based
-	Result    string   `json:"result"`
-	Attempts  int      `json:"attempts"`
-	Stages    []string `json:"stages"`
-	ErrorType string   `json:"errorType"`
-	Error     string   `json:"error"`
+	Device   string    `json:"device"`
+	Wave     int       `json:"wave"` // 1-based
+	Result   string    `json:"result"`
+	Attempts int       `json:"attempts"`
+	Stages   []string  `json:"stages"`
+	Started  time.Time `json:"started"`
+	// DurationSeconds is how long the device workflow ran.
+	DurationSeconds float64 `json:"durationSeconds"`
+	ErrorType       string  `json:"errorType"`
+	Error           string  `json:"error"`
 }
 
 // rolloutFleet is a `simdevice fleet` process and the plan of its devices.

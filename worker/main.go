@@ -13,6 +13,12 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	// The time zone database, for maintenance windows in a time zone (workflows.Window): the
+	// system's is used when there is one, this copy when there is none (a distroless or scratch
+	// image), so that a window "in Europe/Warsaw" validates and opens alike on every worker. The
+	// boundaries a rollout computed are recorded in its history, so a replay on a worker with
+	// other rules does not diverge (see the Rollout workflow's window).
+	_ "time/tzdata"
 
 	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/hubconn"

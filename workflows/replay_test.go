@@ -19,6 +19,9 @@ func TestReplay(t *testing.T) {
 		{"firmware.json", FirmwareUpdate},
 		{"firmware_reboot.json", FirmwareUpdate},
 		{"rollout.json", Rollout},
+		// Maintenance windows: the version marker, a recorded window state at each boundary, the
+		// timers to the openings and closes.
+		{"rollout_windows.json", Rollout},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			r := worker.NewWorkflowReplayer()

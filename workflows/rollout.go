@@ -33,6 +33,10 @@ const (
 	maxErrorLength = 300
 )
 
+// windowsChange is the workflow.GetVersion change ID of maintenance windows: runs recorded before
+// it (DefaultVersion) ignore in.Windows, as the code then did, so their histories replay.
+const windowsChange = "maintenance-windows"
+
 // Rollout runs FirmwareUpdate or Reboot on many devices, in waves, under limits:
 //
 //   - Targets: in.Query is resolved once through QueryDevices (a firmware rollout also reads each
@@ -57,9 +61,18 @@ const (
 //     update ID (RolloutUpdateID), unless the rollout aborted or was cancelled.
 //   - Scale: after in.DevicesPerRun device starts the workflow stops starting, lets the devices in
 //     flight finish and continues as new, carrying the rows in in.State.
+//   - Maintenance windows: with in.Windows, a device starts only while a window is open
+//     (WindowAt). Outside one the rollout is RolloutWaiting: a durable timer waits for the next
+//     opening (RolloutProgress.WindowOpens) while queries and updates are answered; cancel ends
+//     the rollout at once, pause holds it, resume returns to waiting. Inside one, a timer at the
+//     close (RolloutProgress.WindowCloses) stops the starts even if no device finishes: devices in
+//     flight finish, and the wave goes on in the next window. When no window opens any more and
+//     devices are left to start, the rollout ends as RolloutAborted with ErrRolloutNoWindow. Time
+//     spent waiting does not count as active (devices per minute are those inside windows).
 //
 // It completes with the final RolloutProgress (State RolloutCompleted or RolloutCancelled); it
-// fails with ErrInvalidInput for invalid input, ErrRolloutAborted past the threshold, and with the
+// fails with ErrInvalidInput for invalid input, ErrRolloutAborted past the threshold,
+// ErrRolloutNoWindow when its windows end before its devices were started, and with the
 // activity's error when the targets cannot be resolved.
 //
 // Search attributes: DmflowRollout, DmflowOperation, DmflowTargetVersion (firmware) and
@@ -98,6 +111,10 @@ func Rollout(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
 	if err := r.setHandlers(ctx); err != nil {
 		return RolloutProgress{}, err
 	}
+	if len(in.Windows) > 0 {
+		// Asked only when windows are given: a rollout without them keeps its command sequence.
+		r.windowed = workflow.GetVersion(ctx, windowsChange, workflow.DefaultVersion, 1) >= 1
+	}
 	attrs := []temporal.SearchAttributeUpdate{
 		SearchAttrRollout.ValueSet(in.Name),
 		SearchAttrOperation.ValueSet(in.Operation),
@@ -118,9 +135,12 @@ func Rollout(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
 			logger.Error("resolving the targets failed", "error", err)
 			return r.progress(), err
 		}
-		r.setState(ctx, RolloutRunning)
-		if r.st.Paused {
-			r.setState(ctx, RolloutPaused)
+		if !r.windowed {
+			// With windows the main loop sets the state at once: running, or waiting.
+			r.setState(ctx, RolloutRunning)
+			if r.st.Paused {
+				r.setState(ctx, RolloutPaused)
+			}
 		}
 	}
 	return r.run(ctx)
@@ -138,8 +158,10 @@ type rollout struct {
 	state, publishedState string
 	// reason explains a pause, an abort, a cancellation or a failure.
 	reason string
-	// abortReason is set when the threshold was exceeded; cancelReason when a cancel was asked for.
+	// abortReason is set when the threshold was exceeded, or no maintenance window opens any more
+	// (noWindow); cancelRequested when a cancel was asked for.
 	abortReason     string
+	noWindow        bool
 	cancelRequested bool
 	// now is the workflow time of the last change, finishedTime the end.
 	now, finishedTime time.Time
@@ -158,6 +180,19 @@ type rollout struct {
 	cancelChildren workflow.CancelFunc
 	// metrics is what observe last emitted (metrics.go).
 	metrics rolloutMetrics
+
+	// windowed is set when the rollout starts devices only in its maintenance windows.
+	windowed bool
+	// win is the window state last recorded, known once winKnown; it holds until its boundary.
+	win      windowState
+	winKnown bool
+	// windowTimer fires at windowTimerAt, the window boundary the main loop waits for;
+	// cancelWindowTimer cancels it.
+	windowTimer       workflow.Future
+	windowTimerAt     time.Time
+	cancelWindowTimer workflow.CancelFunc
+	// waitingSince is when the wait for a window in progress began; zero when not waiting.
+	waitingSince time.Time
 }
 
 // restore takes over the state carried by continue-as-new.
@@ -312,10 +347,27 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 	var err error
 	for err == nil && !r.cancelRequested && r.abortReason == "" {
 		seen := r.changes
+		if r.windowTimer != nil && r.windowTimer.IsReady() {
+			r.windowTimer = nil
+		}
 		if r.st.Paused {
 			r.setState(ctx, RolloutPaused)
 			err = workflow.Await(ctx, func() bool { return !r.st.Paused || r.cancelRequested })
 			continue
+		}
+		if r.windowed && r.hasPending() {
+			ws := r.window(ctx)
+			switch {
+			case ws.None:
+				r.outOfWindows(ctx)
+				continue
+			case !ws.Open:
+				r.waitForWindow(ctx, ws.Opens)
+				err = r.awaitChange(ctx, seen)
+				continue
+			}
+			// The close stops the starts even if no device finishes before it.
+			r.armWindowTimer(ctx, ws.Closes, "maintenance window closes")
 		}
 		r.setState(ctx, RolloutRunning)
 		i := r.nextStartable()
@@ -334,7 +386,7 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 			}
 			return r.complete(ctx)
 		}
-		err = workflow.Await(ctx, func() bool { return r.changes != seen })
+		err = r.awaitChange(ctx, seen)
 	}
 
 	// Winding down: an abort lets the devices in flight finish, a cancellation cancels them. A
@@ -374,10 +426,32 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 	r.reason = r.abortReason
 	r.end(ctx, RolloutAborted)
 	p := r.progress()
+	if r.noWindow {
+		r.logger.Warn("rollout out of maintenance windows", "reason", r.reason, "not_started", p.NotStarted)
+		return p, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("rollout %s aborted: %s", r.in.Name, r.reason), ErrRolloutNoWindow, nil, p)
+	}
 	r.logger.Error("rollout aborted", "reason", r.reason, "failed", p.Failed, "not_started", p.NotStarted)
 	return p, temporal.NewNonRetryableApplicationError(
 		fmt.Sprintf("rollout %s aborted: %s; %d devices were not started", r.in.Name, r.reason, p.NotStarted),
 		ErrRolloutAborted, nil, p)
+}
+
+// awaitChange waits until something the main loop acts on happened since it saw the count seen:
+// a device finished, an update, the window timer fired.
+func (r *rollout) awaitChange(ctx workflow.Context, seen int) error {
+	return workflow.Await(ctx, func() bool {
+		return r.changes != seen || r.windowTimer != nil && r.windowTimer.IsReady()
+	})
+}
+
+// hasPending reports whether a device is still to start, in this wave or a later one.
+func (r *rollout) hasPending() bool {
+	rows := r.st.Rows
+	for r.next < len(rows) && rows[r.next].Result != DevicePending {
+		r.next++
+	}
+	return r.next < len(rows)
 }
 
 // nextStartable returns the index of the next device to start in the current wave, moving to
@@ -385,10 +459,7 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 // now.
 func (r *rollout) nextStartable() int {
 	rows := r.st.Rows
-	for r.next < len(rows) && rows[r.next].Result != DevicePending {
-		r.next++
-	}
-	if r.next == len(rows) {
+	if !r.hasPending() {
 		return -1
 	}
 	w := rows[r.next].Wave
@@ -663,6 +734,9 @@ func (r *rollout) end(ctx workflow.Context, state string) {
 
 // setState changes the state and keeps the DmflowRolloutState search attribute current.
 func (r *rollout) setState(ctx workflow.Context, state string) {
+	if state != RolloutWaiting {
+		r.endWait(workflow.Now(ctx))
+	}
 	r.state = state
 	r.observe(ctx)
 	if state == r.publishedState {

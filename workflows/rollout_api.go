@@ -22,9 +22,11 @@ const (
 	// QueryReport answers a ReportPage for a ReportRequest: one row per target device.
 	QueryReport = "report"
 	// UpdatePause stops starting devices; those in flight finish. Argument: a ControlRequest;
-	// result: the RolloutProgress after the change. Refused unless the rollout is running.
+	// result: the RolloutProgress after the change. Refused unless the rollout is running (or
+	// waiting for a maintenance window).
 	UpdatePause = "pause"
-	// UpdateResume starts devices again after a pause. Refused unless the rollout is paused.
+	// UpdateResume starts devices again after a pause (or waits for the next maintenance window
+	// when none is open). Refused unless the rollout is paused.
 	UpdateResume = "resume"
 	// UpdateCancel stops the rollout: no device starts any more, in-flight device workflows are
 	// cancelled, and the rollout ends as RolloutCancelled. Refused once the rollout has ended.
@@ -47,9 +49,14 @@ const (
 	RolloutRunning = "running"
 	// RolloutPaused: no device starts until resume; in-flight devices finish.
 	RolloutPaused = "paused"
+	// RolloutWaiting: the rollout has maintenance windows and none is open: no device starts until
+	// the next opens (RolloutProgress.WindowOpens); in-flight devices finish. The workflow waits on
+	// a durable timer and answers queries and updates meanwhile.
+	RolloutWaiting = "waiting"
 	// RolloutCompleted: every target device finished (some may have failed, within the threshold).
 	RolloutCompleted = "completed"
-	// RolloutAborted: failures exceeded the threshold; devices not started were left untouched.
+	// RolloutAborted: failures exceeded the threshold, or devices were left to start when no
+	// maintenance window opens any more; devices not started were left untouched.
 	RolloutAborted = "aborted"
 	// RolloutCancelled: an operator cancelled the rollout.
 	RolloutCancelled = "cancelled"
@@ -74,7 +81,8 @@ const (
 	DeviceFailed = "failed"
 	// DeviceCancelled: it was in flight when the rollout was cancelled.
 	DeviceCancelled = "cancelled"
-	// DeviceNotStarted: the rollout ended (aborted or cancelled) before it started; untouched.
+	// DeviceNotStarted: the rollout ended (aborted or cancelled, or out of maintenance windows)
+	// before it started; untouched.
 	DeviceNotStarted = "not started"
 )
 
@@ -83,6 +91,12 @@ const (
 	// ErrRolloutAborted: failures exceeded the threshold. The error's details hold the final
 	// RolloutProgress.
 	ErrRolloutAborted = "RolloutAborted"
+	// ErrRolloutNoWindow: devices were still to start when no maintenance window opens any more
+	// (the last absolute window closed). The rollout ends as RolloutAborted, its reason "no
+	// maintenance window opens after <time>; N devices not started", the devices in flight
+	// finished and the rest not started; the error's details hold the final RolloutProgress. A
+	// type of its own, since nothing failed: a caller may start the rest with new windows.
+	ErrRolloutNoWindow = "RolloutNoWindow"
 )
 
 // Defaults and bounds of RolloutInput.
@@ -188,7 +202,10 @@ type RolloutInput struct {
 //
 // Recurring: Cron is a five-field cron expression (minute hour day-of-month month day-of-week)
 // giving the times the window opens, in TimeZone (an IANA name, default UTC); it stays open for
-// Duration. Absolute: the window is open from Start (inclusive) to End (exclusive).
+// Duration, elapsed time. Where the clocks change, a start the clocks jump over opens the window
+// when they land (0 2 * * SUN in Europe/Warsaw opens at 03:00 on the last Sunday of March), and a
+// start they pass twice opens it once, at the first. Absolute: the window is open from Start
+// (inclusive) to End (exclusive). Overlapping and adjoining openings of windows merge into one.
 type Window struct {
 	Cron     string        `json:"cron,omitempty"`
 	Duration time.Duration `json:"duration,omitempty"`
@@ -230,9 +247,12 @@ type RolloutState struct {
 	// Paused and PauseReason carry a pause over.
 	Paused      bool   `json:"paused,omitempty"`
 	PauseReason string `json:"pauseReason,omitempty"`
-	// Started is the first run's start; PausedFor sums the time spent paused.
+	// Started is the first run's start; PausedFor sums the time spent paused, WaitedFor the time
+	// spent waiting for a maintenance window (not paused). A run never continues as new while
+	// waiting, so no wait is in force then.
 	Started   time.Time     `json:"started"`
 	PausedFor time.Duration `json:"pausedFor,omitempty"`
+	WaitedFor time.Duration `json:"waitedFor,omitempty"`
 	// PausedSince is when the pause in force began.
 	PausedSince time.Time `json:"pausedSince,omitzero"`
 	// Runs counts the runs so far, this one included.
@@ -312,12 +332,22 @@ type RolloutProgress struct {
 	Rate          float64 `json:"rate,omitempty"`
 
 	// Started is the rollout's start and Updated the time of this snapshot (the last change), by
-	// workflow time; Finished is set once it ended. Active is the time spent not paused up to
-	// Updated (or Finished): devices per minute are (Succeeded+Skipped+Failed) / Active.
+	// workflow time; Finished is set once it ended. Active is the time spent neither paused nor
+	// waiting for a maintenance window up to Updated (or Finished): devices per minute are
+	// (Succeeded+Skipped+Failed) / Active, the speed inside windows, so that days between windows
+	// do not drown it, and the time left at that speed is time inside windows.
 	Started  time.Time     `json:"started"`
 	Updated  time.Time     `json:"updated"`
 	Finished time.Time     `json:"finished,omitzero"`
 	Active   time.Duration `json:"active"`
+	// Waited is the time spent waiting for a maintenance window (not paused) up to Updated.
+	Waited time.Duration `json:"waited,omitempty"`
+
+	// WindowOpens is when the next maintenance window opens, while the rollout is waiting;
+	// WindowCloses when the open one closes, while it is running in a window with devices left to
+	// start. Both are zero for a rollout without windows.
+	WindowOpens  time.Time `json:"windowOpens,omitzero"`
+	WindowCloses time.Time `json:"windowCloses,omitzero"`
 
 	// HubCalls sums the hub calls of the finished devices and the target resolution.
 	HubCalls int `json:"hubCalls"`

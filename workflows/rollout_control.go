@@ -97,6 +97,8 @@ func (r *rollout) validateCancel(req ControlRequest) error {
 }
 
 func (r *rollout) pause(ctx workflow.Context, req ControlRequest) {
+	// A pause while waiting for a window ends the wait: the time counts as paused.
+	r.endWait(workflow.Now(ctx))
 	r.st.Paused = true
 	r.st.PausedSince = workflow.Now(ctx)
 	r.st.PauseReason = orDefault(req.Reason, "paused by an operator")
@@ -112,7 +114,7 @@ func (r *rollout) resume(ctx workflow.Context, req ControlRequest) {
 	r.st.PausedSince = time.Time{}
 	r.st.PauseReason = ""
 	r.reason = ""
-	r.state = RolloutRunning
+	r.state = r.stateAfterResume(workflow.Now(ctx))
 	r.logger.Info("rollout resumed", "reason", req.Reason)
 }
 
@@ -178,11 +180,16 @@ func (r *rollout) progress() RolloutProgress {
 		p.WaveDone = r.waveDone[w]
 		p.WaveFailed = r.waveFailed[w]
 	}
-	p.Active = r.now.Sub(r.st.Started) - r.st.PausedFor
+	p.Waited = r.st.WaitedFor
+	if !r.waitingSince.IsZero() {
+		p.Waited += r.now.Sub(r.waitingSince)
+	}
+	p.Active = r.now.Sub(r.st.Started) - r.st.PausedFor - p.Waited
 	if r.st.Paused {
 		p.Active -= r.now.Sub(r.st.PausedSince)
 	}
 	p.Active = max(p.Active, 0)
+	r.windowProgress(&p)
 	return p
 }
 

@@ -13,9 +13,12 @@ import (
 const (
 	// MaxWindows bounds RolloutInput.Windows.
 	MaxWindows = 16
-	// MinWindowDuration is the shortest window: cron has minute resolution, and a device operation
-	// takes longer than that anyway.
+	// MinWindowDuration is the shortest recurring window: cron has minute resolution, and a device
+	// operation takes longer than that anyway.
 	MinWindowDuration = time.Minute
+	// MinAbsoluteWindowDuration is the shortest absolute window. Its start and end are instants, not
+	// cron minutes, so a short window is well defined: a slot between two changes, or a test's.
+	MinAbsoluteWindowDuration = time.Second
 	// MaxWindowDuration bounds a recurring window's duration.
 	MaxWindowDuration = 31 * 24 * time.Hour
 )
@@ -97,8 +100,8 @@ func (w Window) schedule() (*cron.SpecSchedule, error) {
 		if w.Start.IsZero() || w.End.IsZero() {
 			return nil, fmt.Errorf("window %s: an absolute window needs a start and an end", w)
 		}
-		if w.End.Sub(w.Start) < MinWindowDuration {
-			return nil, fmt.Errorf("window %s: it must end at least %s after it starts", w, MinWindowDuration)
+		if w.End.Sub(w.Start) < MinAbsoluteWindowDuration {
+			return nil, fmt.Errorf("window %s: it must end at least %s after it starts", w, MinAbsoluteWindowDuration)
 		}
 		return nil, nil
 	case w.Cron == "":
@@ -126,7 +129,7 @@ func (w Window) schedule() (*cron.SpecSchedule, error) {
 		return nil, fmt.Errorf("window %s: cron %q is not a calendar schedule", w, w.Cron)
 	}
 	spec.Location = loc
-	if spec.Next(time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)).IsZero() {
+	if nextStart(spec, time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)).IsZero() {
 		return nil, fmt.Errorf("window %s: cron %q never fires", w, w.Cron)
 	}
 	return spec, nil
@@ -146,15 +149,105 @@ func (w Window) nextOpening(t time.Time) (interval, bool) {
 		if !t.Before(w.End) {
 			return interval{}, false
 		}
-		return interval{w.Start, w.End}, true
+		return interval{w.Start.UTC(), w.End.UTC()}, true
 	}
 	// The first start after t-Duration is the opening that is open at t, if one is, or else the
 	// next one.
-	s := spec.Next(t.Add(-w.Duration))
+	s := nextStart(spec, t.Add(-w.Duration))
 	if s.IsZero() {
 		return interval{}, false
 	}
-	return interval{s.UTC(), s.Add(w.Duration).UTC()}, true
+	return interval{s, s.Add(w.Duration)}, true
+}
+
+// startHorizon is how far ahead nextStart looks: a leap day comes within it.
+const startHorizon = 5 * 366
+
+// nextStart is the first start of the cron schedule spec strictly after t, in UTC; zero when none
+// comes within startHorizon days. It steps by the wall clock of spec.Location rather than using
+// cron's own Next, which skips a start that falls into the hour clocks spring forward over ("0 2 *
+// * SUN" in Europe/Warsaw: no window on the last Sunday of March) and starts twice in the hour
+// they fall back over (a window of twice its length). Here every matching wall-clock minute starts
+// the window once: at its first occurrence when the clocks fall back, and when the clocks land
+// after a jump over it, the way cron(8) runs such jobs.
+func nextStart(spec *cron.SpecSchedule, t time.Time) time.Time {
+	loc := spec.Location
+	local := t.In(loc)
+	// Wall-clock times this long before t's cannot lie after t, whatever the offsets: a zone's
+	// offset changes by two hours at most.
+	skipBefore := time.Date(local.Year(), local.Month(), local.Day(), local.Hour(), local.Minute(), local.Second(), 0, time.UTC).Add(-3 * time.Hour)
+	// Start a day early: a start late on the day before may still lie after t by the clock of
+	// another offset.
+	y, m, d := local.Date()
+	for i := -1; i < startHorizon; i++ {
+		day := time.Date(y, m, d+i, 0, 0, 0, 0, time.UTC)
+		if spec.Month&(1<<uint(day.Month())) == 0 || !dayMatches(spec, day) {
+			continue
+		}
+		for h := range 24 {
+			if spec.Hour&(1<<uint(h)) == 0 || day.Add(time.Duration(h+1)*time.Hour).Before(skipBefore) {
+				continue
+			}
+			for mi := range 60 {
+				if spec.Minute&(1<<uint(mi)) == 0 {
+					continue
+				}
+				// Starts of one day come in wall-clock order, so the first after t is the one.
+				if s := wallInstant(day.Add(time.Duration(h)*time.Hour+time.Duration(mi)*time.Minute), loc); s.After(t) {
+					return s
+				}
+			}
+		}
+	}
+	return time.Time{}
+}
+
+// starBit marks a cron field given as "*" (robfig/cron's encoding).
+const starBit = 1 << 63
+
+// dayMatches applies cron's day rule to day: day of month and day of week must both match when
+// either is "*", else either may.
+func dayMatches(spec *cron.SpecSchedule, day time.Time) bool {
+	dom := spec.Dom&(1<<uint(day.Day())) != 0
+	dow := spec.Dow&(1<<uint(day.Weekday())) != 0
+	if spec.Dom&starBit != 0 || spec.Dow&starBit != 0 {
+		return dom && dow
+	}
+	return dom || dow
+}
+
+// wallInstant is the instant (UTC) at which the clocks of loc show wall, a wall-clock time given
+// in UTC fields: the first such instant when the clocks fall back over it, and the instant they
+// land when they jump over it. time.Date leaves both cases unspecified.
+func wallInstant(wall time.Time, loc *time.Location) time.Time {
+	// The offsets in force a day either side: a zone changes its offset at most once in two days.
+	_, before := wall.Add(-24 * time.Hour).In(loc).Zone()
+	_, after := wall.Add(24 * time.Hour).In(loc).Zone()
+	var first time.Time
+	for _, off := range []int{before, after} {
+		at := wall.Add(-time.Duration(off) * time.Second)
+		if _, o := at.In(loc).Zone(); o == off && (first.IsZero() || at.Before(first)) {
+			first = at
+		}
+	}
+	if !first.IsZero() || after <= before {
+		if first.IsZero() {
+			first = wall.Add(-time.Duration(before) * time.Second)
+		}
+		return first
+	}
+	// In the gap the clocks jump over: they land at the first instant of the new offset, which lies
+	// in (wall-after, wall-before]. Offsets change on whole seconds.
+	lo, hi := wall.Add(-time.Duration(after)*time.Second), wall.Add(-time.Duration(before)*time.Second)
+	for hi.Sub(lo) > time.Second {
+		mid := lo.Add(hi.Sub(lo) / 2).Truncate(time.Second)
+		if _, o := mid.In(loc).Zone(); o == after {
+			hi = mid
+		} else {
+			lo = mid
+		}
+	}
+	return hi
 }
 
 // WindowAt tells, for the windows ws at time t, whether one is open and until when (closes), or
