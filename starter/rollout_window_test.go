@@ -180,10 +180,10 @@ func TestRolloutStartWithWindows(t *testing.T) {
 	var out bytes.Buffer
 	wo := testWatch(&out)
 	require.NoError(t, runStart(context.Background(), &fakeRollouts{}, in, startFlags{}, "text", wo))
-	assert.Equal(t, `started rollout fw-2.0: reboot on 2 devices
+	assert.Equal(t, `started rollout fw-2.0: reboot on 2 devices, in 2 maintenance windows
   workflow: rollout/fw-2.0
   ui:       http://ui.test/rollout%2Ffw-2.0
-  windows:  0 2 * * SUN for 4h0m0s in Europe/Warsaw; 2026-11-29T02:00:00Z/2026-11-29T06:00:00Z
+  windows:  0 2 * * SUN for 4h in Europe/Warsaw; 2026-11-29T02:00:00Z/2026-11-29T06:00:00Z
   follow:   starter rollout watch fw-2.0
 `, out.String())
 

@@ -144,7 +144,7 @@ func TestScheduleDescribe(t *testing.T) {
 		"    firmware:\n      uri: https://fw.example/v2.1.bin\n      version: 2.1.0\n",
 		"    rate: 50/s\n",
 		"    reconcile: true\n",
-		"    windows:\n      - 0 2 * * SUN for 4h0m0s in Europe/Warsaw\n",
+		"    windows:\n      - 0 2 * * SUN for 4h in Europe/Warsaw\n",
 	} {
 		assert.Contains(t, stdout, want)
 	}

@@ -3,7 +3,6 @@
 package test
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/dmflow/dmflow/workflows"
 	enumspb "go.temporal.io/api/enums/v1"
-	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 )
 
@@ -52,13 +50,17 @@ func TestRolloutWindows(t *testing.T) {
 			{Start: now.Add(25 * time.Second), End: now.Add(145 * time.Second)},
 		},
 	}
-	c := temporalClient(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflows.RolloutWorkflowID(name), TaskQueue: queue}, workflows.Rollout, in)
-	if err != nil {
-		t.Fatal(err)
+	// Started as an operator would: the windows through --window, parsed by the starter.
+	args := []string{"--name", name, "--query", in.Query, "--firmware", in.Firmware.PackageURI, "--version", in.Firmware.Version,
+		"--canary", "1", "--growth", "2", "--max-concurrent", "2", "--task-queue", queue}
+	for _, w := range in.Windows {
+		args = append(args, "--window", w.String())
 	}
+	launch, stderr, code := startRollout(t, time.Minute, args...)
+	if code != 0 || launch.RunID == "" {
+		t.Fatalf("starter rollout start: exit %d, %+v, stderr %q", code, launch, stderr)
+	}
+	c := temporalClient(t)
 
 	w1, w2 := in.Windows[0], in.Windows[1]
 	first := waitProgress(t, c, name, "waiting for the first window", 30*time.Second, func(p workflows.RolloutProgress) bool {
@@ -110,7 +112,7 @@ func TestRolloutWindows(t *testing.T) {
 	}
 
 	// The history replays against today's code, and is recorded for the replay test.
-	h, b := runHistory(t, c, workflows.RolloutWorkflowID(name), run.GetRunID())
+	h, b := runHistory(t, c, workflows.RolloutWorkflowID(name), launch.RunID)
 	if last := h.Events[len(h.Events)-1].GetEventType(); last != enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED {
 		t.Errorf("the history ends in %s, want completed", last)
 	}

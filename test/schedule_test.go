@@ -328,7 +328,7 @@ func TestScheduleCronInTimeZone(t *testing.T) {
 	text, _, _ := runStarter(t, time.Minute, "schedule", "describe", schedule)
 	first := desc.NextRuns[0].In(warsaw)
 	want := fmt.Sprintf("next runs:   %s  (%s)", first.Format("Mon 2006-01-02 15:04 MST"), desc.NextRuns[0].UTC().Format(time.RFC3339))
-	if !strings.Contains(text, want) || !strings.Contains(text, "- 0 2 * * SUN for 4h0m0s in Europe/Warsaw") {
+	if !strings.Contains(text, want) || !strings.Contains(text, "- 0 2 * * SUN for 4h in Europe/Warsaw") {
 		t.Errorf("describe text lacks %q or the window:\n%s", want, text)
 	}
 

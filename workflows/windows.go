@@ -72,13 +72,25 @@ func ParseWindow(s string) (Window, error) {
 // String formats the window as ParseWindow reads it.
 func (w Window) String() string {
 	if w.Cron != "" {
-		s := w.Cron + " for " + w.Duration.String()
+		s := w.Cron + " for " + shortDuration(w.Duration)
 		if w.TimeZone != "" {
 			s += " in " + w.TimeZone
 		}
 		return s
 	}
 	return w.Start.Format(time.RFC3339) + "/" + w.End.Format(time.RFC3339)
+}
+
+// shortDuration writes d as time.ParseDuration reads it, without zero trailing units: 4h, not 4h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // Check reports what is wrong with one window, or nil.

@@ -189,3 +189,10 @@ func FuzzParseWindow(f *testing.F) {
 		}
 	})
 }
+
+func TestWindowStringIsShort(t *testing.T) {
+	for d, want := range map[time.Duration]string{4 * time.Hour: "4h", 90 * time.Minute: "1h30m", 45 * time.Minute: "45m", 90 * time.Second: "1m30s"} {
+		w := workflows.Window{Cron: "0 2 * * SUN", Duration: d}
+		assert.Equal(t, "0 2 * * SUN for "+want, w.String())
+	}
+}
