@@ -152,7 +152,7 @@ func (r RolloutRun) QuotaBinds() bool { return r.QuotaMinSeconds > r.CeilingSeco
 
 // Label names the run in the targets table.
 func (r RolloutRun) Label() string {
-	s := fmt.Sprintf("rollout of %s, localhub %s", Count(r.Devices), r.Tier)
+	s := fmt.Sprintf("rollout of %s devices, localhub %s", Count(r.Devices), r.Tier)
 	if r.Rate > 0 {
 		s += fmt.Sprintf(", --rate %g/s", r.Rate)
 	}

@@ -50,23 +50,23 @@ func TestTargets(t *testing.T) {
 		want []string
 	}{
 		{"both regimes at 1,000", Results{Firmware: firmware, Rollout: &RolloutFigures{Runs: []RolloutRun{unbound1000, quota1000}}}, []string{
-			"≥ 50% of Temporal's ceiling when the quota does not bind | rollout of 1,000, localhub S3, sqlite dev server | 96% (291 vs 305 devices/min) | met",
-			"≤ 1.25× the quota-bound minimum when the quota binds | rollout of 1,000, localhub S1, --rate 60/s, memory dev server | 1.10× (1m06s vs 1m00s: twinUpdates at S1) | met",
-			"zero 429s when the quota binds | rollout of 1,000, localhub S1, --rate 60/s, memory dev server | 0 | met",
+			"≥ 50% of Temporal's ceiling when the quota does not bind | rollout of 1,000 devices, localhub S3, sqlite dev server | 96% (291 vs 305 devices/min) | met",
+			"≤ 1.25× the quota-bound minimum when the quota binds | rollout of 1,000 devices, localhub S1, --rate 60/s, memory dev server | 1.10× (1m06s vs 1m00s: twinUpdates at S1) | met",
+			"zero 429s when the quota binds | rollout of 1,000 devices, localhub S1, --rate 60/s, memory dev server | 0 | met",
 			"≤ 8 hub calls per device | one firmware update at the tutorial's 15 s stages | 8 | met",
 			"≤ 25 history events per device | one firmware update at the tutorial's 15 s stages | 24 | met",
-			"≤ 25 history events per device | rollout of 1,000, localhub S3, sqlite dev server | 24.3 | met",
+			"≤ 25 history events per device | rollout of 1,000 devices, localhub S3, sqlite dev server | 24.3 | met",
 			"worker RSS ≤ 200 MB at 10,000 devices | — | largest rollout 1,000 devices: 80 MB peak | not measured",
 		}},
 		{"10,000 over its targets", Results{Rollout: &RolloutFigures{Runs: []RolloutRun{big}}}, []string{
 			"≥ 50% of Temporal's ceiling when the quota does not bind | — | no rollout ran unbound by the quota | not measured",
 			"| 1.50× (15m00s vs 10m00s: twinUpdates at S1) | **not met**",
-			"zero 429s when the quota binds | rollout of 10,000, localhub S1, --rate 60/s, memory dev server | 3 | **not met**",
-			"worker RSS ≤ 200 MB at 10,000 devices | rollout of 10,000, localhub S1, --rate 60/s, memory dev server | 250 MB (peak) | **not met**",
+			"zero 429s when the quota binds | rollout of 10,000 devices, localhub S1, --rate 60/s, memory dev server | 3 | **not met**",
+			"worker RSS ≤ 200 MB at 10,000 devices | rollout of 10,000 devices, localhub S1, --rate 60/s, memory dev server | 250 MB (peak) | **not met**",
 		}},
 		{"quota regime that did not bind", Results{Rollout: &RolloutFigures{Runs: []RolloutRun{unboundNotBinding}}}, []string{
-			"≥ 50% of Temporal's ceiling when the quota does not bind | rollout of 1,000, localhub S1, --rate 60/s, memory dev server | 40% (120 vs 300 devices/min) | **not met**",
-			"with zero 429s | — | the quota did not bind (rollout of 1,000, localhub S1, --rate 60/s, memory dev server: quota allows 1000 devices/min, Temporal 300) | not measured",
+			"≥ 50% of Temporal's ceiling when the quota does not bind | rollout of 1,000 devices, localhub S1, --rate 60/s, memory dev server | 40% (120 vs 300 devices/min) | **not met**",
+			"with zero 429s | — | the quota did not bind (rollout of 1,000 devices, localhub S1, --rate 60/s, memory dev server: quota allows 1000 devices/min, Temporal 300) | not measured",
 		}},
 		{"nothing measured", Results{}, []string{
 			"no rollout ran unbound by the quota | not measured",
