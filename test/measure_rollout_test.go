@@ -283,6 +283,11 @@ type ceilingResult struct {
 
 func (c ceilingResult) perMinute(n int) float64 { return float64(n) / c.wall.Minutes() }
 
+// eventsPerDevice is the parent's runs' events shared out over the n children, plus a child's.
+func (c ceilingResult) eventsPerDevice(n int) float64 {
+	return float64(c.parentEvents)/float64(n) + c.childEvents
+}
+
 func (r rolloutBenchResult) perMinute() float64 { return float64(r.devices) / r.wall.Minutes() }
 
 // quotaMin is the quota-bound minimum of the rollout at its regime's tier.
@@ -312,12 +317,13 @@ func (r rolloutBenchResult) figures() benchreport.RolloutRun {
 		Succeeded: r.progress.Succeeded, Failed: r.progress.Failed,
 		Seconds: r.wall.Seconds(), CeilingSeconds: r.ceiling.wall.Seconds(),
 		QuotaMinSeconds: q.seconds(), QuotaOp: string(q.op),
-		HubCallsPerDevice: r.hubCallsPerDevice(), EventsPerDevice: r.eventsPerDevice(),
-		Throttled:       sumCounts(r.throttled),
-		CompletedLagP50: percentile(r.completedLag, 50).Seconds(),
-		CompletedLagP95: percentile(r.completedLag, 95).Seconds(),
-		Sampled:         len(r.completedLag),
-		WorkerPeakRSSKB: r.peak[procWorker], LocalhubPeakRSSKB: r.peak[procLocalhub], FleetPeakRSSKB: r.peak[procFleet],
+		HubCallsPerDevice: r.hubCallsPerDevice(), EventsPerDevice: r.eventsPerDevice(), DeviceEvents: r.deviceEvents,
+		CeilingEventsPerDevice: r.ceiling.eventsPerDevice(r.devices),
+		Throttled:              sumCounts(r.throttled),
+		CompletedLagP50:        percentile(r.completedLag, 50).Seconds(),
+		CompletedLagP95:        percentile(r.completedLag, 95).Seconds(),
+		Sampled:                len(r.completedLag),
+		WorkerPeakRSSKB:        r.peak[procWorker], LocalhubPeakRSSKB: r.peak[procLocalhub], FleetPeakRSSKB: r.peak[procFleet],
 	}
 }
 
@@ -1044,7 +1050,7 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 	})
 	row("history events per device, ceiling", func(r rolloutBenchResult) string {
 		c := r.ceiling
-		return fmt.Sprintf("%.1f = %d ÷ %d (%s) + %.1f", float64(c.parentEvents)/float64(r.devices)+c.childEvents,
+		return fmt.Sprintf("%.1f = %d ÷ %d (%s) + %.1f", c.eventsPerDevice(r.devices),
 			c.parentEvents, r.devices, runs(c.runs), c.childEvents)
 	})
 	row("**device's `completed` → the workflow sees it**, p50 / p95 (lastFirmwareUpdate → WorkflowTaskStarted after FollowStages)", func(r rolloutBenchResult) string {

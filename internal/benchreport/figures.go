@@ -107,8 +107,13 @@ type RolloutRun struct {
 	QuotaOp         string  `json:"quotaOp"`
 
 	HubCallsPerDevice float64 `json:"hubCallsPerDevice"`
-	EventsPerDevice   float64 `json:"eventsPerDevice"`
-	Throttled         int     `json:"throttled"` // 429s localhub counted during the rollout
+	// EventsPerDevice is the events of all the rollout's runs shared out over the devices plus
+	// DeviceEvents, a device workflow's; CeilingEventsPerDevice the same of the ceiling's trivial
+	// workflows, Temporal's floor for this shape of rollout.
+	EventsPerDevice        float64 `json:"eventsPerDevice"`
+	DeviceEvents           float64 `json:"deviceEvents"`
+	CeilingEventsPerDevice float64 `json:"ceilingEventsPerDevice"`
+	Throttled              int     `json:"throttled"` // 429s localhub counted during the rollout
 
 	// CompletedLagP50 and P95: seconds from the device's completed report to the workflow seeing
 	// it, over Sampled device workflows.

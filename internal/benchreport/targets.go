@@ -120,7 +120,10 @@ func Targets(r Results) []TargetRow {
 		rows = append(rows, TargetRow{events, "one firmware update at the tutorial's 15 s stages", fmt.Sprint(dm.HistoryEvents), verdict(dm.HistoryEvents <= EventsTarget)})
 	}
 	for _, run := range runs {
-		rows = append(rows, TargetRow{events, label(run), fmt.Sprintf("%.1f", run.EventsPerDevice), verdict(run.EventsPerDevice <= EventsTarget)})
+		rows = append(rows, TargetRow{events, label(run),
+			fmt.Sprintf("%.1f (device workflow %.1f + the rollout's share %.1f; trivial ceiling %.1f)", run.EventsPerDevice,
+				run.DeviceEvents, run.EventsPerDevice-run.DeviceEvents, run.CeilingEventsPerDevice),
+			verdict(run.EventsPerDevice <= EventsTarget)})
 	}
 	if dm == nil && len(runs) == 0 {
 		rows = append(rows, TargetRow{calls + ", " + events, NoTarget, "no firmware update or rollout measured", NotMeasured})
