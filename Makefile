@@ -12,7 +12,7 @@ GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './.
 export DMFLOW_BIN_DIR := $(abspath $(BIN))
 export DMFLOW_TEMPORAL_BIN := $(abspath $(BIN)/temporal)
 
-.PHONY: help build temporal demo up down status test test-unit test-integration fuzz record-histories lint clean bench bench-fleet bench-firmware bench-rollout
+.PHONY: help build temporal demo up down status test test-unit test-integration fuzz record-histories lint clean bench bench-fleet bench-firmware bench-baseline bench-rollout bench-report
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,6 +47,7 @@ lint: ## gofmt and go vet
 		if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	go vet ./...
 	go vet -tags integration ./test/...
+	go vet -tags 'integration bench' ./test/...
 
 test-unit: ## unit and in-process localhub tests
 	go test -count=1 ./...
@@ -60,20 +61,46 @@ record-histories: build ## re-record workflows/testdata/*.json from the integrat
 fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
 	scripts/fuzz.sh
 
-bench: bench-firmware bench-fleet bench-rollout ## every benchmark (results to paste into BENCHMARKS.md)
+# The benchmarks' results: bench-<name>.md (tables) and bench-<name>.json (figures) in .bin/.
+BENCH_OUT := $(abspath $(BIN))
+# The file bench and bench-report write.
+BENCH_REPORT ?= BENCHMARKS.md
+BENCH_TEST := go test -tags 'integration bench' -count=1 -v ./test/
+# BENCH_SHOW keeps a benchmark's progress lines on the terminal; the whole log goes to .bin/.
+BENCH_SHOW := grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|measure[a-z_]*_test.go'
 
-bench-firmware: build ## one firmware update at the tutorial's 15 s stages: dmflow against the tutorial's loop
-	DMFLOW_BENCH_OUT=$(abspath $(BIN))/bench-firmware.md go test -tags 'integration bench' -count=1 -timeout 10m \
-		-run TestMeasureFirmwareCost ./test/
+bench: build ## every benchmark in one run, then BENCHMARKS.md rewritten from it (about 2 h; settings in BENCHMARKS.md)
+	rm -f $(BIN)/bench-*.md $(BIN)/bench-*.json $(BIN)/bench-started
+	echo "$$(date -u +%Y-%m-%dT%H:%M:%SZ) $$(cat /proc/loadavg)" > $(BIN)/bench-started
+	$(MAKE) --no-print-directory bench-firmware
+	$(MAKE) --no-print-directory bench-fleet
+	$(MAKE) --no-print-directory bench-baseline
+	$(MAKE) --no-print-directory bench-rollout
+	go run ./bench/report --dir $(BIN) --out $(BENCH_REPORT) --started $(BIN)/bench-started
+
+bench-report: ## BENCHMARKS.md from the results in .bin/ of the bench-* targets run so far (BENCH_REPORT= to write elsewhere)
+	go run ./bench/report --dir $(BIN) --out $(BENCH_REPORT)
+
+bench-firmware: build ## one firmware update at the tutorial's 15 s stages: dmflow against the tutorial's loop (~1½ min)
+	DMFLOW_BENCH_OUT=$(BENCH_OUT)/bench-firmware.md $(BENCH_TEST) -timeout 10m -run '^TestMeasureFirmwareCost$$' 2>&1 \
+		| tee $(BIN)/bench-firmware.log | $(BENCH_SHOW) ; exit $${PIPESTATUS[0]}
 	@cat $(BIN)/bench-firmware.md
 
-bench-rollout: build ## firmware rollouts of 1,000 and 10,000 simulated devices at S1 quotas, against Temporal's own ceiling (~40 min)
-	ulimit -n "$$(ulimit -Hn)"; DMFLOW_BENCH_OUT=$(abspath $(BIN))/bench-rollout.md go test -tags 'integration bench' -count=1 -timeout 120m \
-		-run TestMeasureRollout -v ./test/ 2>&1 | tee $(BIN)/bench-rollout.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|measure_rollout_test.go' ; exit $${PIPESTATUS[0]}
+bench-baseline: build ## the tutorials' sequential loop over 100 simulated devices against a dmflow rollout of them (~10 min)
+	DMFLOW_BENCH_OUT=$(BENCH_OUT)/bench-baseline.md $(BENCH_TEST) -timeout 120m -run '^TestMeasureBaseline$$' 2>&1 \
+		| tee $(BIN)/bench-baseline.log | $(BENCH_SHOW) ; exit $${PIPESTATUS[0]}
+	@cat $(BIN)/bench-baseline.md
+
+bench-rollout: build ## firmware rollouts of 1,000 and 10,000 simulated devices, quota-free (S3) and quota-bound (S1), against Temporal's own ceiling (~1¾ h)
+	ulimit -n "$$(ulimit -Hn)"; DMFLOW_BENCH_OUT=$(BENCH_OUT)/bench-rollout.md $(BENCH_TEST) -timeout 240m -run '^TestMeasureRollout$$' 2>&1 \
+		| tee $(BIN)/bench-rollout.log | $(BENCH_SHOW) ; exit $${PIPESTATUS[0]}
 	@cat $(BIN)/bench-rollout.md
 
-bench-fleet: ## simdevice fleet of COUNT (default 10000) against its own localhub: connect time, memory
-	scripts/bench-fleet.sh
+bench-fleet: ## simdevice fleet of COUNT (default 10000) against its own localhub: connect time, memory (~1 min)
+	@mkdir -p $(BIN)
+	scripts/bench-fleet.sh > $(BIN)/bench-fleet.md.tmp
+	mv $(BIN)/bench-fleet.md.tmp $(BIN)/bench-fleet.md
+	@cat $(BIN)/bench-fleet.md
 
 test: lint build test-unit fuzz test-integration ## everything CI runs; starts and stops what the tests need
 

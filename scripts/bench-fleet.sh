@@ -2,7 +2,9 @@
 # bench-fleet.sh: measures `simdevice fleet` against localhub, each in its
 # own process on this machine: how long registering and connecting COUNT
 # devices takes, and what they cost in memory (RSS of both processes, the
-# fleet's Go heap) and CPU. Prints a Markdown table for BENCHMARKS.md.
+# fleet's Go heap) and CPU. Prints a Markdown table on stdout (progress on
+# stderr), which `make bench-fleet` keeps in .bin/bench-fleet.md for
+# BENCHMARKS.md.
 #
 #   COUNT=10000 (devices)  SETTLE=10 (seconds idle before sampling)
 #   CONNECT_CONCURRENCY=64  KEEP=1 (keep the logs in the work dir)

@@ -8,11 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/benchreport"
 	"github.com/dmflow/dmflow/internal/protocol"
 )
 
@@ -20,8 +22,8 @@ import (
 // timings (15 s stages) done by dmflow and by the tutorial's loop (bench/
 // tutorial, reading the twin every 5 s and every 6 s), on separate devices at
 // the same time: hub calls as localhub counted them, Temporal history events,
-// how late each stage was seen. `make bench` runs it and writes the table to
-// DMFLOW_BENCH_OUT.
+// how late each stage was seen. `make bench-firmware` runs it and writes the
+// table to DMFLOW_BENCH_OUT and the figures beside it (.json).
 func TestMeasureFirmwareCost(t *testing.T) {
 	queue := "bench-firmware"
 	startWorker(t, queue)
@@ -35,6 +37,7 @@ func TestMeasureFirmwareCost(t *testing.T) {
 
 	type row struct {
 		name                  string
+		dmflow                bool
 		methods, reads, calls int
 		events                int
 		lag                   map[string]time.Duration
@@ -65,7 +68,7 @@ func TestMeasureFirmwareCost(t *testing.T) {
 		}
 		events := strings.Count(string(historyJSON(t, temporalClient(t), out.WorkflowID)), `"eventId"`)
 		mu.Lock()
-		rows = append(rows, row{name: "dmflow FirmwareUpdate", events: events, lag: lag, duration: out.Result.Duration,
+		rows = append(rows, row{name: "dmflow FirmwareUpdate", dmflow: true, events: events, lag: lag, duration: out.Result.Duration,
 			methods: methodInvocations(t, "bm-dmflow", protocol.MethodFirmwareUpdate), reads: serviceTwinReads(t, "bm-dmflow")})
 		mu.Unlock()
 	}()
@@ -97,6 +100,8 @@ func TestMeasureFirmwareCost(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// dmflow first, then the loops by interval, whichever finished first.
+	slices.SortFunc(rows, func(a, b row) int { return strings.Compare(a.name, b.name) })
 
 	lagOf := func(r row, stage string) string {
 		d, ok := r.lag[stage]
@@ -119,6 +124,14 @@ func TestMeasureFirmwareCost(t *testing.T) {
 	t.Log("\n" + b.String())
 	if out := os.Getenv("DMFLOW_BENCH_OUT"); out != "" {
 		if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var figs benchreport.FirmwareFigures
+		for _, r := range rows {
+			figs.Runs = append(figs.Runs, benchreport.FirmwareRun{Name: r.name, Dmflow: r.dmflow,
+				HubCalls: r.methods + r.reads, HistoryEvents: r.events, Seconds: r.duration.Seconds()})
+		}
+		if err := benchreport.WriteFigures(benchreport.FiguresPathFor(out), figs); err != nil {
 			t.Fatal(err)
 		}
 	}

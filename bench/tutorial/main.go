@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/amenzhinsky/iothub/iotservice"
+	"github.com/dmflow/dmflow/internal/fleet"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/internal/settings"
@@ -52,13 +53,16 @@ type summary struct {
 
 func main() {
 	devices := flag.String("devices", "", "comma-separated device IDs, updated one after another")
+	prefix := flag.String("prefix", "", "with --count: update the devices of `simdevice fleet --prefix P --count N` instead of --devices")
+	count := flag.Int("count", 0, "with --prefix: how many fleet devices, updated one after another")
 	uri := flag.String("uri", "https://fw.example/v2.bin", "firmware package URI")
 	version := flag.String("version", "2.0.0", "firmware version")
 	interval := flag.Duration("interval", 6*time.Second, "twin read interval (the tutorial's fixed loop)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up on a device after this long")
 	flag.Parse()
-	if *devices == "" {
-		fmt.Fprintln(os.Stderr, "tutorial: --devices is required, e.g. --devices dev-001,dev-002")
+	ids, err := deviceIDs(*devices, *prefix, *count)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tutorial:", err)
 		os.Exit(2)
 	}
 	s, err := hubconn.ParseService(settings.HubConnectionString, os.Getenv(settings.HubConnectionString))
@@ -75,7 +79,7 @@ func main() {
 
 	sum := summary{Interval: *interval}
 	start := time.Now()
-	for i, id := range strings.Split(*devices, ",") {
+	for i, id := range ids {
 		r := update(context.Background(), hub, id, *uri, *version, fmt.Sprintf("tutorial-%d-%d", start.Unix(), i), *interval, *timeout)
 		sum.Runs = append(sum.Runs, r)
 		sum.HubCalls += r.MethodCall + r.TwinReads
@@ -88,6 +92,23 @@ func main() {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(sum)
+}
+
+// deviceIDs are the devices to update: the list given, or the fleet's.
+func deviceIDs(list, prefix string, count int) ([]string, error) {
+	switch {
+	case list != "" && (prefix != "" || count != 0):
+		return nil, errors.New("give either --devices or --prefix with --count, not both")
+	case list != "":
+		return strings.Split(list, ","), nil
+	case prefix == "" || count < 1:
+		return nil, errors.New("--devices is required, e.g. --devices dev-001,dev-002, or --prefix and --count of a fleet, e.g. --prefix dev- --count 100")
+	}
+	ids := make([]string, count)
+	for i := range ids {
+		ids[i] = fleet.DeviceID(prefix, i+1, count)
+	}
+	return ids, nil
 }
 
 func update(ctx context.Context, hub *iotservice.Client, id, uri, version, updateID string, interval, timeout time.Duration) (r deviceRun) {

@@ -1,0 +1,208 @@
+// Package benchreport assembles BENCHMARKS.md from what `make bench` measured. Each benchmark
+// writes into one directory a Markdown fragment with its tables (bench-<name>.md) and, where
+// issue 8 sets targets, the figures those targets are about (bench-<name>.json, the types below).
+// Render puts the fragments into the template's prose under a header describing the machine, and
+// compares the figures with the targets in a table of its own.
+//
+// The benchmarks (test/measure*_test.go, scripts/bench-fleet.sh) write; bench/report reads.
+package benchreport
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// The benchmarks, by the name of their fragment: bench-<name>.md and bench-<name>.json.
+const (
+	Firmware = "firmware" // make bench-firmware: one update, dmflow against the tutorial's loop
+	Fleet    = "fleet"    // make bench-fleet: simdevice fleet connect time and memory
+	Baseline = "baseline" // make bench-baseline: the tutorial's sequential loop over a fleet
+	Rollout  = "rollout"  // make bench-rollout: rollouts against Temporal's ceiling and the quota
+)
+
+// Names lists the benchmarks in the order `make bench` runs them.
+var Names = []string{Firmware, Fleet, Baseline, Rollout}
+
+// FragmentPath is where benchmark name writes its Markdown fragment in dir.
+func FragmentPath(dir, name string) string { return filepath.Join(dir, "bench-"+name+".md") }
+
+// FiguresPath is where benchmark name writes its figures in dir.
+func FiguresPath(dir, name string) string { return filepath.Join(dir, "bench-"+name+".json") }
+
+// FiguresPathFor is the figures file beside a fragment path (bench-x.md → bench-x.json), so that a
+// benchmark given DMFLOW_BENCH_OUT needs no second setting.
+func FiguresPathFor(fragment string) string {
+	return strings.TrimSuffix(fragment, filepath.Ext(fragment)) + ".json"
+}
+
+// FirmwareFigures is what `make bench-firmware` measured: one firmware update at the tutorial's
+// 15 s stages, by dmflow and by the tutorial's loop.
+type FirmwareFigures struct {
+	Runs []FirmwareRun `json:"runs"`
+}
+
+// FirmwareRun is one of the updates.
+type FirmwareRun struct {
+	Name          string  `json:"name"`
+	Dmflow        bool    `json:"dmflow"`
+	HubCalls      int     `json:"hubCalls"`
+	HistoryEvents int     `json:"historyEvents,omitempty"` // dmflow only
+	Seconds       float64 `json:"seconds"`
+}
+
+// BaselineFigures is what `make bench-baseline` measured: the tutorial's sequential loop and a
+// dmflow rollout over the same simulated devices.
+type BaselineFigures struct {
+	Devices         int     `json:"devices"`
+	IntervalSeconds float64 `json:"intervalSeconds"` // the loop's twin-read interval
+	StageSeconds    float64 `json:"stageSeconds"`    // the devices' firmware stage duration
+	LoopSeconds     float64 `json:"loopSeconds"`
+	LoopHubCalls    int     `json:"loopHubCalls"`
+	LoopCompleted   int     `json:"loopCompleted"`
+	DmflowSeconds   float64 `json:"dmflowSeconds"`
+	DmflowHubCalls  int     `json:"dmflowHubCalls"`
+	DmflowSucceeded int     `json:"dmflowSucceeded"`
+}
+
+// Speedup is how many times faster dmflow updated the devices than the loop; 0 when unknown.
+func (b BaselineFigures) Speedup() float64 {
+	if b.DmflowSeconds <= 0 {
+		return 0
+	}
+	return b.LoopSeconds / b.DmflowSeconds
+}
+
+// RolloutFigures is what `make bench-rollout` measured.
+type RolloutFigures struct {
+	Runs []RolloutRun `json:"runs"`
+}
+
+// RolloutRun is one firmware rollout and the bounds it is compared with.
+type RolloutRun struct {
+	// Regime names the configuration: "unbound" (a tier whose quota is far above what Temporal
+	// allows, no --rate) or "quota" (a tier whose quota binds, --rate set to it).
+	Regime  string `json:"regime"`
+	Devices int    `json:"devices"`
+	// Tier is localhub's tier ("S1", "S2", "S3"), or "off" for --no-throttle.
+	Tier string `json:"tier"`
+	// QuotaTier is the tier the quota-bound minimum is computed for: Tier, or S1 when off.
+	QuotaTier string  `json:"quotaTier"`
+	Rate      float64 `json:"rate,omitempty"` // the rollout's --rate; 0 for none
+	// Server is the Temporal dev server the rollout and its ceiling ran on: "sqlite" (a database
+	// file, as `make up` runs it) or "memory".
+	Server    string `json:"server"`
+	Succeeded int    `json:"succeeded"`
+	Failed    int    `json:"failed"`
+
+	Seconds        float64 `json:"seconds"`        // rollout start → completed
+	CeilingSeconds float64 `json:"ceilingSeconds"` // the same number of trivial workflows, same server
+	// QuotaMinSeconds is the quota-bound minimum: the largest of calls ÷ documented rate over the
+	// operations the rollout used, at QuotaTier; QuotaOp names that operation.
+	QuotaMinSeconds float64 `json:"quotaMinSeconds"`
+	QuotaOp         string  `json:"quotaOp"`
+
+	HubCallsPerDevice float64 `json:"hubCallsPerDevice"`
+	// EventsPerDevice is the events of all the rollout's runs shared out over the devices plus
+	// DeviceEvents, a device workflow's; CeilingEventsPerDevice the same of the ceiling's trivial
+	// workflows, Temporal's floor for this shape of rollout.
+	EventsPerDevice        float64 `json:"eventsPerDevice"`
+	DeviceEvents           float64 `json:"deviceEvents"`
+	CeilingEventsPerDevice float64 `json:"ceilingEventsPerDevice"`
+	Throttled              int     `json:"throttled"` // 429s localhub counted during the rollout
+
+	// CompletedLagP50 and P95: seconds from the device's completed report to the workflow seeing
+	// it, over Sampled device workflows.
+	CompletedLagP50 float64 `json:"completedLagP50"`
+	CompletedLagP95 float64 `json:"completedLagP95"`
+	Sampled         int     `json:"sampled"`
+
+	WorkerPeakRSSKB   int64 `json:"workerPeakRssKb"`
+	LocalhubPeakRSSKB int64 `json:"localhubPeakRssKb"`
+	FleetPeakRSSKB    int64 `json:"fleetPeakRssKb"`
+}
+
+// PerMinute is the rollout's devices per minute.
+func (r RolloutRun) PerMinute() float64 { return perMinute(r.Devices, r.Seconds) }
+
+// CeilingPerMinute is Temporal's ceiling in devices per minute.
+func (r RolloutRun) CeilingPerMinute() float64 { return perMinute(r.Devices, r.CeilingSeconds) }
+
+// QuotaPerMinute is the quota-bound maximum pace in devices per minute.
+func (r RolloutRun) QuotaPerMinute() float64 { return perMinute(r.Devices, r.QuotaMinSeconds) }
+
+// CeilingRatio is the rollout's pace as a fraction of Temporal's ceiling.
+func (r RolloutRun) CeilingRatio() float64 {
+	if r.Seconds <= 0 {
+		return 0
+	}
+	return r.CeilingSeconds / r.Seconds
+}
+
+// QuotaRatio is the rollout's time as a multiple of the quota-bound minimum.
+func (r RolloutRun) QuotaRatio() float64 {
+	if r.QuotaMinSeconds <= 0 {
+		return 0
+	}
+	return r.Seconds / r.QuotaMinSeconds
+}
+
+// QuotaBinds reports whether the hub's quota, rather than Temporal, bounds the rollout: its
+// minimum is longer than Temporal's ceiling took for as many devices on the same server.
+func (r RolloutRun) QuotaBinds() bool { return r.QuotaMinSeconds > r.CeilingSeconds }
+
+// Label names the run in the targets table.
+func (r RolloutRun) Label() string {
+	s := fmt.Sprintf("rollout of %s devices, localhub %s", Count(r.Devices), r.Tier)
+	if r.Rate > 0 {
+		s += fmt.Sprintf(", --rate %g/s", r.Rate)
+	}
+	return s + ", " + r.Server + " dev server"
+}
+
+func perMinute(n int, seconds float64) float64 {
+	if seconds <= 0 {
+		return 0
+	}
+	return float64(n) / seconds * 60
+}
+
+// WriteFigures writes v as the figures file path.
+func WriteFigures(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode figures for %s: %w", path, err)
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// readFigures reads the figures file path into v; ok is false when there is none.
+func readFigures(path string, v any) (ok bool, err error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return false, fmt.Errorf("read %s: %w (run the benchmark again to rewrite it)", path, err)
+	}
+	return true, nil
+}
+
+// Count formats a device count with thousands separators: 10,000.
+func Count(n int) string {
+	s := fmt.Sprint(n)
+	if n < 0 {
+		return "-" + Count(-n)
+	}
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
