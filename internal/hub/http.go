@@ -176,16 +176,16 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	return body, nil
 }
 
-// decodeBody parses a JSON body, keeping numbers as json.Number.
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
-	body, err := readBody(w, r)
-	if err != nil {
-		return err
-	}
+// decodeJSON parses one JSON value, keeping numbers as json.Number, and
+// refuses anything after it. Errors are ArgumentInvalid.
+func decodeJSON(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	if err := dec.Decode(v); err != nil {
-		return errorf(ErrArgumentInvalid, "request body is not valid JSON: %v", err)
+		return errorf(ErrArgumentInvalid, "request body is not valid JSON of the expected shape: %v", err)
+	}
+	if rest := bytes.TrimSpace(body[dec.InputOffset():]); len(rest) > 0 {
+		return errorf(ErrArgumentInvalid, "request body has data after its JSON value")
 	}
 	return nil
 }
@@ -268,16 +268,14 @@ type deviceRequest struct {
 	Capabilities *capabilities `json:"capabilities"`
 }
 
-func (h *Hub) handlePutDevice(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
+// parseDeviceBody decodes and checks the body of PUT /devices/{id}.
+func parseDeviceBody(id string, body []byte) (deviceSpec, error) {
 	var req deviceRequest
-	if err := decodeBody(w, r, &req); err != nil {
-		h.fail(w, r, err)
-		return
+	if err := decodeJSON(body, &req); err != nil {
+		return deviceSpec{}, err
 	}
 	if req.DeviceID != "" && req.DeviceID != id {
-		h.fail(w, r, errorf(ErrArgumentInvalid, "deviceId %q in the body does not match %q in the path", req.DeviceID, id))
-		return
+		return deviceSpec{}, errorf(ErrArgumentInvalid, "deviceId %q in the body does not match %q in the path", req.DeviceID, id)
 	}
 	spec := deviceSpec{ID: id, Status: req.Status, StatusReason: req.StatusReason}
 	if a := req.Authentication; a != nil {
@@ -288,6 +286,21 @@ func (h *Hub) handlePutDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Capabilities != nil {
 		spec.IoTEdge = req.Capabilities.IoTEdge
+	}
+	return spec, spec.validate()
+}
+
+func (h *Hub) handlePutDevice(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	body, err := readBody(w, r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	spec, err := parseDeviceBody(id, body)
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
 	d, err := h.putDevice(spec, r.Header.Get("If-Match"), time.Now())
 	if err != nil {
@@ -410,6 +423,33 @@ func (h *Hub) handleGetTwin(w http.ResponseWriter, r *http.Request) {
 // them back.
 func (h *Hub) handleUpdateTwin(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	body, err := readBody(w, r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	u, err := parseTwinBody(id, body, r.Method == http.MethodPut)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	u.ifMatch = r.Header.Get("If-Match")
+	d, tw, err := h.updateTwin(id, u, time.Now())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.log.Debug("twin updated", "device", id, "version", tw.Version, "desired_version", tw.DesiredVersion)
+	w.Header().Set("ETag", `"`+twinETag(tw.Version)+`"`)
+	writeJSON(w, http.StatusOK, h.twinView(d, tw))
+}
+
+// parseTwinBody decodes and checks the body of PATCH (replace false) or PUT
+// (replace true) /twins/{id}. Only tags and desired properties are the
+// service's to write; other fields of the body, including reported
+// properties, are ignored as the twin reads them back. The sizes of the
+// sections are checked once merged, by updateTwin.
+func parseTwinBody(id string, body []byte, replace bool) (twinUpdate, error) {
 	var req struct {
 		DeviceID   string         `json:"deviceId"`
 		Tags       map[string]any `json:"tags"`
@@ -417,15 +457,13 @@ func (h *Hub) handleUpdateTwin(w http.ResponseWriter, r *http.Request) {
 			Desired map[string]any `json:"desired"`
 		} `json:"properties"`
 	}
-	if err := decodeBody(w, r, &req); err != nil {
-		h.fail(w, r, err)
-		return
+	if err := decodeJSON(body, &req); err != nil {
+		return twinUpdate{}, err
 	}
 	if req.DeviceID != "" && req.DeviceID != id {
-		h.fail(w, r, errorf(ErrArgumentInvalid, "deviceId %q in the body does not match %q in the path", req.DeviceID, id))
-		return
+		return twinUpdate{}, errorf(ErrArgumentInvalid, "deviceId %q in the body does not match %q in the path", req.DeviceID, id)
 	}
-	u := twinUpdate{replace: r.Method == http.MethodPut, tags: req.Tags, ifMatch: r.Header.Get("If-Match")}
+	u := twinUpdate{replace: replace, tags: req.Tags}
 	if req.Properties != nil {
 		u.desired = req.Properties.Desired
 	}
@@ -438,14 +476,18 @@ func (h *Hub) handleUpdateTwin(w http.ResponseWriter, r *http.Request) {
 			u.desired = map[string]any{}
 		}
 	}
-	d, tw, err := h.updateTwin(id, u, time.Now())
-	if err != nil {
-		h.fail(w, r, err)
-		return
+	if u.desired != nil {
+		stripSystemProperties(u.desired)
+		if err := validatePatch(u.desired, "desired"); err != nil {
+			return twinUpdate{}, errorf(ErrArgumentInvalid, "%v", err)
+		}
 	}
-	h.log.Debug("twin updated", "device", id, "version", tw.Version, "desired_version", tw.DesiredVersion)
-	w.Header().Set("ETag", `"`+twinETag(tw.Version)+`"`)
-	writeJSON(w, http.StatusOK, h.twinView(d, tw))
+	if u.tags != nil {
+		if err := validatePatch(u.tags, "tags"); err != nil {
+			return twinUpdate{}, errorf(ErrArgumentInvalid, "%v", err)
+		}
+	}
+	return u, nil
 }
 
 func (h *Hub) handleInvokeMethod(w http.ResponseWriter, r *http.Request) {
