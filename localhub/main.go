@@ -4,6 +4,7 @@
 //
 //	localhub                                   serve (Ctrl-C stops)
 //	localhub connection-string                 print the service connection string
+//	localhub connection-string --policy NAME   print another policy's (service, registryRead, …)
 //	localhub connection-string --device ID     print a device connection string
 //	localhub connection-string --device ID --create
 //
@@ -18,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -68,12 +70,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	f.Var(&quotaFlag{q: &cfg.Quotas}, "quota", "override an operation's rate, op=N/s, op=N/min or op=off; repeatable; ops: methods (4 KB chunks), twinReads, twinUpdates, queries, registry, connections, telemetry (env "+hub.EnvQuotas+", comma-separated)")
 	f.BoolVar(&cfg.NoThrottle, "no-throttle", cfg.NoThrottle, "turn throttling off, for tests and benchmarks (env "+hub.EnvNoThrottle+")")
 
-	var device string
+	var device, policy string
 	var create bool
 	cs := &cobra.Command{
 		Use:   "connection-string",
 		Short: "Print the service connection string, or with --device a device connection string",
-		Long: "Print the iothubowner service connection string read from the state directory, " +
+		Long: "Print the iothubowner service connection string read from the state directory " +
+			"(with --policy that of another shared access policy: " + policyList() + "), " +
 			"or with --device the connection string of that device, read (or with --create registered) " +
 			"through the running localhub's REST API.",
 		Args: cobra.NoArgs,
@@ -84,6 +87,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			var s string
 			var err error
 			switch {
+			case device != "" && cmd.Flags().Changed("policy"):
+				return errors.New("--policy and --device exclude each other: a device connection string uses the device's key")
 			case device != "":
 				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 				defer cancel()
@@ -91,7 +96,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			case create:
 				return errors.New("--create needs --device: name the device to register")
 			default:
-				s, err = cfg.ServiceConnectionString()
+				s, err = cfg.PolicyConnectionString(policy)
 			}
 			if err != nil {
 				return err
@@ -102,12 +107,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	cs.Flags().StringVar(&device, "device", "", "device ID; prints its connection string instead of the service one")
 	cs.Flags().BoolVar(&create, "create", false, "register the device if it does not exist")
+	cs.Flags().StringVar(&policy, "policy", hub.PolicyName, "shared access policy whose service connection string to print: "+policyList())
 	root.AddCommand(cs)
 
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	return root.ExecuteContext(ctx)
+}
+
+func policyList() string {
+	var names []string
+	for _, p := range hub.Policies {
+		names = append(names, p.Name+" ("+p.Permissions.String()+")")
+	}
+	return strings.Join(names, ", ")
 }
 
 // quotaFlag is the repeatable --quota op=rate flag. The first use on the

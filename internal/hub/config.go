@@ -177,6 +177,15 @@ func (c Config) Options(log *slog.Logger) Options {
 // own, not in the locked store) and after it stopped; the port is the one
 // the running (or last) localhub published, else the one of HTTPSAddr.
 func (c Config) ServiceConnectionString() (string, error) {
+	return c.PolicyConnectionString(PolicyName)
+}
+
+// PolicyConnectionString is ServiceConnectionString for any of the shared
+// access policies (see Policies).
+func (c Config) PolicyConnectionString(policy string) (string, error) {
+	if _, ok := lookupPolicy(policy); !ok {
+		return "", fmt.Errorf("--policy %q is not a shared access policy of localhub: use one of %s", policy, policyNames())
+	}
 	key, err := readPolicyKey(c.StateDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("no localhub state in %s: start localhub once with --state-dir %s", c.StateDir, c.StateDir)
@@ -188,7 +197,14 @@ func (c Config) ServiceConnectionString() (string, error) {
 	if rt, err := readRuntime(c.StateDir); err == nil {
 		host, addr = rt.HostName, rt.HTTPSAddr
 	}
-	return serviceConnectionString(hostPort(host, addr), key), nil
+	if policy == PolicyName {
+		return serviceConnectionString(hostPort(host, addr), key), nil
+	}
+	raw, err := sas.DecodeKey(key)
+	if err != nil {
+		return "", err
+	}
+	return policyConnectionString(hostPort(host, addr), raw, policy)
 }
 
 // DeviceConnectionString asks the running localhub for the identity of

@@ -375,6 +375,16 @@ func (h *Hub) ServiceConnectionString() string {
 	return serviceConnectionString(hostPort(h.opts.HostName, h.httpsAddr), h.policyB64)
 }
 
+// PolicyConnectionString returns the connection string of one of the
+// shared access policies (see Policies), e.g. "service" for one with
+// ServiceConnect only.
+func (h *Hub) PolicyConnectionString(name string) (string, error) {
+	if name == PolicyName {
+		return h.ServiceConnectionString(), nil
+	}
+	return policyConnectionString(hostPort(h.opts.HostName, h.httpsAddr), h.policyKey, name)
+}
+
 func serviceConnectionString(host, key string) string {
 	return "HostName=" + host + ";SharedAccessKeyName=" + PolicyName + ";SharedAccessKey=" + key
 }

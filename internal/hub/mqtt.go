@@ -151,10 +151,17 @@ func (h *Hub) authenticateDevice(clientID, username, password string, now time.T
 		return connackRefused, "device does not use symmetric keys"
 	}
 	var keys [][]byte
-	if tok.KeyName == PolicyName {
-		// Like IoT Hub's iothubowner, the policy has DeviceConnect: a
-		// token signed with its key may connect any device.
-		keys = [][]byte{h.policyKey}
+	if tok.KeyName != "" {
+		// A token naming a policy is signed with the policy's key, and
+		// connects any device if the policy has DeviceConnect.
+		p, ok := lookupPolicy(tok.KeyName)
+		switch {
+		case !ok:
+			return connackRefused, fmt.Sprintf("unknown shared access policy %q", tok.KeyName)
+		case p.Permissions&DeviceConnect == 0:
+			return connackRefused, fmt.Sprintf("shared access policy %q has %s, not DeviceConnect", p.Name, p.Permissions)
+		}
+		keys = [][]byte{policyKey(h.policyKey, p.Name)}
 	} else {
 		for _, k := range []string{d.PrimaryKey, d.SecondaryKey} {
 			if b, err := sas.DecodeKey(k); err == nil {
