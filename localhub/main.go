@@ -8,7 +8,10 @@
 //	localhub connection-string --device ID     print a device connection string
 //	localhub connection-string --device ID --create
 //
-// Flags fall back to DMFLOW_LOCALHUB_* environment variables.
+// Flags fall back to DMFLOW_LOCALHUB_* environment variables. Exit codes: 0
+// stopped by SIGINT or SIGTERM, or done; 1 failed (a port in use, the state
+// directory held by another localhub, no localhub running for --device); 2
+// bad flags, environment or arguments, refused before anything started.
 package main
 
 import (
@@ -30,14 +33,40 @@ import (
 	"github.com/dmflow/dmflow/internal/logging"
 )
 
+// Exit codes: 0 stopped by SIGINT or SIGTERM (or a command done), 1 failed
+// (ports in use, state dir locked by another localhub, localhub not running
+// for --device), 2 bad flags, environment or arguments, found before
+// anything started.
+const (
+	exitFailed = 1
+	exitUsage  = 2
+)
+
+// usageError marks a command line or environment the user fixes: exit 2.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	code := execute(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "localhub:", err)
-		os.Exit(1)
+	os.Exit(code)
+}
+
+// execute runs the command line, prints an error as one line and returns
+// the exit code.
+func execute(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	err := run(ctx, args, getenv, stdout, stderr)
+	if err == nil {
+		return 0
 	}
+	fmt.Fprintln(stderr, "localhub:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitFailed
 }
 
 // run executes the command line; tests call it with their own arguments,
@@ -45,8 +74,9 @@ func main() {
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cfg, err := hub.ConfigFromEnv(getenv)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
+	started := false
 	root := &cobra.Command{
 		Use:               "localhub",
 		Short:             "Run an IoT Hub-compatible endpoint (MQTT devices, HTTPS service API)",
@@ -55,6 +85,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		SilenceErrors:     true,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cfg.Validate(); err != nil {
+				return usageError{err}
+			}
+			started = true
 			return serve(cmd.Context(), cfg, stdout, stderr)
 		},
 	}
@@ -82,20 +116,30 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := cfg.Validate(); err != nil {
-				return err
+				return usageError{err}
 			}
-			var s string
-			var err error
 			switch {
 			case device != "" && cmd.Flags().Changed("policy"):
-				return errors.New("--policy and --device exclude each other: a device connection string uses the device's key")
+				return usageError{errors.New("--policy and --device exclude each other: a device connection string uses the device's key")}
 			case device != "":
+				if err := hub.CheckDeviceID(device); err != nil {
+					return usageError{err}
+				}
+			case create:
+				return usageError{errors.New("--create needs --device: name the device to register")}
+			default:
+				if err := hub.CheckPolicyName(policy); err != nil {
+					return usageError{err}
+				}
+			}
+			started = true
+			var s string
+			var err error
+			if device != "" {
 				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 				defer cancel()
 				s, err = cfg.DeviceConnectionString(ctx, device, create)
-			case create:
-				return errors.New("--create needs --device: name the device to register")
-			default:
+			} else {
 				s, err = cfg.PolicyConnectionString(policy)
 			}
 			if err != nil {
@@ -110,10 +154,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cs.Flags().StringVar(&policy, "policy", hub.PolicyName, "shared access policy whose service connection string to print: "+policyList())
 	root.AddCommand(cs)
 
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())}
+	})
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	return root.ExecuteContext(ctx)
+	err = root.ExecuteContext(ctx)
+	var ue usageError
+	if err != nil && !started && !errors.As(err, &ue) {
+		// An error before a command ran is cobra's: an unknown command or
+		// argument.
+		err = usageError{fmt.Errorf("%w: see localhub --help", err)}
+	}
+	return err
 }
 
 func policyList() string {
@@ -155,11 +209,8 @@ func (f *quotaFlag) Set(v string) error {
 
 func (f *quotaFlag) Type() string { return "op=rate" }
 
-// serve runs localhub until ctx ends.
+// serve runs localhub until ctx ends; cfg is valid.
 func serve(ctx context.Context, cfg hub.Config, stdout, stderr io.Writer) error {
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
 	log, err := logging.New(cfg.LogFormat, stderr, slog.LevelInfo)
 	if err != nil {
 		return err
