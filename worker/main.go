@@ -46,7 +46,6 @@ func execute(args []string, getenv func(string) string, stderr io.Writer) int {
 	started := false
 	cmd := newCommand(getenv, func() { started = true })
 	cmd.SetArgs(args)
-	cmd.SetOut(stderr)
 	cmd.SetErr(stderr)
 	err := cmd.Execute()
 	if err == nil {
