@@ -4,10 +4,14 @@
 //
 //	localhub                                   serve (Ctrl-C stops)
 //	localhub connection-string                 print the service connection string
+//	localhub connection-string --policy NAME   print another policy's (service, registryRead, …)
 //	localhub connection-string --device ID     print a device connection string
 //	localhub connection-string --device ID --create
 //
-// Flags fall back to DMFLOW_LOCALHUB_* environment variables.
+// Flags fall back to DMFLOW_LOCALHUB_* environment variables. Exit codes: 0
+// stopped by SIGINT or SIGTERM, or done; 1 failed (a port in use, the state
+// directory held by another localhub, no localhub running for --device); 2
+// bad flags, environment or arguments, refused before anything started.
 package main
 
 import (
@@ -18,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -28,14 +33,40 @@ import (
 	"github.com/dmflow/dmflow/internal/logging"
 )
 
+// Exit codes: 0 stopped by SIGINT or SIGTERM (or a command done), 1 failed
+// (ports in use, state dir locked by another localhub, localhub not running
+// for --device), 2 bad flags, environment or arguments, found before
+// anything started.
+const (
+	exitFailed = 1
+	exitUsage  = 2
+)
+
+// usageError marks a command line or environment the user fixes: exit 2.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	code := execute(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "localhub:", err)
-		os.Exit(1)
+	os.Exit(code)
+}
+
+// execute runs the command line, prints an error as one line and returns
+// the exit code.
+func execute(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	err := run(ctx, args, getenv, stdout, stderr)
+	if err == nil {
+		return 0
 	}
+	fmt.Fprintln(stderr, "localhub:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return exitUsage
+	}
+	return exitFailed
 }
 
 // run executes the command line; tests call it with their own arguments,
@@ -43,8 +74,9 @@ func main() {
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cfg, err := hub.ConfigFromEnv(getenv)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
+	started := false
 	root := &cobra.Command{
 		Use:               "localhub",
 		Short:             "Run an IoT Hub-compatible endpoint (MQTT devices, HTTPS service API)",
@@ -53,6 +85,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		SilenceErrors:     true,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cfg.Validate(); err != nil {
+				return usageError{err}
+			}
+			started = true
 			return serve(cmd.Context(), cfg, stdout, stderr)
 		},
 	}
@@ -68,30 +104,43 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	f.Var(&quotaFlag{q: &cfg.Quotas}, "quota", "override an operation's rate, op=N/s, op=N/min or op=off; repeatable; ops: methods (4 KB chunks), twinReads, twinUpdates, queries, registry, connections, telemetry (env "+hub.EnvQuotas+", comma-separated)")
 	f.BoolVar(&cfg.NoThrottle, "no-throttle", cfg.NoThrottle, "turn throttling off, for tests and benchmarks (env "+hub.EnvNoThrottle+")")
 
-	var device string
+	var device, policy string
 	var create bool
 	cs := &cobra.Command{
 		Use:   "connection-string",
 		Short: "Print the service connection string, or with --device a device connection string",
-		Long: "Print the iothubowner service connection string read from the state directory, " +
+		Long: "Print the iothubowner service connection string read from the state directory " +
+			"(with --policy that of another shared access policy: " + policyList() + "), " +
 			"or with --device the connection string of that device, read (or with --create registered) " +
 			"through the running localhub's REST API.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := cfg.Validate(); err != nil {
-				return err
+				return usageError{err}
 			}
+			switch {
+			case device != "" && cmd.Flags().Changed("policy"):
+				return usageError{errors.New("--policy and --device exclude each other: a device connection string uses the device's key")}
+			case device != "":
+				if err := hub.CheckDeviceID(device); err != nil {
+					return usageError{err}
+				}
+			case create:
+				return usageError{errors.New("--create needs --device: name the device to register")}
+			default:
+				if err := hub.CheckPolicyName(policy); err != nil {
+					return usageError{err}
+				}
+			}
+			started = true
 			var s string
 			var err error
-			switch {
-			case device != "":
+			if device != "" {
 				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 				defer cancel()
 				s, err = cfg.DeviceConnectionString(ctx, device, create)
-			case create:
-				return errors.New("--create needs --device: name the device to register")
-			default:
-				s, err = cfg.ServiceConnectionString()
+			} else {
+				s, err = cfg.PolicyConnectionString(policy)
 			}
 			if err != nil {
 				return err
@@ -102,12 +151,31 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	cs.Flags().StringVar(&device, "device", "", "device ID; prints its connection string instead of the service one")
 	cs.Flags().BoolVar(&create, "create", false, "register the device if it does not exist")
+	cs.Flags().StringVar(&policy, "policy", hub.PolicyName, "shared access policy whose service connection string to print: "+policyList())
 	root.AddCommand(cs)
 
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())}
+	})
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	return root.ExecuteContext(ctx)
+	err = root.ExecuteContext(ctx)
+	var ue usageError
+	if err != nil && !started && !errors.As(err, &ue) {
+		// An error before a command ran is cobra's: an unknown command or
+		// argument.
+		err = usageError{fmt.Errorf("%w: see localhub --help", err)}
+	}
+	return err
+}
+
+func policyList() string {
+	var names []string
+	for _, p := range hub.Policies {
+		names = append(names, p.Name+" ("+p.Permissions.String()+")")
+	}
+	return strings.Join(names, ", ")
 }
 
 // quotaFlag is the repeatable --quota op=rate flag. The first use on the
@@ -141,11 +209,8 @@ func (f *quotaFlag) Set(v string) error {
 
 func (f *quotaFlag) Type() string { return "op=rate" }
 
-// serve runs localhub until ctx ends.
+// serve runs localhub until ctx ends; cfg is valid.
 func serve(ctx context.Context, cfg hub.Config, stdout, stderr io.Writer) error {
-	if err := cfg.Validate(); err != nil {
-		return err
-	}
 	log, err := logging.New(cfg.LogFormat, stderr, slog.LevelInfo)
 	if err != nil {
 		return err

@@ -131,6 +131,9 @@ func validateCommon(caFile, broker string, rebootDuration time.Duration, rebootS
 		if _, err := os.Stat(caFile); err != nil {
 			return fmt.Errorf("--ca-file (%s) %s cannot be read (%v): point it at localhub's ca.pem, or leave it empty for Azure IoT Hub", envHubCAFile, caFile, err)
 		}
+		if _, err := hubconn.TLSConfig(caFile); err != nil {
+			return fmt.Errorf("--ca-file (%s): %w", envHubCAFile, err)
+		}
 	}
 	if broker != "" {
 		if err := checkBroker(broker); err != nil {

@@ -45,11 +45,15 @@ func execute(args []string, getenv func(string) string, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "simdevice:", err)
 	var ue usageError
-	if errors.As(err, &ue) || !started {
-		// Errors before the command ran are cobra's: unknown command,
-		// flag or argument.
+	if !errors.As(err, &ue) && !started {
+		// Errors before the command ran are cobra's: an unknown command or
+		// argument.
+		err = fmt.Errorf("%w: see simdevice --help", err)
+		ue = usageError{err}
+	}
+	fmt.Fprintln(stderr, "simdevice:", err)
+	if ue.error != nil {
 		return 2
 	}
 	return 1
@@ -111,7 +115,9 @@ methods, and stops on SIGINT or SIGTERM.`,
 		RunE:          runE,
 	})
 	root.AddCommand(newFleetCommand(&flags, getenv, stderr, started))
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())}
+	})
 	root.CompletionOptions.DisableDefaultCmd = true
 	return root
 }

@@ -44,7 +44,7 @@ The workflow ID is firmware/<device>/<update-id>: starting the same update
 again attaches to the running workflow, and an update that already completed
 is not run twice. The update ID also goes to the device, which ignores a
 repeat. The URI must not carry credentials (no SAS sig=, no user:password@).`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			in, err := f.input()
 			if err != nil {

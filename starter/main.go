@@ -33,16 +33,22 @@ func main() {
 }
 
 func execute(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	cmd := newRoot(stdout, getenv)
+	g := &globals{getenv: getenv}
+	cmd := newRoot(stdout, g)
 	cmd.SetArgs(args)
 	cmd.SetErr(stderr)
 	err := cmd.Execute()
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "starter:", err)
 	var ue usageError
-	if errors.As(err, &ue) {
+	if !errors.As(err, &ue) && !g.ran {
+		// An error before any command ran is cobra's: an unknown command.
+		err = fmt.Errorf("%w: see starter --help for the commands", err)
+		ue = usageError{err}
+	}
+	fmt.Fprintln(stderr, "starter:", err)
+	if ue.error != nil {
 		return exitUsage
 	}
 	return exitFailed
@@ -55,6 +61,8 @@ type globals struct {
 	getenv   func(string) string
 	// clock tells the time and zone times are shown in; the zero value is the machine's.
 	clock clock
+	// ran is set once the command line parsed and a command began to run.
+	ran bool
 }
 
 // clock is the wall clock and time zone of the starter's output: time.Now and time.Local unless
@@ -80,8 +88,8 @@ func (c clock) Loc() *time.Location {
 	return c.loc
 }
 
-func newRoot(stdout io.Writer, getenv func(string) string) *cobra.Command {
-	g := &globals{getenv: getenv}
+func newRoot(stdout io.Writer, g *globals) *cobra.Command {
+	getenv := g.getenv
 	root := &cobra.Command{
 		Use:   "starter",
 		Short: "Start and watch dmflow device-management workflows",
@@ -94,6 +102,7 @@ Web UI base URL used in links (default ` + temporalconn.DefaultUIURL + `).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			g.ran = true
 			if g.output != "text" && g.output != "json" {
 				return usageError{fmt.Errorf("--output %q is not known: use text or json", g.output)}
 			}
@@ -104,7 +113,9 @@ Web UI base URL used in links (default ` + temporalconn.DefaultUIURL + `).`,
 		},
 	}
 	root.SetOut(stdout)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())}
+	})
 	pf := root.PersistentFlags()
 	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")
 	pf.StringVar(&g.temporal.Address, "temporal-address", "", "Temporal frontend host:port (overrides TEMPORAL_ADDRESS)")

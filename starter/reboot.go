@@ -33,7 +33,7 @@ func newRebootCommand(g *globals) *cobra.Command {
 		Long: `Starts the Reboot workflow for one device. The workflow ID is
 reboot/<device>/<request-id>: starting the same request again attaches to the
 running workflow, and a request that already completed is not run twice.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.device == "" {
 				return usageError{fmt.Errorf("--device is required: name the device to reboot, e.g. --device dev-001")}

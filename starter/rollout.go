@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"strconv"
@@ -101,10 +102,17 @@ func noArgs(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
-// nameArg takes the rollout's name, the one positional argument of the commands after start.
+// nameArg takes the rollout's name, the one positional argument of the commands after start,
+// checked as rollout start checks it so that a name no rollout can have fails before Temporal is
+// asked.
 func nameArg(cmd *cobra.Command, args []string) error {
 	if len(args) != 1 || args[0] == "" {
 		return usageError{fmt.Errorf("name the rollout: %s NAME (list rollouts with %s)", cmd.CommandPath(), listRolloutsHint)}
+	}
+	in := workflows.RolloutInput{Name: args[0], Operation: workflows.OperationReboot, Devices: []string{"d"}}
+	if in.Validate() != nil {
+		return usageError{fmt.Errorf("rollout name %s: a rollout is named with up to %d letters, digits and -._: starting with a letter or digit (list rollouts with %s)",
+			quoteShort(args[0]), workflows.MaxNameLength, listRolloutsHint)}
 	}
 	return nil
 }
@@ -209,14 +217,28 @@ func readDeviceFile(path string, stdin io.Reader) ([]string, error) {
 	}
 	fh, err := os.Open(path)
 	if err != nil {
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, fileProblem(err, "a file of device IDs, one per line, or - for standard input"))
 	}
 	defer fh.Close()
 	return parseDeviceList(fh, path)
+}
+
+// fileProblem turns an error opening a file the user named into its reason and the fix: what the
+// file should be.
+func fileProblem(err error, want string) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%w: give the path of %s", err, want)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("%w: make it readable, or give another copy of %s", err, want)
+	case errors.Is(err, syscall.EISDIR):
+		return fmt.Errorf("is a directory: give the path of %s", want)
+	}
+	return err
 }
 
 // maxDeviceLine bounds a line of a device list; a device ID has at most 128 characters, so a

@@ -49,6 +49,9 @@ answers the report query.`,
 			if err != nil {
 				return err
 			}
+			if err := checkOutFile(outFile); err != nil {
+				return err
+			}
 			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
 				rows, err := fetchReport(ctx, api, args[0])
 				if err != nil {
@@ -72,6 +75,22 @@ answers the report query.`,
 	cmd.Flags().StringVarP(&format, "format", "f", "", "table, json or csv (default table; json with --output json)")
 	cmd.Flags().StringVar(&outFile, "out", "", "write the report to this file instead of standard output")
 	return cmd
+}
+
+// checkOutFile refuses an --out whose directory does not exist, before the
+// report is fetched; the file itself is written whole at the end.
+func checkOutFile(path string) error {
+	if path == "" || path == "-" {
+		return nil
+	}
+	dir := filepath.Dir(path)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return usageError{fmt.Errorf("--out %s: directory %s does not exist: create it or write the report elsewhere", path, dir)}
+	}
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return usageError{fmt.Errorf("--out %s is a directory: name a file in it, e.g. %s", path, filepath.Join(path, "report.csv"))}
+	}
+	return nil
 }
 
 // reportFormat picks the format from --format and --output; a contradiction is a usage error.

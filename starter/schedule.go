@@ -117,6 +117,9 @@ func scheduleNameArg(cmd *cobra.Command, args []string) error {
 	if len(args) != 1 || args[0] == "" {
 		return usageError{fmt.Errorf("name the schedule: %s NAME (list schedules with starter schedule list)", cmd.CommandPath())}
 	}
+	if err := checkScheduleName(args[0]); err != nil {
+		return usageError{err}
+	}
 	return nil
 }
 

@@ -306,9 +306,8 @@ func (f *specFlags) mergeFile(stdin io.Reader, changed func(string) bool, schedu
 	} else {
 		data, err = os.ReadFile(f.spec)
 		dir = filepath.Dir(f.spec)
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
+		if err != nil {
+			err = fileProblem(err, "a rollout spec file (YAML or JSON, see examples/rollout.yaml), or - for standard input")
 		}
 	}
 	if err != nil {

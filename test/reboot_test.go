@@ -198,7 +198,8 @@ func workflowIDFrom(t *testing.T, stdout string) string {
 	return ""
 }
 
-// Bad configuration: one clear line naming the setting, non-zero exit.
+// Bad configuration: one clear line naming the setting; exit 2 for what the
+// configuration says, 1 for what the worker meets when it starts.
 func TestWorkerBadConfiguration(t *testing.T) {
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -209,14 +210,15 @@ func TestWorkerBadConfiguration(t *testing.T) {
 		name string
 		env  []string
 		want []string
+		code int
 	}{
-		{"no connection string", []string{"TEMPORAL_ADDRESS=" + env.temporalAddr}, []string{"IOTHUB_CONNECTION_STRING is not set"}},
-		{"malformed connection string", []string{"IOTHUB_CONNECTION_STRING=HostName=localhost", "TEMPORAL_ADDRESS=" + env.temporalAddr}, []string{"IOTHUB_CONNECTION_STRING is malformed", "SharedAccessKey"}},
-		{"missing CA file", append(hubEnv(), "DMFLOW_HUB_CA_FILE=/nonexistent/ca.pem"), []string{"DMFLOW_HUB_CA_FILE"}},
-		{"unreachable hub", []string{"IOTHUB_CONNECTION_STRING=HostName=127.0.0.1:1;SharedAccessKeyName=iothubowner;SharedAccessKey=c2VjcmV0", "TEMPORAL_ADDRESS=" + env.temporalAddr}, []string{"cannot reach IoT Hub"}},
-		{"unreachable Temporal", append(hubEnv(), "TEMPORAL_ADDRESS=127.0.0.1:1"), []string{"cannot reach Temporal", "TEMPORAL_ADDRESS"}},
-		{"metrics address in use", append(hubEnv(), "DMFLOW_METRICS_ADDRESS="+taken.Addr().String()), []string{"DMFLOW_METRICS_ADDRESS", taken.Addr().String(), "address already in use", "choose a free host:port"}},
-		{"one workflow poller", append(hubEnv(), "DMFLOW_WORKFLOW_POLLERS=1"), []string{"DMFLOW_WORKFLOW_POLLERS", "at least 2"}},
+		{"no connection string", []string{"TEMPORAL_ADDRESS=" + env.temporalAddr}, []string{"IOTHUB_CONNECTION_STRING is not set"}, 2},
+		{"malformed connection string", []string{"IOTHUB_CONNECTION_STRING=HostName=localhost", "TEMPORAL_ADDRESS=" + env.temporalAddr}, []string{"IOTHUB_CONNECTION_STRING is malformed", "SharedAccessKey"}, 2},
+		{"missing CA file", append(hubEnv(), "DMFLOW_HUB_CA_FILE=/nonexistent/ca.pem"), []string{"DMFLOW_HUB_CA_FILE"}, 2},
+		{"unreachable hub", []string{"IOTHUB_CONNECTION_STRING=HostName=127.0.0.1:1;SharedAccessKeyName=iothubowner;SharedAccessKey=c2VjcmV0", "TEMPORAL_ADDRESS=" + env.temporalAddr}, []string{"cannot reach IoT Hub"}, 1},
+		{"unreachable Temporal", append(hubEnv(), "TEMPORAL_ADDRESS=127.0.0.1:1"), []string{"cannot reach Temporal", "TEMPORAL_ADDRESS"}, 1},
+		{"metrics address in use", append(hubEnv(), "DMFLOW_METRICS_ADDRESS="+taken.Addr().String()), []string{"DMFLOW_METRICS_ADDRESS", taken.Addr().String(), "address already in use", "choose a free host:port"}, 1},
+		{"one workflow poller", append(hubEnv(), "DMFLOW_WORKFLOW_POLLERS=1"), []string{"DMFLOW_WORKFLOW_POLLERS", "at least 2"}, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := startProc(t, "worker-bad", tc.env, filepath.Join(env.bin, "worker"))
@@ -225,8 +227,8 @@ func TestWorkerBadConfiguration(t *testing.T) {
 			case <-time.After(45 * time.Second):
 				t.Fatal("worker did not exit on bad configuration")
 			}
-			if p.cmd.ProcessState.ExitCode() == 0 {
-				t.Errorf("exit code 0")
+			if code := p.cmd.ProcessState.ExitCode(); code != tc.code {
+				t.Errorf("exit code %d, want %d", code, tc.code)
 			}
 			out := p.output()
 			for _, w := range tc.want {

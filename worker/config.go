@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -162,6 +164,23 @@ func (f flagValues) resolve(getenv func(string) string) (Config, error) {
 	}
 	cfg.Hub = hub
 	return cfg, nil
+}
+
+// check reads the files the configuration names and checks what resolve
+// does not, so that a bad file or format is refused before anything starts:
+// the CA file, the log format and the Temporal client configuration (its
+// profile file and TLS files).
+func (c Config) check() error {
+	if _, err := hubconn.TLSConfig(c.CAFile); err != nil {
+		return err
+	}
+	if _, err := logging.New(c.LogFormat, io.Discard, slog.LevelInfo); err != nil {
+		return fmt.Errorf("%w (or set %s)", err, envLogFormat)
+	}
+	if _, err := c.Temporal.ClientOptions(nil); err != nil {
+		return err
+	}
+	return nil
 }
 
 // parse reads the limit from the flag, else the environment; 0 when neither is set.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -29,14 +30,50 @@ import (
 	"go.temporal.io/sdk/worker"
 )
 
+// Exit codes: 0 stopped by SIGINT or SIGTERM; 1 failed while starting or
+// running (IoT Hub or Temporal unreachable or refusing, metrics address in
+// use); 2 bad flags, environment or files, found before anything started.
+const (
+	exitFailed = 1
+	exitUsage  = 2
+)
+
+// usageError marks a configuration the user fixes: exit code 2.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
 func main() {
-	if err := newCommand(os.Getenv).Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "worker:", err)
-		os.Exit(1)
-	}
+	os.Exit(execute(os.Args[1:], os.Getenv, os.Stderr))
 }
 
-func newCommand(getenv func(string) string) *cobra.Command {
+// execute runs the command line and returns the exit code.
+func execute(args []string, getenv func(string) string, stderr io.Writer) int {
+	started := false
+	cmd := newCommand(getenv, func() { started = true })
+	cmd.SetArgs(args)
+	cmd.SetErr(stderr)
+	err := cmd.Execute()
+	if err == nil {
+		return 0
+	}
+	var ue usageError
+	if !errors.As(err, &ue) && !started {
+		// An error before the command ran is cobra's: arguments the
+		// worker does not take.
+		err = usageError{fmt.Errorf("%w: see worker --help", err)}
+		ue = err.(usageError)
+	}
+	fmt.Fprintln(stderr, "worker:", err)
+	if ue.error != nil {
+		return exitUsage
+	}
+	return exitFailed
+}
+
+// newCommand builds the command line; started is called once the
+// configuration is valid, before anything starts.
+func newCommand(getenv func(string) string, started func()) *cobra.Command {
 	var flags flagValues
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -50,21 +87,38 @@ also set DMFLOW_HUB_CA_FILE to its ca.pem.
 
 With --metrics-address (DMFLOW_METRICS_ADDRESS) the worker serves Prometheus
 metrics at /metrics, the Temporal SDK's and dmflow's (device operations, hub
-calls by status, 429s, rollout progress), and /healthz.`,
-		Args:          cobra.NoArgs,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+calls by status, 429s, rollout progress), and /healthz.
+
+Exit codes: 0 stopped by SIGINT or SIGTERM, 1 failed while starting or
+running (IoT Hub or Temporal unreachable, metrics address in use), 2 bad
+flags, environment or files (nothing was started).`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("worker takes no arguments, got %q: settings are flags (see worker --help) or environment variables", args[0])}
+			}
+			return nil
+		},
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := flags.resolve(getenv)
 			if err != nil {
-				return err
+				return usageError{err}
 			}
+			if err := cfg.check(); err != nil {
+				return usageError{err}
+			}
+			started()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return run(ctx, cfg)
 		},
 	}
 	flags.register(cmd.Flags())
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w: see worker --help", err)}
+	})
 	return cmd
 }
 

@@ -59,12 +59,13 @@ type bulkError struct {
 // fails on its own; with any failure the answer is 400 and lists them, as
 // on IoT Hub. Twin import modes are not supported.
 func (h *Hub) handleBulkDevices(w http.ResponseWriter, r *http.Request) {
-	var req []bulkDevice
-	if err := decodeBody(w, r, &req); err != nil {
+	body, err := readBody(w, r)
+	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	if err := checkBulk(req); err != nil {
+	req, err := parseBulkBody(body)
+	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
@@ -79,6 +80,17 @@ func (h *Hub) handleBulkDevices(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusBadRequest
 	}
 	writeJSON(w, status, res)
+}
+
+// parseBulkBody decodes the body of POST /devices and checks it as a whole
+// (checkBulk); each device's operation is checked when it is applied, and
+// fails on its own.
+func parseBulkBody(body []byte) ([]bulkDevice, error) {
+	var req []bulkDevice
+	if err := decodeJSON(body, &req); err != nil {
+		return nil, err
+	}
+	return req, checkBulk(req)
 }
 
 // checkBulk refuses a request as a whole: too many devices, or one twice.
@@ -134,9 +146,8 @@ func (h *Hub) bulkDevices(req []bulkDevice, now time.Time) (bulkResult, error) {
 	return res, nil
 }
 
-// applyBulk applies one device's operation and reports whether it disabled
-// or deleted the device.
-func applyBulk(tx *store.Tx, d bulkDevice, now time.Time) (disabled, deleted bool, err error) {
+// bulkSpec is the identity a bulk request's device entry describes.
+func bulkSpec(d bulkDevice) deviceSpec {
 	spec := deviceSpec{ID: d.ID, Status: d.Status, StatusReason: d.StatusReason}
 	if a := d.Authentication; a != nil {
 		spec.AuthType = a.Type
@@ -147,8 +158,35 @@ func applyBulk(tx *store.Tx, d bulkDevice, now time.Time) (disabled, deleted boo
 	if d.Capabilities != nil {
 		spec.IoTEdge = d.Capabilities.IoTEdge
 	}
-	etag := strings.Trim(d.ETag, `"`)
-	switch strings.ToLower(d.ImportMode) {
+	return spec
+}
+
+// bulkOperation returns a device entry's import mode, lower-case, after
+// checking that the modes that compare etags have one.
+func bulkOperation(d bulkDevice) (string, error) {
+	mode := strings.ToLower(d.ImportMode)
+	switch mode {
+	case modeCreate, modeCreateOrUpdate, modeUpdate, modeDelete:
+	case modeUpdateIfMatchETag, modeDeleteIfMatchETag:
+		if strings.Trim(d.ETag, `"`) == "" {
+			return "", errorf(ErrArgumentInvalid, "importMode %s needs the device's eTag", d.ImportMode)
+		}
+	default:
+		return "", errorf(ErrArgumentInvalid, "importMode %q is not supported by localhub; use create, createOrUpdate, update, updateIfMatchETag, delete or deleteIfMatchETag", d.ImportMode)
+	}
+	return mode, nil
+}
+
+// applyBulk applies one device's operation and reports whether it disabled
+// or deleted the device.
+func applyBulk(tx *store.Tx, d bulkDevice, now time.Time) (disabled, deleted bool, err error) {
+	mode, err := bulkOperation(d)
+	if err != nil {
+		return false, false, err
+	}
+	spec := bulkSpec(d)
+	etag := `"` + strings.Trim(d.ETag, `"`) + `"`
+	switch mode {
 	case modeCreate:
 		_, _, err = putDeviceTx(tx, spec, "", now)
 	case modeCreateOrUpdate:
@@ -160,21 +198,13 @@ func applyBulk(tx *store.Tx, d bulkDevice, now time.Time) (disabled, deleted boo
 	case modeUpdate:
 		_, disabled, err = putDeviceTx(tx, spec, "*", now)
 	case modeUpdateIfMatchETag:
-		if etag == "" {
-			return false, false, errorf(ErrArgumentInvalid, "importMode %s needs the device's eTag", d.ImportMode)
-		}
-		_, disabled, err = putDeviceTx(tx, spec, `"`+etag+`"`, now)
+		_, disabled, err = putDeviceTx(tx, spec, etag, now)
 	case modeDelete:
 		err = deleteDeviceTx(tx, d.ID, "*")
 		deleted = err == nil
 	case modeDeleteIfMatchETag:
-		if etag == "" {
-			return false, false, errorf(ErrArgumentInvalid, "importMode %s needs the device's eTag", d.ImportMode)
-		}
-		err = deleteDeviceTx(tx, d.ID, `"`+etag+`"`)
+		err = deleteDeviceTx(tx, d.ID, etag)
 		deleted = err == nil
-	default:
-		return false, false, errorf(ErrArgumentInvalid, "importMode %q is not supported by localhub; use create, createOrUpdate, update, updateIfMatchETag, delete or deleteIfMatchETag", d.ImportMode)
 	}
 	return disabled, deleted, err
 }

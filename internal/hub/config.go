@@ -109,6 +109,8 @@ func (c Config) Validate() error {
 	var errs []error
 	if strings.TrimSpace(c.StateDir) == "" {
 		errs = append(errs, fmt.Errorf("--state-dir is empty: set --state-dir or %s to a directory, e.g. %s", EnvStateDir, DefaultStateDir))
+	} else if st, err := os.Stat(c.StateDir); err == nil && !st.IsDir() {
+		errs = append(errs, fmt.Errorf("--state-dir %s is a file: set --state-dir or %s to a directory (created if missing), e.g. %s", c.StateDir, EnvStateDir, DefaultStateDir))
 	}
 	if err := validHost(c.Host); err != nil {
 		errs = append(errs, fmt.Errorf("--host %q %v: set --host or %s to a bare host name, e.g. localhost", c.Host, err, EnvHost))
@@ -177,6 +179,31 @@ func (c Config) Options(log *slog.Logger) Options {
 // own, not in the locked store) and after it stopped; the port is the one
 // the running (or last) localhub published, else the one of HTTPSAddr.
 func (c Config) ServiceConnectionString() (string, error) {
+	return c.PolicyConnectionString(PolicyName)
+}
+
+// CheckDeviceID applies IoT Hub's rule for device IDs to the --device flag.
+func CheckDeviceID(id string) error {
+	if err := validDeviceID(id); err != nil {
+		return fmt.Errorf("--device: %s", err.(*Error).Message)
+	}
+	return nil
+}
+
+// CheckPolicyName checks the --policy flag.
+func CheckPolicyName(policy string) error {
+	if _, ok := lookupPolicy(policy); !ok {
+		return fmt.Errorf("--policy %q is not a shared access policy of localhub: use one of %s", policy, policyNames())
+	}
+	return nil
+}
+
+// PolicyConnectionString is ServiceConnectionString for any of the shared
+// access policies (see Policies).
+func (c Config) PolicyConnectionString(policy string) (string, error) {
+	if err := CheckPolicyName(policy); err != nil {
+		return "", err
+	}
 	key, err := readPolicyKey(c.StateDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("no localhub state in %s: start localhub once with --state-dir %s", c.StateDir, c.StateDir)
@@ -188,7 +215,14 @@ func (c Config) ServiceConnectionString() (string, error) {
 	if rt, err := readRuntime(c.StateDir); err == nil {
 		host, addr = rt.HostName, rt.HTTPSAddr
 	}
-	return serviceConnectionString(hostPort(host, addr), key), nil
+	if policy == PolicyName {
+		return serviceConnectionString(hostPort(host, addr), key), nil
+	}
+	raw, err := sas.DecodeKey(key)
+	if err != nil {
+		return "", err
+	}
+	return policyConnectionString(hostPort(host, addr), raw, policy)
 }
 
 // DeviceConnectionString asks the running localhub for the identity of
@@ -196,8 +230,8 @@ func (c Config) ServiceConnectionString() (string, error) {
 // connection string. It talks REST with the iothubowner key, like any
 // service.
 func (c Config) DeviceConnectionString(ctx context.Context, deviceID string, create bool) (string, error) {
-	if err := validDeviceID(deviceID); err != nil {
-		return "", fmt.Errorf("--device: %s", err.(*Error).Message)
+	if err := CheckDeviceID(deviceID); err != nil {
+		return "", err
 	}
 	rt, err := readRuntime(c.StateDir)
 	if errors.Is(err, fs.ErrNotExist) {

@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"math"
+	"net/http"
 	"reflect"
 	"strings"
 	"testing"
@@ -93,6 +94,24 @@ func TestConfigConnectionStrings(t *testing.T) {
 	cs, err := cfg.ServiceConnectionString()
 	if err != nil || cs != h.ServiceConnectionString() {
 		t.Errorf("ServiceConnectionString = %q, %v; want %q", cs, err, h.ServiceConnectionString())
+	}
+
+	// Another policy's connection string works with the SDK, within the
+	// policy's permissions.
+	if _, err := cfg.PolicyConnectionString("owner"); err == nil || !strings.Contains(err.Error(), "registryReadWrite") {
+		t.Errorf("unknown policy = %v, want the policies listed", err)
+	}
+	rr, err := cfg.PolicyConnectionString("registryRead")
+	if want, herr := h.PolicyConnectionString("registryRead"); err != nil || herr != nil || rr != want ||
+		!strings.Contains(rr, ";SharedAccessKeyName=registryRead;") {
+		t.Fatalf("PolicyConnectionString(registryRead) = %q, %v; hub says %q, %v", rr, err, want, herr)
+	}
+	if _, err := serviceClient(t, h, rr).ListDevices(ctx); err != nil {
+		t.Errorf("registryRead lists devices: %v", err)
+	}
+	_, err = serviceClient(t, h, rr).GetDeviceTwin(ctx, "d1")
+	if code, _ := requestError(t, err); code != http.StatusUnauthorized {
+		t.Errorf("registryRead reading a twin, which needs ServiceConnect = %d, want 401", code)
 	}
 
 	if _, err := cfg.DeviceConnectionString(ctx, "d1", false); err == nil || !strings.Contains(err.Error(), "--create") {

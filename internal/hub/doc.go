@@ -11,21 +11,38 @@
 // state is not durable: after a restart every device is Disconnected until
 // it reconnects.
 //
-// Supported REST routes (any api-version):
+// Supported REST routes (any api-version), with the permission each needs:
 //
-//	PUT    /devices/{id}           create (no If-Match) or update (If-Match) an identity
-//	GET    /devices/{id}           read an identity
-//	DELETE /devices/{id}           delete an identity (If-Match optional)
-//	GET    /devices?top=N          list identities
-//	POST   /devices                bulk registry: create, update or delete up to 100 identities
-//	POST   /devices/query          query twins (see the query grammar in query.go)
-//	GET    /twins/{id}             read a twin
-//	PATCH  /twins/{id}             merge tags and desired properties (If-Match optional)
-//	PUT    /twins/{id}             replace tags and desired properties
-//	POST   /twins/{id}/methods     invoke a direct method
-//	GET    /statistics/devices     registry counts
-//	GET    /statistics/service     connected device count
-//	GET    /_localhub/stats        localhub counters (see Stats)
+//	PUT    /devices/{id}         RegistryWrite   create (no If-Match) or update (If-Match) an identity
+//	GET    /devices/{id}         RegistryRead    read an identity
+//	DELETE /devices/{id}         RegistryWrite   delete an identity (If-Match optional)
+//	GET    /devices?top=N        RegistryRead    list identities
+//	POST   /devices              RegistryWrite   bulk registry: create, update or delete up to 100 identities
+//	POST   /devices/query        RegistryRead    query twins (see the query grammar in query.go)
+//	GET    /twins/{id}           ServiceConnect  read a twin
+//	PATCH  /twins/{id}           ServiceConnect  merge tags and desired properties (If-Match optional)
+//	PUT    /twins/{id}           ServiceConnect  replace tags and desired properties
+//	POST   /twins/{id}/methods   ServiceConnect  invoke a direct method
+//	GET    /statistics/devices   RegistryRead    registry counts
+//	GET    /statistics/service   ServiceConnect  connected device count
+//	GET    /_localhub/stats      all (iothubowner) localhub counters (see Stats)
+//
+// The shared access policies are IoT Hub's built-in ones (Policies):
+// iothubowner (every permission), service, device, registryRead and
+// registryReadWrite. A token whose policy lacks a route's permission is
+// refused with 401 IotHubUnauthorizedAccess, as is a device token (no skn);
+// a device may connect with a policy token only if the policy has
+// DeviceConnect.
+//
+// Documented limits enforced: direct-method payloads of at most 128 KB both
+// ways (a larger request is 400 ArgumentInvalid, a larger device answer 413
+// MessageTooLarge); twin tags of at most 8 KB and desired and reported
+// properties of at most 32 KB each, measured as IoT Hub documents
+// (documentSize), keys of at most 1 KB, strings of at most 4 KB, objects
+// nested at most 10 deep (400 ArgumentInvalid, or status 400 on the twin
+// response topic); MQTT packets of at most MaxPacketBytes (256 KB plus
+// framing: a larger one ends its connection); request bodies of at most
+// 512 KB.
 //
 // Device topics: $iothub/methods/POST/# (requests) and
 // $iothub/methods/res/{status}/?$rid= (answers), $iothub/twin/GET/?$rid=,

@@ -17,6 +17,7 @@ const (
 	ErrDeviceNotOnline          = "DeviceNotOnline"
 	ErrDeviceAlreadyExists      = "DeviceAlreadyExists"
 	ErrPreconditionFailed       = "PreconditionFailed"
+	ErrMessageTooLarge          = "MessageTooLarge"
 	ErrThrottling               = "ThrottlingException"
 	ErrServerError              = "ServerError"
 	ErrServiceUnavailable       = "ServiceUnavailable"
@@ -70,6 +71,8 @@ func errorStatus(code string) (status, number int) {
 		return http.StatusConflict, 409001
 	case ErrPreconditionFailed:
 		return http.StatusPreconditionFailed, 412001
+	case ErrMessageTooLarge:
+		return http.StatusRequestEntityTooLarge, 413001
 	case ErrThrottling:
 		return http.StatusTooManyRequests, 429001
 	case ErrServiceUnavailable:

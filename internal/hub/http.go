@@ -2,6 +2,7 @@ package hub
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -28,20 +29,26 @@ const maxListTop = 1000
 // with the iothubowner key; any api-version is accepted.
 func (h *Hub) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("PUT /devices/{id}", h.throttled(OpRegistry, h.handlePutDevice))
-	mux.HandleFunc("GET /devices/{id}", h.throttled(OpRegistry, h.handleGetDevice))
-	mux.HandleFunc("DELETE /devices/{id}", h.throttled(OpRegistry, h.handleDeleteDevice))
-	mux.HandleFunc("GET /devices", h.throttled(OpRegistry, h.handleListDevices))
-	mux.HandleFunc("POST /devices", h.throttled(OpRegistry, h.handleBulkDevices)) // one op per request
-	mux.HandleFunc("POST /devices/query", h.throttled(OpQueries, h.handleQuery))
-	mux.HandleFunc("GET /twins/{id}", h.throttled(OpTwinReads, h.handleGetTwin))
-	mux.HandleFunc("PATCH /twins/{id}", h.throttled(OpTwinUpdates, h.handleUpdateTwin))
-	mux.HandleFunc("PUT /twins/{id}", h.throttled(OpTwinUpdates, h.handleUpdateTwin))
+	route := func(pattern string, need Permission, op Operation, handler http.HandlerFunc) {
+		if op != "" {
+			handler = h.throttled(op, handler)
+		}
+		mux.HandleFunc(pattern, h.permitted(need, handler))
+	}
+	route("PUT /devices/{id}", RegistryWrite, OpRegistry, h.handlePutDevice)
+	route("GET /devices/{id}", RegistryRead, OpRegistry, h.handleGetDevice)
+	route("DELETE /devices/{id}", RegistryWrite, OpRegistry, h.handleDeleteDevice)
+	route("GET /devices", RegistryRead, OpRegistry, h.handleListDevices)
+	route("POST /devices", RegistryWrite, OpRegistry, h.handleBulkDevices) // one op per request
+	route("POST /devices/query", RegistryRead, OpQueries, h.handleQuery)
+	route("GET /twins/{id}", ServiceConnect, OpTwinReads, h.handleGetTwin)
+	route("PATCH /twins/{id}", ServiceConnect, OpTwinUpdates, h.handleUpdateTwin)
+	route("PUT /twins/{id}", ServiceConnect, OpTwinUpdates, h.handleUpdateTwin)
 	// Direct methods are metered by payload size in invokeMethod.
-	mux.HandleFunc("POST /twins/{id}/methods", h.handleInvokeMethod)
-	mux.HandleFunc("GET /statistics/devices", h.handleDeviceStats)
-	mux.HandleFunc("GET /statistics/service", h.handleServiceStats)
-	mux.HandleFunc("GET /_localhub/stats", h.handleStats)
+	route("POST /twins/{id}/methods", ServiceConnect, "", h.handleInvokeMethod)
+	route("GET /statistics/devices", RegistryRead, "", h.handleDeviceStats)
+	route("GET /statistics/service", ServiceConnect, "", h.handleServiceStats)
+	route("GET /_localhub/stats", allPermissions, "", h.handleStats)
 	// Method-less patterns catch the methods a route does not serve, so that
 	// they get an IoT Hub error body rather than the mux's plain text.
 	for _, path := range []string{"/devices/{id}", "/devices", "/twins/{id}", "/twins/{id}/methods",
@@ -54,6 +61,24 @@ func (h *Hub) Handler() http.Handler {
 		h.fail(w, r, errorf(ErrNotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
 	return h.withAuth(mux)
+}
+
+// policyContextKey keys the request's authenticated policy in its context.
+type policyContextKey struct{}
+
+// permitted runs next if the request's policy grants need, and answers 401
+// IotHubUnauthorizedAccess otherwise, as IoT Hub does.
+func (h *Hub) permitted(need Permission, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, _ := r.Context().Value(policyContextKey{}).(Policy)
+		if p.Permissions&need != need {
+			err := errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: shared access policy %q has %s; %s %s needs %s", p.Name, p.Permissions, r.Method, r.URL.Path, need)
+			h.log.Warn("service request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", err.Message)
+			h.fail(w, r, err)
+			return
+		}
+		next(w, r)
+	}
 }
 
 // throttled admits a request to next once op's quota allows it, or
@@ -76,11 +101,11 @@ func (h *Hub) withAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-		if err := h.checkServiceToken(r.Header.Get("Authorization"), start); err != nil {
+		if p, err := h.checkServiceToken(r.Header.Get("Authorization"), start); err != nil {
 			h.log.Warn("service request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", err.Error())
 			h.fail(sw, r, err)
 		} else {
-			next.ServeHTTP(sw, r)
+			next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), policyContextKey{}, p)))
 		}
 		h.log.Debug("http request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start))
 	})
@@ -96,25 +121,30 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
-// checkServiceToken verifies "SharedAccessSignature sr={host}&sig=…&se=…&skn=iothubowner".
-func (h *Hub) checkServiceToken(header string, now time.Time) error {
+// checkServiceToken verifies "SharedAccessSignature sr={host}&sig=…&se=…&skn={policy}"
+// and returns the policy that signed it.
+func (h *Hub) checkServiceToken(header string, now time.Time) (Policy, error) {
 	if header == "" {
-		return errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: the Authorization header is missing")
+		return Policy{}, errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: the Authorization header is missing")
 	}
 	tok, err := sas.Parse(header)
 	if err != nil {
-		return errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: %v", err)
+		return Policy{}, errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: %v", err)
 	}
-	if tok.KeyName != PolicyName {
-		return errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: unknown shared access policy %q", tok.KeyName)
+	if tok.KeyName == "" {
+		return Policy{}, errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: the token names no shared access policy (skn); a device token does not reach the service API")
+	}
+	p, ok := lookupPolicy(tok.KeyName)
+	if !ok {
+		return Policy{}, errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: unknown shared access policy %q", tok.KeyName)
 	}
 	if !h.coversService(tok.ResourceURI()) {
-		return errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: token resource %q is not this hub", tok.ResourceURI())
+		return Policy{}, errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: token resource %q is not this hub", tok.ResourceURI())
 	}
-	if err := tok.Verify(h.policyKey, now); err != nil {
-		return errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: %v", err)
+	if err := tok.Verify(policyKey(h.policyKey, p.Name), now); err != nil {
+		return Policy{}, errorf(ErrIotHubUnauthorizedAccess, "Unauthorized: %v", err)
 	}
-	return nil
+	return p, nil
 }
 
 // errorBody is IoT Hub's REST error shape. ErrorCode repeats the numeric code
@@ -176,16 +206,16 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	return body, nil
 }
 
-// decodeBody parses a JSON body, keeping numbers as json.Number.
-func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
-	body, err := readBody(w, r)
-	if err != nil {
-		return err
-	}
+// decodeJSON parses one JSON value, keeping numbers as json.Number, and
+// refuses anything after it. Errors are ArgumentInvalid.
+func decodeJSON(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	if err := dec.Decode(v); err != nil {
-		return errorf(ErrArgumentInvalid, "request body is not valid JSON: %v", err)
+		return errorf(ErrArgumentInvalid, "request body is not valid JSON of the expected shape: %v", err)
+	}
+	if rest := bytes.TrimSpace(body[dec.InputOffset():]); len(rest) > 0 {
+		return errorf(ErrArgumentInvalid, "request body has data after its JSON value")
 	}
 	return nil
 }
@@ -268,16 +298,14 @@ type deviceRequest struct {
 	Capabilities *capabilities `json:"capabilities"`
 }
 
-func (h *Hub) handlePutDevice(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
+// parseDeviceBody decodes and checks the body of PUT /devices/{id}.
+func parseDeviceBody(id string, body []byte) (deviceSpec, error) {
 	var req deviceRequest
-	if err := decodeBody(w, r, &req); err != nil {
-		h.fail(w, r, err)
-		return
+	if err := decodeJSON(body, &req); err != nil {
+		return deviceSpec{}, err
 	}
 	if req.DeviceID != "" && req.DeviceID != id {
-		h.fail(w, r, errorf(ErrArgumentInvalid, "deviceId %q in the body does not match %q in the path", req.DeviceID, id))
-		return
+		return deviceSpec{}, errorf(ErrArgumentInvalid, "deviceId %q in the body does not match %q in the path", req.DeviceID, id)
 	}
 	spec := deviceSpec{ID: id, Status: req.Status, StatusReason: req.StatusReason}
 	if a := req.Authentication; a != nil {
@@ -288,6 +316,21 @@ func (h *Hub) handlePutDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Capabilities != nil {
 		spec.IoTEdge = req.Capabilities.IoTEdge
+	}
+	return spec, spec.validate()
+}
+
+func (h *Hub) handlePutDevice(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	body, err := readBody(w, r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	spec, err := parseDeviceBody(id, body)
+	if err != nil {
+		h.fail(w, r, err)
+		return
 	}
 	d, err := h.putDevice(spec, r.Header.Get("If-Match"), time.Now())
 	if err != nil {
@@ -410,6 +453,33 @@ func (h *Hub) handleGetTwin(w http.ResponseWriter, r *http.Request) {
 // them back.
 func (h *Hub) handleUpdateTwin(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	body, err := readBody(w, r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	u, err := parseTwinBody(id, body, r.Method == http.MethodPut)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	u.ifMatch = r.Header.Get("If-Match")
+	d, tw, err := h.updateTwin(id, u, time.Now())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.log.Debug("twin updated", "device", id, "version", tw.Version, "desired_version", tw.DesiredVersion)
+	w.Header().Set("ETag", `"`+twinETag(tw.Version)+`"`)
+	writeJSON(w, http.StatusOK, h.twinView(d, tw))
+}
+
+// parseTwinBody decodes and checks the body of PATCH (replace false) or PUT
+// (replace true) /twins/{id}. Only tags and desired properties are the
+// service's to write; other fields of the body, including reported
+// properties, are ignored as the twin reads them back. The sizes of the
+// sections are checked once merged, by updateTwin.
+func parseTwinBody(id string, body []byte, replace bool) (twinUpdate, error) {
 	var req struct {
 		DeviceID   string         `json:"deviceId"`
 		Tags       map[string]any `json:"tags"`
@@ -417,15 +487,13 @@ func (h *Hub) handleUpdateTwin(w http.ResponseWriter, r *http.Request) {
 			Desired map[string]any `json:"desired"`
 		} `json:"properties"`
 	}
-	if err := decodeBody(w, r, &req); err != nil {
-		h.fail(w, r, err)
-		return
+	if err := decodeJSON(body, &req); err != nil {
+		return twinUpdate{}, err
 	}
 	if req.DeviceID != "" && req.DeviceID != id {
-		h.fail(w, r, errorf(ErrArgumentInvalid, "deviceId %q in the body does not match %q in the path", req.DeviceID, id))
-		return
+		return twinUpdate{}, errorf(ErrArgumentInvalid, "deviceId %q in the body does not match %q in the path", req.DeviceID, id)
 	}
-	u := twinUpdate{replace: r.Method == http.MethodPut, tags: req.Tags, ifMatch: r.Header.Get("If-Match")}
+	u := twinUpdate{replace: replace, tags: req.Tags}
 	if req.Properties != nil {
 		u.desired = req.Properties.Desired
 	}
@@ -438,14 +506,18 @@ func (h *Hub) handleUpdateTwin(w http.ResponseWriter, r *http.Request) {
 			u.desired = map[string]any{}
 		}
 	}
-	d, tw, err := h.updateTwin(id, u, time.Now())
-	if err != nil {
-		h.fail(w, r, err)
-		return
+	if u.desired != nil {
+		stripSystemProperties(u.desired)
+		if err := validatePatch(u.desired, "desired"); err != nil {
+			return twinUpdate{}, errorf(ErrArgumentInvalid, "%v", err)
+		}
 	}
-	h.log.Debug("twin updated", "device", id, "version", tw.Version, "desired_version", tw.DesiredVersion)
-	w.Header().Set("ETag", `"`+twinETag(tw.Version)+`"`)
-	writeJSON(w, http.StatusOK, h.twinView(d, tw))
+	if u.tags != nil {
+		if err := validatePatch(u.tags, "tags"); err != nil {
+			return twinUpdate{}, errorf(ErrArgumentInvalid, "%v", err)
+		}
+	}
+	return u, nil
 }
 
 func (h *Hub) handleInvokeMethod(w http.ResponseWriter, r *http.Request) {

@@ -31,7 +31,8 @@ func TestServiceAuthentication(t *testing.T) {
 		{name: "bearer token", auth: "Bearer abc", want: 401},
 		{name: "expired", auth: sign(hostWithPort, h.policyKey, time.Now().Add(-time.Second), PolicyName), want: 401},
 		{name: "wrong key", auth: sign(hostWithPort, otherKey, hour, PolicyName), want: 401},
-		{name: "unknown policy", auth: sign(hostWithPort, h.policyKey, hour, "registryRead"), want: 401},
+		{name: "unknown policy", auth: sign(hostWithPort, h.policyKey, hour, "nosuchpolicy"), want: 401},
+		{name: "known policy, owner key", auth: sign(hostWithPort, h.policyKey, hour, "registryRead"), want: 401},
 		{name: "other hub", auth: sign("elsewhere:443", h.policyKey, hour, PolicyName), want: 401},
 		{name: "device-scoped resource", auth: sign(hostWithPort+"/devices/x", h.policyKey, hour, PolicyName), want: 401},
 	}

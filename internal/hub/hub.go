@@ -286,10 +286,20 @@ func (b brokerLogHandler) WithGroup(name string) slog.Handler {
 // through the broker, so a small queue saves ~64 KB per connected device.
 const clientWritesPending = 64
 
+// MaxPacketBytes is the largest MQTT packet localhub reads: IoT Hub's
+// 256 KB device-to-cloud message limit, which includes the message's
+// properties (over MQTT, the topic's property bag), plus 1 KB for the
+// packet's framing. A larger packet ends its connection before its body is
+// read, as IoT Hub ends it; MQTT 5 clients see the limit in CONNACK.
+const MaxPacketBytes = 256*1024 + 1024
+
 // brokerCapabilities narrows mochi's defaults to what IoT Hub offers: no QoS
-// 2 (IoT Hub downgrades or refuses it), no retained messages.
+// 2 (IoT Hub downgrades or refuses it), no retained messages, packets of at
+// most MaxPacketBytes (mochi's default has no limit, so a device could make
+// it allocate up to 256 MB per packet).
 func brokerCapabilities() *mqtt.Capabilities {
 	c := mqtt.NewDefaultServerCapabilities()
+	c.MaximumPacketSize = MaxPacketBytes
 	c.MaximumQos = 1
 	c.RetainAvailable = 0
 	c.SharedSubAvailable = 0
@@ -363,6 +373,16 @@ func (h *Hub) CACertFile() string { return filepath.Join(h.opts.StateDir, caCert
 // The port is left out when it is 443, as for a real hub.
 func (h *Hub) ServiceConnectionString() string {
 	return serviceConnectionString(hostPort(h.opts.HostName, h.httpsAddr), h.policyB64)
+}
+
+// PolicyConnectionString returns the connection string of one of the
+// shared access policies (see Policies), e.g. "service" for one with
+// ServiceConnect only.
+func (h *Hub) PolicyConnectionString(name string) (string, error) {
+	if name == PolicyName {
+		return h.ServiceConnectionString(), nil
+	}
+	return policyConnectionString(hostPort(h.opts.HostName, h.httpsAddr), h.policyKey, name)
 }
 
 func serviceConnectionString(host, key string) string {

@@ -39,10 +39,11 @@ type methodCall struct {
 	connectTimeout  time.Duration
 }
 
-// methodResult is the device's answer.
+// methodResult is the device's answer, or why it cannot be passed on.
 type methodResult struct {
 	status  int
 	payload []byte // JSON, possibly "null"
+	err     error
 }
 
 type callKey struct{ device, rid string }
@@ -133,7 +134,7 @@ func (h *Hub) invokeMethod(ctx context.Context, deviceID string, call methodCall
 	defer timer.Stop()
 	select {
 	case r := <-answer:
-		return r, nil
+		return r, r.err
 	case <-timer.C:
 		return methodResult{}, errorf(ErrGatewayTimeout, "Timed out waiting for the response from device.")
 	case <-ctx.Done():
@@ -185,18 +186,29 @@ func (h *Hub) sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// deviceMethodResponse takes $iothub/methods/res/{status}/?$rid={rid}.
-func (h *Hub) deviceMethodResponse(cl *mqtt.Client, topic string, payload []byte) {
-	statusText, _, _ := strings.Cut(strings.TrimPrefix(topic, topicMethodsRes), "/")
-	status, err := strconv.Atoi(statusText)
-	rid, ok := topicQuery(topic, "$rid")
-	if err != nil || !ok {
-		h.log.Warn("malformed method response ignored", "device", cl.ID, "topic", topic)
-		return
+// deviceMethodResponse takes $iothub/methods/res/{status}/?$rid={rid}. An
+// answer over the 128 KB a method response may carry fails the waiting call
+// with 413 MessageTooLarge rather than leaving it to time out: IoT Hub
+// documents the limit but not its error, and a device that answers too much
+// will do so again, so the caller should learn it at once.
+func (h *Hub) deviceMethodResponse(cl *mqtt.Client, req devicePublish, payload []byte) {
+	res, err := parseMethodResponse(req.status, payload)
+	if err != nil {
+		h.log.Warn("method response refused", "device", cl.ID, "rid", req.rid, "reason", err.Error())
 	}
-	if !h.calls.complete(cl.ID, rid, methodResult{status: status, payload: responsePayload(payload)}) {
-		h.log.Debug("method response for no waiting call", "device", cl.ID, "rid", rid)
+	if !h.calls.complete(cl.ID, req.rid, res) {
+		h.log.Debug("method response for no waiting call", "device", cl.ID, "rid", req.rid)
 	}
+}
+
+// parseMethodResponse checks a device's method response payload. On error
+// the result carries it for the waiting call.
+func parseMethodResponse(status int, payload []byte) (methodResult, error) {
+	if len(payload) > maxMethodPayload {
+		err := errorf(ErrMessageTooLarge, "the device's response payload is %d bytes; a direct method response may hold at most %d", len(payload), maxMethodPayload)
+		return methodResult{err: err}, err
+	}
+	return methodResult{status: status, payload: responsePayload(payload)}, nil
 }
 
 // responsePayload makes a device's answer embeddable in the REST response:

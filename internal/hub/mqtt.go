@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -149,10 +151,17 @@ func (h *Hub) authenticateDevice(clientID, username, password string, now time.T
 		return connackRefused, "device does not use symmetric keys"
 	}
 	var keys [][]byte
-	if tok.KeyName == PolicyName {
-		// Like IoT Hub's iothubowner, the policy has DeviceConnect: a
-		// token signed with its key may connect any device.
-		keys = [][]byte{h.policyKey}
+	if tok.KeyName != "" {
+		// A token naming a policy is signed with the policy's key, and
+		// connects any device if the policy has DeviceConnect.
+		p, ok := lookupPolicy(tok.KeyName)
+		switch {
+		case !ok:
+			return connackRefused, fmt.Sprintf("unknown shared access policy %q", tok.KeyName)
+		case p.Permissions&DeviceConnect == 0:
+			return connackRefused, fmt.Sprintf("shared access policy %q has %s, not DeviceConnect", p.Name, p.Permissions)
+		}
+		keys = [][]byte{policyKey(h.policyKey, p.Name)}
 	} else {
 		for _, k := range []string{d.PrimaryKey, d.SecondaryKey} {
 			if b, err := sas.DecodeKey(k); err == nil {
@@ -282,19 +291,24 @@ func (k *deviceHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCode
 
 // OnPublish answers the device's $iothub requests and counts telemetry. It
 // returns CodeSuccessIgnore so that mochi acknowledges the publish (QoS 1)
-// but routes it to no subscriber.
+// but routes it to no subscriber. A publish whose topic does not parse is
+// dropped and logged: without a request ID there is no topic to answer on.
 func (k *deviceHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	h := k.hub
 	deviceID := cl.ID
-	topic := pk.TopicName
 	h.conns.touch(deviceID, time.Now())
-	switch {
-	case strings.HasPrefix(topic, topicTwinGET):
-		h.deviceGetTwin(cl, topic)
-	case strings.HasPrefix(topic, topicTwinReported):
-		h.devicePatchReported(cl, topic, pk.Payload)
-	case strings.HasPrefix(topic, topicMethodsRes):
-		h.deviceMethodResponse(cl, topic, pk.Payload)
+	req, err := parseDeviceTopic(deviceID, pk.TopicName)
+	if err != nil {
+		h.log.Warn("device publish ignored", "device", deviceID, "reason", err.Error())
+		return pk, packets.CodeSuccessIgnore
+	}
+	switch req.kind {
+	case reqTwinGet:
+		h.deviceGetTwin(cl, req.rid)
+	case reqTwinReported:
+		h.devicePatchReported(cl, req.rid, pk.Payload)
+	case reqMethodResponse:
+		h.deviceMethodResponse(cl, req, pk.Payload)
 	default:
 		// Telemetry above the quota is acknowledged and dropped, counted in
 		// Stats.Throttled; the device learns nothing, as with a full queue.
@@ -303,6 +317,98 @@ func (k *deviceHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 		}
 	}
 	return pk, packets.CodeSuccessIgnore
+}
+
+// requestKind is what a device's publish asks of the hub.
+type requestKind int
+
+const (
+	reqTelemetry requestKind = iota
+	reqTwinGet
+	reqTwinReported
+	reqMethodResponse
+)
+
+// devicePublish is a device's publish, its topic parsed.
+type devicePublish struct {
+	kind requestKind
+	// rid is the request ID of a twin request or method response, as sent
+	// (still encoded): the hub echoes it in its answer's topic.
+	rid string
+	// status is a method response's status.
+	status int
+	// props is a telemetry message's property bag.
+	props url.Values
+}
+
+// maxRequestID bounds a request ID, which the hub echoes in a topic. The
+// SDKs send counters or UUIDs.
+const maxRequestID = 128
+
+// parseDeviceTopic parses the topic of a device's publish:
+//
+//	$iothub/twin/GET/?$rid={rid}
+//	$iothub/twin/PATCH/properties/reported/?$rid={rid}
+//	$iothub/methods/res/{status}/?$rid={rid}
+//	devices/{deviceId}/messages/events/[{property bag}]
+//
+// Errors are ArgumentInvalid.
+func parseDeviceTopic(deviceID, topic string) (devicePublish, error) {
+	switch {
+	case strings.HasPrefix(topic, topicTwinGET):
+		rid, err := requestID(topic)
+		return devicePublish{kind: reqTwinGet, rid: rid}, err
+	case strings.HasPrefix(topic, topicTwinReported):
+		rid, err := requestID(topic)
+		return devicePublish{kind: reqTwinReported, rid: rid}, err
+	case strings.HasPrefix(topic, topicMethodsRes):
+		statusText, _, _ := strings.Cut(strings.TrimPrefix(topic, topicMethodsRes), "/")
+		// A status is an int32 on IoT Hub's side.
+		status, err := strconv.ParseInt(statusText, 10, 32)
+		if err != nil {
+			return devicePublish{}, errorf(ErrArgumentInvalid, "method response topic %q has no status: use %s{status}/?$rid={rid}", truncateTopic(topic), topicMethodsRes)
+		}
+		rid, err := requestID(topic)
+		return devicePublish{kind: reqMethodResponse, rid: rid, status: int(status)}, err
+	}
+	own := topicDevicesPrefix + deviceID + topicEventsSuffix
+	if topic == own || topic == own+"/" {
+		return devicePublish{kind: reqTelemetry}, nil
+	}
+	if bag, ok := strings.CutPrefix(topic, own+"/"); ok {
+		props, err := url.ParseQuery(bag)
+		if err != nil {
+			return devicePublish{}, errorf(ErrArgumentInvalid, "telemetry property bag %q is not URL-encoded key=value pairs joined by '&'", truncateTopic(bag))
+		}
+		return devicePublish{kind: reqTelemetry, props: props}, nil
+	}
+	return devicePublish{}, errorf(ErrArgumentInvalid, "topic %q is not one a device publishes on", truncateTopic(topic))
+}
+
+// requestID returns the $rid of a request topic. It must be non-empty,
+// short, and safe to echo in a topic name: printable ASCII without MQTT
+// wildcards, '/', '?', '&' or spaces.
+func requestID(topic string) (string, error) {
+	rid, ok := topicQuery(topic, "$rid")
+	switch {
+	case !ok || rid == "":
+		return "", errorf(ErrArgumentInvalid, "topic %q has no $rid: add ?$rid={request id}", truncateTopic(topic))
+	case len(rid) > maxRequestID:
+		return "", errorf(ErrArgumentInvalid, "$rid is %d bytes, more than %d", len(rid), maxRequestID)
+	}
+	for i := 0; i < len(rid); i++ {
+		if c := rid[i]; c <= ' ' || c >= 0x7f || strings.IndexByte("+#/?&", c) >= 0 {
+			return "", errorf(ErrArgumentInvalid, "$rid %q holds %q; use letters, digits and URL escapes", truncateTopic(rid), c)
+		}
+	}
+	return rid, nil
+}
+
+func truncateTopic(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
 }
 
 // topicQuery returns the raw (still encoded) value of key in the query part

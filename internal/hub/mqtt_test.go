@@ -318,6 +318,52 @@ func TestTopicQuery(t *testing.T) {
 	}
 }
 
+func TestParseDeviceTopic(t *testing.T) {
+	tests := []struct {
+		topic  string
+		kind   requestKind
+		rid    string
+		status int
+		props  string // encoded property bag
+		ok     bool
+	}{
+		{topic: "$iothub/twin/GET/?$rid=1f", kind: reqTwinGet, rid: "1f", ok: true},
+		{topic: "$iothub/twin/PATCH/properties/reported/?$rid=a%2Fb", kind: reqTwinReported, rid: "a%2Fb", ok: true},
+		{topic: "$iothub/methods/res/200/?$rid=7", kind: reqMethodResponse, rid: "7", status: 200, ok: true},
+		{topic: "$iothub/methods/res/-1/?$rid=7", kind: reqMethodResponse, rid: "7", status: -1, ok: true},
+		{topic: "devices/d1/messages/events", kind: reqTelemetry, ok: true},
+		{topic: "devices/d1/messages/events/", kind: reqTelemetry, ok: true},
+		{topic: "devices/d1/messages/events/$.ct=application%2Fjson&alert=1", kind: reqTelemetry, props: "%24.ct=application%2Fjson&alert=1", ok: true},
+		{topic: "$iothub/twin/GET/"},
+		{topic: "$iothub/twin/GET/?$rid="},
+		{topic: "$iothub/twin/GET/?$rid=a+b"},
+		{topic: "$iothub/twin/GET/?$rid=a#"},
+		{topic: "$iothub/twin/GET/?$rid=a/b"},
+		{topic: "$iothub/twin/GET/?$rid=" + strings.Repeat("1", maxRequestID+1)},
+		{topic: "$iothub/methods/res/ok/?$rid=7"},
+		{topic: "$iothub/methods/res/99999999999/?$rid=7"},
+		{topic: "$iothub/methods/res/200/"},
+		{topic: "devices/d1/messages/events/a=%zz"},
+		{topic: "devices/d1/messages/events/a=1;b=2"},
+		{topic: "devices/d2/messages/events/"},
+		{topic: "devices/d1/messages/devicebound/"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.topic[:min(len(tc.topic), 60)], func(t *testing.T) {
+			got, err := parseDeviceTopic("d1", tc.topic)
+			if !tc.ok {
+				if ErrorCode(err) != ErrArgumentInvalid {
+					t.Fatalf("= %+v, %v; want ArgumentInvalid", got, err)
+				}
+				return
+			}
+			if err != nil || got.kind != tc.kind || got.rid != tc.rid || got.status != tc.status || got.props.Encode() != tc.props {
+				t.Errorf("= %+v, %v", got, err)
+			}
+		})
+	}
+}
+
 func mustDecode(t *testing.T, key string) []byte {
 	t.Helper()
 	b, err := sas.DecodeKey(key)

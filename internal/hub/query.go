@@ -597,17 +597,31 @@ func (p *parser) literal() (any, error) {
 	return nil, p.errorf("expected a value, found %s", p.found())
 }
 
-func (h *Hub) handleQuery(w http.ResponseWriter, r *http.Request) {
+// parseQueryBody decodes the body of POST /devices/query and parses its
+// query. Errors are ArgumentInvalid.
+func parseQueryBody(body []byte) (query, error) {
 	var req struct {
 		Query string `json:"query"` // the Go SDK sends "Query"; JSON keys match case-insensitively
 	}
-	if err := decodeBody(w, r, &req); err != nil {
-		h.fail(w, r, err)
-		return
+	if err := decodeJSON(body, &req); err != nil {
+		return query{}, err
 	}
 	q, err := parseQuery(req.Query)
 	if err != nil {
-		h.fail(w, r, errorf(ErrArgumentInvalid, "query: %v", err))
+		return query{}, errorf(ErrArgumentInvalid, "query: %v", err)
+	}
+	return q, nil
+}
+
+func (h *Hub) handleQuery(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	q, err := parseQueryBody(body)
+	if err != nil {
+		h.fail(w, r, err)
 		return
 	}
 	page := defaultQueryPage

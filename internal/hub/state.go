@@ -23,8 +23,9 @@ const (
 	runtimeFile   = "localhub.json"
 )
 
-// PolicyName is the name of the one shared access policy localhub has. Like
-// IoT Hub's built-in iothubowner policy it grants every permission.
+// PolicyName names the shared access policy with every permission, like
+// IoT Hub's built-in iothubowner; its key is generated and kept in the
+// state directory, and the other policies' keys derive from it (Policies).
 const PolicyName = "iothubowner"
 
 // keyBytes is the size of generated keys, the size IoT Hub generates.

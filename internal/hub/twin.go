@@ -61,7 +61,7 @@ func decodeDocument(raw []byte) (map[string]any, error) {
 	if err := dec.Decode(&doc); err != nil {
 		return nil, err
 	}
-	if dec.More() {
+	if rest := bytes.TrimSpace(raw[dec.InputOffset():]); len(rest) > 0 {
 		return nil, errors.New("trailing data after the JSON object")
 	}
 	if doc == nil {
@@ -143,16 +143,70 @@ func truncateKey(k string) string {
 	return k
 }
 
-// checkSize enforces the size limit of a whole twin section.
+// checkSize enforces the size limit of a whole twin section, measured as
+// IoT Hub documents it (documentSize). The documented measure counts
+// nothing for control characters, nulls and empty objects or arrays, so
+// localhub also caps the section's encoded JSON at maxEncodedFactor times
+// the limit, which no real document near the limit reaches (a section of
+// one-character string properties encodes to four times its measure).
 func checkSize(doc map[string]any, limit int, what string) error {
+	if n := documentSize(doc); n > limit {
+		return fmt.Errorf("%s would be %d bytes, more than the %d allowed", what, n, limit)
+	}
 	raw, err := json.Marshal(doc)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if len(raw) > limit {
-		return fmt.Errorf("%s would be %d bytes, more than the %d allowed", what, len(raw), limit)
+	if len(raw) > maxEncodedFactor*limit {
+		return fmt.Errorf("%s would encode to %d bytes of JSON, more than localhub's %d", what, len(raw), maxEncodedFactor*limit)
 	}
 	return nil
+}
+
+// maxEncodedFactor bounds a twin section's JSON against its size limit.
+const maxEncodedFactor = 8
+
+// documentSize measures a twin section as IoT Hub documents it: for each
+// property the length of its key plus the size of its value, where a
+// string counts its UTF-8 bytes other than control characters (C0 and C1),
+// a number 8 bytes, a boolean 4, and an object or array the sum of what it
+// holds. $version and $metadata are not part of the documents measured.
+func documentSize(doc map[string]any) int {
+	n := 0
+	for k, v := range doc {
+		n += stringSize(k) + valueSize(v)
+	}
+	return n
+}
+
+func valueSize(v any) int {
+	switch v := v.(type) {
+	case map[string]any:
+		return documentSize(v)
+	case []any:
+		n := 0
+		for _, e := range v {
+			n += valueSize(e)
+		}
+		return n
+	case string:
+		return stringSize(v)
+	case json.Number, float64, int, int64:
+		return 8
+	case bool:
+		return 4
+	}
+	return 0 // null
+}
+
+func stringSize(s string) int {
+	n := 0
+	for _, r := range s {
+		if !unicode.IsControl(r) {
+			n += utf8.RuneLen(r)
+		}
+	}
+	return n
 }
 
 // mergePatch applies a JSON merge patch: null deletes a property, an object
@@ -249,12 +303,7 @@ func (h *Hub) throttleDevice(cl *mqtt.Client, op Operation, rid string) bool {
 
 // deviceGetTwin answers $iothub/twin/GET/?$rid={rid} with the desired and
 // reported sections (no metadata, as IoT Hub sends them to devices).
-func (h *Hub) deviceGetTwin(cl *mqtt.Client, topic string) {
-	rid, ok := topicQuery(topic, "$rid")
-	if !ok {
-		h.log.Warn("twin request without $rid ignored", "device", cl.ID)
-		return
-	}
+func (h *Hub) deviceGetTwin(cl *mqtt.Client, rid string) {
 	if h.throttleDevice(cl, OpTwinReads, rid) {
 		return
 	}
@@ -289,12 +338,7 @@ func (h *Hub) deviceGetTwin(cl *mqtt.Client, topic string) {
 // devicePatchReported applies $iothub/twin/PATCH/properties/reported/?$rid=…
 // and answers 204 with the new reported $version, or 400 for a patch that
 // is not a valid twin document.
-func (h *Hub) devicePatchReported(cl *mqtt.Client, topic string, payload []byte) {
-	rid, ok := topicQuery(topic, "$rid")
-	if !ok {
-		h.log.Warn("reported patch without $rid ignored", "device", cl.ID)
-		return
-	}
+func (h *Hub) devicePatchReported(cl *mqtt.Client, rid string, payload []byte) {
 	if h.throttleDevice(cl, OpTwinUpdates, rid) {
 		return
 	}
@@ -316,14 +360,24 @@ func (h *Hub) devicePatchReported(cl *mqtt.Client, topic string, payload []byte)
 	h.sendToClient(cl, topicTwinRes+"204/?$rid="+rid+"&$version="+itoa(version), nil)
 }
 
-func (h *Hub) patchReported(deviceID string, payload []byte, now time.Time) (int64, error) {
+// parseReportedPatch decodes and checks the payload of a reported
+// properties patch. Errors are ArgumentInvalid.
+func parseReportedPatch(payload []byte) (map[string]any, error) {
 	patch, err := decodeDocument(payload)
 	if err != nil {
-		return 0, errorf(ErrArgumentInvalid, "reported properties patch is not a JSON object: %v", err)
+		return nil, errorf(ErrArgumentInvalid, "reported properties patch is not a JSON object: %v", err)
 	}
 	stripSystemProperties(patch)
 	if err := validatePatch(patch, "reported"); err != nil {
-		return 0, errorf(ErrArgumentInvalid, "%v", err)
+		return nil, errorf(ErrArgumentInvalid, "%v", err)
+	}
+	return patch, nil
+}
+
+func (h *Hub) patchReported(deviceID string, payload []byte, now time.Time) (int64, error) {
+	patch, err := parseReportedPatch(payload)
+	if err != nil {
+		return 0, err
 	}
 	var version int64
 	err = h.store.Update(func(tx *store.Tx) error {
@@ -356,18 +410,9 @@ type twinUpdate struct {
 
 // updateTwin applies a service-side twin change and pushes desired changes
 // to the device. The per-device lock keeps notifications in version order.
+//
+// u comes from parseTwinBody, which validated its documents.
 func (h *Hub) updateTwin(deviceID string, u twinUpdate, now time.Time) (store.Device, store.Twin, error) {
-	for name, doc := range map[string]map[string]any{"tags": u.tags, "desired": u.desired} {
-		if doc == nil {
-			continue
-		}
-		if name == "desired" {
-			stripSystemProperties(doc)
-		}
-		if err := validatePatch(doc, name); err != nil {
-			return store.Device{}, store.Twin{}, errorf(ErrArgumentInvalid, "%v", err)
-		}
-	}
 	unlock := h.twinMu.lock(deviceID)
 	defer unlock()
 

@@ -304,9 +304,35 @@ func TestValidatePatch(t *testing.T) {
 }
 
 func TestDecodeDocument(t *testing.T) {
-	for _, in := range []string{``, `null`, `[]`, `1`, `"s"`, `{`, `{} {}`} {
+	// `{"a":1}}` and `{"a":1}]` passed while the check for trailing data was
+	// dec.More, which reports false before a closing bracket.
+	for _, in := range []string{``, `null`, `[]`, `1`, `"s"`, `{`, `{} {}`, `{"a":1}}`, `{"a":1}]`, `{"a":1} x`} {
 		if _, err := decodeDocument([]byte(in)); err == nil {
 			t.Errorf("decodeDocument(%q) accepted a non-object", in)
+		}
+	}
+}
+
+func TestDocumentSize(t *testing.T) {
+	for _, tc := range []struct {
+		doc  string
+		want int
+	}{
+		{`{}`, 0},
+		{`{"ab":"cde"}`, 5},
+		{`{"n":12345678901}`, 1 + 8},
+		{`{"b":true}`, 1 + 4},
+		{`{"o":{"p":"q","r":1.5}}`, 1 + (1 + 1) + (1 + 8)},
+		{`{"a":["xy",2,false]}`, 1 + 2 + 8 + 4},
+		{`{"s":"\u0001\u0085é"}`, 1 + 2}, // control characters (C0 and C1) do not count; é is 2 bytes
+		{`{"z":null}`, 1},
+	} {
+		doc, err := decodeDocument([]byte(tc.doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := documentSize(doc); got != tc.want {
+			t.Errorf("documentSize(%s) = %d, want %d", tc.doc, got, tc.want)
 		}
 	}
 }

@@ -85,15 +85,16 @@ func TestTLSConfig(t *testing.T) {
 	}
 }
 
-// FuzzParseService: the parser never panics, and never quotes the key in an error.
+// FuzzParseService: the service and device parsers never panic, never quote
+// the key in an error, and what they accept round-trips.
 func FuzzParseService(f *testing.F) {
 	f.Add("HostName=h;SharedAccessKeyName=p;SharedAccessKey=" + key)
 	f.Add("HostName=h;DeviceId=d;SharedAccessKey=" + key)
 	f.Add(";;=;==;HostName")
 	f.Add("")
 	f.Fuzz(func(t *testing.T, cs string) {
-		s, err := ParseService("X", cs)
-		if err != nil {
+		noKeyIn := func(err error) {
+			t.Helper()
 			if i := strings.Index(cs, "SharedAccessKey="); i >= 0 {
 				v, _, _ := strings.Cut(cs[i+len("SharedAccessKey="):], ";")
 				// The fixed text (setting name, expected form) may contain
@@ -104,13 +105,26 @@ func FuzzParseService(f *testing.F) {
 					t.Errorf("error %q quotes the key %q", err, v)
 				}
 			}
-			return
 		}
-		if s.HostName == "" || s.KeyName == "" {
-			t.Errorf("accepted %q with empty fields: %+v", cs, s)
+		if s, err := ParseService("X", cs); err != nil {
+			noKeyIn(err)
+		} else {
+			if s.HostName == "" || s.KeyName == "" {
+				t.Errorf("accepted %q with empty fields: %+v", cs, s)
+			}
+			if _, err := ParseService("X", s.String()); err != nil {
+				t.Errorf("round trip of %q: %v", cs, err)
+			}
 		}
-		if _, err := ParseService("X", s.String()); err != nil {
-			t.Errorf("round trip of %q: %v", cs, err)
+		if d, err := ParseDevice("X", cs); err != nil {
+			noKeyIn(err)
+		} else {
+			if d.HostName == "" || d.DeviceID == "" {
+				t.Errorf("accepted device %q with empty fields: %+v", cs, d)
+			}
+			if _, err := ParseDevice("X", d.String()); err != nil {
+				t.Errorf("round trip of device %q: %v", cs, err)
+			}
 		}
 	})
 }
