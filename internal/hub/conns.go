@@ -110,7 +110,8 @@ func (t *connTable) client(deviceID string) (*mqtt.Client, time.Time, <-chan str
 func (t *connTable) state(deviceID string) (connected bool, stateTime, activity time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	_, connected = t.devices[deviceID]
+	c := t.devices[deviceID]
+	connected = c != nil && !c.client.Closed()
 	return connected, t.stateTime[deviceID], t.activity[deviceID]
 }
 

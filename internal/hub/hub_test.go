@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -287,6 +288,25 @@ func TestBrokerLogHandler(t *testing.T) {
 		}
 		if strings.Contains(out, "level=WARN msg=\"\"") {
 			t.Errorf("level %v: empty warning not demoted: %q", level, out)
+		}
+	}
+}
+
+// TestOnlineOnceConnected checks a device is online for the service as soon as its client has
+// the CONNACK: a method call or a registry read made right then must not find it offline.
+func TestOnlineOnceConnected(t *testing.T) {
+	h := startHub(t, "")
+	svc := serviceClient(t, h, "")
+	ctx := context.Background()
+	for i := range 30 {
+		id := fmt.Sprintf("quick-%02d", i)
+		connectDevice(t, h, registerDevice(t, h, svc, id))
+		d, err := svc.GetDevice(ctx, id)
+		if err != nil {
+			t.Fatalf("GetDevice(%s): %v", id, err)
+		}
+		if d.ConnectionState != iotservice.Connected {
+			t.Fatalf("%s right after its CONNACK: connection state %s, want Connected", id, d.ConnectionState)
 		}
 	}
 }

@@ -54,7 +54,7 @@ func (k *deviceHook) Provides(b byte) bool {
 		mqtt.OnConnect,
 		mqtt.OnConnectAuthenticate,
 		mqtt.OnACLCheck,
-		mqtt.OnSessionEstablished,
+		mqtt.OnSessionEstablish,
 		mqtt.OnDisconnect,
 		mqtt.OnSubscribed,
 		mqtt.OnPublish,
@@ -219,9 +219,13 @@ func (h *Hub) coversService(resource string) bool {
 	return !strings.Contains(strings.TrimSuffix(resource, "/"), "/") && h.isHubHost(strings.TrimSuffix(resource, "/"))
 }
 
-// OnSessionEstablished records the device as connected and arms the
-// disconnect at token expiry.
-func (k *deviceHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+// OnSessionEstablish records the device as connected and arms the
+// disconnect at token expiry. It runs before the CONNACK is sent, so a
+// service call made as soon as the device sees its CONNACK finds it online
+// (after the CONNACK, a call could race the bookkeeping and be answered
+// 404 DeviceNotOnline). Should the CONNACK fail, the client is closed, which
+// the connection table reads as offline.
+func (k *deviceHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	h := k.hub
 	deviceID := cl.ID
 	var timer *time.Timer
