@@ -24,8 +24,9 @@ const maxBodyBytes = 512 * 1024
 const maxListTop = 1000
 
 // Handler returns the service-side REST API: the IoT Hub routes the Go SDK
-// uses plus GET /_localhub/stats. Every route requires a SAS token signed
-// with the iothubowner key; any api-version is accepted.
+// uses plus GET /_localhub/stats and GET /_localhub/methods. Every route
+// requires a SAS token signed with the iothubowner key; any api-version is
+// accepted.
 func (h *Hub) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /devices/{id}", h.throttled(OpRegistry, h.handlePutDevice))
@@ -42,10 +43,11 @@ func (h *Hub) Handler() http.Handler {
 	mux.HandleFunc("GET /statistics/devices", h.handleDeviceStats)
 	mux.HandleFunc("GET /statistics/service", h.handleServiceStats)
 	mux.HandleFunc("GET /_localhub/stats", h.handleStats)
+	mux.HandleFunc("GET /_localhub/methods", h.handleMethodLog)
 	// Method-less patterns catch the methods a route does not serve, so that
 	// they get an IoT Hub error body rather than the mux's plain text.
 	for _, path := range []string{"/devices/{id}", "/devices", "/twins/{id}", "/twins/{id}/methods",
-		"/statistics/devices", "/statistics/service", "/_localhub/stats"} {
+		"/statistics/devices", "/statistics/service", "/_localhub/stats", "/_localhub/methods"} {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, errorf(ErrMethodNotAllowed, "%s is not supported on %s", r.Method, r.URL.Path))
 		})
