@@ -503,6 +503,7 @@ func hubGet(t *testing.T, cs, caFile, httpsAddr, path string) []byte {
 	req, _ := http.NewRequest(http.MethodGet, "https://"+httpsAddr+path, nil)
 	req.Header.Set("Authorization", tok.String())
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tlsCfg.RootCAs, ServerName: "localhost"}}}
+	defer hc.CloseIdleConnections()
 	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)

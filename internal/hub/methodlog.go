@@ -22,9 +22,9 @@ import (
 // Defaults and bounds of the method log.
 const (
 	// DefaultMethodLogSize is how many entries the method log keeps (Options.MethodLogSize): the
-	// newest, over all devices. An entry takes about 300 bytes plus its response (at most
-	// maxLoggedResponse), so the log stays below some 50 MB; a rollout of 10,000 devices makes
-	// one to three entries a device.
+	// newest, over all devices. An entry takes some 200 bytes plus its response (at most
+	// maxLoggedResponse), so a full log holds at most about 50 MB; a rollout of 10,000 devices
+	// makes one to three entries a device, a few MB.
 	DefaultMethodLogSize = 100_000
 	// maxLoggedResponse bounds the device's answer kept in an entry.
 	maxLoggedResponse = 256
