@@ -54,7 +54,7 @@ test-unit: ## unit and in-process localhub tests
 test-integration: build ## real processes: Temporal dev server, localhub, simdevice, worker (the chaos cases short)
 	go test -tags integration -count=1 -timeout 30m -v ./test/... 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
-chaos: build ## the chaos cases at full size, 500–1,000 devices each (~30 min): kills and restarts mid-rollout, a 429 storm, faulty devices
+chaos: build ## the chaos cases at full size, 500–1,000 devices each (~20 min): kills and restarts mid-rollout, a 429 storm, faulty devices
 	ulimit -n "$$(ulimit -Hn)"; DMFLOW_CHAOS=long go test -tags integration -count=1 -timeout 90m -run 'TestChaos' -v ./test/ 2>&1 | tee $(BIN)/chaos.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|chaos_test.go' ; exit $${PIPESTATUS[0]}
 
 record-histories: build ## re-record workflows/testdata/*.json from the integration tests

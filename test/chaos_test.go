@@ -28,8 +28,10 @@ import (
 // Chaos: firmware rollouts against real processes while one of them is killed or restarted, the
 // hub throttles far below the rollout's rate, or devices misbehave. Every case ends with the same
 // check (checkChaos): the rollout completed, every device ended in a terminal state and in the
-// one its fault profile implies, the report agrees with localhub's method log and with what the
-// devices themselves logged, and no device applied the update twice.
+// one its fault profile implies, the report agrees with localhub's method log (what reached each
+// device), with what the devices themselves logged (what each device did: "applied" is a device
+// starting the update, which it does once per update ID and logs) and with their twins, and no
+// device applied the update twice.
 //
 // Sizes: `make test` runs each case short (tens of devices, each case about a minute);
 // DMFLOW_CHAOS=long (`make chaos`) runs them with 500 to 1,000 devices. Durations in these tests
@@ -58,7 +60,6 @@ const (
 type chaosStack struct {
 	name         string
 	temporalAddr string
-	server       *devServer // nil on the shared server
 	hub          ownHub
 	queue        string
 	worker       *proc
@@ -73,7 +74,7 @@ func sharedHub() ownHub {
 // newChaosStack starts the worker of a case on hub and server (nil: the shared server).
 func newChaosStack(t *testing.T, name string, hub ownHub, server *devServer) *chaosStack {
 	t.Helper()
-	s := &chaosStack{name: name, temporalAddr: env.temporalAddr, server: server, hub: hub, queue: "it-" + name}
+	s := &chaosStack{name: name, temporalAddr: env.temporalAddr, hub: hub, queue: "it-" + name}
 	if server != nil {
 		s.temporalAddr = server.addr
 	}
