@@ -12,7 +12,7 @@ GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './.
 export DMFLOW_BIN_DIR := $(abspath $(BIN))
 export DMFLOW_TEMPORAL_BIN := $(abspath $(BIN)/temporal)
 
-.PHONY: help build temporal demo up down status test test-unit test-integration fuzz record-histories lint clean bench bench-fleet bench-firmware bench-baseline bench-rollout bench-report
+.PHONY: help build temporal demo up down status test test-unit test-integration chaos fuzz record-histories lint clean bench bench-fleet bench-firmware bench-baseline bench-rollout bench-report
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,8 +52,11 @@ lint: ## gofmt and go vet
 test-unit: ## unit and in-process localhub tests
 	go test -count=1 ./...
 
-test-integration: build ## real processes: Temporal dev server, localhub, simdevice, worker
-	go test -tags integration -count=1 -timeout 20m -v ./test/... 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+test-integration: build ## real processes: Temporal dev server, localhub, simdevice, worker (the chaos cases short)
+	go test -tags integration -count=1 -timeout 30m -v ./test/... 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+
+chaos: build ## the chaos cases at full size, 500–1,000 devices each (~20 min): kills and restarts mid-rollout, a 429 storm, faulty devices
+	ulimit -n "$$(ulimit -Hn)"; DMFLOW_CHAOS=long go test -tags integration -count=1 -timeout 90m -run 'TestChaos' -v ./test/ 2>&1 | tee $(BIN)/chaos.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|chaos_test.go' ; exit $${PIPESTATUS[0]}
 
 record-histories: build ## re-record workflows/testdata/*.json from the integration tests
 	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd|TestFirmwareEndToEnd|TestRolloutEndToEnd|TestRolloutWindows' ./test/...

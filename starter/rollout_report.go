@@ -165,13 +165,15 @@ type reportRow struct {
 	HubCalls        int       `json:"hubCalls"`
 	ErrorType       string    `json:"errorType,omitempty"`
 	Error           string    `json:"error,omitempty"`
+	// Note says why a device was skipped.
+	Note string `json:"note,omitempty"`
 }
 
 func toReportRow(r workflows.DeviceRow) reportRow {
 	return reportRow{
 		Device: r.DeviceID, Wave: max(r.Wave+1, 0), Result: r.Result, Attempts: r.Attempts,
 		FromVersion: r.FromVersion, Stages: r.Stages, Started: r.Started.UTC(),
-		DurationSeconds: r.Duration.Seconds(), HubCalls: r.HubCalls, ErrorType: r.ErrorType, Error: r.Error,
+		DurationSeconds: r.Duration.Seconds(), HubCalls: r.HubCalls, ErrorType: r.ErrorType, Error: r.Error, Note: r.Note,
 	}
 }
 
@@ -190,7 +192,7 @@ func writeReport(w io.Writer, format string, rows []workflows.DeviceRow) error {
 	}
 }
 
-var csvHeader = []string{"device", "wave", "result", "attempts", "from_version", "stages", "started", "duration_seconds", "hub_calls", "error_type", "error"}
+var csvHeader = []string{"device", "wave", "result", "attempts", "from_version", "stages", "started", "duration_seconds", "hub_calls", "error_type", "error", "note"}
 
 // writeReportCSV writes a header and a record per device; stages are separated by ';', an empty
 // cell is an unknown value.
@@ -212,7 +214,7 @@ func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 			wave = strconv.Itoa(r.Wave)
 		}
 		if err := cw.Write([]string{r.Device, wave, r.Result, strconv.Itoa(r.Attempts), r.FromVersion, strings.Join(r.Stages, ";"),
-			started, dur, strconv.Itoa(r.HubCalls), r.ErrorType, oneLine(r.Error)}); err != nil {
+			started, dur, strconv.Itoa(r.HubCalls), r.ErrorType, oneLine(r.Error), oneLine(r.Note)}); err != nil {
 			return err
 		}
 	}
@@ -223,14 +225,14 @@ func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 // writeReportTable writes aligned columns and a line of totals by result.
 func writeReportTable(w io.Writer, rows []workflows.DeviceRow) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tWAVE\tRESULT\tATTEMPTS\tFROM\tSTAGES\tSTARTED\tDURATION\tHUB CALLS\tERROR")
+	fmt.Fprintln(tw, "DEVICE\tWAVE\tRESULT\tATTEMPTS\tFROM\tSTAGES\tSTARTED\tDURATION\tHUB CALLS\tERROR OR NOTE")
 	for _, r := range rows {
 		started := "-"
 		if !r.Started.IsZero() {
 			started = r.Started.UTC().Format(time.RFC3339)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", r.DeviceID, waveCell(r.Wave), r.Result, r.Attempts,
-			dash(r.FromVersion), dash(strings.Join(r.Stages, ",")), started, deviceDuration(r.Duration), r.HubCalls, dash(rowError(r)))
+			dash(r.FromVersion), dash(strings.Join(r.Stages, ",")), started, deviceDuration(r.Duration), r.HubCalls, dash(rowError(r)+rowNote(r)))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -305,6 +307,17 @@ func rowError(r workflows.DeviceRow) string {
 		return r.ErrorType + ": " + msg
 	}
 	return msg
+}
+
+// rowNote is the note of a row: why it was skipped, in parentheses after an error.
+func rowNote(r workflows.DeviceRow) string {
+	if r.Note == "" {
+		return ""
+	}
+	if r.Error != "" || r.ErrorType != "" {
+		return " (" + oneLine(r.Note) + ")"
+	}
+	return oneLine(r.Note)
 }
 
 // oneLine folds line breaks into spaces: a cell or a summary line stays one line.

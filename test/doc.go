@@ -6,4 +6,7 @@
 // They carry the build tag "integration" so that plain `go test ./...` stays
 // fast; `make test` runs them with the binaries it built (DMFLOW_BIN_DIR,
 // DMFLOW_TEMPORAL_BIN).
+//
+// The chaos cases (TestChaos*, chaos_test.go) run short by default and with
+// 500 to 1,000 devices under DMFLOW_CHAOS=long (`make chaos`).
 package test

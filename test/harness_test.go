@@ -96,16 +96,8 @@ func setup() (int, error) {
 	// Temporal dev server with a SQLite file, as `make up` runs it.
 	port := freePort()
 	env.temporalAddr = "127.0.0.1:" + strconv.Itoa(port)
-	tp := startProc(nil, "temporal", nil, env.temporalBin, "server", "start-dev",
-		"--db-filename", filepath.Join(env.dir, "temporal.db"),
-		"--ip", "127.0.0.1", "--port", strconv.Itoa(port), "--headless",
-		"--log-level", "warn",
-		"--search-attribute", "DmflowDevice=Keyword",
-		"--search-attribute", "DmflowOperation=Keyword",
-		"--search-attribute", "DmflowTargetVersion=Keyword",
-		"--search-attribute", "DmflowRollout=Keyword",
-		"--search-attribute", "DmflowRolloutState=Keyword")
-	if err := waitTemporal(tp, 60*time.Second); err != nil {
+	tp := startProc(nil, "temporal", nil, env.temporalBin, devServerArgs(filepath.Join(env.dir, "temporal.db"), port)...)
+	if err := waitTemporal(tp, env.temporalAddr, 60*time.Second); err != nil {
 		return 1, err
 	}
 
@@ -139,13 +131,28 @@ func freePort() int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func waitTemporal(p *proc, timeout time.Duration) error {
+// devServerArgs are the arguments of a Temporal dev server on the SQLite file db and port, with
+// dmflow's search attributes.
+func devServerArgs(db string, port int) []string {
+	return []string{"server", "start-dev",
+		"--db-filename", db,
+		"--ip", "127.0.0.1", "--port", strconv.Itoa(port), "--headless",
+		"--log-level", "warn",
+		"--search-attribute", "DmflowDevice=Keyword",
+		"--search-attribute", "DmflowOperation=Keyword",
+		"--search-attribute", "DmflowTargetVersion=Keyword",
+		"--search-attribute", "DmflowRollout=Keyword",
+		"--search-attribute", "DmflowRolloutState=Keyword"}
+}
+
+// waitTemporal waits until the dev server p answers at addr.
+func waitTemporal(p *proc, addr string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if p.exited() {
 			return fmt.Errorf("temporal dev server exited:\n%s", p.tail(20))
 		}
-		c, err := client.Dial(client.Options{HostPort: env.temporalAddr, Logger: quietLogger{}})
+		c, err := client.Dial(client.Options{HostPort: addr, Logger: quietLogger{}})
 		if err == nil {
 			c.Close()
 			return nil
@@ -322,6 +329,9 @@ func metricsURL(t *testing.T, p *proc) string {
 type ownHub struct {
 	cs, caFile, https, mqtt string
 	proc                    *proc
+	// name, state and args (the flags beyond state and addresses) start it again (restartHub).
+	name, state string
+	args        []string
 }
 
 var localhubReady = regexp.MustCompile(`localhub ready host=\S+ mqtt=(\S+) https=(\S+)`)
@@ -333,8 +343,21 @@ func startOwnHub(t *testing.T, name string, args ...string) ownHub {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args = append([]string{"--state-dir", state, "--mqtt-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0", "--log-format", "text"}, args...)
-	p := startProc(t, name, nil, filepath.Join(env.bin, "localhub"), args...)
+	h := runHub(t, ownHub{name: name, state: state, args: args, mqtt: "127.0.0.1:0", https: "127.0.0.1:0"})
+	out, err := exec.Command(filepath.Join(env.bin, "localhub"), "connection-string", "--state-dir", state).Output()
+	if err != nil {
+		t.Fatalf("localhub connection-string: %v", err)
+	}
+	h.cs, h.caFile = strings.TrimSpace(string(out)), filepath.Join(state, "ca.pem")
+	return h
+}
+
+// runHub starts localhub h on h.mqtt and h.https (port 0: free ones) and returns h with the
+// process and the addresses it listens on.
+func runHub(t *testing.T, h ownHub) ownHub {
+	t.Helper()
+	args := append([]string{"--state-dir", h.state, "--mqtt-addr", h.mqtt, "--https-addr", h.https, "--log-format", "text"}, h.args...)
+	p := startProc(t, h.name, nil, filepath.Join(env.bin, "localhub"), args...)
 	if err := p.waitFor("localhub ready", 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -342,11 +365,22 @@ func startOwnHub(t *testing.T, name string, args ...string) ownHub {
 	if m == nil {
 		t.Fatalf("localhub: no addresses in %q", p.tail(5))
 	}
-	out, err := exec.Command(filepath.Join(env.bin, "localhub"), "connection-string", "--state-dir", state).Output()
-	if err != nil {
-		t.Fatalf("localhub connection-string: %v", err)
+	h.proc, h.mqtt, h.https = p, m[1], m[2]
+	return h
+}
+
+// restartHub stops localhub h (SIGTERM: it saves its method log) and starts it again on the same
+// state directory and ports: devices reconnect to it, service clients find it where it was.
+func restartHub(t *testing.T, h ownHub, down time.Duration) ownHub {
+	t.Helper()
+	h.proc.stop()
+	time.Sleep(down)
+	was := h
+	h = runHub(t, h)
+	if h.mqtt != was.mqtt || h.https != was.https {
+		t.Fatalf("localhub restarted on %s and %s, not %s and %s", h.mqtt, h.https, was.mqtt, was.https)
 	}
-	return ownHub{cs: strings.TrimSpace(string(out)), caFile: filepath.Join(state, "ca.pem"), https: m[2], mqtt: m[1], proc: p}
+	return h
 }
 
 // env is the environment of a worker or fleet on this hub and the shared Temporal dev server.
@@ -379,11 +413,17 @@ func startDevice(t *testing.T, deviceID string, args ...string) *proc {
 // the exit code.
 func runStarter(t *testing.T, timeout time.Duration, args ...string) (string, string, int) {
 	t.Helper()
+	return runStarterAt(t, env.temporalAddr, timeout, args...)
+}
+
+// runStarterAt runs the starter against the Temporal server at temporalAddr.
+func runStarterAt(t *testing.T, temporalAddr string, timeout time.Duration, args ...string) (string, string, int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(env.bin, "starter"), args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"),
-		"TEMPORAL_ADDRESS=" + env.temporalAddr,
+		"TEMPORAL_ADDRESS=" + temporalAddr,
 		"TEMPORAL_CONFIG_FILE=" + filepath.Join(env.dir, "no-temporal-profile.toml")}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -399,7 +439,13 @@ func runStarter(t *testing.T, timeout time.Duration, args ...string) (string, st
 
 func temporalClient(t *testing.T) client.Client {
 	t.Helper()
-	c, err := client.Dial(client.Options{HostPort: env.temporalAddr, Logger: quietLogger{}})
+	return temporalClientAt(t, env.temporalAddr)
+}
+
+// temporalClientAt is a client of the Temporal server at addr, closed when the test ends.
+func temporalClientAt(t *testing.T, addr string) client.Client {
+	t.Helper()
+	c, err := client.Dial(client.Options{HostPort: addr, Logger: quietLogger{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,6 +472,18 @@ func stats(t *testing.T) hubStats {
 // is cs and CA caFile.
 func statsOf(t *testing.T, cs, caFile, httpsAddr string) hubStats {
 	t.Helper()
+	body := hubGet(t, cs, caFile, httpsAddr, "/_localhub/stats")
+	var st hubStats
+	if err := json.Unmarshal(body, &st); err != nil {
+		t.Fatalf("stats %s: %v", body, err)
+	}
+	return st
+}
+
+// hubGet reads path of the localhub at httpsAddr with a service token and returns the body of a
+// 200 answer.
+func hubGet(t *testing.T, cs, caFile, httpsAddr, path string) []byte {
+	t.Helper()
 	s, err := hubconn.ParseService("hub", cs)
 	if err != nil {
 		t.Fatal(err)
@@ -442,9 +500,10 @@ func statsOf(t *testing.T, cs, caFile, httpsAddr string) hubStats {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest(http.MethodGet, "https://"+httpsAddr+"/_localhub/stats", nil)
+	req, _ := http.NewRequest(http.MethodGet, "https://"+httpsAddr+path, nil)
 	req.Header.Set("Authorization", tok.String())
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tlsCfg.RootCAs, ServerName: "localhost"}}}
+	defer hc.CloseIdleConnections()
 	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -452,13 +511,9 @@ func statsOf(t *testing.T, cs, caFile, httpsAddr string) hubStats {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("stats: HTTP %d: %s", resp.StatusCode, body)
+		t.Fatalf("GET %s: HTTP %d: %s", path, resp.StatusCode, body)
 	}
-	var st hubStats
-	if err := json.Unmarshal(body, &st); err != nil {
-		t.Fatalf("stats %s: %v", body, err)
-	}
-	return st
+	return body
 }
 
 // methodInvocations is how many times localhub delivered a method to a device.

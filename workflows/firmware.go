@@ -39,7 +39,9 @@ const (
 //  1. GetTwin reads the reported firmwareVersion (and firmwareStatus); a device that already runs
 //     in.Version ends the workflow as FirmwareSkipped, without a method call.
 //  2. InvokeMethod calls firmwareUpdate with {fwPackageUri, version, updateId}, retried while the
-//     device is offline or does not answer, within in.Deadline. The device answers at once; a
+//     device is offline or does not answer, within in.Deadline; past it the workflow fails with
+//     activities.ErrDeadlineExceeded carrying the last attempt's failure (DeviceNotOnline,
+//     GatewayTimeout), as it does when the hub stayed unreachable for GetTwin. The device answers at once; a
 //     refusal (409 another update in progress, 400 bad URI) fails the workflow with a
 //     non-retryable activities.ErrMethodFailed carrying the device's reason.
 //  3. FollowStages follows the reported firmwareStatus through downloading, applying and completed,
@@ -147,7 +149,7 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 		Properties: []string{protocol.PropFirmwareVersion, protocol.PropFirmwareStatus},
 	}).Get(ctx, &twin)
 	if err != nil {
-		return res, err
+		return res, retriedUntilDeadline(err, f.in.Deadline, hubNonRetryable)
 	}
 	res.HubCalls += twin.Attempt
 	res.FromVersion, _ = twin.Reported[protocol.PropFirmwareVersion].(string)
@@ -184,7 +186,7 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 		AcceptedWhen: &activities.ReportedValue{Property: protocol.PropFirmwareUpdateID, Value: f.in.UpdateID},
 	}).Get(ctx, &inv)
 	if err != nil {
-		return res, refusal(f.in.DeviceID, err)
+		return res, retriedUntilDeadline(refusal(f.in.DeviceID, err), f.in.Deadline, invokeNonRetryable)
 	}
 	res.Attempts = inv.Attempt
 	res.HubCalls += inv.Attempt

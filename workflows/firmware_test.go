@@ -387,6 +387,23 @@ func TestFirmwareRefusedByDevice(t *testing.T) {
 	}
 }
 
+// A hub that throttles (or cannot be reached) until the deadline: GetTwin is retried until then,
+// and the workflow fails with ErrDeadlineExceeded carrying the last failure, without a method call.
+func TestFirmwareHubThrottledUntilDeadline(t *testing.T) {
+	env := newFirmwareEnv(t)
+	c := &fwCalls{}
+	m := happyPath(c)
+	m.twin = []any{activities.GetTwinResult{}, errors.New("read twin of dev1: IoT Hub answered HTTP 429, code 429001: ThrottlingException")}
+	m.on(env)
+	in := fwInput()
+	in.Deadline = 2 * time.Minute
+	env.ExecuteWorkflow(workflows.FirmwareUpdate, in)
+	appErr := workflowError(t, env)
+	assert.Equal(t, activities.ErrDeadlineExceeded, appErr.Type())
+	assert.Equal(t, "gave up at the deadline (2m0s) after retrying: read twin of dev1: IoT Hub answered HTTP 429, code 429001: ThrottlingException", appErr.Message())
+	env.AssertActivityNumberOfCalls(t, "InvokeMethod", 0)
+}
+
 func TestFirmwareMethodNeverAnswered(t *testing.T) {
 	env := newFirmwareEnv(t)
 	c := &fwCalls{}
@@ -406,6 +423,8 @@ func TestFirmwareMethodNeverAnswered(t *testing.T) {
 	env.ExecuteWorkflow(workflows.FirmwareUpdate, in)
 	appErr := workflowError(t, env)
 	assert.Contains(t, appErr.Error(), "GatewayTimeout", "the last failure is reported")
+	assert.Equal(t, activities.ErrDeadlineExceeded, appErr.Type(), "the deadline ended the retries")
+	assert.Contains(t, appErr.Message(), "gave up at the deadline (3m0s) after retrying: invoke firmwareUpdate on dev1")
 	// Calls of 30 s with 2, 4, 8, 16, 30 s between them until the 3 min budget is spent.
 	c.mu.Lock()
 	tries := len(c.invoke)

@@ -1,12 +1,14 @@
 package workflows
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/protocol"
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
@@ -40,8 +42,10 @@ const rebootPayloadMethodNumber = "42"
 // of the same reboot: an invocation retried after a worker crash or a gateway timeout may reach a
 // device that has already rebooted.
 //
-// It fails with a non-retryable ApplicationError of type ErrInvalidInput for invalid input, and with
-// the activity errors (types activities.Err*) otherwise. QueryStep answers a RebootStatus.
+// It fails with a non-retryable ApplicationError of type ErrInvalidInput for invalid input, with
+// activities.ErrDeadlineExceeded carrying the last attempt's failure when the device did not take the
+// method before in.Deadline (offline, or never answering), and with the activity errors (types
+// activities.Err*) otherwise. QueryStep answers a RebootStatus.
 func Reboot(ctx workflow.Context, in RebootInput) (RebootResult, error) {
 	info := workflow.GetInfo(ctx)
 	logger := log.With(workflow.GetLogger(ctx), "device", in.DeviceID, "workflow_id", info.WorkflowExecution.ID)
@@ -109,7 +113,7 @@ func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, err
 		AcceptedWhen: &activities.ReportedValue{Property: protocol.PropLastRebootRequestID, Value: workflowID},
 	}).Get(ctx, &inv)
 	if err != nil {
-		return r.fail(ctx, err)
+		return r.fail(ctx, retriedUntilDeadline(err, r.in.Deadline, invokeNonRetryable))
 	}
 	r.logger.Info("device answered", "method", RebootMethod, "status", inv.Status, "attempt", inv.Attempt)
 
@@ -171,14 +175,51 @@ func invokeOptions(ctx workflow.Context, methodTimeout time.Duration, deadline t
 			// An offline device usually reconnects within seconds to a minute; 2 s doubling to a 30 s
 			// cap tries often early and then stays well under the hub's method quota (40 calls/s per
 			// S1 unit) even when a rollout has many devices offline at once.
-			InitialInterval:    2 * time.Second,
-			BackoffCoefficient: 2,
-			MaximumInterval:    30 * time.Second,
-			// The device ran the method and refused (MethodFailed); calling again would only
-			// repeat that.
-			NonRetryableErrorTypes: append(slices.Clone(hubNonRetryable), activities.ErrMethodFailed),
+			InitialInterval:        2 * time.Second,
+			BackoffCoefficient:     2,
+			MaximumInterval:        30 * time.Second,
+			NonRetryableErrorTypes: invokeNonRetryable,
 		},
 	})
+}
+
+// retriedUntilDeadline turns an activity failure whose retries the schedule-to-close timeout ended
+// at the operation's deadline (InvokeMethod of a device that stayed offline or never answered,
+// GetTwin on a hub that stayed unreachable) into a non-retryable activities.ErrDeadlineExceeded
+// that says so and carries the last attempt's failure. Temporal fails such an activity with that
+// last failure, retryable and typed by its Go type ("hubCallError"), or with a timeout; rollout
+// reports showed that type as the device's error type, with no word of the deadline.
+//
+// The activity's retry policy (nonRetryable: its NonRetryableErrorTypes) has no attempt limit, so
+// a retryable failure that reaches the workflow means the timeout ended the retries; the server
+// also says so in the retry state, which the SDK's test environment leaves unset. Other errors
+// pass unchanged.
+func retriedUntilDeadline(err error, deadline time.Duration, nonRetryable []string) error {
+	var actErr *temporal.ActivityError
+	if !errors.As(err, &actErr) {
+		return err
+	}
+	var appErr *temporal.ApplicationError
+	var te *temporal.TimeoutError
+	cause := actErr.Unwrap()
+	last := ""
+	switch {
+	case errors.As(cause, &appErr):
+		if actErr.RetryState() != enumspb.RETRY_STATE_TIMEOUT && (appErr.NonRetryable() || slices.Contains(nonRetryable, appErr.Type())) {
+			return err
+		}
+		last = appErr.Message()
+	case errors.As(cause, &te):
+		if actErr.RetryState() != enumspb.RETRY_STATE_TIMEOUT && te.TimeoutType() != enumspb.TIMEOUT_TYPE_SCHEDULE_TO_CLOSE {
+			return err
+		}
+		last = fmt.Sprintf("the last attempt timed out (%s)", te.TimeoutType())
+	default:
+		return err
+	}
+	return temporal.NewNonRetryableApplicationError(
+		fmt.Sprintf("gave up at the deadline (%s) after retrying: %s", deadline, last),
+		activities.ErrDeadlineExceeded, err)
 }
 
 // waitOptions are the activity options of WaitForReported, polling at most pollMaxInterval apart
@@ -187,6 +228,10 @@ func invokeOptions(ctx workflow.Context, methodTimeout time.Duration, deadline t
 func waitOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
 	return pollingOptions(ctx, deadline, waitGrace, waitHeartbeatTimeout, activities.ErrDeadlineExceeded)
 }
+
+// invokeNonRetryable are InvokeMethod's failures no retry changes: the hub's, and a device that ran
+// the method and refused (MethodFailed), where calling again would only repeat that.
+var invokeNonRetryable = append(slices.Clone(hubNonRetryable), activities.ErrMethodFailed)
 
 // hubNonRetryable are the hub's answers that no retry changes: an unknown device, refused
 // credentials, a request the hub calls malformed.

@@ -202,6 +202,12 @@ func TestRebootDeviceOfflineUntilDeadline(t *testing.T) {
 	var actErr *temporal.ActivityError
 	require.True(t, errors.As(err, &actErr), "%v", err)
 	assert.Contains(t, err.Error(), "DeviceNotOnline", "the last failure is reported")
+	// The error says that the deadline ended the retries, in a type of its own rather than the
+	// last failure's.
+	appErr := workflowError(t, env)
+	assert.Equal(t, activities.ErrDeadlineExceeded, appErr.Type())
+	assert.True(t, appErr.NonRetryable())
+	assert.Contains(t, appErr.Message(), "gave up at the deadline (2m0s) after retrying: invoke rebootDevice on dev1: DeviceNotOnline")
 	// Tries at 0, 2, 6, 14, 30, 60, 90 s (backoff 2 s doubling to the 30 s cap); whether one more starts
 	// right at the 120 s budget depends on how inclusive the bound is (the test environment's is).
 	c.mu.Lock()

@@ -9,7 +9,9 @@
 // directory, next to the TLS material (ca.pem, server.pem, server-key.pem,
 // ca-key.pem) and the iothubowner policy key (iothubowner.key). Connection
 // state is not durable: after a restart every device is Disconnected until
-// it reconnects.
+// it reconnects. The method log is saved in the bbolt file when the hub
+// stops (Close: SIGINT or SIGTERM to the localhub command) and read back at
+// the next start; a hub that is killed loses the entries since its start.
 //
 // Supported REST routes (any api-version), with the permission each needs:
 //
@@ -26,6 +28,7 @@
 //	GET    /statistics/devices   RegistryRead    registry counts
 //	GET    /statistics/service   ServiceConnect  connected device count
 //	GET    /_localhub/stats      all (iothubowner) localhub counters (see Stats)
+//	GET    /_localhub/methods    all (iothubowner) the method log (see MethodLog)
 //
 // The shared access policies are IoT Hub's built-in ones (Policies):
 // iothubowner (every permission), service, device, registryRead and
@@ -65,7 +68,27 @@
 //
 // methodInvocations counts requests delivered to devices since start, by
 // device and method name; (*Hub).MethodInvocations returns one device's row.
-// throttled counts requests refused by the throttles, by Operation.
+// throttled counts requests refused by the throttles, by Operation. These
+// counters start at zero with every start of the hub.
+//
+// GET /_localhub/methods?deviceId=&after=&limit= (iothubowner token
+// required) pages through the method log: every direct-method invocation
+// localhub received, delivered or not, in the order the calls ended, each
+// with its time, device, method, the request's updateId or requestId from
+// the payload, whether it was delivered to the device, and the device's
+// status and answer or the error code localhub answered with instead (see
+// MethodLogEntry). Tests read it to tell whether a device saw a request,
+// answered it, or saw it twice. It answers a MethodLogPage: up to limit
+// entries (default 1000, at most 10,000) with seq above after, of deviceId
+// when given; "next" is the after of the next page and "more" says whether
+// one follows. The log holds the newest Options.MethodLogSize entries
+// (default 100,000, over all devices) and counts the ones it evicted in
+// "dropped":
+//
+//	{"entries": [{"seq": 7, "time": "2026-01-02T03:04:05.123Z", "duration": 41000000,
+//	  "deviceId": "dev-1", "method": "firmwareUpdate", "requestId": "rollout:fw-2",
+//	  "delivered": true, "status": 200, "response": "{\"Response\":\"Firmware update started\"}"}],
+//	 "next": 7, "more": false, "dropped": 0}
 //
 // Throttling follows IoT Hub's documented per-hub quotas for Options.Tier
 // (default S1) and Options.Units (default 1), one token bucket per

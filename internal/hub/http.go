@@ -25,8 +25,7 @@ const maxBodyBytes = 512 * 1024
 const maxListTop = 1000
 
 // Handler returns the service-side REST API: the IoT Hub routes the Go SDK
-// uses plus GET /_localhub/stats. Every route requires a SAS token signed
-// with the iothubowner key; any api-version is accepted.
+// uses plus GET /_localhub/stats and GET /_localhub/methods.
 func (h *Hub) Handler() http.Handler {
 	mux := http.NewServeMux()
 	route := func(pattern string, need Permission, op Operation, handler http.HandlerFunc) {
@@ -49,10 +48,11 @@ func (h *Hub) Handler() http.Handler {
 	route("GET /statistics/devices", RegistryRead, "", h.handleDeviceStats)
 	route("GET /statistics/service", ServiceConnect, "", h.handleServiceStats)
 	route("GET /_localhub/stats", allPermissions, "", h.handleStats)
+	route("GET /_localhub/methods", allPermissions, "", h.handleMethodLog)
 	// Method-less patterns catch the methods a route does not serve, so that
 	// they get an IoT Hub error body rather than the mux's plain text.
 	for _, path := range []string{"/devices/{id}", "/devices", "/twins/{id}", "/twins/{id}/methods",
-		"/statistics/devices", "/statistics/service", "/_localhub/stats"} {
+		"/statistics/devices", "/statistics/service", "/_localhub/stats", "/_localhub/methods"} {
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			h.fail(w, r, errorf(ErrMethodNotAllowed, "%s is not supported on %s", r.Method, r.URL.Path))
 		})

@@ -66,6 +66,9 @@ type Options struct {
 	// token (traffic shaping) before it is refused with 429
 	// ThrottlingException. Default DefaultMaxQueueDelay (1 s).
 	MaxQueueDelay time.Duration
+	// MethodLogSize is how many entries the method log keeps, the newest over all devices (see
+	// MethodLog). Default DefaultMethodLogSize.
+	MethodLogSize int
 }
 
 func (o *Options) fill() error {
@@ -96,6 +99,12 @@ func (o *Options) fill() error {
 	if o.MaxQueueDelay < 0 {
 		return fmt.Errorf("hub: Options.MaxQueueDelay %v is negative", o.MaxQueueDelay)
 	}
+	if o.MethodLogSize == 0 {
+		o.MethodLogSize = DefaultMethodLogSize
+	}
+	if o.MethodLogSize < 0 {
+		return fmt.Errorf("hub: Options.MethodLogSize %d is negative", o.MethodLogSize)
+	}
 	return nil
 }
 
@@ -122,6 +131,9 @@ type Hub struct {
 	calls  *callTable
 	limits *throttle
 	twinMu keyedMutex
+	// methodLog records every direct-method invocation; it is saved in the store on Close and
+	// read back by New.
+	methodLog *methodLog
 
 	statsMu     sync.Mutex
 	invocations map[string]map[string]int
@@ -180,8 +192,14 @@ func New(opts Options) (*Hub, error) {
 		calls:       newCallTable(),
 		invocations: map[string]map[string]int{},
 		twinReads:   map[string]int{},
+		methodLog:   newMethodLog(opts.MethodLogSize),
 	}
 	h.limits = newThrottle(quotas, opts.MaxQueueDelay)
+	if err := h.loadMethodLog(); err != nil {
+		_ = st.Close()
+		cancel()
+		return nil, err
+	}
 	return h, nil
 }
 
@@ -346,6 +364,10 @@ func (h *Hub) Close() error {
 		if err := os.Remove(filepath.Join(h.opts.StateDir, runtimeFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
+	}
+	// After the HTTPS server drained: the calls it ended are in the log.
+	if err := h.saveMethodLog(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := h.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))

@@ -90,14 +90,18 @@ func (t *callTable) complete(deviceID, rid string, r methodResult) bool {
 	return true
 }
 
-// invokeMethod delivers a direct method to a device and waits for its answer.
-func (h *Hub) invokeMethod(ctx context.Context, deviceID string, call methodCall) (methodResult, error) {
+// invokeMethod delivers a direct method to a device and waits for its answer. Every call is
+// entered in the method log, refused ones included.
+func (h *Hub) invokeMethod(ctx context.Context, deviceID string, call methodCall) (res methodResult, err error) {
+	start := time.Now()
+	delivered := false
+	defer func() { h.logMethod(deviceID, call, start, delivered, res, err) }()
 	// IoT Hub meters the request payload in 4 KB chunks; the answer's size
 	// is not known before the call is admitted, so it is not metered.
 	if err := h.limits.wait(ctx, OpMethods, methodCost(len(call.payload))); err != nil {
 		return methodResult{}, err
 	}
-	err := h.store.View(func(tx *store.Tx) error {
+	err = h.store.View(func(tx *store.Tx) error {
 		_, err := tx.Device(deviceID)
 		return err
 	})
@@ -123,6 +127,7 @@ func (h *Hub) invokeMethod(ctx context.Context, deviceID string, call methodCall
 			}
 		}
 		if h.sendToClient(cl, topic, call.payload) {
+			delivered = true
 			h.countInvocation(deviceID, call.name)
 			h.log.Debug("direct method delivered", "device", deviceID, "method", call.name, "rid", rid)
 		}

@@ -1,5 +1,5 @@
 // Package store keeps localhub's durable state, device identities and
-// twins, in a bbolt file.
+// twins, in a bbolt file, and the method log a hub saves when it stops.
 //
 // Records are JSON documents keyed by device ID. Twin documents are decoded
 // with json.Number so that numbers written by devices and services survive a
@@ -14,6 +14,7 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,7 +34,11 @@ var (
 	bucketDevices = []byte("devices")
 	bucketTwins   = []byte("twins")
 	bucketMeta    = []byte("meta")
-	keySchema     = []byte("schema")
+	// bucketMethodLog holds the method log's records by big-endian sequence number; it is created
+	// when first written, so files of earlier builds open unchanged.
+	bucketMethodLog = []byte("methodLog")
+	keySchema       = []byte("schema")
+	keyLogDropped   = []byte("methodLogDropped")
 )
 
 // schemaVersion is written on creation so that a later format change can
@@ -231,4 +236,51 @@ func nonNil(m map[string]any) map[string]any {
 		return map[string]any{}
 	}
 	return m
+}
+
+// LogRecord is a saved entry of the method log: its sequence number and its JSON document.
+type LogRecord struct {
+	Seq  uint64
+	Data []byte
+}
+
+// ReplaceMethodLog replaces the saved method log with records (in Seq order) and the count of
+// entries dropped before them.
+func (t *Tx) ReplaceMethodLog(records []LogRecord, dropped uint64) error {
+	if t.tx.Bucket(bucketMethodLog) != nil {
+		if err := t.tx.DeleteBucket(bucketMethodLog); err != nil {
+			return err
+		}
+	}
+	b, err := t.tx.CreateBucket(bucketMethodLog)
+	if err != nil {
+		return err
+	}
+	// Keys arrive in order: fill pages completely instead of splitting them in half.
+	b.FillPercent = 1
+	for _, r := range records {
+		if err := b.Put(binary.BigEndian.AppendUint64(nil, r.Seq), r.Data); err != nil {
+			return err
+		}
+	}
+	return t.tx.Bucket(bucketMeta).Put(keyLogDropped, binary.BigEndian.AppendUint64(nil, dropped))
+}
+
+// MethodLog calls fn with each saved record of the method log in Seq order and returns the count
+// of entries dropped before them. A store that never saved one has none.
+func (t *Tx) MethodLog(fn func(data []byte) error) (dropped uint64, err error) {
+	if v := t.tx.Bucket(bucketMeta).Get(keyLogDropped); len(v) == 8 {
+		dropped = binary.BigEndian.Uint64(v)
+	}
+	b := t.tx.Bucket(bucketMethodLog)
+	if b == nil {
+		return dropped, nil
+	}
+	err = b.ForEach(func(k, v []byte) error {
+		if err := fn(v); err != nil {
+			return fmt.Errorf("method log record %x: %w", k, err)
+		}
+		return nil
+	})
+	return dropped, err
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -161,5 +162,49 @@ func TestOpenLocked(t *testing.T) {
 	}
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("Open waited %v for the lock", time.Since(start))
+	}
+}
+
+func TestMethodLogReplaced(t *testing.T) {
+	s, path := openTemp(t)
+	read := func(s *Store) ([]string, uint64) {
+		t.Helper()
+		var got []string
+		var dropped uint64
+		err := s.View(func(tx *Tx) error {
+			var err error
+			dropped, err = tx.MethodLog(func(data []byte) error {
+				got = append(got, string(data))
+				return nil
+			})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got, dropped
+	}
+	if got, dropped := read(s); len(got) != 0 || dropped != 0 {
+		t.Fatalf("a new store's log: %v, %d dropped", got, dropped)
+	}
+	save := func(dropped uint64, records ...LogRecord) {
+		t.Helper()
+		if err := s.Update(func(tx *Tx) error { return tx.ReplaceMethodLog(records, dropped) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Sequence numbers above 255 and 65535 sort by number, not by their first byte.
+	save(0, LogRecord{9, []byte(`a`)}, LogRecord{300, []byte(`b`)}, LogRecord{70000, []byte(`c`)})
+	save(2, LogRecord{300, []byte(`b`)}, LogRecord{70000, []byte(`c`)}, LogRecord{70001, []byte(`d`)})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if got, dropped := read(s2); strings.Join(got, "") != "bcd" || dropped != 2 {
+		t.Errorf("after a replace and a reopen: %v, %d dropped; want b c d, 2 dropped", got, dropped)
 	}
 }
