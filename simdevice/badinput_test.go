@@ -2,44 +2,18 @@ package main
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
-)
 
-// countingListener stands in for the hub's HTTPS and MQTT endpoints: it
-// accepts connections, counts and closes them. A refused simdevice must not
-// have contacted it.
-func countingListener(t *testing.T) (addr string, accepted func() int32) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n atomic.Int32
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { l.Close(); <-done })
-	return l.Addr().String(), n.Load
-}
+	"github.com/dmflow/dmflow/internal/testnet"
+)
 
 // Every command (the default, run, fleet) given bad flags, environment or
 // files: one line naming the fix, exit 2, the hub not contacted.
 func TestBadInputStartsNothing(t *testing.T) {
-	hub, accepted := countingListener(t)
+	hub, accepted := testnet.CountingListener(t)
 	notPEM := filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)

@@ -2,44 +2,18 @@ package main
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
-)
 
-// countingListener stands in for Temporal: it accepts connections, counts
-// them and closes them. A command refused for its input must not have
-// dialled it: no workflow or schedule can have been started.
-func countingListener(t *testing.T) (addr string, accepted func() int32) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n atomic.Int32
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { l.Close(); <-done })
-	return l.Addr().String(), n.Load
-}
+	"github.com/dmflow/dmflow/internal/testnet"
+)
 
 // Every command and subcommand given bad flags, arguments or files answers
 // one line naming the fix, exits 2 and contacts no Temporal.
 func TestBadInputStartsNothing(t *testing.T) {
-	temporal, accepted := countingListener(t)
+	temporal, accepted := testnet.CountingListener(t)
 	dir := t.TempDir()
 	write := func(name, content string) string {
 		p := filepath.Join(dir, name)

@@ -6,41 +6,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
-)
 
-// countingListener accepts connections, counts and closes them: it stands
-// in for IoT Hub and for Temporal, which a refused worker must not contact.
-func countingListener(t *testing.T) (addr string, accepted func() int32) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n atomic.Int32
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { l.Close(); <-done })
-	return l.Addr().String(), n.Load
-}
+	"github.com/dmflow/dmflow/internal/testnet"
+)
 
 // Bad flags, environment or files: one line naming the fix, exit 2, and
 // nothing started: IoT Hub and Temporal not contacted, no metrics port
 // bound.
 func TestBadInputStartsNothing(t *testing.T) {
-	hubAddr, hubConns := countingListener(t)
-	temporalAddr, temporalConns := countingListener(t)
+	hubAddr, hubConns := testnet.CountingListener(t)
+	temporalAddr, temporalConns := testnet.CountingListener(t)
 	// The metrics address is taken: a worker that bound it before checking
 	// the rest would fail with "address already in use" instead.
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
