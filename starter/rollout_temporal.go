@@ -73,15 +73,24 @@ type temporalRollouts struct {
 // dialRollouts connects with the globals' Temporal configuration; an unreachable server fails with
 // temporalconn's message, which names the fix.
 func dialRollouts(ctx context.Context, g *globals) (rolloutAPI, error) {
-	opts, err := g.temporal.ClientOptions(nil)
+	tc, namespace, err := dialTemporal(ctx, g)
 	if err != nil {
 		return nil, err
+	}
+	return &temporalRollouts{tc: tc, namespace: namespace, uiURL: g.temporal.UIURL}, nil
+}
+
+// dialTemporal connects with the globals' Temporal configuration and tells the namespace it uses.
+func dialTemporal(ctx context.Context, g *globals) (client.Client, string, error) {
+	opts, err := g.temporal.ClientOptions(nil)
+	if err != nil {
+		return nil, "", err
 	}
 	tc, err := g.temporal.Dial(ctx, nil)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return &temporalRollouts{tc: tc, namespace: opts.Namespace, uiURL: g.temporal.UIURL}, nil
+	return tc, opts.Namespace, nil
 }
 
 func (t *temporalRollouts) Close() { t.tc.Close() }

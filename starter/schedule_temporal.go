@@ -165,15 +165,11 @@ type temporalSchedules struct {
 }
 
 func dialSchedules(ctx context.Context, g *globals) (scheduleAPI, error) {
-	opts, err := g.temporal.ClientOptions(nil)
+	tc, namespace, err := dialTemporal(ctx, g)
 	if err != nil {
 		return nil, err
 	}
-	tc, err := g.temporal.Dial(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	return &temporalSchedules{tc: tc, sc: tc.ScheduleClient(), namespace: opts.Namespace, uiURL: g.temporal.UIURL}, nil
+	return &temporalSchedules{tc: tc, sc: tc.ScheduleClient(), namespace: namespace, uiURL: g.temporal.UIURL}, nil
 }
 
 func (t *temporalSchedules) Close() { t.tc.Close() }
