@@ -157,12 +157,14 @@ func FuzzFirmwareInputValidate(f *testing.F) {
 		if perr != nil {
 			return
 		}
-		// Short fragments may occur in the fixed text by chance.
-		if q := u.RawQuery; len(q) >= 16 && strings.Contains(err.Error(), q) {
+		// Short fragments may occur in the fixed text by chance, and so may pieces of the example
+		// URI the message suggests: that is taken out before looking.
+		msg := strings.ReplaceAll(err.Error(), "https://fw.example/v2.bin", "")
+		if q := u.RawQuery; len(q) >= 16 && strings.Contains(msg, q) {
 			t.Errorf("message repeats the query %q: %v", q, err)
 		}
 		if u.User != nil {
-			if ui := u.User.String(); len(ui) >= 16 && strings.Contains(err.Error(), ui) {
+			if ui := u.User.String(); len(ui) >= 16 && strings.Contains(msg, ui) {
 				t.Errorf("message repeats the user info %q: %v", ui, err)
 			}
 		}
