@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/base64"
 	"net"
 	"os"
 	"path/filepath"
@@ -29,7 +31,7 @@ func TestBadInputStartsNothing(t *testing.T) {
 	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cs := "HostName=" + hubAddr + ";SharedAccessKeyName=iothubowner;SharedAccessKey=c2VjcmV0LWtleS1mb3ItdGVzdHM="
+	cs := "HostName=" + hubAddr + ";SharedAccessKeyName=iothubowner;SharedAccessKey=" + base64.StdEncoding.EncodeToString([]byte(rand.Text()))
 	good := map[string]string{envHubConnectionString: cs, "TEMPORAL_CONFIG_FILE": filepath.Join(dir, "none.toml")}
 	with := func(kv ...string) map[string]string {
 		env := map[string]string{}
