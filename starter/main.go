@@ -34,10 +34,15 @@ func main() {
 
 func execute(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	g := &globals{getenv: getenv}
-	cmd := newRoot(stdout, g)
-	cmd.SetArgs(args)
-	cmd.SetErr(stderr)
-	err := cmd.Execute()
+	return runRoot(newRoot(stdout, g, backends{}), g, args, stderr)
+}
+
+// runRoot runs the command line args on root, whose flags fill g, prints the error if any and
+// returns the exit code it maps to.
+func runRoot(root *cobra.Command, g *globals, args []string, stderr io.Writer) int {
+	root.SetArgs(args)
+	root.SetErr(stderr)
+	err := root.Execute()
 	if err == nil {
 		return 0
 	}
@@ -88,7 +93,17 @@ func (c clock) Loc() *time.Location {
 	return c.loc
 }
 
-func newRoot(stdout io.Writer, g *globals) *cobra.Command {
+// backends are what the rollout and schedule commands talk to; the zero value dials Temporal
+// (tests set fakes).
+type backends struct {
+	rollouts  connectFunc
+	schedules scheduleConnectFunc
+	// triggerWait and triggerPoll bound how long schedule trigger looks for its run (zero: the
+	// defaults).
+	triggerWait, triggerPoll time.Duration
+}
+
+func newRoot(stdout io.Writer, g *globals, b backends) *cobra.Command {
 	getenv := g.getenv
 	root := &cobra.Command{
 		Use:   "starter",
@@ -121,6 +136,6 @@ Web UI base URL used in links (default ` + temporalconn.DefaultUIURL + `).`,
 	pf.StringVar(&g.temporal.Address, "temporal-address", "", "Temporal frontend host:port (overrides TEMPORAL_ADDRESS)")
 	pf.StringVar(&g.temporal.Namespace, "temporal-namespace", "", "Temporal namespace (overrides TEMPORAL_NAMESPACE)")
 	pf.StringVar(&g.temporal.UIURL, "ui-url", "", "Temporal Web UI base URL for links (env DMFLOW_TEMPORAL_UI)")
-	root.AddCommand(newRebootCommand(g), newFirmwareCommand(g), newRolloutCommand(g, nil), newScheduleCommand(g, nil))
+	root.AddCommand(newRebootCommand(g), newFirmwareCommand(g), newRolloutCommand(g, b.rollouts), newScheduleCommand(g, b.schedules, b.triggerWait, b.triggerPoll))
 	return root
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/dmflow/dmflow/workflows"
-	"github.com/spf13/cobra"
 )
 
 // fakeRollouts is rolloutAPI for one rollout, scripted by the test.
@@ -130,38 +128,23 @@ func (f *fakeRollouts) Control(_ context.Context, name, update, reason string) (
 	return f.controlResp, f.controlErr
 }
 
-// runRolloutCLI runs the starter's command line with the rollout commands on api, as execute does:
-// the same root flags, the same mapping of errors to exit codes. stdin feeds --devices-file -.
-func runRolloutCLI(t *testing.T, api rolloutAPI, stdin string, args ...string) (code int, stdout, stderr string) {
+// runCLI runs the starter's command line as execute does, with the backends b; stdin feeds
+// --devices-file -.
+func runCLI(t *testing.T, g *globals, b backends, stdin string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	g := &globals{getenv: func(string) string { return "" }, clock: testClock}
-	root := &cobra.Command{
-		Use: "starter", SilenceUsage: true, SilenceErrors: true,
-		PersistentPreRunE: func(*cobra.Command, []string) error {
-			if g.output != "text" && g.output != "json" {
-				return usageError{fmt.Errorf("--output %q is not known: use text or json", g.output)}
-			}
-			return nil
-		},
-	}
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "")
-	root.AddCommand(newRolloutCommand(g, func(context.Context, *globals) (rolloutAPI, error) { return api, nil }))
-	root.SetArgs(args)
-	root.SetOut(&out)
-	root.SetErr(&errOut)
+	root := newRoot(&out, g, b)
 	root.SetIn(strings.NewReader(stdin))
-	err := root.Execute()
-	if err == nil {
-		return 0, out.String(), errOut.String()
-	}
-	fmt.Fprintln(&errOut, "starter:", err)
-	var ue usageError
-	if errors.As(err, &ue) {
-		return exitUsage, out.String(), errOut.String()
-	}
-	return exitFailed, out.String(), errOut.String()
+	code = runRoot(root, g, args, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// runRolloutCLI runs the starter's command line with the rollout commands on api.
+func runRolloutCLI(t *testing.T, api rolloutAPI, stdin string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	g := &globals{getenv: func(string) string { return "" }, clock: testClock}
+	b := backends{rollouts: func(context.Context, *globals) (rolloutAPI, error) { return api, nil }}
+	return runCLI(t, g, b, stdin, args...)
 }
 
 // fixture progress: a firmware rollout of 120 devices started at t0.

@@ -48,11 +48,17 @@ type scheduleCmd struct {
 	triggerWait, triggerPoll time.Duration
 }
 
-func newScheduleCommand(g *globals, connect scheduleConnectFunc) *cobra.Command {
+func newScheduleCommand(g *globals, connect scheduleConnectFunc, wait, poll time.Duration) *cobra.Command {
 	if connect == nil {
 		connect = dialSchedules
 	}
-	return (&scheduleCmd{g: g, connect: connect, triggerWait: triggerWait, triggerPoll: triggerPoll}).command()
+	if wait == 0 {
+		wait = triggerWait
+	}
+	if poll == 0 {
+		poll = triggerPoll
+	}
+	return (&scheduleCmd{g: g, connect: connect, triggerWait: wait, triggerPoll: poll}).command()
 }
 
 func (s *scheduleCmd) command() *cobra.Command {

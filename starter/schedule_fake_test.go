@@ -1,17 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/dmflow/dmflow/workflows"
-	"github.com/spf13/cobra"
 )
 
 // fakeSchedules is scheduleAPI over schedules held in memory, as Temporal would keep them.
@@ -143,39 +139,16 @@ func (f *fakeSchedules) Delete(_ context.Context, name string) error {
 	return err
 }
 
-// runScheduleCLI runs the starter's command line with the schedule commands on api, as execute
-// does; trigger looks for its run for at most a few milliseconds.
+// runScheduleCLI runs the starter's command line with the schedule commands on api; trigger
+// looks for its run for at most a few milliseconds.
 func runScheduleCLI(t *testing.T, api scheduleAPI, stdin string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errOut bytes.Buffer
 	g := &globals{getenv: func(string) string { return "" }}
-	root := &cobra.Command{
-		Use: "starter", SilenceUsage: true, SilenceErrors: true,
-		PersistentPreRunE: func(*cobra.Command, []string) error {
-			if g.output != "text" && g.output != "json" {
-				return usageError{fmt.Errorf("--output %q is not known: use text or json", g.output)}
-			}
-			return nil
-		},
+	b := backends{
+		schedules:   func(context.Context, *globals) (scheduleAPI, error) { return api, nil },
+		triggerWait: 50 * time.Millisecond, triggerPoll: time.Millisecond,
 	}
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "")
-	connect := func(context.Context, *globals) (scheduleAPI, error) { return api, nil }
-	root.AddCommand((&scheduleCmd{g: g, connect: connect, triggerWait: 50 * time.Millisecond, triggerPoll: time.Millisecond}).command())
-	root.SetArgs(args)
-	root.SetOut(&out)
-	root.SetErr(&errOut)
-	root.SetIn(strings.NewReader(stdin))
-	err := root.Execute()
-	if err == nil {
-		return 0, out.String(), errOut.String()
-	}
-	fmt.Fprintln(&errOut, "starter:", err)
-	var ue usageError
-	if errors.As(err, &ue) {
-		return exitUsage, out.String(), errOut.String()
-	}
-	return exitFailed, out.String(), errOut.String()
+	return runCLI(t, g, b, stdin, args...)
 }
 
 // weeklyFw is a schedule with two runs, the newest still running.
