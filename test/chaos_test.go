@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/device"
 	"github.com/dmflow/dmflow/internal/fleet"
@@ -292,6 +294,9 @@ type wantRow struct {
 	result     string
 	errorTypes []string // for a failed device: one of these
 	errorHas   string   // for a failed device: in the error
+	// busyWith is the update ID of another update the device runs when the rollout reaches it,
+	// started by the test: the device refuses the rollout's with 409.
+	busyWith string
 }
 
 func wantFor(m fleet.Member) wantRow {
@@ -452,13 +457,19 @@ func checkMethodLog(t *testing.T, s *chaosStack, fl *chaosFleet, rows map[string
 	completed := deviceLog(out, "firmware update completed")
 	failed := deviceLog(out, "firmware update failed")
 	repeated := deviceLog(out, "repeated firmware update: not applying again")
+	refused := deviceLog(out, "firmware update refused: another one is in progress")
 	updateID := workflows.RolloutUpdateID(s.name, 1)
 
 	problems := newProblems(t, "method log")
 	var delivered, throttled, notOnline, timedOut, repeats int
 	for _, id := range fl.ids {
-		m, r := fl.plan[id], rows[id]
-		var del, startAnswers, answered int
+		m, r, want := fl.plan[id], rows[id], fl.want[id]
+		var del, startAnswers, answered, conflicts int
+		if want.busyWith != "" {
+			// The test's own update, which keeps the device busy, is not the rollout's.
+			calls[id] = slices.DeleteFunc(calls[id], func(e localhub.MethodLogEntry) bool { return e.RequestID == want.busyWith })
+			started[id] = slices.DeleteFunc(started[id], func(u string) bool { return u == want.busyWith })
+		}
 		for _, e := range calls[id] {
 			if e.Method != protocol.MethodFirmwareUpdate || e.RequestID != updateID {
 				problems.add(id, "localhub got %s with request ID %q; the rollout sends only firmwareUpdate %s", e.Method, e.RequestID, updateID)
@@ -471,6 +482,9 @@ func checkMethodLog(t *testing.T, s *chaosStack, fl *chaosFleet, rows map[string
 			}
 			if e.Status == 200 && strings.Contains(e.Response, device.FirmwareStartedResponse) {
 				startAnswers++
+			}
+			if e.Status == http.StatusConflict {
+				conflicts++
 			}
 			switch e.Error {
 			case localhub.ErrThrottling:
@@ -495,10 +509,16 @@ func checkMethodLog(t *testing.T, s *chaosStack, fl *chaosFleet, rows map[string
 		if startAnswers > len(started[id]) {
 			problems.add(id, "localhub relayed %d \"started\" answers, the device logged %d starts", startAnswers, len(started[id]))
 		}
-		if x.lossless && (m.Profile == fleet.Healthy || m.Profile == fleet.Slow) && del != len(started[id])+len(repeated[id]) {
+		if x.lossless && want.busyWith == "" && (m.Profile == fleet.Healthy || m.Profile == fleet.Slow) && del != len(started[id])+len(repeated[id]) {
 			problems.add(id, "localhub delivered %d calls, the device handled %d (%d starts, %d repeats)", del, len(started[id])+len(repeated[id]), len(started[id]), len(repeated[id]))
 		}
 		switch {
+		case want.busyWith != "":
+			// Refused once, not called again: a refusal is the device's answer, not a fault.
+			if conflicts != 1 || del != 1 || len(started[id]) != 0 || !slices.Equal(refused[id], []string{updateID}) {
+				problems.add(id, "busy with %s: %d calls delivered, %d answered 409, %d started, refusals logged %v; want the rollout's refused once",
+					want.busyWith, del, conflicts, len(started[id]), refused[id])
+			}
 		case r.Result == workflows.DeviceUpdated:
 			if len(started[id]) != 1 || !slices.Equal(completed[id], []string{updateID}) {
 				problems.add(id, "updated, but the device started %v and completed %v", started[id], completed[id])
@@ -572,8 +592,14 @@ func checkTwins(t *testing.T, s *chaosStack, fl *chaosFleet, rows map[string]rep
 	updateID := workflows.RolloutUpdateID(s.name, 1)
 	problems := newProblems(t, "twin")
 	for _, id := range fl.ids {
-		rep, m := reported[id], fl.plan[id]
+		rep, m, busyWith := reported[id], fl.plan[id], fl.want[id].busyWith
 		switch {
+		case busyWith != "":
+			// Still in the other update's first stage (reported with its first report, after the
+			// stage): nothing of the rollout's.
+			if rep[protocol.PropFirmwareUpdateID] == updateID || rep[protocol.PropFirmwareVersion] == chaosVersion {
+				problems.add(id, "busy with %s, but reports %v", busyWith, rep)
+			}
 		case rows[id].Result == workflows.DeviceUpdated:
 			if rep[protocol.PropFirmwareVersion] != chaosVersion || rep[protocol.PropFirmwareUpdateID] != updateID || rep[protocol.PropFirmwareStatus] != protocol.StatusCompleted {
 				problems.add(id, "updated, but reports %s %v, %s %v, %s %v", protocol.PropFirmwareVersion, rep[protocol.PropFirmwareVersion],
@@ -637,6 +663,39 @@ func (h ownHub) methodLog(t *testing.T) ([]localhub.MethodLogEntry, uint64) {
 		}
 		after = p.Next
 	}
+}
+
+// busyUpdateID is the update startBusy starts.
+const busyUpdateID = "chaos-other-update"
+
+// startBusy runs count healthy devices named prefix<index>, with 10-minute stages, and starts on
+// each an update of its own (busyUpdateID) by a direct method, as another tool would: they are
+// still in its first stage when the rollout reaches them.
+func (s *chaosStack) startBusy(t *testing.T, prefix string, count int, seed int64) *chaosFleet {
+	t.Helper()
+	f := s.startFleetAs(t, prefix, chaosOldVersion, count, seed, fleet.Faults{}, "--stage-duration", "10m")
+	svc, err := hubconn.ParseService("hub", s.hub.cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := hubconn.NewServiceClient(svc, s.hub.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, id := range f.ids {
+		res, err := c.CallDeviceMethod(context.Background(), id, &iotservice.MethodCall{
+			MethodName: protocol.MethodFirmwareUpdate, ResponseTimeout: 30,
+			Payload: map[string]any{protocol.FieldPackageURI: "https://fw.example/1.5.0.bin", protocol.FieldVersion: "1.5.0",
+				protocol.FieldUpdateID: busyUpdateID},
+		})
+		if err != nil || res.Status != http.StatusOK {
+			t.Fatalf("start the other update on %s: %v %+v", id, err, res)
+		}
+		f.want[id] = wantRow{result: workflows.DeviceFailed, errorTypes: []string{activities.ErrMethodFailed},
+			errorHas: "status 409: firmware update " + busyUpdateID + " in progress", busyWith: busyUpdateID}
+	}
+	return f
 }
 
 // deviceLog collects, per device, the update IDs of the fleet's device log lines with msg.
@@ -801,6 +860,9 @@ func TestChaosDeviceFaults(t *testing.T) {
 	fl := s.startFleet(t, count, 7, faults, "--stage-duration", "500ms")
 	// And devices that already run the version: skipped without a call, with a note.
 	fl.add(s.startFleetAs(t, s.name+"-current-", chaosVersion, sized(5, 50), 8, fleet.Faults{}))
+	// And devices busy with another update when the rollout reaches them: they refuse with 409,
+	// and fail at once, naming the update in progress.
+	fl.add(s.startBusy(t, s.name+"-busy-", sized(3, 20), 9))
 	count = len(fl.ids)
 	// One wave, so that the devices that fail only at their deadline do not hold up the next; a
 	// threshold the planned failures stay under.
