@@ -21,7 +21,6 @@ import (
 	"github.com/dmflow/dmflow/internal/device"
 	"github.com/dmflow/dmflow/internal/fleet"
 	localhub "github.com/dmflow/dmflow/internal/hub"
-	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/workflows"
 	"go.temporal.io/sdk/client"
@@ -558,16 +557,9 @@ func countCalls(calls map[string][]localhub.MethodLogEntry) int {
 // and the rollout's update ID, a failing one the error under that ID.
 func checkTwins(t *testing.T, s *chaosStack, fl *chaosFleet, rows map[string]reportRow) {
 	t.Helper()
-	svc, err := hubconn.ParseService("hub", s.hub.cs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := hubconn.NewServiceClient(svc, s.hub.caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := serviceClientOf(t, s.hub.cs, s.hub.caFile)
 	reported := map[string]map[string]any{}
+	var err error
 	query := "SELECT * FROM devices WHERE tags.ring = '" + s.name + "'"
 	// Queries are scarce (S1: 20 a minute, shared with the rollouts): a throttled one is tried
 	// again.
@@ -674,15 +666,7 @@ const busyUpdateID = "chaos-other-update"
 func (s *chaosStack) startBusy(t *testing.T, prefix string, count int, seed int64) *chaosFleet {
 	t.Helper()
 	f := s.startFleetAs(t, prefix, chaosOldVersion, count, seed, fleet.Faults{}, "--stage-duration", "10m")
-	svc, err := hubconn.ParseService("hub", s.hub.cs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := hubconn.NewServiceClient(svc, s.hub.caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := serviceClientOf(t, s.hub.cs, s.hub.caFile)
 	for _, id := range f.ids {
 		res, err := c.CallDeviceMethod(context.Background(), id, &iotservice.MethodCall{
 			MethodName: protocol.MethodFirmwareUpdate, ResponseTimeout: 30,

@@ -129,11 +129,18 @@ func TestFirmwareDeviceError(t *testing.T) {
 
 func serviceClient(t *testing.T) *iotservice.Client {
 	t.Helper()
-	s, err := hubconn.ParseService("hub", env.hubCS)
+	return serviceClientOf(t, env.hubCS, env.caFile)
+}
+
+// serviceClientOf is a service client of the hub with connection string cs and CA file caFile,
+// closed when t ends.
+func serviceClientOf(t *testing.T, cs, caFile string) *iotservice.Client {
+	t.Helper()
+	s, err := hubconn.ParseService("hub", cs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := hubconn.NewServiceClient(s, env.caFile)
+	c, err := hubconn.NewServiceClient(s, caFile)
 	if err != nil {
 		t.Fatal(err)
 	}

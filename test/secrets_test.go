@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/hubconn"
 	commonpb "go.temporal.io/api/common/v1"
 	enumspb "go.temporal.io/api/enums/v1"
 	historypb "go.temporal.io/api/history/v1"
@@ -234,15 +233,7 @@ func TestNoSecretInHistory(t *testing.T) {
 	}
 
 	sc := hubSecrets(t)
-	s, err := hubconn.ParseService("hub", env.hubCS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := hubconn.NewServiceClient(s, env.caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := serviceClient(t)
 	for _, d := range devices {
 		dev, err := svc.GetDevice(context.Background(), d)
 		if err != nil {
