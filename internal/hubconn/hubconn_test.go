@@ -99,7 +99,9 @@ func FuzzParseService(f *testing.F) {
 				v, _, _ := strings.Cut(cs[i+len("SharedAccessKey="):], ";")
 				// The fixed text (setting name, expected form) may contain
 				// any short string; only what is left could be a leak.
+				// (Longer phrases first: at one position the first listed wins.)
 				rest := strings.NewReplacer(ServiceForm, "", DeviceForm, "",
+					"SharedAccessKey is not base64", "", "a part is not of the form Name=Value", "", "it is empty", "",
 					"SharedAccessKeyName", "", "SharedAccessKey", "", "HostName", "", "DeviceId", "").Replace(err.Error())
 				if len(v) >= 8 && strings.Contains(rest, v) {
 					t.Errorf("error %q quotes the key %q", err, v)
