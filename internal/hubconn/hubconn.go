@@ -46,12 +46,19 @@ type Device struct {
 	key      string
 }
 
+// The fixed reasons parse gives; none quotes any part of the string, which may hold a key.
+var (
+	errEmpty        = errors.New("it is empty")
+	errPartForm     = errors.New("a part is not of the form Name=Value")
+	errKeyNotBase64 = errors.New("SharedAccessKey is not base64")
+)
+
 // parse splits "k=v;k=v" and reports which of the required keys are missing.
 // Values may contain '=' (base64 padding), so only the first '=' splits.
 func parse(cs string, required ...string) (map[string]string, error) {
 	cs = strings.TrimSpace(cs)
 	if cs == "" {
-		return nil, errors.New("it is empty")
+		return nil, errEmpty
 	}
 	m := map[string]string{}
 	for _, part := range strings.Split(cs, ";") {
@@ -62,7 +69,7 @@ func parse(cs string, required ...string) (map[string]string, error) {
 		k, v, ok := strings.Cut(part, "=")
 		if !ok || k == "" {
 			// Never echo the part: it may be a key.
-			return nil, fmt.Errorf("a part is not of the form Name=Value")
+			return nil, errPartForm
 		}
 		m[k] = v
 	}
@@ -76,7 +83,7 @@ func parse(cs string, required ...string) (map[string]string, error) {
 		return nil, fmt.Errorf("%s missing", strings.Join(missing, ", "))
 	}
 	if _, err := base64.StdEncoding.DecodeString(m["SharedAccessKey"]); err != nil {
-		return nil, errors.New("SharedAccessKey is not base64")
+		return nil, errKeyNotBase64
 	}
 	return m, nil
 }

@@ -101,7 +101,7 @@ func FuzzParseService(f *testing.F) {
 				// any short string; only what is left could be a leak.
 				// (Longer phrases first: at one position the first listed wins.)
 				rest := strings.NewReplacer(ServiceForm, "", DeviceForm, "",
-					"SharedAccessKey is not base64", "", "a part is not of the form Name=Value", "", "it is empty", "",
+					errKeyNotBase64.Error(), "", errPartForm.Error(), "", errEmpty.Error(), "",
 					"SharedAccessKeyName", "", "SharedAccessKey", "", "HostName", "", "DeviceId", "").Replace(err.Error())
 				if len(v) >= 8 && strings.Contains(rest, v) {
 					t.Errorf("error %q quotes the key %q", err, v)
