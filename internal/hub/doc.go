@@ -23,12 +23,21 @@
 //	POST   /devices/query        RegistryRead    query twins (see the query grammar in query.go)
 //	GET    /twins/{id}           ServiceConnect  read a twin
 //	PATCH  /twins/{id}           ServiceConnect  merge tags and desired properties (If-Match optional)
-//	PUT    /twins/{id}           ServiceConnect  replace tags and desired properties
+//	PUT    /twins/{id}           ServiceConnect  replace tags and desired properties (If-Match optional)
 //	POST   /twins/{id}/methods   ServiceConnect  invoke a direct method
 //	GET    /statistics/devices   RegistryRead    registry counts
 //	GET    /statistics/service   ServiceConnect  connected device count
 //	GET    /_localhub/stats      all (iothubowner) localhub counters (see Stats)
 //	GET    /_localhub/methods    all (iothubowner) the method log (see MethodLog)
+//
+// If-Match accepts the wildcard bare (*) or quoted ("*", as Microsoft's
+// service SDKs send it) and the current etag quoted (as the ETag header
+// carries it) or bare (as the JSON bodies do).
+//
+// A direct method's answer reaches the caller as {"status": s, "payload": p}
+// with s the device's status and p its JSON as the device sent it (object,
+// array, string, number, true, false or null); an empty answer is null, and
+// one that is not JSON a JSON string of its text (see responsePayload).
 //
 // The shared access policies are IoT Hub's built-in ones (Policies):
 // iothubowner (every permission), service, device, registryRead and

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -107,6 +108,10 @@ func FuzzDeviceRequest(f *testing.F) {
 			}
 			if !json.Valid(res.payload) {
 				t.Fatalf("method response payload %q is not JSON", res.payload)
+			}
+			// JSON passes through as the device wrote it.
+			if want := bytes.Trim(payload, " \t\r\n"); !res.text && len(want) > 0 && !bytes.Equal(res.payload, want) {
+				t.Fatalf("method response %q passed on as %q", want, res.payload)
 			}
 		}
 	})

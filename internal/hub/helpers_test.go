@@ -232,12 +232,22 @@ func requestError(t *testing.T, err error) (int, errorBody) {
 // rawRequest sends a REST request with the given Authorization header.
 func rawRequest(t *testing.T, h *Hub, method, path, auth string, body io.Reader) (*http.Response, []byte) {
 	t.Helper()
+	header := http.Header{}
+	if auth != "" {
+		header.Set("Authorization", auth)
+	}
+	return rawRequestHeader(t, h, method, path, header, body)
+}
+
+// rawRequestHeader sends a REST request with the given headers.
+func rawRequestHeader(t *testing.T, h *Hub, method, path string, header http.Header, body io.Reader) (*http.Response, []byte) {
+	t.Helper()
 	req, err := http.NewRequest(method, "https://"+h.HTTPSAddr()+path, body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if auth != "" {
-		req.Header.Set("Authorization", auth)
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	res, err := httpClient(t, h).Do(req)
 	if err != nil {

@@ -188,6 +188,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	if err != nil {
 		status, body = http.StatusInternalServerError, []byte(`{"Message":"ErrorCode:ServerError;cannot encode response","ExceptionMessage":"","ErrorCode":500001}`)
 	}
+	writeRawJSON(w, status, body)
+}
+
+// writeRawJSON writes body, which must be JSON.
+func writeRawJSON(w http.ResponseWriter, status int, body []byte) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
@@ -544,10 +549,16 @@ func (h *Hub) handleInvokeMethod(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.log.Info("direct method answered", "device", id, "method", call.name, "status", res.status, "duration", time.Since(start))
-	writeJSON(w, http.StatusOK, struct {
-		Status  int             `json:"status"`
-		Payload json.RawMessage `json:"payload"`
-	}{res.status, res.payload})
+	// Assembled by hand rather than through json.Marshal, which would
+	// compact the device's JSON and escape its <, > and &: the payload is
+	// JSON that responsePayload checked, passed on as the device wrote it.
+	out := make([]byte, 0, len(res.payload)+32)
+	out = append(out, `{"status":`...)
+	out = strconv.AppendInt(out, int64(res.status), 10)
+	out = append(out, `,"payload":`...)
+	out = append(out, res.payload...)
+	out = append(out, '}')
+	writeRawJSON(w, http.StatusOK, out)
 }
 
 func (h *Hub) handleDeviceStats(w http.ResponseWriter, r *http.Request) {

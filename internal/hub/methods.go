@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
@@ -43,6 +44,7 @@ type methodCall struct {
 type methodResult struct {
 	status  int
 	payload []byte // JSON, possibly "null"
+	text    bool   // payload is the device's text that was not JSON, as a string
 	err     error
 }
 
@@ -200,6 +202,8 @@ func (h *Hub) deviceMethodResponse(cl *mqtt.Client, req devicePublish, payload [
 	res, err := parseMethodResponse(req.status, payload)
 	if err != nil {
 		h.log.Warn("method response refused", "device", cl.ID, "rid", req.rid, "reason", err.Error())
+	} else if res.text {
+		h.log.Warn("method response is not JSON: passed on as a JSON string", "device", cl.ID, "rid", req.rid, "bytes", len(payload))
 	}
 	if !h.calls.complete(cl.ID, req.rid, res) {
 		h.log.Debug("method response for no waiting call", "device", cl.ID, "rid", req.rid)
@@ -213,21 +217,41 @@ func parseMethodResponse(status int, payload []byte) (methodResult, error) {
 		err := errorf(ErrMessageTooLarge, "the device's response payload is %d bytes; a direct method response may hold at most %d", len(payload), maxMethodPayload)
 		return methodResult{err: err}, err
 	}
-	return methodResult{status: status, payload: responsePayload(payload)}, nil
+	p, text := responsePayload(payload)
+	return methodResult{status: status, payload: p, text: text}, nil
 }
 
-// responsePayload makes a device's answer embeddable in the REST response:
-// empty becomes null and text that is not JSON becomes a JSON string.
-func responsePayload(b []byte) []byte {
-	b = bytes.TrimSpace(b)
+// responsePayload makes a device's answer embeddable in the REST response
+// and reports whether it had to turn text that is not JSON into a string.
+//
+// JSON of any kind passes unchanged, byte for byte but for the white space
+// around it: IoT Hub embeds the device's body as it is.
+//
+// An empty body becomes null. Devices need not answer with a body (the C#
+// device SDK's new MethodResponse(status) sends none), and IoT Hub's
+// callers then see "payload": null (e.g.
+// Azure/iotedge-lorawan-starterkit#194); the service SDKs allow for a null
+// payload.
+//
+// A body that is not JSON, or not UTF-8 (which JSON must be), becomes a
+// JSON string of its text, invalid bytes replaced by U+FFFD, and the
+// device's status is kept. IoT Hub does not check the body: it embeds it
+// as it is, the REST answer is then not JSON, and the service SDKs fail to
+// decode it (Azure/azure-iot-sdk-node#736 shows such an answer; older hubs
+// refused it with InvalidResponseWhileProxying, Azure/azure-iot-sdk-c#6).
+// Either way the caller would lose the device's status and words, so
+// localhub keeps both, logs a warning, and gives every caller a body it can
+// decode.
+func responsePayload(b []byte) (payload []byte, text bool) {
+	b = bytes.Trim(b, " \t\r\n") // JSON's white space, no more
 	if len(b) == 0 {
-		return []byte("null")
+		return []byte("null"), false
 	}
-	if json.Valid(b) {
-		return b
+	if utf8.Valid(b) && json.Valid(b) {
+		return b, false
 	}
-	s, _ := json.Marshal(string(b))
-	return s
+	s, _ := json.Marshal(string(b)) // invalid UTF-8 becomes U+FFFD
+	return s, true
 }
 
 // parseMethodCall validates the body of POST /twins/{id}/methods.

@@ -282,25 +282,39 @@ func TestParseMethodCall(t *testing.T) {
 }
 
 func TestResponsePayload(t *testing.T) {
-	tests := map[string]string{
-		``:                `null`,
-		`  `:              `null`,
-		`{"a":1}`:         `{"a":1}`,
-		`[1]`:             `[1]`,
-		`not json`:        `"not json"`,
-		` {"padded":1} `:  `{"padded":1}`,
-		"\"quoted\"":      "\"quoted\"",
-		`{"broken":`:      `"{\"broken\":"`,
-		`12.5`:            `12.5`,
-		`{"u":"\u00e9"}`:  `{"u":"\u00e9"}`,
-		`true`:            `true`,
-		`{"nested":{}}`:   `{"nested":{}}`,
-		`<html></html>`:   `"\u003chtml\u003e\u003c/html\u003e"`,
-		`{"x":1} trailer`: `"{\"x\":1} trailer"`,
+	tests := []struct {
+		in, want string
+		text     bool // the device's text was not JSON
+	}{
+		{``, `null`, false},
+		{`  `, `null`, false},
+		{"\r\n\t", `null`, false},
+		{`{"a":1}`, `{"a":1}`, false},
+		{`{ "a" : 1 }`, `{ "a" : 1 }`, false},
+		{`[1]`, `[1]`, false},
+		{` {"padded":1} `, `{"padded":1}`, false},
+		{"\"quoted\"", "\"quoted\"", false},
+		{`12.5`, `12.5`, false},
+		{`{"u":"\u00e9"}`, `{"u":"\u00e9"}`, false},
+		{`true`, `true`, false},
+		{`null`, `null`, false},
+		{`{"nested":{}}`, `{"nested":{}}`, false},
+		{`{"html":"<b>"}`, `{"html":"<b>"}`, false},
+		{`not json`, `"not json"`, true},
+		{`{"broken":`, `"{\"broken\":"`, true},
+		{`<html></html>`, `"\u003chtml\u003e\u003c/html\u003e"`, true},
+		{`{"x":1} trailer`, `"{\"x\":1} trailer"`, true},
+		{"\"\xff\"", `"\"\ufffd\""`, true},
+		{"\u00a0{}", "\"\u00a0{}\"", true},
+		{"\v{}", `"\u000b{}"`, true},
 	}
-	for in, want := range tests {
-		if got := string(responsePayload([]byte(in))); got != want {
-			t.Errorf("responsePayload(%q) = %s, want %s", in, got, want)
+	for _, tc := range tests {
+		got, text := responsePayload([]byte(tc.in))
+		if string(got) != tc.want || text != tc.text {
+			t.Errorf("responsePayload(%q) = %s, %v; want %s, %v", tc.in, got, text, tc.want, tc.text)
+		}
+		if !json.Valid(got) {
+			t.Errorf("responsePayload(%q) = %q is not JSON", tc.in, got)
 		}
 	}
 }

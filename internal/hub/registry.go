@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dmflow/dmflow/internal/hub/sas"
@@ -91,9 +92,10 @@ func (s *deviceSpec) validate() error {
 	return nil
 }
 
-// putDevice creates (ifMatch empty) or updates (ifMatch "*" or an etag) an
-// identity. Creating an existing device fails with DeviceAlreadyExists, as on
-// IoT Hub: updates must say so with If-Match.
+// putDevice creates (ifMatch empty) or updates (ifMatch "*", quoted or not,
+// or an etag: see etagMatches) an identity. Creating an existing device
+// fails with DeviceAlreadyExists, as on IoT Hub: updates must say so with
+// If-Match.
 func (h *Hub) putDevice(spec deviceSpec, ifMatch string, now time.Time) (store.Device, error) {
 	var (
 		out      store.Device
@@ -125,7 +127,7 @@ func putDeviceTx(tx *store.Tx, spec deviceSpec, ifMatch string, now time.Time) (
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return store.Device{}, false, err
 	}
-	if ifMatch == "" {
+	if strings.TrimSpace(ifMatch) == "" {
 		if exists {
 			return store.Device{}, false, errorf(ErrDeviceAlreadyExists, "A device with ID '%s' is already registered.", spec.ID)
 		}

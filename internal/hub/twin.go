@@ -40,16 +40,30 @@ func deviceETag(version uint64) string {
 	return base64.StdEncoding.EncodeToString([]byte(fmt.Sprint(version)))
 }
 
-// etagMatches applies an If-Match header value: empty or "*" match anything;
-// otherwise the (optionally quoted) etag must equal current. The Go SDK
-// quotes etags, other clients do not.
+// etagMatches applies an If-Match header value to current, an etag as the
+// JSON bodies carry it (unquoted). Empty matches anything, and so does the
+// wildcard, bare (*) or quoted ("*"): Microsoft's service SDKs quote
+// whatever etag they hold, so an unconditional update or delete reaches the
+// hub as If-Match: "*", which IoT Hub accepts. Otherwise one of the listed
+// etags must equal current, quoted as HTTP has it (the form of localhub's
+// ETag headers and of the Go SDK's If-Match), weak (W/"…") or not, or bare
+// (clients that copy the body's etag): IoT Hub's etags are base64, so
+// quotes and commas are never part of one.
 func etagMatches(ifMatch, current string) bool {
-	ifMatch = strings.TrimSpace(ifMatch)
-	if ifMatch == "" || ifMatch == "*" {
+	if strings.TrimSpace(ifMatch) == "" {
 		return true
 	}
-	ifMatch = strings.TrimPrefix(ifMatch, "W/")
-	return strings.Trim(ifMatch, `"`) == current
+	for _, tag := range strings.Split(ifMatch, ",") {
+		tag = strings.TrimSpace(tag)
+		if strings.HasPrefix(tag, `W/"`) {
+			tag = tag[len("W/"):]
+		}
+		tag = strings.Trim(tag, `"`)
+		if tag == "*" || (tag != "" && tag == current) {
+			return true
+		}
+	}
+	return false
 }
 
 // decodeDocument parses a JSON object keeping numbers as json.Number, so that

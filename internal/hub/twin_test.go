@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -349,12 +350,25 @@ func TestETags(t *testing.T) {
 		want             bool
 	}{
 		{"", "abc", true},
+		{"  ", "abc", true},
 		{"*", "abc", true},
+		{`"*"`, "abc", true},
+		{` "*" `, "abc", true},
+		{`W/"*"`, "abc", true},
 		{`"abc"`, "abc", true},
 		{"abc", "abc", true},
+		{` "abc"`, "abc", true},
 		{`W/"abc"`, "abc", true},
+		{`"abd", "abc"`, "abc", true},
 		{`"abd"`, "abc", false},
+		{`""`, "abc", false},
+		{`"a*"`, "abc", false},
+		{`"abd", "abe"`, "abc", false},
 		{`"AAAAAAAAAAE="`, "AAAAAAAAAAI=", false},
+		{`"AAAAAAAAAAI="`, "AAAAAAAAAAI=", true},
+		{`,`, "abc", false},
+		{"W/abc=", "W/abc=", true}, // base64 may begin with W/
+		{`W/"W/abc="`, "W/abc=", true},
 	}
 	for _, tc := range tests {
 		if got := etagMatches(tc.ifMatch, tc.current); got != tc.want {
@@ -362,3 +376,113 @@ func TestETags(t *testing.T) {
 		}
 	}
 }
+
+// TestReportedMetadata reads properties.reported.$metadata as the REST twin
+// carries it: a $lastUpdated per property and per object, UTC with a Z and
+// at least milliseconds, set on every node a patch touches (a value
+// reported again included) and kept on the others.
+func TestReportedMetadata(t *testing.T) {
+	h := startHub(t, "")
+	svc := serviceClient(t, h, "")
+	ctx := context.Background()
+	dc := connectDevice(t, h, registerDevice(t, h, svc, "meta"))
+	auth := serviceToken(t, h, time.Now().Add(time.Hour))
+
+	// read returns the $lastUpdated stamps of the reported section by path
+	// ("" for the section itself), checked for their form.
+	read := func() map[string]time.Time {
+		t.Helper()
+		res, raw := rawRequest(t, h, http.MethodGet, "/twins/meta?api-version=2020-09-30", auth, nil)
+		var tw struct {
+			Properties struct {
+				Reported map[string]any `json:"reported"`
+			} `json:"properties"`
+		}
+		if res.StatusCode != http.StatusOK || json.Unmarshal(raw, &tw) != nil {
+			t.Fatalf("GET twin = %d %s", res.StatusCode, raw)
+		}
+		meta, ok := tw.Properties.Reported["$metadata"].(map[string]any)
+		if !ok {
+			t.Fatalf("reported section %v has no $metadata", tw.Properties.Reported)
+		}
+		stamps := map[string]time.Time{}
+		var walk func(path string, m map[string]any)
+		walk = func(path string, m map[string]any) {
+			s, _ := m["$lastUpdated"].(string)
+			stamp, err := time.Parse(time.RFC3339Nano, s)
+			if err != nil || !lastUpdatedForm.MatchString(s) {
+				t.Errorf("$metadata%s.$lastUpdated = %q, want UTC RFC 3339 with milliseconds and Z", path, s)
+			}
+			stamps[path] = stamp
+			for k, v := range m {
+				if sub, ok := v.(map[string]any); ok {
+					walk(path+"."+k, sub)
+				}
+			}
+		}
+		walk("", meta)
+		return stamps
+	}
+	report := func(patch iotdevice.TwinState) (before, after time.Time) {
+		t.Helper()
+		time.Sleep(10 * time.Millisecond) // stamps of successive reports differ
+		before = time.Now()
+		if _, err := dc.UpdateTwinState(ctx, patch); err != nil {
+			t.Fatalf("UpdateTwinState(%v): %v", patch, err)
+		}
+		return before, time.Now()
+	}
+	within := func(what string, got, before, after time.Time) {
+		t.Helper()
+		// The wire keeps 100 ns; allow for it.
+		if got.Before(before.Truncate(time.Microsecond)) || got.After(after) {
+			t.Errorf("%s = %s, want between %s and %s", what, got.Format(time.RFC3339Nano), before.UTC().Format(time.RFC3339Nano), after.UTC().Format(time.RFC3339Nano))
+		}
+	}
+
+	b1, a1 := report(iotdevice.TwinState{
+		"rebootTime":     "2026-12-06 18:34:08.808000",
+		"firmwareStatus": "standBy",
+		"fw":             map[string]interface{}{"stage": "idle", "progress": 0},
+	})
+	first := read()
+	for _, p := range []string{"", ".rebootTime", ".firmwareStatus", ".fw", ".fw.stage", ".fw.progress"} {
+		within("first report: $metadata"+p, first[p], b1, a1)
+	}
+
+	// A partial patch: only what it names is stamped, the section and the
+	// objects on the way included.
+	b2, a2 := report(iotdevice.TwinState{"firmwareStatus": "downloading", "fw": map[string]interface{}{"progress": 50}})
+	second := read()
+	for _, p := range []string{"", ".firmwareStatus", ".fw", ".fw.progress"} {
+		within("second report: $metadata"+p, second[p], b2, a2)
+	}
+	for _, p := range []string{".rebootTime", ".fw.stage"} {
+		if !second[p].Equal(first[p]) {
+			t.Errorf("untouched $metadata%s.$lastUpdated moved from %s to %s", p, first[p], second[p])
+		}
+	}
+
+	// The same value reported again is a new report: stamped anew.
+	b3, a3 := report(iotdevice.TwinState{"rebootTime": "2026-12-06 18:34:08.808000"})
+	third := read()
+	within("re-reported $metadata.rebootTime", third[".rebootTime"], b3, a3)
+	if !third[".rebootTime"].After(first[".rebootTime"]) {
+		t.Errorf("re-reported rebootTime keeps its stamp %s", first[".rebootTime"])
+	}
+	for _, p := range []string{".firmwareStatus", ".fw", ".fw.stage", ".fw.progress"} {
+		if !third[p].Equal(second[p]) {
+			t.Errorf("untouched $metadata%s.$lastUpdated moved from %s to %s", p, second[p], third[p])
+		}
+	}
+
+	// A property removed with null loses its metadata.
+	report(iotdevice.TwinState{"firmwareStatus": nil})
+	if _, ok := read()[".firmwareStatus"]; ok {
+		t.Error("deleted firmwareStatus keeps its $metadata")
+	}
+}
+
+// lastUpdatedForm is the form of IoT Hub's $lastUpdated: UTC, a Z, and
+// milliseconds or finer (IoT Hub writes up to seven digits, .NET's ticks).
+var lastUpdatedForm = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3,7}Z$`)
