@@ -30,7 +30,11 @@ const (
 	envStageDuration          = "DMFLOW_STAGE_DURATION"
 	envFirmwareVersion        = "DMFLOW_FIRMWARE_VERSION"
 	envFailStage              = "DMFLOW_FAIL_STAGE"
-	envLogFormat              = settings.LogFormat
+	// The contract settings name the simulator: a stack shares one
+	// environment, and "contract" alone could mean anything there.
+	envContract  = "DMFLOW_SIM_CONTRACT"
+	envAnswer    = "DMFLOW_SIM_ANSWER"
+	envLogFormat = settings.LogFormat
 
 	// settingDeviceCS names the device connection string in errors.
 	settingDeviceCS = envDeviceConnectionString + " (--connection-string)"
@@ -51,13 +55,18 @@ type Config struct {
 	FirmwareVersion         string
 	// FailStage makes every firmware update fail in this stage.
 	FailStage string
+	// Contract is device.ContractDmflow or device.ContractTutorial.
+	Contract string
+	// Answer is the tutorial device's firmwareUpdate answer form,
+	// device.AnswerObject or device.AnswerString.
+	Answer    string
 	LogFormat string
 }
 
 // flagValues are the raw flag values; empty means "not given".
 type flagValues struct {
 	connectionString, deviceID, caFile, broker, rebootDuration, rebootStyle, logFormat string
-	stageDuration, firmwareVersion, failStage                                          string
+	stageDuration, firmwareVersion, failStage, contract, answer                        string
 }
 
 func (f *flagValues) register(fs *pflag.FlagSet) {
@@ -70,6 +79,8 @@ func (f *flagValues) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.stageDuration, "stage-duration", "", "how long each firmware-update stage (downloading, applying, completed) takes (env "+envStageDuration+", default 15s)")
 	fs.StringVar(&f.firmwareVersion, "firmware-version", "", "firmware version the device runs until an update installs another; a version in the twin wins (env "+envFirmwareVersion+", default "+device.DefaultFirmwareVersion+")")
 	fs.StringVar(&f.failStage, "fail-stage", "", "make every firmware update fail in this stage, "+device.FailStages+" (env "+envFailStage+", default none)")
+	fs.StringVar(&f.contract, "contract", "", "device contract "+device.Contracts+": dmflow adds request and update IDs, versions and error states to the tutorials' methods; tutorial plays the tutorials' device apps exactly (env "+envContract+", default "+device.ContractDmflow+")")
+	fs.StringVar(&f.answer, "answer", "", "how a tutorial device answers firmwareUpdate, "+device.Answers+`: the object {"Response": …} or a JSON string holding that text (env `+envAnswer+", default "+device.AnswerObject+")")
 	fs.StringVar(&f.logFormat, "log-format", "", "log format "+logging.Formats+" (env "+envLogFormat+", default text)")
 }
 
@@ -85,6 +96,8 @@ func (f flagValues) resolve(getenv func(string) string) (Config, error) {
 		RebootStyle:             pick(f.rebootStyle, envRebootStyle, device.StyleTutorial),
 		FirmwareVersion:         pick(f.firmwareVersion, envFirmwareVersion, device.DefaultFirmwareVersion),
 		FailStage:               pick(f.failStage, envFailStage, ""),
+		Contract:                pick(f.contract, envContract, device.ContractDmflow),
+		Answer:                  pick(f.answer, envAnswer, device.AnswerObject),
 		LogFormat:               pick(f.logFormat, envLogFormat, "text"),
 	}
 	var err error
@@ -114,6 +127,9 @@ func (c Config) Validate() error {
 	if err := c.validateFailStage(); err != nil {
 		return err
 	}
+	if err := c.validateContract(); err != nil {
+		return err
+	}
 	return validateCommon(c.CAFile, c.Broker, c.RebootDuration, c.RebootStyle, c.StageDuration, c.FirmwareVersion, c.LogFormat)
 }
 
@@ -123,6 +139,34 @@ func (c Config) validateFailStage() error {
 		return nil
 	}
 	return fmt.Errorf("--fail-stage (%s) %q is not known: use %s, or leave it empty", envFailStage, c.FailStage, device.FailStages)
+}
+
+// validateContract checks the contract, the answer form and what goes
+// with the tutorial contract.
+func (c Config) validateContract() error {
+	switch c.Contract {
+	case device.ContractDmflow, device.ContractTutorial:
+	default:
+		return fmt.Errorf("--contract (%s) %q is not known: use %s", envContract, c.Contract, device.Contracts)
+	}
+	switch c.Answer {
+	case device.AnswerObject, device.AnswerString:
+	default:
+		return fmt.Errorf("--answer (%s) %q is not known: use %s", envAnswer, c.Answer, device.Answers)
+	}
+	if c.Contract == device.ContractDmflow {
+		if c.Answer != device.AnswerObject {
+			return fmt.Errorf("--answer (%s) %s needs --contract %s (%s): the dmflow contract answers objects", envAnswer, c.Answer, device.ContractTutorial, envContract)
+		}
+		return nil
+	}
+	if c.RebootStyle != device.StyleTutorial {
+		return fmt.Errorf("--reboot-style (%s) %s does not go with --contract tutorial (%s): the tutorial's device answers after its reboot; leave --reboot-style at %s", envRebootStyle, c.RebootStyle, envContract, device.StyleTutorial)
+	}
+	if c.FailStage != "" {
+		return fmt.Errorf("--fail-stage (%s) does not go with --contract tutorial (%s): the tutorial's device has no error state", envFailStage, envContract)
+	}
+	return nil
 }
 
 // validateCommon checks the settings a single device and a fleet share.

@@ -69,6 +69,8 @@ func TestResolve(t *testing.T) {
 				assert.Equal(t, "tutorial", c.RebootStyle)
 				assert.Equal(t, "text", c.LogFormat)
 				assert.Empty(t, c.Broker)
+				assert.Equal(t, "dmflow", c.Contract)
+				assert.Equal(t, "object", c.Answer)
 			},
 		},
 		{
@@ -249,6 +251,52 @@ func TestResolve(t *testing.T) {
 			flags:   flagValues{firmwareVersion: "1\x00"},
 			env:     env(envDeviceConnectionString, deviceCS),
 			wantErr: []string{"--firmware-version", envFirmwareVersion},
+		},
+		{
+			name:  "tutorial contract from flags",
+			flags: flagValues{contract: "tutorial", answer: "string"},
+			env:   env(envDeviceConnectionString, deviceCS, envContract, "dmflow", envAnswer, "object"),
+			want: func(t *testing.T, c Config) {
+				assert.Equal(t, "tutorial", c.Contract)
+				assert.Equal(t, "string", c.Answer)
+			},
+		},
+		{
+			name: "tutorial contract from env",
+			env:  env(envDeviceConnectionString, deviceCS, envContract, "tutorial"),
+			want: func(t *testing.T, c Config) {
+				assert.Equal(t, "tutorial", c.Contract)
+				assert.Equal(t, "object", c.Answer)
+			},
+		},
+		{
+			name:    "unknown contract",
+			flags:   flagValues{contract: "azure"},
+			env:     env(envDeviceConnectionString, deviceCS),
+			wantErr: []string{"--contract", envContract, `"azure"`, "dmflow|tutorial"},
+		},
+		{
+			name:    "unknown answer",
+			env:     env(envDeviceConnectionString, deviceCS, envContract, "tutorial", envAnswer, "text"),
+			wantErr: []string{"--answer", envAnswer, `"text"`, "object|string"},
+		},
+		{
+			name:    "string answer without the tutorial contract",
+			flags:   flagValues{answer: "string"},
+			env:     env(envDeviceConnectionString, deviceCS),
+			wantErr: []string{"--answer", "needs --contract tutorial"},
+		},
+		{
+			name:    "tutorial contract with realistic reboots",
+			flags:   flagValues{contract: "tutorial", rebootStyle: "realistic"},
+			env:     env(envDeviceConnectionString, deviceCS),
+			wantErr: []string{"--reboot-style", "does not go with --contract tutorial"},
+		},
+		{
+			name:    "tutorial contract with a fail stage",
+			flags:   flagValues{contract: "tutorial", failStage: "applying"},
+			env:     env(envDeviceConnectionString, deviceCS),
+			wantErr: []string{"--fail-stage", "no error state"},
 		},
 		{
 			name:    "unknown log format",

@@ -65,6 +65,7 @@ var fleetFlagDefs = []struct{ name, def, help string }{
 	{"slow-factor", strconv.FormatFloat(fleet.DefaultSlowFactor, 'g', -1, 64), "how many times slower slow devices are"},
 	{"failing", "0", "fraction of devices that fail every firmware update, in downloading or applying (chosen by seed)"},
 	{"unresponsive", "0", "fraction of devices that connect but never answer a method"},
+	{"tutorial", "0", "share of devices on the tutorial contract (chosen by seed among those not failing, half of them answering firmwareUpdate with a JSON string), e.g. 0.5 or 50%"},
 	{"tags", "", "twin tags to set, key=value[:N%] items applied in order by --seed, e.g. ring=beta:10%,ring=prod,site.city=Oslo"},
 	{"device-log-level", "warn", "level of the devices' own logs: debug, info, warn or error"},
 }
@@ -106,19 +107,29 @@ with --reboot-duration, --reboot-style, --stage-duration and
   --failing       every firmware update fails, in downloading or applying
   --unresponsive  connects and subscribes, never answers a method
 
+--tutorial SHARE (0.5 or 50%) runs that share of the devices, chosen by
+--seed among those not failing, on the tutorial contract (see --contract in
+"simdevice --help"): no request or update IDs, so a repeated call reboots
+or updates again, Python-style local timestamps, no firmwareVersion, no
+error state, and the tutorial reboot whatever --reboot-style says. Half of
+them (rounded down, by --seed) answer firmwareUpdate with a JSON string,
+the others with an object. They keep their fault profile: a tutorial device
+may also be offline, flapping, slow or unresponsive.
+
 --tags sets twin tags after registering, before connecting: key=value[:N%]
 items, in order, each on N% of the devices not yet tagged for that key (by
 --seed), or on all left without a percentage; dots nest keys:
   --tags ring=beta:10%,ring=prod,site.city=Oslo
 
-At start it logs one line per profile with its count and first device IDs,
-then "fleet registered" and "fleet started" (how long registering and
+At start it logs one line per profile ("fleet profile") and one per
+contract and answer form ("fleet contract") with its count and first device
+IDs, then "fleet registered" and "fleet started" (how long registering and
 connecting took), and every --summary-interval a line with the devices
 connected and updating, firmware updates completed and failed, reboots and
 method calls. It stops on SIGINT or SIGTERM.`,
 		Example: `  IOTHUB_CONNECTION_STRING=$(localhub connection-string) DMFLOW_HUB_CA_FILE=.dmflow/localhub/ca.pem \
     DMFLOW_MQTT_BROKER=tls://127.0.0.1:8883 simdevice fleet --count 1000 --stage-duration 2s \
-    --offline 0.02 --failing 0.05 --unresponsive 0.01 --seed 7`,
+    --offline 0.02 --failing 0.05 --unresponsive 0.01 --tutorial 20% --seed 7`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -144,6 +155,8 @@ func resolveFleet(f flagValues, ff fleetFlags, getenv func(string) string) (Flee
 		return FleetConfig{}, fmt.Errorf("--connection-string and --device-id name one device: a fleet names its devices --prefix<index>")
 	case f.failStage != "":
 		return FleetConfig{}, fmt.Errorf("--fail-stage applies to one device: use --failing to make a fraction of the fleet fail")
+	case f.contract != "" || f.answer != "":
+		return FleetConfig{}, fmt.Errorf("--contract and --answer apply to one device: use --tutorial (e.g. 50%%) to run a share of the fleet on the tutorial contract, half of it answering strings")
 	}
 	pick := func(flag, env, def string) string { return settings.Pick(getenv, flag, env, def) }
 	cfg := FleetConfig{
@@ -197,6 +210,9 @@ func resolveFleet(f flagValues, ff fleetFlags, getenv func(string) string) (Flee
 			return FleetConfig{}, bad(fr.flag, "is not a fraction", "a number from 0 to 1, e.g. 0.05 for 5% of the devices")
 		}
 		*fr.dst = v
+	}
+	if cfg.Faults.Tutorial, err = fleet.ParseShare(vals["tutorial"]); err != nil {
+		return FleetConfig{}, fmt.Errorf("--tutorial (%s): %w", fleetEnv("tutorial"), err)
 	}
 	if cfg.Faults.SlowFactor, err = strconv.ParseFloat(vals["slow-factor"], 64); err != nil || !(cfg.Faults.SlowFactor >= 1) || math.IsInf(cfg.Faults.SlowFactor, 0) {
 		return FleetConfig{}, bad("slow-factor", "is not a factor of at least 1", "e.g. 3")
@@ -274,7 +290,7 @@ func runFleet(ctx context.Context, cfg FleetConfig, stderr io.Writer) error {
 		return usageError{err}
 	}
 	logger.Info("simdevice fleet starting", "devices", cfg.Count, "prefix", cfg.Prefix, "seed", cfg.Seed,
-		"stage_duration", cfg.StageDuration.String(), "reboot_duration", cfg.RebootDuration.String())
+		"tutorial", cfg.Faults.Tutorial, "stage_duration", cfg.StageDuration.String(), "reboot_duration", cfg.RebootDuration.String())
 	if err := f.Run(ctx); err != nil {
 		return err
 	}

@@ -90,6 +90,23 @@ func TestResolveFleet(t *testing.T) {
 		{name: "fraction over 1", ff: fleetArgs("count", "5", "slow", "1.5"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--slow", "fraction"}},
 		{name: "fractions add up over 1", ff: fleetArgs("count", "5", "slow", "0.6", "offline", "0.6"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"add up to 1.2"}},
 		{
+			name: "tutorial share as a percentage",
+			ff:   fleetArgs("count", "10", "tutorial", "50%"),
+			env:  env(envHubConnectionString, serviceCS, "DMFLOW_FLEET_TUTORIAL", "0.1"),
+			want: func(t *testing.T, c FleetConfig) { assert.Equal(t, 0.5, c.Faults.Tutorial) },
+		},
+		{
+			name: "tutorial share from env",
+			ff:   fleetArgs("count", "10"),
+			env:  env(envHubConnectionString, serviceCS, "DMFLOW_FLEET_TUTORIAL", "0.25"),
+			want: func(t *testing.T, c FleetConfig) { assert.Equal(t, 0.25, c.Faults.Tutorial) },
+		},
+		{name: "bad tutorial share", ff: fleetArgs("count", "5", "tutorial", "half"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--tutorial", "DMFLOW_FLEET_TUTORIAL", `"half"`, "0.5", "50%"}},
+		{name: "tutorial share over 1", ff: fleetArgs("count", "5", "tutorial", "150%"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--tutorial", "100%"}},
+		{name: "tutorial and failing over 1", ff: fleetArgs("count", "5", "tutorial", "0.8", "failing", "0.3"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"tutorial share 0.8", "failing fraction 0.3"}},
+		{name: "contract flag", flags: flagValues{contract: "tutorial"}, ff: fleetArgs("count", "5"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--contract", "--tutorial"}},
+		{name: "answer flag", flags: flagValues{answer: "string"}, ff: fleetArgs("count", "5"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--answer", "--tutorial"}},
+		{
 			name: "tags",
 			ff:   fleetArgs("count", "5", "tags", "ring=beta:10%,ring=prod"),
 			env:  env(envHubConnectionString, serviceCS, "DMFLOW_FLEET_TAGS", "x=y"),
@@ -164,7 +181,7 @@ func TestRunFleet(t *testing.T) {
 	t.Cleanup(func() { _ = h.Close() })
 
 	cfg, err := resolveFleet(flagValues{broker: "tls://" + h.MQTTAddr(), stageDuration: "100ms", logFormat: "json"},
-		fleetArgs("count", "12", "offline", "0.25", "summary-interval", "100ms", "seed", "3"),
+		fleetArgs("count", "12", "offline", "0.25", "summary-interval", "100ms", "seed", "3", "tutorial", "50%"),
 		env(envHubConnectionString, h.ServiceConnectionString(), envHubCAFile, h.CACertFile()))
 	require.NoError(t, err)
 
@@ -195,6 +212,10 @@ func TestRunFleet(t *testing.T) {
 	}
 	out := logs.String()
 	assert.Contains(t, out, `"msg":"fleet profile","profile":"offline","count":3`)
+	assert.Contains(t, out, `"msg":"fleet contract","contract":"dmflow","count":6`)
+	assert.Contains(t, out, `"msg":"fleet contract","contract":"tutorial","answer":"object","count":3`)
+	assert.Contains(t, out, `"msg":"fleet contract","contract":"tutorial","answer":"string","count":3`)
+	assert.Contains(t, out, `"tutorial":0.5`)
 	assert.Contains(t, out, `"msg":"fleet registered","devices":12,"created":12`)
 	assert.Contains(t, out, `"msg":"simdevice fleet stopped"`)
 	_, key, _ := strings.Cut(h.ServiceConnectionString(), "SharedAccessKey=")

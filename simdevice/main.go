@@ -4,6 +4,12 @@
 // one device (the default command, or run), or a fleet of them with fault
 // profiles in one process (fleet, see internal/fleet).
 //
+// A device keeps dmflow's contract (request and update IDs, versions,
+// error states) or, with --contract tutorial, plays the tutorials' device
+// apps exactly, as devices in the field built from them do; --answer
+// string makes such a device answer firmwareUpdate with a JSON string. A
+// fleet runs a share of its devices on the tutorial contract (--tutorial).
+//
 // Exit status: 0 after SIGINT/SIGTERM, 2 for bad input, 1 for other errors.
 package main
 
@@ -98,6 +104,27 @@ or malformed fwPackageUri answers 400. At start the device reports standBy
 with the version it runs (--firmware-version, or the one its twin names).
 --fail-stage downloading|applying makes every update fail there.
 
+That is the dmflow contract (--contract dmflow, the default). With
+--contract tutorial (DMFLOW_SIM_CONTRACT) the device plays the remote-reboot
+and firmware-update tutorials' device apps exactly, as devices in the field
+built from them do:
+  rebootDevice    ignores requestId; reboots (--reboot-duration) while staying
+                  connected, reports rebootTime only, then answers 200
+                  {"Response": "This is the response from the device"}.
+                  Every call reboots again.
+  firmwareUpdate  at start reports standBy with logTime; a call with
+                  fwPackageUri (version and updateId are ignored) is answered
+                  200 at once, then downloading, applying and completed are
+                  reported --stage-duration apart with the tutorial's
+                  timestamps, without firmwareVersion, firmwareUpdateId or
+                  any error state. Every call updates again; a call
+                  without fwPackageUri answers 400.
+  --answer object answers {"Response": "Firmware update started"}; --answer
+  string (DMFLOW_SIM_ANSWER) answers a JSON string holding that text.
+Its timestamps are Python's str(datetime.now()): local time (TZ) such as
+2026-12-06 18:34:08.808000. It takes no --fail-stage and only the tutorial
+--reboot-style.
+
 It logs "simdevice ready device=<id>" once it is connected and serves the
 methods, and stops on SIGINT or SIGTERM.`,
 		Args:          cobra.NoArgs,
@@ -140,6 +167,8 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 		StageDuration:    cfg.StageDuration,
 		FirmwareVersion:  cfg.FirmwareVersion,
 		FailStage:        cfg.FailStage,
+		Contract:         cfg.Contract,
+		Answer:           cfg.Answer,
 		Logger:           logger,
 	})
 	if err != nil {
@@ -149,8 +178,12 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	go func() { done <- d.Run(ctx) }()
 	select {
 	case <-d.Ready():
-		logger.Info("simdevice ready", "device", d.ID(), "style", cfg.RebootStyle, "reboot_duration", cfg.RebootDuration.String(),
-			"firmware_version", d.Firmware().Version, "stage_duration", cfg.StageDuration.String())
+		attrs := []any{"device", d.ID(), "contract", cfg.Contract}
+		if cfg.Contract == device.ContractTutorial {
+			attrs = append(attrs, "answer", cfg.Answer)
+		}
+		logger.Info("simdevice ready", append(attrs, "style", cfg.RebootStyle, "reboot_duration", cfg.RebootDuration.String(),
+			"firmware_version", d.Firmware().Version, "stage_duration", cfg.StageDuration.String())...)
 	case err := <-done:
 		return err
 	}

@@ -7,12 +7,27 @@
 // A Device connects over MQTT with the unchanged amenzhinsky/iothub client
 // and registers rebootDevice and firmwareUpdate.
 //
+// # Contracts
+//
+// Config.Contract chooses what the device promises:
+//
+//   - ContractDmflow (the default) is described below and in firmware.go:
+//     the tutorials' methods plus request and update IDs that make a
+//     repeated call harmless, firmware versions, error states and RFC 3339
+//     times in UTC.
+//   - ContractTutorial plays the tutorials' device apps exactly, as do the
+//     devices in the field built from them: no IDs (a repeated call reboots
+//     or updates again), Python-style local timestamps, no version, no
+//     error state, and optionally a JSON-string answer to firmwareUpdate.
+//     See tutorial.go. The rest of this comment is about ContractDmflow;
+//     the fault settings (Unresponsive, FlapInterval) apply to both.
+//
 // # rebootDevice
 //
 // The method is answered in one of two styles:
 //
-//   - StyleTutorial (the default) does exactly what the tutorial's device
-//     does: it "reboots" (sleeps RebootDuration), reports the twin property
+//   - StyleTutorial (the default) answers like the tutorial's device: it
+//     "reboots" (sleeps RebootDuration), reports the twin property
 //     rebootTime and only then answers 200 with
 //     {"Response": "This is the response from the device"}, so the method
 //     call lasts as long as the reboot.
@@ -60,6 +75,7 @@ import (
 	"time"
 
 	"github.com/amenzhinsky/iothub/iotdevice"
+	"github.com/amenzhinsky/iothub/iotdevice/transport/mqtt"
 	"github.com/cenkalti/backoff/v4"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
@@ -139,8 +155,20 @@ type Config struct {
 	// RebootDuration is how long a reboot takes. Default
 	// DefaultRebootDuration.
 	RebootDuration time.Duration
-	// RebootStyle is StyleTutorial (default) or StyleRealistic.
+	// RebootStyle is StyleTutorial (default) or StyleRealistic. A device
+	// on ContractTutorial reboots in StyleTutorial only.
 	RebootStyle string
+
+	// Contract is ContractDmflow (default) or ContractTutorial, which
+	// plays the tutorials' device apps exactly (see the package
+	// documentation and tutorial.go). ContractTutorial takes no FailStage:
+	// the tutorial's device has no error state.
+	Contract string
+	// Answer is how a device on ContractTutorial answers firmwareUpdate:
+	// AnswerObject (default), {"Response": "Firmware update started"}, or
+	// AnswerString, the JSON string FirmwareStartedText. ContractDmflow
+	// answers objects only.
+	Answer string
 
 	// FirmwareVersion is the version the device runs when its twin does
 	// not say otherwise: the factory image. Once an update completed, the
@@ -259,6 +287,9 @@ func New(cfg Config) (*Device, error) {
 	default:
 		return nil, fmt.Errorf("fail stage %q is not known: use %s", cfg.FailStage, FailStages)
 	}
+	if err := checkContract(&cfg); err != nil {
+		return nil, err
+	}
 	if cfg.FailStage != "" && cfg.FailReason == "" {
 		cfg.FailReason = fmt.Sprintf("simulated failure while %s (injected fault)", cfg.FailStage)
 	}
@@ -277,6 +308,39 @@ func New(cfg Config) (*Device, error) {
 		requests:  map[string]*request{},
 		fw:        firmwareState{version: cfg.FirmwareVersion, served: map[string]*fwUpdate{}},
 	}, nil
+}
+
+// checkContract fills the contract and answer form and refuses settings
+// the contract cannot honour. It runs after the reboot style and fail stage
+// are checked.
+func checkContract(cfg *Config) error {
+	switch cfg.Contract {
+	case "":
+		cfg.Contract = ContractDmflow
+	case ContractDmflow, ContractTutorial:
+	default:
+		return fmt.Errorf("contract %q is not known: use %s", cfg.Contract, Contracts)
+	}
+	switch cfg.Answer {
+	case "":
+		cfg.Answer = AnswerObject
+	case AnswerObject, AnswerString:
+	default:
+		return fmt.Errorf("answer form %q is not known: use %s", cfg.Answer, Answers)
+	}
+	if cfg.Contract == ContractDmflow {
+		if cfg.Answer != AnswerObject {
+			return fmt.Errorf("answer form %q needs the tutorial contract: the dmflow contract answers objects", cfg.Answer)
+		}
+		return nil
+	}
+	if cfg.RebootStyle != StyleTutorial {
+		return fmt.Errorf("reboot style %q does not go with the tutorial contract: the tutorial's device answers after the reboot (style %s)", cfg.RebootStyle, StyleTutorial)
+	}
+	if cfg.FailStage != "" {
+		return fmt.Errorf("fail stage %q does not go with the tutorial contract: the tutorial's device has no error state", cfg.FailStage)
+	}
+	return nil
 }
 
 // ID returns the device ID.
@@ -317,8 +381,9 @@ func (d *Device) Run(ctx context.Context) error {
 		return err
 	}
 	d.readyOnce.Do(func() { close(d.ready) })
-	d.log.Info("device ready", "style", d.cfg.RebootStyle, "reboot_duration", d.cfg.RebootDuration.String(),
-		"firmware_version", d.Firmware().Version, "stage_duration", d.cfg.StageDuration.String())
+	d.log.Info("device ready", "contract", d.cfg.Contract, "answer", d.cfg.Answer, "style", d.cfg.RebootStyle,
+		"reboot_duration", d.cfg.RebootDuration.String(), "firmware_version", d.Firmware().Version,
+		"stage_duration", d.cfg.StageDuration.String())
 	for {
 		var flap <-chan time.Time
 		if d.cfg.FlapInterval > 0 {
@@ -388,6 +453,9 @@ func jitter(d time.Duration) time.Duration {
 // short timeout; waits are bounded separately (see call).
 type session struct {
 	client *iotdevice.Client
+	// tr is the client's transport on ContractTutorial (see
+	// hubconn.NewDeviceClientTransport), nil otherwise.
+	tr     *mqtt.Transport
 	ctx    context.Context
 	cancel context.CancelFunc
 	first  atomic.Bool // the first OnConnect has been seen
@@ -481,6 +549,15 @@ func (d *Device) connect(ctx context.Context, restart bool) (*session, error) {
 // register subscribes the methods on s; runCtx bounds the firmware
 // updates the handlers start. It returns the method that failed.
 func (d *Device) register(runCtx context.Context, s *session) (string, error) {
+	if d.tutorial() {
+		err := s.call(subscribeTimeout, func(ctx context.Context) error {
+			return s.tr.RegisterDirectMethods(ctx, tutorialMethods{d: d, s: s, run: runCtx})
+		})
+		if err != nil {
+			return MethodReboot + " and " + MethodFirmwareUpdate, err
+		}
+		return "", nil
+	}
 	handlers := []struct {
 		name string
 		fn   iotdevice.DirectMethodHandler
@@ -527,7 +604,7 @@ func (d *Device) dial(ctx context.Context) (*session, error) {
 			return http.StatusServiceUnavailable, nil
 		}
 	}
-	c, err := hubconn.NewDeviceClient(d.cfg.ConnectionString, hubconn.DeviceOptions{
+	opts := hubconn.DeviceOptions{
 		CAFile:           d.cfg.CAFile,
 		TLSConfig:        d.cfg.TLSConfig,
 		Broker:           d.cfg.Broker,
@@ -535,7 +612,14 @@ func (d *Device) dial(ctx context.Context) (*session, error) {
 		UnknownMethod:    unknown,
 		OnConnect:        func() { d.onConnect(s) },
 		OnConnectionLost: func(err error) { d.onConnectionLost(s, err) },
-	})
+	}
+	var c *iotdevice.Client
+	var err error
+	if d.tutorial() {
+		c, s.tr, err = hubconn.NewDeviceClientTransport(d.cfg.ConnectionString, opts)
+	} else {
+		c, err = hubconn.NewDeviceClient(d.cfg.ConnectionString, opts)
+	}
 	if err != nil {
 		cancel()
 		return nil, backoff.Permanent(err)
@@ -598,8 +682,13 @@ func (d *Device) classify(err error) error {
 // boot runs what a device does after it connected: it reads its twin (also
 // the first twin request of the session, see session). On the first boot
 // of the process it restores what the twin remembers; after a (re)start it
-// completes a realistic reboot and reports its firmware state.
+// completes a realistic reboot and reports its firmware state. A device on
+// ContractTutorial boots as the tutorial's does (see bootTutorial).
 func (d *Device) boot(s *session, restart bool) {
+	if d.tutorial() {
+		d.bootTutorial(s)
+		return
+	}
 	var reported iotdevice.TwinState
 	err := s.call(twinTimeout, func(ctx context.Context) error {
 		var err error

@@ -1,6 +1,8 @@
 package device
 
-// The firmware-update tutorial's device, and what dmflow adds to it.
+// The firmware-update tutorial's device, and what dmflow adds to it: the
+// dmflow contract. A device on the tutorial contract does only what the
+// tutorial's does; see tutorial.go.
 //
 // On firmwareUpdate with {"fwPackageUri", "version", "updateId"} the device
 // answers 200 {"Response": "Firmware update started"} at once and then, in
@@ -193,6 +195,9 @@ type firmwareState struct {
 	current *fwUpdate            // the update in progress; nil when idle
 	last    *fwUpdate            // the latest update, running or ended
 	served  map[string]*fwUpdate // ended updates by key
+	// running counts a tutorial device's updates in progress: it runs
+	// every call's, also side by side (see tutorial.go).
+	running int
 	// startReport, when set, replaces the next start (standBy) report: the
 	// error of an update a previous process left unfinished.
 	startReport iotdevice.TwinState
@@ -234,7 +239,8 @@ type FirmwareState struct {
 	Version string
 	// Status is the status of the latest update (standBy without one).
 	Status string
-	// UpdateID is the key of the latest update; empty without one.
+	// UpdateID is the key of the latest update; empty without one, and
+	// always on the tutorial contract, which knows no update IDs.
 	UpdateID string
 	// Updating is set while an update runs.
 	Updating bool
@@ -244,14 +250,15 @@ type FirmwareState struct {
 func (d *Device) Firmware() FirmwareState {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	st := FirmwareState{Version: d.fw.version, Status: protocol.StatusStandBy, Updating: d.fw.current != nil}
+	st := FirmwareState{Version: d.fw.version, Status: protocol.StatusStandBy, Updating: d.fw.current != nil || d.fw.running > 0}
 	if u := d.fw.last; u != nil {
 		st.Status, st.UpdateID = u.status, u.key
 	}
 	return st
 }
 
-// FirmwareApplies returns how many firmware updates this Device completed.
+// FirmwareApplies returns how many firmware updates this Device completed,
+// repeats included: on the tutorial contract every call runs an update.
 func (d *Device) FirmwareApplies() int64 { return d.applies.Load() }
 
 // FirmwareFailures returns how many firmware updates this Device reported

@@ -4,7 +4,8 @@
 // start it in-process against localhub.
 //
 // A Fleet registers its identities through the service connection string
-// (in bulk, see Register), assigns fault profiles from a seed (see Plan),
+// (in bulk, see Register), assigns fault profiles and device contracts
+// (a share of tutorial devices, Faults.Tutorial) from a seed (see Plan),
 // connects its devices with bounded concurrency so that TLS handshakes do
 // not pile up, and logs one summary line per interval. Devices are named
 // <prefix><index>, the index zero-padded to the width of the count, at
@@ -72,7 +73,9 @@ type Config struct {
 
 	// RebootDuration, RebootStyle, StageDuration and FirmwareVersion are
 	// every device's (see device.Config); slow devices multiply the
-	// durations by Faults.SlowFactor.
+	// durations by Faults.SlowFactor. Devices on the tutorial contract
+	// reboot in device.StyleTutorial whatever RebootStyle says, and have
+	// no version to report.
 	RebootDuration  time.Duration
 	RebootStyle     string
 	StageDuration   time.Duration
@@ -367,6 +370,7 @@ func (f *Fleet) deviceConfig(m Member, conn hubconn.Device) device.Config {
 		RebootStyle:      f.cfg.RebootStyle,
 		StageDuration:    f.cfg.StageDuration,
 		FirmwareVersion:  f.cfg.FirmwareVersion,
+		Contract:         m.Contract,
 		Logger:           f.cfg.DeviceLogger,
 	}
 	switch m.Profile {
@@ -379,6 +383,11 @@ func (f *Fleet) deviceConfig(m Member, conn hubconn.Device) device.Config {
 		c.FlapInterval = f.cfg.Faults.FlapInterval
 	case Unresponsive:
 		c.Unresponsive = true
+	}
+	if m.Contract == device.ContractTutorial {
+		// The tutorial's device answers after its reboot; Plan never
+		// makes a tutorial device Failing.
+		c.Answer, c.RebootStyle = m.Answer, device.StyleTutorial
 	}
 	return c
 }
@@ -419,6 +428,37 @@ func (f *Fleet) logProfiles() {
 			}
 			f.log.Info("fleet profile", attrs...)
 		}
+	}
+	f.logContracts()
+}
+
+// logContracts logs one line per contract and answer form with its count
+// and first IDs.
+func (f *Fleet) logContracts() {
+	type group struct{ contract, answer string }
+	counts := map[group]int{}
+	samples := map[group][]string{}
+	for _, m := range f.members {
+		g := group{m.Contract, m.Answer}
+		counts[g]++
+		if len(samples[g]) < logSample {
+			samples[g] = append(samples[g], m.ID)
+		}
+	}
+	for _, g := range []group{{device.ContractDmflow, ""}, {device.ContractTutorial, device.AnswerObject}, {device.ContractTutorial, device.AnswerString}} {
+		n := counts[g]
+		if n == 0 {
+			continue
+		}
+		ids := strings.Join(samples[g], ",")
+		if n > len(samples[g]) {
+			ids += ",…"
+		}
+		attrs := []any{"contract", g.contract, "count", n, "devices", ids}
+		if g.answer != "" {
+			attrs = []any{"contract", g.contract, "answer", g.answer, "count", n, "devices", ids}
+		}
+		f.log.Info("fleet contract", attrs...)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dmflow/dmflow/internal/device"
 	"github.com/dmflow/dmflow/internal/hub"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
@@ -290,4 +291,82 @@ func TestFleetRestart(t *testing.T) {
 	}
 	assert.Contains(t, run().String(), "created=5 existing=0")
 	assert.Contains(t, run().String(), "created=0 existing=5")
+}
+
+// A fleet with a tutorial share: its tutorial devices play the tutorials'
+// apps whatever the fleet's reboot style, the others keep the dmflow
+// contract.
+func TestFleetTutorialContract(t *testing.T) {
+	t.Parallel()
+	h := startHub(t)
+	logs, logger := testlog.New(t, slog.LevelInfo)
+	const reboot = 300 * time.Millisecond
+	f, err := New(Config{
+		Count: 8, Seed: 3, Faults: Faults{Tutorial: 0.5},
+		Service: h.service, CAFile: h.CACertFile(), Broker: "tls://" + h.MQTTAddr(),
+		RebootStyle: device.StyleRealistic, RebootDuration: reboot, StageDuration: 100 * time.Millisecond,
+		Logger: logger,
+	})
+	require.NoError(t, err)
+	byForm := map[string][]Member{}
+	for _, m := range f.Members() {
+		byForm[m.Contract+"/"+m.Answer] = append(byForm[m.Contract+"/"+m.Answer], m)
+		c := f.deviceConfig(m, hubconn.Device{})
+		assert.Equal(t, m.Contract, c.Contract, m.ID)
+		if m.Contract == device.ContractTutorial {
+			assert.Equal(t, device.StyleTutorial, c.RebootStyle, m.ID)
+			assert.Equal(t, m.Answer, c.Answer, m.ID)
+		} else {
+			assert.Equal(t, device.StyleRealistic, c.RebootStyle, m.ID)
+		}
+	}
+	require.Len(t, byForm["dmflow/"], 4)
+	require.Len(t, byForm["tutorial/object"], 2)
+	require.Len(t, byForm["tutorial/string"], 2)
+
+	stop := runUntilReady(t, f, 60*time.Second)
+	t.Cleanup(stop)
+	ctx := context.Background()
+	callMethod := func(id, method string, payload map[string]any) (*iotservice.MethodResult, error) {
+		c, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return h.svc.CallDeviceMethod(c, id, &iotservice.MethodCall{MethodName: method, ResponseTimeout: 10, Payload: payload})
+	}
+
+	// A tutorial device answers rebootDevice after the reboot, with
+	// rebootTime in the twin and no request ID.
+	id := byForm["tutorial/object"][0].ID
+	begin := time.Now()
+	res, err := callMethod(id, protocol.MethodReboot, map[string]any{protocol.FieldRequestID: "r1"})
+	require.NoError(t, err)
+	assert.Equal(t, map[string]any{device.FieldResponse: device.TutorialResponse}, res.Payload)
+	assert.GreaterOrEqual(t, time.Since(begin), reboot)
+	tw, err := h.svc.GetDeviceTwin(ctx, id)
+	require.NoError(t, err)
+	assert.Regexp(t, `^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d`, tw.Properties.Reported[protocol.PropRebootTime])
+	assert.NotContains(t, tw.Properties.Reported, protocol.PropLastRebootRequestID)
+	assert.NotContains(t, tw.Properties.Reported, protocol.PropFirmwareVersion)
+	assert.EqualValues(t, 1, f.Device(id).Reboots())
+
+	// A dmflow device of the same fleet reboots in the fleet's style.
+	res, err = callMethod(byForm["dmflow/"][0].ID, protocol.MethodReboot, map[string]any{protocol.FieldRequestID: "r1"})
+	require.NoError(t, err)
+	assert.Equal(t, device.RebootingResponse, res.Payload[device.FieldResponse])
+
+	// The string form: the service client, which decodes payloads into a
+	// map, cannot read it (internal/device tests read it raw).
+	fw := map[string]any{protocol.FieldPackageURI: "https://fw.example/v2.bin"}
+	_, err = callMethod(byForm["tutorial/string"][0].ID, protocol.MethodFirmwareUpdate, fw)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "string")
+	res, err = callMethod(byForm["tutorial/object"][1].ID, protocol.MethodFirmwareUpdate, fw)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]any{device.FieldResponse: device.FirmwareStartedResponse}, res.Payload)
+	waitFor(t, "both updates completed", 10*time.Second, func() bool { return f.Stats().Completed == 2 })
+
+	out := logs.String()
+	assert.Contains(t, out, `msg="fleet contract" contract=dmflow count=4 devices=`)
+	assert.Contains(t, out, `msg="fleet contract" contract=tutorial answer=object count=2 devices=`)
+	assert.Contains(t, out, `msg="fleet contract" contract=tutorial answer=string count=2 devices=`)
+	assert.Contains(t, out, `msg="fleet profile" profile=healthy count=8 devices=`)
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dmflow/dmflow/internal/device"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
 )
@@ -95,18 +96,161 @@ func TestPlanPinned(t *testing.T) {
 	faults := Faults{Offline: 0.2, Failing: 0.2, Unresponsive: 0.2}
 	require.NoError(t, faults.fill())
 	want := []Member{
-		{"dev-001", Healthy, ""},
-		{"dev-002", Unresponsive, ""},
-		{"dev-003", Healthy, ""},
-		{"dev-004", Offline, ""},
-		{"dev-005", Offline, ""},
-		{"dev-006", Unresponsive, ""},
-		{"dev-007", Failing, protocol.StatusDownloading},
-		{"dev-008", Healthy, ""},
-		{"dev-009", Failing, protocol.StatusApplying},
-		{"dev-010", Healthy, ""},
+		{"dev-001", Healthy, "", device.ContractDmflow, ""},
+		{"dev-002", Unresponsive, "", device.ContractDmflow, ""},
+		{"dev-003", Healthy, "", device.ContractDmflow, ""},
+		{"dev-004", Offline, "", device.ContractDmflow, ""},
+		{"dev-005", Offline, "", device.ContractDmflow, ""},
+		{"dev-006", Unresponsive, "", device.ContractDmflow, ""},
+		{"dev-007", Failing, protocol.StatusDownloading, device.ContractDmflow, ""},
+		{"dev-008", Healthy, "", device.ContractDmflow, ""},
+		{"dev-009", Failing, protocol.StatusApplying, device.ContractDmflow, ""},
+		{"dev-010", Healthy, "", device.ContractDmflow, ""},
 	}
 	assert.Equal(t, want, Plan("dev-", 10, 42, faults))
+}
+
+// The tutorial share is drawn after the profiles, from the same seed.
+func TestPlanTutorial(t *testing.T) {
+	faults := Faults{Offline: 0.1, Flapping: 0.1, Slow: 0.1, Failing: 0.2, Unresponsive: 0.1}
+	require.NoError(t, faults.fill())
+	for _, tc := range []struct {
+		name          string
+		count         int
+		share         float64
+		tutorial, str int
+	}{
+		{"none", 100, 0, 0, 0},
+		{"half", 100, 0.5, 50, 25},
+		{"rounding", 7, 0.5, 4, 2},
+		{"one", 10, 0.1, 1, 0},
+		{"all not failing", 1000, 0.8, 800, 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			withShare := faults
+			withShare.Tutorial = tc.share
+			require.NoError(t, withShare.fill())
+			a := Plan("dev-", tc.count, 5, withShare)
+			without := Plan("dev-", tc.count, 5, faults)
+			tutorial, str := 0, 0
+			for i, m := range a {
+				assert.Equal(t, without[i].Profile, m.Profile, "%s: the share leaves the profiles as they are", m.ID)
+				assert.Equal(t, without[i].FailStage, m.FailStage, m.ID)
+				switch m.Contract {
+				case device.ContractTutorial:
+					tutorial++
+					assert.NotEqual(t, Failing, m.Profile, "%s: a tutorial device has no error state", m.ID)
+					assert.Contains(t, []string{device.AnswerObject, device.AnswerString}, m.Answer, m.ID)
+					if m.Answer == device.AnswerString {
+						str++
+					}
+				case device.ContractDmflow:
+					assert.Empty(t, m.Answer, m.ID)
+				default:
+					t.Errorf("%s: contract %q", m.ID, m.Contract)
+				}
+			}
+			assert.Equal(t, tc.tutorial, tutorial)
+			assert.Equal(t, tc.str, str, "half of the tutorial devices, rounded down, answer a string")
+			assert.Equal(t, a, Plan("dev-", tc.count, 5, withShare), "the same seed gives the same plan")
+		})
+	}
+
+	// Other seeds pick other devices; tutorial devices keep other profiles.
+	f := Faults{Slow: 0.3, Unresponsive: 0.2, Tutorial: 0.5}
+	require.NoError(t, f.fill())
+	a, b := Plan("dev-", 200, 1, f), Plan("dev-", 200, 2, f)
+	assert.NotEqual(t, a, b)
+	profiles := map[Profile]int{}
+	for _, m := range a {
+		if m.Contract == device.ContractTutorial {
+			profiles[m.Profile]++
+		}
+	}
+	assert.Positive(t, profiles[Healthy])
+	assert.Positive(t, profiles[Slow])
+	assert.Positive(t, profiles[Unresponsive])
+
+	// A failing share caps the tutorial share: rounding can leave fewer
+	// candidates than round(share × count).
+	f = Faults{Failing: 0.5, Tutorial: 0.5}
+	require.NoError(t, f.fill())
+	n := 0
+	for _, m := range Plan("dev-", 3, 1, f) {
+		if m.Contract == device.ContractTutorial {
+			n++
+			assert.NotEqual(t, Failing, m.Profile)
+		}
+	}
+	assert.Equal(t, 1, n, "round(1.5) failing leaves one device")
+}
+
+// A pinned contract assignment, like TestPlanPinned.
+func TestPlanTutorialPinned(t *testing.T) {
+	faults := Faults{Offline: 0.2, Failing: 0.2, Unresponsive: 0.2, Tutorial: 0.5}
+	require.NoError(t, faults.fill())
+	tut := device.ContractTutorial
+	want := []Member{
+		{"dev-001", Healthy, "", tut, device.AnswerObject},
+		{"dev-002", Unresponsive, "", tut, device.AnswerObject},
+		{"dev-003", Healthy, "", tut, device.AnswerObject},
+		{"dev-004", Offline, "", device.ContractDmflow, ""},
+		{"dev-005", Offline, "", tut, device.AnswerString},
+		{"dev-006", Unresponsive, "", device.ContractDmflow, ""},
+		{"dev-007", Failing, protocol.StatusDownloading, device.ContractDmflow, ""},
+		{"dev-008", Healthy, "", device.ContractDmflow, ""},
+		{"dev-009", Failing, protocol.StatusApplying, device.ContractDmflow, ""},
+		{"dev-010", Healthy, "", tut, device.AnswerString},
+	}
+	assert.Equal(t, want, Plan("dev-", 10, 42, faults))
+}
+
+func TestParseShare(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want float64
+		err  string
+	}{
+		{"0", 0, ""},
+		{"0.5", 0.5, ""},
+		{"1", 1, ""},
+		{"50%", 0.5, ""},
+		{" 12.5 % ", 0.125, ""},
+		{"100%", 1, ""},
+		{"0%", 0, ""},
+		{"50", 0, "not between 0 and 1"},
+		{"101%", 0, "not between 0% and 100%"},
+		{"-0.1", 0, "not between"},
+		{"half", 0, "is not a share"},
+		{"", 0, "is not a share"},
+		{"%", 0, "is not a share"},
+		{"NaN", 0, "is not a share"},
+		{"Inf%", 0, "is not a share"},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseShare(tc.in)
+			if tc.err != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.err)
+				assert.Contains(t, err.Error(), "50%")
+				return
+			}
+			require.NoError(t, err)
+			assert.InDelta(t, tc.want, got, 1e-12)
+		})
+	}
+}
+
+func FuzzParseShare(f *testing.F) {
+	for _, s := range []string{"0.5", "50%", "1", "abc", "1e2%", "-0%"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, err := ParseShare(s)
+		if err == nil && !(v >= 0 && v <= 1) {
+			t.Fatalf("ParseShare(%q) = %v, outside 0..1", s, v)
+		}
+	})
 }
 
 func TestNewValidation(t *testing.T) {
@@ -125,6 +269,9 @@ func TestNewValidation(t *testing.T) {
 		{"NaN fraction", func(c *Config) { c.Faults = Faults{Flapping: math.NaN()} }, "flapping"},
 		{"slow factor below 1", func(c *Config) { c.Faults = Faults{SlowFactor: 0.5} }, "slow factor 0.5"},
 		{"negative flap interval", func(c *Config) { c.Faults = Faults{FlapInterval: -time.Second} }, "flap interval"},
+		{"tutorial share over 1", func(c *Config) { c.Faults = Faults{Tutorial: 1.5} }, "tutorial share 1.5 is not between 0 and 1"},
+		{"NaN tutorial share", func(c *Config) { c.Faults = Faults{Tutorial: math.NaN()} }, "tutorial share"},
+		{"tutorial and failing", func(c *Config) { c.Faults = Faults{Failing: 0.6, Tutorial: 0.5} }, "no error state"},
 		{"no service", func(c *Config) { c.Service = hubconn.Service{} }, "hubconn.ParseService"},
 		{"bad style", func(c *Config) { c.RebootStyle = "fast" }, "reboot style"},
 		{"negative summary", func(c *Config) { c.SummaryInterval = -time.Second }, "summary interval"},

@@ -147,9 +147,16 @@ func TLSConfig(caFile string) (*tls.Config, error) {
 
 // NewServiceClient builds a service client for s that trusts caFile.
 func NewServiceClient(s Service, caFile string) (*iotservice.Client, error) {
+	c, _, err := newServiceClient(s, caFile)
+	return c, err
+}
+
+// newServiceClient builds a service client and returns the HTTP client it
+// uses, which NewServiceHub shares.
+func newServiceClient(s Service, caFile string) (*iotservice.Client, *http.Client, error) {
 	tlsCfg, err := TLSConfig(caFile)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	httpClient := &http.Client{
 		// Each REST call carries its own context deadline; this bounds a
@@ -161,8 +168,9 @@ func NewServiceClient(s Service, caFile string) (*iotservice.Client, error) {
 			IdleConnTimeout:     90 * time.Second,
 		},
 	}
-	return iotservice.NewFromConnectionString(s.String(),
+	c, err := iotservice.NewFromConnectionString(s.String(),
 		iotservice.WithHTTPClient(httpClient), iotservice.WithTLSConfig(tlsCfg))
+	return c, httpClient, err
 }
 
 // DeviceOptions tune a device client.
@@ -192,13 +200,22 @@ type DeviceOptions struct {
 
 // NewDeviceClient builds an MQTT device client for d.
 func NewDeviceClient(d Device, o DeviceOptions) (*iotdevice.Client, error) {
+	c, _, err := NewDeviceClientTransport(d, o)
+	return c, err
+}
+
+// NewDeviceClientTransport builds an MQTT device client for d and returns its transport too, on
+// which a caller may register its own method dispatcher (RegisterDirectMethods) to answer with
+// raw JSON: the client's DirectMethodHandler can only answer a JSON object, while a device may
+// answer with any JSON value (a string, as some devices built from the tutorials do).
+func NewDeviceClientTransport(d Device, o DeviceOptions) (*iotdevice.Client, *mqtt.Transport, error) {
 	var tlsCfg *tls.Config
 	if o.TLSConfig != nil {
 		tlsCfg = o.TLSConfig.Clone()
 	} else {
 		var err error
 		if tlsCfg, err = TLSConfig(o.CAFile); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	host := d.HostName
@@ -247,7 +264,11 @@ func NewDeviceClient(d Device, o DeviceOptions) (*iotdevice.Client, error) {
 	if o.Logger != nil {
 		opts = append(opts, iotdevice.WithLogger(slogLogger{o.Logger}))
 	}
-	return iotdevice.NewFromConnectionString(t, d.String(), opts...)
+	c, err := iotdevice.NewFromConnectionString(t, d.String(), opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, tr, nil
 }
 
 // unknownMethodTransport hands the client's method dispatcher to the MQTT
