@@ -59,7 +59,7 @@ chaos: build ## the chaos cases at full size, 500–1,000 devices each (~20 min)
 	ulimit -n "$$(ulimit -Hn)"; DMFLOW_CHAOS=long go test -tags integration -count=1 -timeout 90m -run 'TestChaos' -v ./test/ 2>&1 | tee $(BIN)/chaos.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|chaos_test.go' ; exit $${PIPESTATUS[0]}
 
 record-histories: build ## re-record workflows/testdata/*.json from the integration tests
-	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd|TestFirmwareEndToEnd|TestRolloutEndToEnd|TestRolloutWindows' ./test/...
+	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd|TestFirmwareEndToEnd|TestRolloutEndToEnd|TestRolloutWindows|TestDeviceContracts' ./test/...
 
 fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
 	scripts/fuzz.sh

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/amenzhinsky/iothub/iotservice"
+	"github.com/dmflow/dmflow/internal/hubconn"
 )
 
 // Error types of the non-retryable ApplicationErrors the activities return. Retry policies list them
@@ -47,10 +48,12 @@ const (
 	ErrDeviceError = "DeviceError"
 )
 
-// Hub is the part of the IoT Hub service API the activities use. *iotservice.Client satisfies it;
+// Hub is the part of the IoT Hub service API the activities use. *hubconn.ServiceClient satisfies it;
 // keeping it this small lets tests substitute a fake and the worker choose how the client is built.
 type Hub interface {
-	CallDeviceMethod(ctx context.Context, deviceID string, call *iotservice.MethodCall) (*iotservice.MethodResult, error)
+	// CallMethod invokes a direct method and returns the device's answer with its payload as raw
+	// JSON (any JSON value, or none); see hubconn.ServiceClient for the errors it returns.
+	CallMethod(ctx context.Context, deviceID string, call hubconn.MethodCall) (hubconn.MethodAnswer, error)
 	GetDeviceTwin(ctx context.Context, deviceID string) (*iotservice.Twin, error)
 	// QueryDevices runs a device query and calls fn with every twin it selects, requesting page
 	// after page itself. *iotservice.Client decodes each page into the row maps of the previous
@@ -59,7 +62,7 @@ type Hub interface {
 }
 
 // The service client is what the worker passes as Hub.
-var _ Hub = (*iotservice.Client)(nil)
+var _ Hub = (*hubconn.ServiceClient)(nil)
 
 // Activities groups the IoT Hub activities. The worker registers one value with Hub set; workflows
 // call the methods through a nil *Activities, which only names them.

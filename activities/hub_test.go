@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/dmflow/dmflow/internal/hubconn"
 	"sync"
 	"testing"
 
@@ -17,24 +18,24 @@ import (
 // localhub are in localhub_test.go; this fake drives the activities through sequences that are
 // awkward to stage on a real hub (exact poll counts, transient errors in a given order, throttling).
 type fakeHub struct {
-	call func(ctx context.Context, n int, call *iotservice.MethodCall) (*iotservice.MethodResult, error)
+	call func(ctx context.Context, n int, call hubconn.MethodCall) (hubconn.MethodAnswer, error)
 	twin func(ctx context.Context, n int) (*iotservice.Twin, error)
 	// query answers QueryDevices; pagedQuery builds one that pages as the real client does.
 	query func(ctx context.Context, query string, fn func(v map[string]interface{}) error) error
 
 	mu      sync.Mutex
-	calls   []*iotservice.MethodCall
+	calls   []hubconn.MethodCall
 	reads   int
 	queries []string
 }
 
-func (h *fakeHub) CallDeviceMethod(ctx context.Context, deviceID string, call *iotservice.MethodCall) (*iotservice.MethodResult, error) {
+func (h *fakeHub) CallMethod(ctx context.Context, deviceID string, call hubconn.MethodCall) (hubconn.MethodAnswer, error) {
 	h.mu.Lock()
 	h.calls = append(h.calls, call)
 	n := len(h.calls)
 	h.mu.Unlock()
 	if h.call == nil {
-		return nil, fmt.Errorf("unexpected method call %s on %s", call.MethodName, deviceID)
+		return hubconn.MethodAnswer{}, fmt.Errorf("unexpected method call %s on %s", call.Method, deviceID)
 	}
 	return h.call(ctx, n, call)
 }

@@ -3,11 +3,12 @@ package activities
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
-	"github.com/amenzhinsky/iothub/iotservice"
+	"github.com/dmflow/dmflow/internal/hubconn"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
@@ -49,11 +50,13 @@ type InvokeMethodInput struct {
 	ConnectTimeout time.Duration `json:"connectTimeout,omitempty"`
 	// Rate, when set, draws a token from the rollout's bucket before each hub call.
 	Rate *HubRate `json:"rate,omitempty"`
-	// AcceptedWhen, when set, makes every retry (attempt 2 on) read the twin before calling: when the
-	// device already reports the property with the value, an earlier attempt's call reached it (the
-	// worker died, or the answer was lost, after the hub delivered it), and the activity returns
-	// with AlreadyAccepted instead of calling again. Devices ignore a repeated request ID anyway;
-	// this keeps the repeat off the hub and the device.
+	// Evidence, when set, is how a retry tells that an earlier attempt's call reached the device
+	// (see InvokeMethod): on both device contracts, from the twin alone.
+	Evidence *Evidence `json:"evidence,omitempty"`
+	// AcceptedWhen is the check of workflows started before Evidence existed, kept so that they
+	// run on as they began: every retry (attempt 2 on) reads the twin first and returns
+	// AlreadyAccepted when the device reports the property with the value. Ignored when Evidence
+	// is set.
 	AcceptedWhen *ReportedValue `json:"acceptedWhen,omitempty"`
 }
 
@@ -65,15 +68,64 @@ type ReportedValue struct {
 
 // InvokeMethodResult is the device's answer to a direct method.
 type InvokeMethodResult struct {
-	// Status is the status the device answered with, in 200–299 (other statuses fail the activity).
-	Status  int            `json:"status"`
-	Payload map[string]any `json:"payload,omitempty"`
+	// Status is the status the device answered with, in 200–299 (other statuses fail the activity);
+	// 0 when no answer was read (AlreadyAccepted by Evidence, or an answer the hub garbled).
+	Status int `json:"status"`
+	// Payload is the device's payload as it sent it: any JSON value, or empty when it sent none.
+	Payload json.RawMessage `json:"payload,omitempty"`
 	// Attempt is the activity attempt that got the answer (1 for the first), so that a workflow can
 	// report how many invocations it took, retries of offline devices included.
 	Attempt int `json:"attempt"`
-	// AlreadyAccepted is set when a retry found the device reporting InvokeMethodInput.AcceptedWhen
-	// and made no call; Status is then 200 and Payload empty.
-	AlreadyAccepted bool `json:"alreadyAccepted,omitempty"`
+	// Calls is the number of calls that reached the hub over all attempts; a retry that found
+	// evidence made none.
+	Calls int `json:"calls,omitempty"`
+	// AlreadyAccepted is set when a retry found the device had taken an earlier attempt's call and
+	// made no call; AcceptedBy then says how it knew: "id" (the device reports this request's ID)
+	// or "changed" (the property the device writes changed after the read before the call).
+	AlreadyAccepted bool   `json:"alreadyAccepted,omitempty"`
+	AcceptedBy      string `json:"acceptedBy,omitempty"`
+	// TwinReads counts the twin reads made looking for evidence, over all attempts.
+	TwinReads int `json:"twinReads,omitempty"`
+}
+
+// InvokeProgress is what InvokeMethod records in its heartbeat details: which attempt it is and
+// what its call came to. The next attempt reads it back to decide whether it must look for
+// evidence before calling again. The SDK sends the last details when an attempt fails, so an
+// attempt that ends with a not-delivered outcome is known as such.
+type InvokeProgress struct {
+	Attempt int `json:"attempt"`
+	// Outcome is OutcomeLooking, OutcomeCalling or a delivery ("not delivered", "maybe delivered",
+	// "delivered").
+	Outcome   string `json:"outcome"`
+	Calls     int    `json:"calls,omitempty"`
+	TwinReads int    `json:"twinReads,omitempty"`
+}
+
+// Outcomes in InvokeProgress besides the deliveries.
+const (
+	// OutcomeLooking: the attempt is looking for evidence of an earlier call.
+	OutcomeLooking = "looking for evidence"
+	// OutcomeCalling: the request is on its way; a worker that dies now leaves a call that may have
+	// reached the device.
+	OutcomeCalling = "calling"
+)
+
+// progressBox guards an InvokeProgress that the heartbeat goroutine reads.
+type progressBox struct {
+	mu sync.Mutex
+	p  InvokeProgress
+}
+
+func (b *progressBox) get() any {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.p
+}
+
+func (b *progressBox) update(fn func(p *InvokeProgress)) {
+	b.mu.Lock()
+	fn(&b.p)
+	b.mu.Unlock()
 }
 
 // InvokeMethod invokes a direct method on a device through IoT Hub and returns the device's answer.
@@ -81,6 +133,16 @@ type InvokeMethodResult struct {
 // The call lasts as long as the device takes to answer (the reboot tutorial's device answers after
 // its ~20 s reboot), so the activity heartbeats while the call is in flight: a HeartbeatTimeout then
 // detects a dead worker long before the StartToCloseTimeout would.
+//
+// Delivery. Every outcome is classed as not delivered (the hub refused before the device: offline,
+// throttled, unauthorized, bad request, unknown device; or the request never left), maybe
+// delivered (the hub timed out waiting for the device, 5xx, a connection cut after the request was
+// sent, a worker that died during the call) or delivered (the hub answered with the device's
+// status, whatever the payload). A delivered call is never repeated: a refusal fails for good, any
+// payload is kept as the device sent it. With in.Evidence set, an attempt after one that may have
+// reached the device first reads the twin, for up to Evidence.Window, and returns AlreadyAccepted
+// when it shows the device took the call; only then does it call again. An attempt after one that
+// was not delivered calls at once.
 //
 // Errors: invalid input → ErrBadRequest; hub errors as classify decides; a device status outside
 // 200–299 → non-retryable ErrMethodFailed with the InvokeMethodResult as the error's details, since the
@@ -97,44 +159,145 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 		return InvokeMethodResult{}, errNoHub
 	}
 
-	// The heartbeats cover the wait for a rate token as well as the call.
-	stop := a.heartbeatWhile(ctx)
-	if attempt > 1 && in.AcceptedWhen != nil && a.accepted(ctx, logger, in) {
+	var prev InvokeProgress
+	var prevp *InvokeProgress
+	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &prev) == nil {
+		prevp = &prev
+	}
+	box := &progressBox{p: InvokeProgress{Attempt: attempt, Outcome: OutcomeLooking, Calls: prev.Calls, TwinReads: prev.TwinReads}}
+	result := func(r InvokeMethodResult) InvokeMethodResult {
+		p := box.get().(InvokeProgress)
+		r.Attempt, r.Calls, r.TwinReads = attempt, p.Calls, p.TwinReads
+		return r
+	}
+
+	// The heartbeats cover the look for evidence and the wait for a rate token as well as the call.
+	stop := a.heartbeatWhile(ctx, box.get)
+	switch {
+	case lookFirst(in.Evidence, attempt, prevp):
+		how, err := a.lookForEvidence(ctx, logger, in, box)
+		if err != nil {
+			stop()
+			return InvokeMethodResult{}, err
+		}
+		if how != "" {
+			stop()
+			return result(InvokeMethodResult{AlreadyAccepted: true, AcceptedBy: how}), nil
+		}
+	case in.Evidence == nil && attempt > 1 && in.AcceptedWhen != nil && a.accepted(ctx, logger, in):
 		stop()
-		return InvokeMethodResult{Status: 200, Attempt: attempt, AlreadyAccepted: true}, nil
+		return result(InvokeMethodResult{Status: 200, AlreadyAccepted: true, AcceptedBy: "id"}), nil
 	}
 	if err := a.takeToken(ctx, in.Rate, nil); err != nil {
 		stop()
 		return InvokeMethodResult{}, tokenError(ctx, logger, err)
 	}
+
+	box.update(func(p *InvokeProgress) { p.Outcome = OutcomeCalling; p.Calls++ })
+	activity.RecordHeartbeat(ctx, box.get())
 	callCtx, cancel := context.WithTimeout(ctx, callTimeout)
 	// The SDK's activity logger already carries the attempt number.
 	logger.Info("invoking direct method",
 		"response_timeout_s", call.ResponseTimeout, "connect_timeout_s", call.ConnectTimeout)
-	res, err := a.Hub.CallDeviceMethod(callCtx, in.DeviceID, call)
+	res, err := a.Hub.CallMethod(callCtx, in.DeviceID, call)
 	cancel()
 	stop()
-	if ctx.Err() != nil {
+	d := deliveryOf(err)
+	box.update(func(p *InvokeProgress) { p.Outcome = d.String() })
+	// Sent at once or, throttled, with the failure: the next attempt reads it.
+	activity.RecordHeartbeat(ctx, box.get())
+
+	var unreadable *hubconn.UnreadableAnswerError
+	switch {
+	case errors.As(err, &unreadable):
+		// Delivered, so not to be repeated; what the device did shows in its twin.
+		logger.Warn("the hub's answer is unreadable; taking the call as delivered", "error", err)
+		return result(InvokeMethodResult{}), nil
+	case ctx.Err() != nil:
 		// Cancelled or timed out as an activity: report that, not the aborted HTTP call.
 		return InvokeMethodResult{}, ctx.Err()
-	}
-	if err != nil {
+	case err != nil:
 		err = classify(err, "invoke "+in.Method, in.DeviceID)
-		logger.Warn("direct method failed", "error", err)
+		if d == maybeDelivered && in.Evidence != nil && !isNonRetryable(err) {
+			err = &hubCallError{msg: err.Error() + " (the call may have reached the device: the next attempt looks for evidence in its twin before calling again)", err: err}
+		}
+		logger.Warn("direct method failed", "delivery", d.String(), "error", err)
 		return InvokeMethodResult{}, err
 	}
 
-	out := InvokeMethodResult{Status: res.Status, Payload: res.Payload, Attempt: attempt}
+	out := result(InvokeMethodResult{Status: res.Status, Payload: asJSON(res.Payload)})
 	if res.Status < 200 || res.Status > 299 {
 		logger.Warn("device answered with a failure status", "status", res.Status)
 		return InvokeMethodResult{}, temporal.NewNonRetryableApplicationError(
 			fmt.Sprintf("invoke %s on %s: device answered status %d with payload %s",
-				in.Method, in.DeviceID, res.Status, payloadString(res.Payload)),
+				in.Method, in.DeviceID, res.Status, PayloadString(out.Payload)),
 			ErrMethodFailed, nil, out)
 	}
 	logger.Info("device answered", "status", res.Status)
 	return out, nil
 }
+
+// lookFirst reports whether an attempt must look for evidence of an earlier call before calling:
+// every retry must, unless the attempt just before it recorded that its call was not delivered.
+// Details of an older attempt say nothing of the last one, which died before it recorded any.
+func lookFirst(ev *Evidence, attempt int, prev *InvokeProgress) bool {
+	if ev == nil || attempt <= 1 {
+		return false
+	}
+	return prev == nil || prev.Attempt != attempt-1 || prev.Outcome != notDelivered.String()
+}
+
+// errNoEvidence ends a look for evidence whose window passed.
+var errNoEvidence = errors.New("no evidence within the window")
+
+// lookForEvidence reads the twin until it shows that the device took an earlier attempt's call, or
+// in.Evidence.Window passes. It returns how the twin showed it ("id", "changed"), or "" when it did
+// not, and an error only when the activity was cancelled or the hub refused the read for good.
+func (a *Activities) lookForEvidence(ctx context.Context, logger log.Logger, in InvokeMethodInput, box *progressBox) (string, error) {
+	ev := *in.Evidence
+	until := time.Now().Add(ev.Window)
+	logger.Info("an earlier attempt may have reached the device: looking for evidence before calling again",
+		"property", ev.Property, "id_property", ev.IDProperty, "window", ev.Window)
+	how := ""
+	err := a.runPoll(ctx, logger, twinPoll{
+		deviceID:    in.DeviceID,
+		initial:     evidenceInitialInterval,
+		maxInterval: evidenceMaxInterval,
+		multiplier:  waitMultiplier,
+		jitter:      waitJitter,
+		observe: func(reported map[string]any, readErr error) (bool, error) {
+			box.update(func(p *InvokeProgress) { p.TwinReads++ })
+			if readErr == nil {
+				if ok, why := ev.Seen(reported); ok {
+					how = why
+					logger.Info("the device took an earlier attempt's call; not calling again", "evidence", why)
+					return true, nil
+				} else {
+					logger.Debug("no evidence yet", "reason", why)
+				}
+			}
+			if !time.Now().Before(until) {
+				return false, errNoEvidence
+			}
+			return false, nil
+		},
+		nextDeadline: func() time.Time { return until },
+		progress:     box.get,
+		rate:         in.Rate,
+	})
+	if errors.Is(err, errNoEvidence) {
+		logger.Info("no evidence that an earlier attempt's call reached the device; calling again", "window", ev.Window)
+		return "", nil
+	}
+	return how, err
+}
+
+// Polling while looking for evidence: the twin read at once, then 1 s doubling to 10 s, as
+// WaitForReported polls.
+const (
+	evidenceInitialInterval = time.Second
+	evidenceMaxInterval     = 10 * time.Second
+)
 
 // accepted reports whether the device already reports in.AcceptedWhen. A failed read is no answer:
 // the call goes ahead, and the device's own deduplication covers it.
@@ -158,30 +321,39 @@ func (a *Activities) accepted(ctx context.Context, logger log.Logger, in InvokeM
 
 // methodCall validates the input against IoT Hub's limits and builds the hub request, together with
 // the local bound on the HTTP call.
-func (in InvokeMethodInput) methodCall() (*iotservice.MethodCall, time.Duration, error) {
+func (in InvokeMethodInput) methodCall() (hubconn.MethodCall, time.Duration, error) {
 	if in.DeviceID == "" {
-		return nil, 0, badRequest("invoke %q: device ID is empty", in.Method)
+		return hubconn.MethodCall{}, 0, badRequest("invoke %q: device ID is empty", in.Method)
 	}
 	if in.Method == "" {
-		return nil, 0, badRequest("invoke on %s: method name is empty", in.DeviceID)
+		return hubconn.MethodCall{}, 0, badRequest("invoke on %s: method name is empty", in.DeviceID)
 	}
 	response := ceilSeconds(in.ResponseTimeout)
 	if in.ResponseTimeout != 0 && (response < minResponseTimeout || response > maxResponseTimeout) {
-		return nil, 0, badRequest("invoke %s on %s: response timeout %s is outside IoT Hub's %s–%s",
+		return hubconn.MethodCall{}, 0, badRequest("invoke %s on %s: response timeout %s is outside IoT Hub's %s–%s",
 			in.Method, in.DeviceID, in.ResponseTimeout, minResponseTimeout, maxResponseTimeout)
 	}
 	connect := ceilSeconds(in.ConnectTimeout)
 	if in.ConnectTimeout < 0 || connect > maxConnectTimeout {
-		return nil, 0, badRequest("invoke %s on %s: connect timeout %s is outside IoT Hub's 0s–%s",
+		return hubconn.MethodCall{}, 0, badRequest("invoke %s on %s: connect timeout %s is outside IoT Hub's 0s–%s",
 			in.Method, in.DeviceID, in.ConnectTimeout, maxConnectTimeout)
 	}
 	if problem := in.Rate.problem(); problem != "" {
-		return nil, 0, badRequest("invoke %s on %s: %s", in.Method, in.DeviceID, problem)
+		return hubconn.MethodCall{}, 0, badRequest("invoke %s on %s: %s", in.Method, in.DeviceID, problem)
 	}
-	if b, err := json.Marshal(in.Payload); err != nil {
-		return nil, 0, badRequest("invoke %s on %s: payload is not JSON: %v", in.Method, in.DeviceID, err)
-	} else if len(b) > maxPayloadBytes {
-		return nil, 0, badRequest("invoke %s on %s: payload has %d bytes, IoT Hub accepts at most %d",
+	var payload json.RawMessage
+	if in.Payload != nil {
+		b, err := json.Marshal(in.Payload)
+		if err != nil {
+			return hubconn.MethodCall{}, 0, badRequest("invoke %s on %s: payload is not JSON: %v", in.Method, in.DeviceID, err)
+		}
+		payload = b
+	}
+	if problem := in.Evidence.problem(); problem != "" {
+		return hubconn.MethodCall{}, 0, badRequest("invoke %s on %s: %s", in.Method, in.DeviceID, problem)
+	}
+	if b := payload; len(b) > maxPayloadBytes {
+		return hubconn.MethodCall{}, 0, badRequest("invoke %s on %s: payload has %d bytes, IoT Hub accepts at most %d",
 			in.Method, in.DeviceID, len(b), maxPayloadBytes)
 	}
 
@@ -189,11 +361,11 @@ func (in InvokeMethodInput) methodCall() (*iotservice.MethodCall, time.Duration,
 	if wait == 0 {
 		wait = defaultResponseTimeout
 	}
-	call := &iotservice.MethodCall{
-		MethodName:      in.Method,
+	call := hubconn.MethodCall{
+		Method:          in.Method,
 		ResponseTimeout: uint(response / time.Second),
 		ConnectTimeout:  uint(connect / time.Second),
-		Payload:         in.Payload,
+		Payload:         payload,
 	}
 	return call, connect + wait + callSlack, nil
 }
@@ -208,7 +380,7 @@ func ceilSeconds(d time.Duration) time.Duration {
 
 // heartbeatWhile heartbeats in the background until the returned stop function is called. stop waits
 // for the goroutine, so that no heartbeat is recorded after the activity has returned.
-func (a *Activities) heartbeatWhile(ctx context.Context) (stop func()) {
+func (a *Activities) heartbeatWhile(ctx context.Context, details func() any) (stop func()) {
 	interval := a.beatInterval(ctx)
 
 	done := make(chan struct{})
@@ -225,7 +397,8 @@ func (a *Activities) heartbeatWhile(ctx context.Context) (stop func()) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				activity.RecordHeartbeat(ctx)
+				// Every heartbeat carries the details: the server keeps those of the last one.
+				activity.RecordHeartbeat(ctx, details())
 			}
 		}
 	}()
@@ -235,16 +408,26 @@ func (a *Activities) heartbeatWhile(ctx context.Context) (stop func()) {
 	}
 }
 
-// payloadString renders a device payload for an error message, shortened: devices may answer
-// with large payloads and the message ends up in workflow histories and logs.
-func payloadString(p map[string]any) string {
+// asJSON keeps a payload that is JSON as it is and turns anything else (a hub that relayed a
+// device's bytes unchecked) into a JSON string of it, so that results and error details always
+// encode.
+func asJSON(p json.RawMessage) json.RawMessage {
+	if len(p) == 0 || json.Valid(p) {
+		return p
+	}
+	b, _ := json.Marshal(string(p))
+	return b
+}
+
+// PayloadString renders a device payload for a message, as the device sent it, shortened: devices
+// may answer with large payloads and the message ends up in workflow histories and logs.
+func PayloadString(p json.RawMessage) string {
 	const limit = 512
-	b, err := json.Marshal(p)
-	if err != nil {
-		return fmt.Sprintf("%v", p)
+	if len(p) == 0 {
+		return "(none)"
 	}
-	if len(b) > limit {
-		return string(b[:limit]) + "…"
+	if len(p) > limit {
+		return string(p[:limit]) + "…"
 	}
-	return string(b)
+	return string(p)
 }

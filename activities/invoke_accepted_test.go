@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"github.com/dmflow/dmflow/internal/hubconn"
 	"testing"
 	"time"
 
@@ -41,11 +42,11 @@ func TestInvokeMethodRetryFindsTheCallAccepted(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			hub := &fakeHub{
-				call: func(_ context.Context, n int, _ *iotservice.MethodCall) (*iotservice.MethodResult, error) {
+				call: func(_ context.Context, n int, _ hubconn.MethodCall) (hubconn.MethodAnswer, error) {
 					if n == 1 {
-						return nil, hubErr(504, 504101, "GatewayTimeout")
+						return hubconn.MethodAnswer{}, hubErr(504, 504101, "GatewayTimeout")
 					}
-					return &iotservice.MethodResult{Status: 200}, nil
+					return hubconn.MethodAnswer{Status: 200}, nil
 				},
 				twin: func(context.Context, int) (*iotservice.Twin, error) {
 					return &iotservice.Twin{Properties: &iotservice.Properties{Reported: tc.reported}}, nil

@@ -2,12 +2,13 @@ package activities
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"github.com/dmflow/dmflow/internal/hubconn"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/temporal"
@@ -24,9 +25,9 @@ func rebootInput() InvokeMethodInput {
 
 func TestInvokeMethodSuccess(t *testing.T) {
 	var callDeadline bool
-	hub := &fakeHub{call: func(ctx context.Context, _ int, _ *iotservice.MethodCall) (*iotservice.MethodResult, error) {
+	hub := &fakeHub{call: func(ctx context.Context, _ int, _ hubconn.MethodCall) (hubconn.MethodAnswer, error) {
 		_, callDeadline = ctx.Deadline()
-		return &iotservice.MethodResult{Status: 200, Payload: map[string]any{"Response": "This is the response from the device"}}, nil
+		return hubconn.MethodAnswer{Status: 200, Payload: json.RawMessage(`{"Response":"This is the response from the device"}`)}, nil
 	}}
 	env, _ := newEnv(t, &Activities{Hub: hub})
 
@@ -37,28 +38,29 @@ func TestInvokeMethodSuccess(t *testing.T) {
 
 	assert.Equal(t, InvokeMethodResult{
 		Status:  200,
-		Payload: map[string]any{"Response": "This is the response from the device"},
+		Payload: json.RawMessage(`{"Response":"This is the response from the device"}`),
 		Attempt: 1,
+		Calls:   1,
 	}, res)
 	require.Equal(t, 1, hub.callCount())
-	assert.Equal(t, &iotservice.MethodCall{
-		MethodName:      "rebootDevice",
+	assert.Equal(t, hubconn.MethodCall{
+		Method:          "rebootDevice",
 		ResponseTimeout: 60,
 		ConnectTimeout:  0,
-		Payload:         map[string]any{"method_number": "42", "requestId": "reboot/dev1/r1"},
+		Payload:         json.RawMessage(`{"method_number":"42","requestId":"reboot/dev1/r1"}`),
 	}, hub.calls[0])
 	assert.True(t, callDeadline, "the HTTP call is bounded locally")
 }
 
 func TestInvokeMethodHeartbeatsWhileWaiting(t *testing.T) {
 	// The device takes a while to answer, like the tutorial's device rebooting for 20 s.
-	hub := &fakeHub{call: func(ctx context.Context, _ int, _ *iotservice.MethodCall) (*iotservice.MethodResult, error) {
+	hub := &fakeHub{call: func(ctx context.Context, _ int, _ hubconn.MethodCall) (hubconn.MethodAnswer, error) {
 		select {
 		case <-time.After(200 * time.Millisecond):
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return hubconn.MethodAnswer{}, ctx.Err()
 		}
-		return &iotservice.MethodResult{Status: 200}, nil
+		return hubconn.MethodAnswer{Status: 200}, nil
 	}}
 	env, rec := newEnv(t, &Activities{Hub: hub, heartbeatInterval: 10 * time.Millisecond})
 
@@ -75,50 +77,58 @@ func TestInvokeMethodHeartbeatsWhileWaiting(t *testing.T) {
 func TestInvokeMethodErrors(t *testing.T) {
 	tests := []struct {
 		name         string
-		answer       func() (*iotservice.MethodResult, error)
+		answer       func() (hubconn.MethodAnswer, error)
 		wantType     string // "" for retryable
 		wantContains []string
 	}{
 		{
-			name:         "device not found",
-			answer:       func() (*iotservice.MethodResult, error) { return nil, hubErr(404, 404001, "DeviceNotFound") },
+			name: "device not found",
+			answer: func() (hubconn.MethodAnswer, error) {
+				return hubconn.MethodAnswer{}, hubErr(404, 404001, "DeviceNotFound")
+			},
 			wantType:     ErrDeviceNotFound,
 			wantContains: []string{"dev1"},
 		},
 		{
-			name:         "device offline",
-			answer:       func() (*iotservice.MethodResult, error) { return nil, hubErr(404, 404103, "DeviceNotOnline") },
+			name: "device offline",
+			answer: func() (hubconn.MethodAnswer, error) {
+				return hubconn.MethodAnswer{}, hubErr(404, 404103, "DeviceNotOnline")
+			},
 			wantContains: []string{"invoke rebootDevice on dev1", "DeviceNotOnline"},
 		},
 		{
-			name:         "device did not answer in time",
-			answer:       func() (*iotservice.MethodResult, error) { return nil, hubErr(504, 504101, "GatewayTimeout") },
+			name: "device did not answer in time",
+			answer: func() (hubconn.MethodAnswer, error) {
+				return hubconn.MethodAnswer{}, hubErr(504, 504101, "GatewayTimeout")
+			},
 			wantContains: []string{"invoke rebootDevice on dev1", "GatewayTimeout"},
 		},
 		{
-			name:         "unauthorized",
-			answer:       func() (*iotservice.MethodResult, error) { return nil, hubErr(401, 401002, "IotHubUnauthorizedAccess") },
+			name: "unauthorized",
+			answer: func() (hubconn.MethodAnswer, error) {
+				return hubconn.MethodAnswer{}, hubErr(401, 401002, "IotHubUnauthorizedAccess")
+			},
 			wantType:     ErrUnauthorized,
 			wantContains: []string{"IOTHUB_CONNECTION_STRING"},
 		},
 		{
 			name: "device answers 500",
-			answer: func() (*iotservice.MethodResult, error) {
-				return &iotservice.MethodResult{Status: 500, Payload: map[string]any{"error": "flash busy"}}, nil
+			answer: func() (hubconn.MethodAnswer, error) {
+				return hubconn.MethodAnswer{Status: 500, Payload: json.RawMessage(`{"error":"flash busy"}`)}, nil
 			},
 			wantType:     ErrMethodFailed,
 			wantContains: []string{"status 500", "flash busy"},
 		},
 		{
 			name:         "device answers 199",
-			answer:       func() (*iotservice.MethodResult, error) { return &iotservice.MethodResult{Status: 199}, nil },
+			answer:       func() (hubconn.MethodAnswer, error) { return hubconn.MethodAnswer{Status: 199}, nil },
 			wantType:     ErrMethodFailed,
 			wantContains: []string{"status 199"},
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			hub := &fakeHub{call: func(context.Context, int, *iotservice.MethodCall) (*iotservice.MethodResult, error) {
+			hub := &fakeHub{call: func(context.Context, int, hubconn.MethodCall) (hubconn.MethodAnswer, error) {
 				return tc.answer()
 			}}
 			env, _ := newEnv(t, &Activities{Hub: hub})
@@ -142,8 +152,8 @@ func TestInvokeMethodErrors(t *testing.T) {
 }
 
 func TestInvokeMethodFailedCarriesAnswer(t *testing.T) {
-	hub := &fakeHub{call: func(context.Context, int, *iotservice.MethodCall) (*iotservice.MethodResult, error) {
-		return &iotservice.MethodResult{Status: 503, Payload: map[string]any{"retryAfter": float64(30)}}, nil
+	hub := &fakeHub{call: func(context.Context, int, hubconn.MethodCall) (hubconn.MethodAnswer, error) {
+		return hubconn.MethodAnswer{Status: 503, Payload: json.RawMessage(`{"retryAfter":30}`)}, nil
 	}}
 	env, _ := newEnv(t, &Activities{Hub: hub})
 
@@ -152,7 +162,7 @@ func TestInvokeMethodFailedCarriesAnswer(t *testing.T) {
 	require.True(t, errors.As(err, &appErr))
 	var answer InvokeMethodResult
 	require.NoError(t, appErr.Details(&answer))
-	assert.Equal(t, InvokeMethodResult{Status: 503, Payload: map[string]any{"retryAfter": float64(30)}, Attempt: 1}, answer)
+	assert.Equal(t, InvokeMethodResult{Status: 503, Payload: json.RawMessage(`{"retryAfter":30}`), Attempt: 1, Calls: 1}, answer)
 }
 
 func TestInvokeMethodValidation(t *testing.T) {

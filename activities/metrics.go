@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/amenzhinsky/iothub/iotservice"
+	"github.com/dmflow/dmflow/internal/hubconn"
 	"go.temporal.io/sdk/activity"
 )
 
@@ -62,8 +63,8 @@ func MeteredHub(hub Hub) Hub { return meteredHub{hub} }
 
 type meteredHub struct{ hub Hub }
 
-func (m meteredHub) CallDeviceMethod(ctx context.Context, deviceID string, call *iotservice.MethodCall) (*iotservice.MethodResult, error) {
-	res, err := m.hub.CallDeviceMethod(ctx, deviceID, call)
+func (m meteredHub) CallMethod(ctx context.Context, deviceID string, call hubconn.MethodCall) (hubconn.MethodAnswer, error) {
+	res, err := m.hub.CallMethod(ctx, deviceID, call)
 	countHubCall(ctx, CallInvokeMethod, hubStatus(err))
 	return res, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dmflow/dmflow/internal/hubconn"
 	"net"
 	"sort"
 	"strings"
@@ -52,12 +53,12 @@ func TestMeteredHubCountsCallsByStatus(t *testing.T) {
 	twinFails := func(err error) func(context.Context, int) (*iotservice.Twin, error) {
 		return func(context.Context, int) (*iotservice.Twin, error) { return nil, err }
 	}
-	callAnswers := func(status int, err error) func(context.Context, int, *iotservice.MethodCall) (*iotservice.MethodResult, error) {
-		return func(context.Context, int, *iotservice.MethodCall) (*iotservice.MethodResult, error) {
+	callAnswers := func(status int, err error) func(context.Context, int, hubconn.MethodCall) (hubconn.MethodAnswer, error) {
+		return func(context.Context, int, hubconn.MethodCall) (hubconn.MethodAnswer, error) {
 			if err != nil {
-				return nil, err
+				return hubconn.MethodAnswer{}, err
 			}
-			return &iotservice.MethodResult{Status: status}, nil
+			return hubconn.MethodAnswer{Status: status}, nil
 		}
 	}
 	twinIn := GetTwinInput{DeviceID: "dev1", Properties: []string{"firmwareVersion"}}

@@ -63,7 +63,7 @@ func TestQueryDevicesOnLocalhub(t *testing.T) {
 	// One request at a time: on localhub the fleet is set up in well under a second that way,
 	// and the service client opens no spare connection for the hub's shutdown to wait on (an
 	// HTTP server waits 5 s for a connection that never sent a request).
-	_, err := fleet.Register(ctx, h.svc, fleetIDs(func(int) bool { return true }), 1, testlog.Logger(t))
+	_, err := fleet.Register(ctx, h.svc.Client, fleetIDs(func(int) bool { return true }), 1, testlog.Logger(t))
 	require.NoError(t, err)
 	plan := make(map[string]map[string]any, queryFleetSize)
 	for i := range queryFleetSize {
@@ -76,7 +76,7 @@ func TestQueryDevicesOnLocalhub(t *testing.T) {
 		report(t, c, cctx, iotdevice.TwinState{"firmwareVersion": version, "firmware": map[string]any{"status": status}})
 		plan[id] = map[string]any{"ring": "lab"}
 	}
-	require.NoError(t, fleet.ApplyTags(ctx, h.svc, plan, 1, testlog.Logger(t)))
+	require.NoError(t, fleet.ApplyTags(ctx, h.svc.Client, plan, 1, testlog.Logger(t)))
 
 	query := func(t *testing.T, in QueryDevicesInput) (QueryDevicesResult, error) {
 		t.Helper()

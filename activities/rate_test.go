@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dmflow/dmflow/internal/hubconn"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -185,8 +186,8 @@ func TestActivitiesDrawTokens(t *testing.T) {
 	}
 	hub := &fakeHub{
 		twin: twin,
-		call: func(context.Context, int, *iotservice.MethodCall) (*iotservice.MethodResult, error) {
-			return &iotservice.MethodResult{Status: 200}, nil
+		call: func(context.Context, int, hubconn.MethodCall) (hubconn.MethodAnswer, error) {
+			return hubconn.MethodAnswer{Status: 200}, nil
 		},
 	}
 	a := &Activities{Hub: hub}

@@ -44,6 +44,13 @@ type FollowStagesInput struct {
 	// UpdateID is the updateId the update was started with. Only reported statuses whose
 	// firmwareUpdateId equals it count: a "completed" left from an earlier update does not.
 	UpdateID string `json:"updateId"`
+	// ByMetadata also counts statuses without a firmwareUpdateId, as devices built from the
+	// tutorial report them, when firmwareStatus changed (by the hub's $lastUpdated) after
+	// StatusBefore: its $lastUpdated in the read before the call ("" when the device had not
+	// reported it, NoMetadata when the hub gave no time). A status labelled with another update's
+	// ID never counts, nor does one left from before the call.
+	ByMetadata   bool   `json:"byMetadata,omitempty"`
+	StatusBefore string `json:"statusBefore,omitempty"`
 	// Since is when the device accepted the update. The first stage (downloading) must be seen
 	// within StageTimeout of it.
 	Since time.Time `json:"since"`
@@ -75,6 +82,11 @@ type StageSeen struct {
 	// ReportedAt is the device's own timestamp of the stage (downloadComplete,
 	// startedApplyingImage, lastFirmwareUpdate), by the device's clock; zero when it reported none.
 	ReportedAt time.Time `json:"reportedAt,omitzero"`
+	// Reported is the device's timestamp of the stage as it wrote it, when it is not an RFC 3339
+	// time (the tutorial's devices write local time without a zone); ReportedAt is then zero.
+	Reported string `json:"reported,omitempty"`
+	// UpdatedAt is the hub's $lastUpdated time of the firmwareStatus that showed the stage.
+	UpdatedAt string `json:"updatedAt,omitempty"`
 }
 
 // FollowStagesResult is a completed firmware update's stages.
@@ -190,9 +202,13 @@ func (in FollowStagesInput) observe(p *FollowStagesProgress, reported map[string
 	status, _ := reported[protocol.PropFirmwareStatus].(string)
 	updateID, _ := reported[protocol.PropFirmwareUpdateID].(string)
 	p.LastStatus, p.LastUpdateID = status, updateID
+	changedAt, _ := LastUpdated(reported, protocol.PropFirmwareStatus)
 	if updateID != in.UpdateID {
-		// Not started yet (or the device does not report update IDs): an earlier update's status.
-		return false, nil
+		// Another update's status, or one without an ID: it counts only from a device that reports
+		// no IDs (ByMetadata) and only when it changed after the call.
+		if !in.ByMetadata || updateID != "" || !HubTimeAfter(changedAt, in.StatusBefore) {
+			return false, nil
+		}
 	}
 
 	if status == protocol.StatusError {
@@ -220,7 +236,8 @@ func (in FollowStagesInput) observe(p *FollowStagesProgress, reported map[string
 	// timestamps in the twin are this update's.
 	for i := len(p.Stages); i <= k; i++ {
 		stage := protocol.FirmwareStages[i]
-		seen := StageSeen{Status: stage, SeenAt: now, ReportedAt: reportedTime(reported, stageTimeProperty[stage])}
+		seen := StageSeen{Status: stage, SeenAt: now, UpdatedAt: changedAt}
+		seen.ReportedAt, seen.Reported = reportedTime(reported, stageTimeProperty[stage])
 		p.Stages = append(p.Stages, seen)
 		logger.Info("firmware stage", "stage", stage, "reported_at", seen.ReportedAt, "polls", p.Polls)
 	}
@@ -285,14 +302,18 @@ func (in FollowStagesInput) validate() (initial, maxInterval time.Duration, err 
 	return initial, maxInterval, nil
 }
 
-// reportedTime parses a reported RFC 3339 timestamp; zero when absent or not a time.
-func reportedTime(reported map[string]any, prop string) time.Time {
-	s, _ := reported[prop].(string)
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return time.Time{}
+// reportedTime parses a reported timestamp: an RFC 3339 time (or Unix seconds or milliseconds)
+// gives t; any other value, such as the tutorial's local time without a zone, comes back as
+// written, which cannot be placed on another clock.
+func reportedTime(reported map[string]any, prop string) (t time.Time, asWritten string) {
+	v, ok := reported[prop]
+	if !ok || v == nil {
+		return time.Time{}, ""
 	}
-	return t
+	if t, ok := ReportedInstant(v); ok {
+		return t, ""
+	}
+	return time.Time{}, valueString(v)
 }
 
 func describeStage(stage string) string {

@@ -419,3 +419,47 @@ func TestPendingFollowStages(t *testing.T) {
 	assert.Error(t, err)
 	assert.False(t, ok)
 }
+
+// TestFollowStagesTutorialContract follows a device built from the tutorial: no firmwareUpdateId,
+// no firmwareVersion, timestamps in Python's local format. Its stages count once the hub stamped
+// firmwareStatus after the read before the call; the "completed" left from an earlier update does
+// not, nor does a status labelled with another update's ID.
+func TestFollowStagesTutorialContract(t *testing.T) {
+	const before = "2026-12-06T18:00:00.000Z"
+	local := func(s string) string { return "2026-12-06 19:" + s + ".123456" }
+	reads := []map[string]any{
+		stamped(map[string][2]any{"firmwareStatus": {"completed", before}, "lastFirmwareUpdate": {local("00:00"), before}}),
+		stamped(map[string][2]any{"firmwareStatus": {"downloading", "2026-12-06T18:00:15.010Z"}, "downloadComplete": {local("00:15"), "2026-12-06T18:00:15.010Z"}}),
+		stamped(map[string][2]any{"firmwareStatus": {"completed", "2026-12-06T18:00:45.030Z"}, "downloadComplete": {local("00:15"), "x"},
+			"startedApplyingImage": {local("00:30"), "x"}, "lastFirmwareUpdate": {local("00:45"), "x"}}),
+	}
+	hub := &fakeHub{twin: func(_ context.Context, n int) (*iotservice.Twin, error) {
+		return &iotservice.Twin{Properties: &iotservice.Properties{Reported: reads[min(n, len(reads))-1]}}, nil
+	}}
+	res, _, err := follow(t, &Activities{Hub: hub}, fastFollow(func(in *FollowStagesInput) {
+		in.ByMetadata, in.StatusBefore = true, before
+	}))
+	require.NoError(t, err)
+	require.Len(t, res.Stages, 3)
+	assert.Equal(t, []string{"downloading", "applying", "completed"}, []string{res.Stages[0].Status, res.Stages[1].Status, res.Stages[2].Status})
+	assert.Equal(t, local("00:15"), res.Stages[0].Reported, "shown as the device wrote it")
+	assert.True(t, res.Stages[0].ReportedAt.IsZero(), "a time without a zone is on no known clock")
+	assert.Equal(t, "2026-12-06T18:00:15.010Z", res.Stages[0].UpdatedAt)
+	assert.Equal(t, "2026-12-06T18:00:45.030Z", res.Stages[2].UpdatedAt)
+	assert.Equal(t, 3, res.Polls)
+
+	t.Run("stale completed and another update's status never count", func(t *testing.T) {
+		hub := &fakeHub{twin: func(_ context.Context, n int) (*iotservice.Twin, error) {
+			r := stamped(map[string][2]any{"firmwareStatus": {"completed", before}})
+			if n > 2 {
+				r = stamped(map[string][2]any{"firmwareStatus": {"completed", "2026-12-06T18:00:45Z"}, "firmwareUpdateId": {"u0", "2026-12-06T18:00:45Z"}})
+			}
+			return &iotservice.Twin{Properties: &iotservice.Properties{Reported: r}}, nil
+		}}
+		_, _, err := follow(t, &Activities{Hub: hub}, fastFollow(func(in *FollowStagesInput) {
+			in.ByMetadata, in.StatusBefore = true, before
+			in.StageTimeout = 50 * time.Millisecond
+		}))
+		requireNonRetryable(t, err, ErrStageTimeout)
+	})
+}

@@ -26,6 +26,9 @@ type GetTwinResult struct {
 	// Reported maps each requested path that is present and not null to its value; a path the
 	// device has not reported is absent.
 	Reported map[string]any `json:"reported,omitempty"`
+	// LastUpdated maps each requested path that is present to the hub's $lastUpdated time of it
+	// (see LastUpdated), or to NoMetadata when the hub gave none: the "before" of Evidence.
+	LastUpdated map[string]string `json:"lastUpdated,omitempty"`
 	// Version is the reported properties' $version.
 	Version int `json:"version"`
 	// Attempt is the activity attempt that read the twin (1 for the first). Each attempt makes one
@@ -83,6 +86,14 @@ func (a *Activities) GetTwin(ctx context.Context, in GetTwinInput) (GetTwinResul
 				out.Reported = make(map[string]any, len(in.Properties))
 			}
 			out.Reported[path] = v
+			if out.LastUpdated == nil {
+				out.LastUpdated = make(map[string]string, len(in.Properties))
+			}
+			t, ok := LastUpdated(reported, path)
+			if !ok {
+				t = NoMetadata
+			}
+			out.LastUpdated[path] = t
 		}
 	}
 	logger.Info("read twin", "version", out.Version, "reported", out.Reported)

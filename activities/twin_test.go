@@ -29,6 +29,12 @@ func TestGetTwinReturnsOnlyWhatWasAsked(t *testing.T) {
 			"firmware":        map[string]any{"slot": "b"},
 			"cleared":         nil,
 			"bulk":            map[string]any{"a": "lots of data the workflow does not need"},
+			// The hub's times: firmware.slot has none (a hub that sends no metadata for it).
+			"$metadata": map[string]any{
+				"$lastUpdated":    "2026-05-01T12:00:01.000Z",
+				"firmwareVersion": map[string]any{"$lastUpdated": "2026-04-01T08:00:00.123Z"},
+				"firmwareStatus":  map[string]any{"$lastUpdated": "2026-05-01T12:00:01.000Z"},
+			},
 		}), nil
 	}}
 	res, err := getTwin(t, &Activities{Hub: hub}, GetTwinInput{
@@ -38,8 +44,13 @@ func TestGetTwinReturnsOnlyWhatWasAsked(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, GetTwinResult{
 		Reported: map[string]any{"firmwareVersion": "1.0.0", "firmwareStatus": "standBy", "firmware.slot": "b"},
-		Version:  7,
-		Attempt:  1,
+		LastUpdated: map[string]string{
+			"firmwareVersion": "2026-04-01T08:00:00.123Z",
+			"firmwareStatus":  "2026-05-01T12:00:01.000Z",
+			"firmware.slot":   NoMetadata,
+		},
+		Version: 7,
+		Attempt: 1,
 	}, res)
 	assert.Equal(t, 1, hub.readCount())
 }

@@ -33,6 +33,11 @@ type WaitForReportedInput struct {
 	// After, when set, requires the value to be an RFC 3339 time strictly later than After. Values
 	// that are not such times do not satisfy it; the wait goes on, since the device may yet write one.
 	After time.Time `json:"after"`
+	// Changed, when set, requires the reported properties to show Changed.Seen: this request's ID
+	// where the device reports one, else Property changed (by the hub's $lastUpdated) since
+	// Changed.Before. The value may then be in any form the device writes. Changed.Property should
+	// be Property. Changed.Window is not used here.
+	Changed *Evidence `json:"changed,omitempty"`
 	// OneOf, when set, requires the value, as a string (JSON for non-strings), to equal one of these.
 	// With neither After nor OneOf the property being present suffices; with both, both must hold.
 	OneOf []string `json:"oneOf,omitempty"`
@@ -57,6 +62,9 @@ type WaitForReportedResult struct {
 	// Polls counts twin reads over all attempts of the activity, failed reads included.
 	Polls  int       `json:"polls"`
 	SeenAt time.Time `json:"seenAt"`
+	// LastUpdated is the hub's $lastUpdated time of the property when it satisfied the condition
+	// ("" when the hub gave none).
+	LastUpdated string `json:"lastUpdated,omitempty"`
 }
 
 // WaitForReportedProgress is what WaitForReported records in its heartbeat details after every poll
@@ -66,6 +74,8 @@ type WaitForReportedProgress struct {
 	Polls       int `json:"polls"`
 	LastValue   any `json:"lastValue,omitempty"`
 	LastVersion int `json:"lastVersion"`
+	// LastReason says why the last value did not satisfy the condition.
+	LastReason string `json:"lastReason,omitempty"`
 }
 
 // WaitForReported reads the device twin until the reported property in.Property satisfies the
@@ -111,19 +121,28 @@ func (a *Activities) WaitForReported(ctx context.Context, in WaitForReportedInpu
 				value, found := lookup(reported, in.Property)
 				p.LastValue, p.LastVersion = value, reportedVersion(reported)
 				ok, why := in.satisfied(value, found)
+				if ok && in.Changed != nil {
+					ok, why = in.Changed.Seen(reported)
+				}
 				if ok {
 					logger.Info("reported property satisfies the condition",
 						"value", value, "version", p.LastVersion, "polls", p.Polls)
 					res = WaitForReportedResult{Value: value, Version: p.LastVersion, Polls: p.Polls, SeenAt: time.Now().UTC()}
+					res.LastUpdated, _ = LastUpdated(reported, in.Property)
 					return true, nil
+				}
+				if found && value != nil {
+					p.LastReason = why
+				} else {
+					p.LastReason = ""
 				}
 				logger.Debug("reported property not there yet", "value", value, "reason", why, "polls", p.Polls)
 			}
 			if !in.Deadline.IsZero() && !time.Now().Before(in.Deadline) {
 				logger.Warn("deadline passed", "polls", p.Polls, "last_value", p.LastValue)
 				return false, temporal.NewNonRetryableApplicationError(
-					fmt.Sprintf("wait for %s on %s: deadline %s passed after %d polls; last value seen: %s",
-						in.Property, in.DeviceID, in.Deadline.UTC().Format(time.RFC3339), p.Polls, describeValue(p.LastValue)),
+					fmt.Sprintf("wait for %s on %s: deadline %s passed after %d polls; last value seen: %s%s",
+						in.Property, in.DeviceID, in.Deadline.UTC().Format(time.RFC3339), p.Polls, describeValue(p.LastValue), reasonSuffix(p)),
 					ErrDeadlineExceeded, nil, p)
 			}
 			return false, nil
@@ -149,6 +168,9 @@ func (in WaitForReportedInput) validate() (initial, maxInterval time.Duration, e
 	initial, maxInterval, problem := backoffIntervals(in.InitialInterval, in.MaxInterval, defaultInitialInterval, defaultMaxInterval)
 	if problem == "" {
 		problem = in.Rate.problem()
+	}
+	if problem == "" {
+		problem = in.Changed.problem()
 	}
 	if problem != "" {
 		return 0, 0, badRequest("wait for %s on %s: %s", in.Property, in.DeviceID, problem)
@@ -206,4 +228,12 @@ func describeValue(v any) string {
 func isNonRetryable(err error) bool {
 	var appErr *temporal.ApplicationError
 	return errors.As(err, &appErr) && appErr.NonRetryable()
+}
+
+// reasonSuffix adds why the last value did not count, when the value alone does not say it.
+func reasonSuffix(p WaitForReportedProgress) string {
+	if p.LastReason == "" || p.LastValue == nil {
+		return ""
+	}
+	return " (" + p.LastReason + ")"
 }

@@ -175,7 +175,13 @@ func printFirmwareResult(out io.Writer, r workflows.FirmwareResult) {
 		}
 		fmt.Fprintf(out, "  stages: %s\n", strings.Join(parts, ", "))
 	}
+	if len(r.MethodPayload) > 0 {
+		fmt.Fprintf(out, "  device said: %s\n", activities.PayloadString(r.MethodPayload))
+	}
 	if r.Reboot != nil {
-		fmt.Fprintf(out, "  rebooted: rebootTime %s, attempts %d\n", r.Reboot.RebootTime.Format(time.RFC3339), r.Reboot.Attempts)
+		fmt.Fprintf(out, "  rebooted: rebootTime %s, attempts %d\n", rebootTimeText(*r.Reboot), r.Reboot.Attempts)
+	}
+	if r.VersionUnknown {
+		fmt.Fprintf(out, "  %s\n", workflows.NoteVersionNotReported)
 	}
 }

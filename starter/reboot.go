@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
@@ -78,11 +78,10 @@ func runReboot(ctx context.Context, g *globals, f rebootFlags, in workflows.Rebo
 		wait:       f.wait,
 		progress:   rebootProgress,
 		summary: func(out io.Writer, result workflows.RebootResult) {
-			fmt.Fprintf(out, "rebooted %s in %s: rebootTime %s, method status %d, attempts %d\n",
-				result.DeviceID, result.Duration.Round(100*time.Millisecond), result.RebootTime.Format(time.RFC3339), result.MethodStatus, result.Attempts)
+			fmt.Fprintf(out, "rebooted %s in %s: rebootTime %s, %s, attempts %d\n",
+				result.DeviceID, result.Duration.Round(100*time.Millisecond), rebootTimeText(result), methodStatusText(result.MethodStatus), result.Attempts)
 			if len(result.MethodPayload) > 0 {
-				b, _ := json.Marshal(result.MethodPayload)
-				fmt.Fprintf(out, "  device said: %s\n", b)
+				fmt.Fprintf(out, "  device said: %s\n", activities.PayloadString(result.MethodPayload))
 			}
 		},
 	}.run(ctx, g, out)
@@ -95,4 +94,31 @@ func rebootProgress(ctx context.Context, tc client.Client, id, runID string) ([]
 		return nil, err
 	}
 	return []progressLine{{key: "step " + st.Step, at: st.Since.Sub(st.Started), text: st.Step}}, nil
+}
+
+// rebootTimeText shows the reported rebootTime: as a time when it is one on a known clock, as the
+// device wrote it otherwise (the tutorial's local time without a zone), with the hub's time of it.
+func rebootTimeText(r workflows.RebootResult) string {
+	t := r.RebootTimeReported
+	switch {
+	case !r.RebootTime.IsZero():
+		t = r.RebootTime.Format(time.RFC3339Nano)
+	case t != "":
+		t = fmt.Sprintf("%q (device time, no zone)", t)
+	default:
+		t = "-"
+	}
+	if r.ConfirmedAt != "" {
+		t += ", reported at " + r.ConfirmedAt + " by the hub's clock"
+	}
+	return t
+}
+
+// methodStatusText shows the device's status, or why there is none: the twin showed that the
+// device took an earlier attempt's call, whose answer was lost.
+func methodStatusText(status int) string {
+	if status == 0 {
+		return "no answer read (the twin showed the device took the call)"
+	}
+	return fmt.Sprintf("method status %d", status)
 }

@@ -157,12 +157,12 @@ func run(ctx context.Context, cfg Config) error {
 		cfg.Temporal.MetricsHandler = reg.Handler()
 	}
 
-	hub, err := hubconn.NewServiceClient(cfg.Hub, cfg.CAFile)
+	hub, err := hubconn.NewServiceHub(cfg.Hub, cfg.CAFile)
 	if err != nil {
 		return err
 	}
 	defer hub.Close()
-	if err := hubconn.Check(ctx, hub, envHubConnectionString); err != nil {
+	if err := hubconn.Check(ctx, hub.Client, envHubConnectionString); err != nil {
 		return err
 	}
 	tc, err := cfg.Temporal.Dial(ctx, logger)

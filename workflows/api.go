@@ -21,6 +21,7 @@
 package workflows
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -126,10 +127,20 @@ type RebootInput struct {
 type RebootResult struct {
 	DeviceID string `json:"deviceId"`
 	// MethodStatus and MethodPayload are the device's answer to rebootDevice.
-	MethodStatus  int            `json:"methodStatus"`
-	MethodPayload map[string]any `json:"methodPayload,omitempty"`
-	// RebootTime is the rebootTime the device reported, by the device's clock.
-	RebootTime time.Time `json:"rebootTime"`
+	// MethodPayload is as the device sent it (any JSON value), empty when it sent none. Both are
+	// zero when the device's twin showed it had taken an earlier attempt's call (the answer to
+	// that call was lost: a gateway timeout, a worker that died during the call).
+	MethodStatus  int             `json:"methodStatus"`
+	MethodPayload json.RawMessage `json:"methodPayload,omitempty"`
+	// RebootTime is the rebootTime the device reported, by the device's clock, when it is a time
+	// on a known clock (RFC 3339, Unix seconds or milliseconds); RebootTimeReported is the value
+	// as the device wrote it otherwise, such as the tutorial's local time without a zone.
+	RebootTime         time.Time `json:"rebootTime,omitzero"`
+	RebootTimeReported string    `json:"rebootTimeReported,omitempty"`
+	// ConfirmedAt is the hub's $lastUpdated time of the rebootTime that confirmed the reboot.
+	ConfirmedAt string `json:"confirmedAt,omitempty"`
+	// HubCalls counts the IoT Hub calls the reboot made: twin reads and method calls.
+	HubCalls int `json:"hubCalls,omitempty"`
 	// Started is the workflow's start and Duration the time from it to the confirmation, by workflow time.
 	Started  time.Time     `json:"started"`
 	Duration time.Duration `json:"duration"`
@@ -297,6 +308,12 @@ type FirmwareResult struct {
 	// it reported before (empty when it reported none).
 	Version     string `json:"version"`
 	FromVersion string `json:"fromVersion,omitempty"`
+	// VersionUnknown is set when the device reports no firmwareVersion (devices built from the
+	// tutorial): it is never skipped as compliant, and an update it completed is "completed,
+	// version not reported by the device", with no version to confirm after a reboot.
+	VersionUnknown bool `json:"versionUnknown,omitempty"`
+	// MethodPayload is the device's answer to firmwareUpdate as it sent it (any JSON value).
+	MethodPayload json.RawMessage `json:"methodPayload,omitempty"`
 	// Stages are downloading, applying and completed with their times; empty when skipped.
 	Stages []StageSeen `json:"stages,omitempty"`
 	// Reboot is the child Reboot's result, when Reboot was asked for (nil when a reboot of this

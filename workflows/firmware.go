@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
@@ -133,6 +134,138 @@ type firmware struct {
 }
 
 func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
+	if workflow.GetVersion(ctx, tutorialContractChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		return f.runV0(ctx)
+	}
+	var a *activities.Activities
+	deadline := f.status.Deadline
+	res := FirmwareResult{
+		DeviceID: f.in.DeviceID,
+		UpdateID: f.in.UpdateID,
+		Version:  f.in.Version,
+		Started:  f.status.Started,
+	}
+
+	// The read before the call: the version (to skip a compliant device) and the hub's time of
+	// the last firmwareStatus, which a stage of this update must be later than on a device that
+	// reports no update ID.
+	var twin activities.GetTwinResult
+	err := workflow.ExecuteActivity(getTwinOptions(ctx, deadline), a.GetTwin, activities.GetTwinInput{
+		Rate:       f.in.Rate,
+		DeviceID:   f.in.DeviceID,
+		Properties: []string{protocol.PropFirmwareVersion, protocol.PropFirmwareStatus, protocol.PropFirmwareUpdateID},
+	}).Get(ctx, &twin)
+	if err != nil {
+		return res, retriedUntilDeadline(err, f.in.Deadline, hubNonRetryable)
+	}
+	res.HubCalls += twin.Attempt
+	res.FromVersion, _ = twin.Reported[protocol.PropFirmwareVersion].(string)
+	res.VersionUnknown = twin.Reported[protocol.PropFirmwareVersion] == nil
+	f.status.Stage, _ = twin.Reported[protocol.PropFirmwareStatus].(string)
+	if !res.VersionUnknown && res.FromVersion == f.in.Version {
+		f.logger.Info("device already runs the target version: nothing to do")
+		f.setStep(ctx, StepSkipped)
+		res.Status = FirmwareSkipped
+		res.Duration = workflow.Now(ctx).Sub(res.Started)
+		return res, nil
+	}
+	evidence := activities.Evidence{
+		Property: protocol.PropFirmwareStatus,
+		Before:   twin.LastUpdated[protocol.PropFirmwareStatus],
+		// standBy is what the tutorial's device reports whenever it starts: no sign of an update.
+		OneOf:      updateStatuses,
+		IDProperty: protocol.PropFirmwareUpdateID,
+		ID:         f.in.UpdateID,
+		// The device reports its first stage within a stage timeout of taking the call, or the
+		// update fails anyway: so long a retry looks for it before calling again.
+		Window: min(f.in.StageTimeout, max(deadline.Sub(workflow.Now(ctx)), 0)),
+	}
+
+	f.setStep(ctx, StepStartingUpdate)
+	if id, _ := twin.Reported[protocol.PropFirmwareUpdateID].(string); id == f.in.UpdateID {
+		// An earlier run of this update (which failed afterwards) reached the device.
+		f.logger.Info("the device already runs this update; following it without calling again")
+	} else {
+		f.logger.Info("invoking direct method", "method", protocol.MethodFirmwareUpdate, "from_version", res.FromVersion, "deadline", deadline)
+		var inv activities.InvokeMethodResult
+		err = workflow.ExecuteActivity(invokeOptions(ctx, firmwareMethodTimeout, evidence.Window, deadline), a.InvokeMethod, activities.InvokeMethodInput{
+			Rate:     f.in.Rate,
+			DeviceID: f.in.DeviceID,
+			Method:   protocol.MethodFirmwareUpdate,
+			// fwPackageUri is all the tutorial's device reads; version and updateId let a device on
+			// dmflow's contract skip a repeat and label its stages.
+			Payload: map[string]any{
+				protocol.FieldPackageURI: f.in.PackageURI,
+				protocol.FieldVersion:    f.in.Version,
+				protocol.FieldUpdateID:   f.in.UpdateID,
+			},
+			ResponseTimeout: firmwareMethodTimeout,
+			// As for Reboot: an offline device makes the hub answer DeviceNotOnline at once,
+			// retried with backoff, rather than one call parked on the hub.
+			ConnectTimeout: 0,
+			Evidence:       &evidence,
+		}).Get(ctx, &inv)
+		if err != nil {
+			return res, retriedUntilDeadline(refusal(f.in.DeviceID, err), f.in.Deadline, invokeNonRetryable)
+		}
+		res.Attempts = inv.Attempt
+		res.MethodPayload = inv.Payload
+		res.HubCalls += invokeCalls(inv)
+		f.logger.Info("device accepted the update", "status", inv.Status, "attempt", inv.Attempt, "accepted_by", inv.AcceptedBy)
+	}
+
+	f.setStep(ctx, StepFollowingStages)
+	var followed activities.FollowStagesResult
+	err = workflow.ExecuteActivity(followOptions(ctx, deadline), a.FollowStages, activities.FollowStagesInput{
+		Rate:            f.in.Rate,
+		DeviceID:        f.in.DeviceID,
+		UpdateID:        f.in.UpdateID,
+		ByMetadata:      true,
+		StatusBefore:    evidence.Before,
+		Since:           workflow.Now(ctx),
+		StageTimeout:    f.in.StageTimeout,
+		Deadline:        deadline,
+		InitialInterval: followInitialInterval,
+		MaxInterval:     followMaxInterval,
+	}).Get(ctx, &followed)
+	if err != nil {
+		var appErr *temporal.ApplicationError
+		var p activities.FollowStagesProgress
+		if errors.As(err, &appErr) && appErr.HasDetails() && appErr.Details(&p) == nil {
+			f.setStages(p.Stages)
+		}
+		return res, err
+	}
+	res.HubCalls += followed.Polls
+	res.Stages = followed.Stages
+	f.setStages(followed.Stages)
+	f.logger.Info("update completed on the device", "polls", followed.Polls)
+
+	if f.in.Reboot {
+		rebooted, calls, err := f.reboot(ctx, deadline, res.VersionUnknown)
+		res.HubCalls += calls
+		if err != nil {
+			return res, err
+		}
+		res.Reboot = rebooted
+	}
+
+	f.setStep(ctx, StepDone)
+	res.Status = FirmwareUpdated
+	res.Duration = workflow.Now(ctx).Sub(res.Started)
+	if res.VersionUnknown {
+		f.logger.Info("firmware update completed; the device reports no firmwareVersion to confirm it by")
+	}
+	f.logger.Info("firmware updated", "attempts", res.Attempts, "hub_calls", res.HubCalls, "duration", res.Duration)
+	return res, nil
+}
+
+// updateStatuses are the firmwareStatus values that show a device working on an update.
+var updateStatuses = append(slices.Clone(protocol.FirmwareStages), protocol.StatusError)
+
+// runV0 is FirmwareUpdate as it ran before the tutorials' contract (tutorialContractChange): it
+// follows only statuses labelled with the update's ID. Runs recorded then replay through it.
+func (f *firmware) runV0(ctx workflow.Context) (FirmwareResult, error) {
 	var a *activities.Activities
 	deadline := f.status.Deadline
 	res := FirmwareResult{
@@ -165,7 +298,7 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 	f.setStep(ctx, StepStartingUpdate)
 	f.logger.Info("invoking direct method", "method", protocol.MethodFirmwareUpdate, "from_version", res.FromVersion, "deadline", deadline)
 	var inv activities.InvokeMethodResult
-	err = workflow.ExecuteActivity(invokeOptions(ctx, firmwareMethodTimeout, deadline), a.InvokeMethod, activities.InvokeMethodInput{
+	err = workflow.ExecuteActivity(invokeOptions(ctx, firmwareMethodTimeout, 0, deadline), a.InvokeMethod, activities.InvokeMethodInput{
 		Rate:     f.in.Rate,
 		DeviceID: f.in.DeviceID,
 		Method:   protocol.MethodFirmwareUpdate,
@@ -219,7 +352,7 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 	f.logger.Info("update completed on the device", "polls", followed.Polls)
 
 	if f.in.Reboot {
-		rebooted, calls, err := f.reboot(ctx, deadline)
+		rebooted, calls, err := f.reboot(ctx, deadline, false)
 		res.HubCalls += calls
 		if err != nil {
 			return res, err
@@ -234,9 +367,10 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 	return res, nil
 }
 
-// reboot runs Reboot as a child and confirms the new version. It returns the child's result (nil
-// when this update's reboot had already completed in an earlier run) and the hub calls made.
-func (f *firmware) reboot(ctx workflow.Context, deadline time.Time) (*RebootResult, int, error) {
+// reboot runs Reboot as a child and confirms the new version, unless versionUnknown (the device
+// reports no firmwareVersion: there is none to confirm). It returns the child's result (nil when
+// this update's reboot had already completed in an earlier run) and the hub calls made.
+func (f *firmware) reboot(ctx workflow.Context, deadline time.Time, versionUnknown bool) (*RebootResult, int, error) {
 	var a *activities.Activities
 	f.setStep(ctx, StepRebooting)
 	remaining := deadline.Sub(workflow.Now(ctx))
@@ -274,7 +408,14 @@ func (f *firmware) reboot(ctx workflow.Context, deadline time.Time) (*RebootResu
 		return nil, 0, err
 	default:
 		rebooted = &rr
-		calls += rr.Attempts + rr.Polls
+		if rr.HubCalls > 0 {
+			calls += rr.HubCalls
+		} else {
+			calls += rr.Attempts + rr.Polls
+		}
+	}
+	if versionUnknown {
+		return rebooted, calls, nil
 	}
 
 	f.setStep(ctx, StepConfirmingVersion)
@@ -350,27 +491,41 @@ func refusal(deviceID string, err error) error {
 		activities.ErrMethodFailed, nil, answer)
 }
 
-// methodReason picks the device's explanation out of a method answer: the first string among
-// the fields devices commonly use, else the payload as JSON, shortened.
-func methodReason(payload map[string]any) string {
-	for _, key := range []string{"error", "reason", "message", "Response"} {
-		if s, ok := payload[key].(string); ok && s != "" {
-			return s
-		}
-	}
+// methodReason picks the device's explanation out of a method answer, whatever its JSON shape:
+// in an object (or an object written as a JSON string, as some devices answer) the first string
+// among the fields devices commonly use, a plain string as it is, else the payload as sent,
+// shortened.
+func methodReason(payload json.RawMessage) string {
 	if len(payload) == 0 {
 		return "no reason given"
 	}
-	// encoding/json sorts map keys: deterministic.
-	b, err := json.Marshal(payload)
-	if err != nil {
-		return "an unreadable payload"
+	var v any
+	if json.Unmarshal(payload, &v) == nil {
+		if s, ok := v.(string); ok {
+			var inner map[string]any
+			if json.Unmarshal([]byte(s), &inner) != nil {
+				return shorten(s)
+			}
+			v = inner
+		}
+		if m, ok := v.(map[string]any); ok {
+			for _, key := range []string{"error", "reason", "message", "Response"} {
+				if s, ok := m[key].(string); ok && s != "" {
+					return shorten(s)
+				}
+			}
+		}
 	}
+	return shorten(string(payload))
+}
+
+// shorten bounds a device's text in a message.
+func shorten(s string) string {
 	const limit = 256
-	if len(b) > limit {
-		return string(b[:limit]) + "…"
+	if len(s) > limit {
+		return s[:limit] + "…"
 	}
-	return string(b)
+	return s
 }
 
 func describeReported(v any) string {

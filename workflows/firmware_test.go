@@ -2,6 +2,7 @@ package workflows_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -60,12 +61,16 @@ func twinReports(c *fwCalls, version string) func(context.Context, activities.Ge
 		c.twin = append(c.twin, activity.GetInfo(ctx))
 		c.twinIn = append(c.twinIn, in)
 		return activities.GetTwinResult{
-			Reported: map[string]any{"firmwareVersion": version, "firmwareStatus": "standBy"},
-			Version:  3,
-			Attempt:  int(activity.GetInfo(ctx).Attempt),
+			Reported:    map[string]any{"firmwareVersion": version, "firmwareStatus": "standBy"},
+			LastUpdated: map[string]string{"firmwareVersion": statusBefore, "firmwareStatus": statusBefore},
+			Version:     3,
+			Attempt:     int(activity.GetInfo(ctx).Attempt),
 		}, nil
 	}
 }
+
+// statusBefore is the hub's time of the firmwareStatus read before the call.
+const statusBefore = "2026-05-01T11:59:00.500Z"
 
 // fwAccepts is the tutorial device's answer to firmwareUpdate.
 func fwAccepts(c *fwCalls) func(context.Context, activities.InvokeMethodInput) (activities.InvokeMethodResult, error) {
@@ -75,7 +80,7 @@ func fwAccepts(c *fwCalls) func(context.Context, activities.InvokeMethodInput) (
 		c.inv = append(c.inv, in)
 		return activities.InvokeMethodResult{
 			Status:  200,
-			Payload: map[string]any{"Response": "Firmware update started"},
+			Payload: json.RawMessage(`{"Response":"Firmware update started"}`),
 			Attempt: int(activity.GetInfo(ctx).Attempt),
 		}, nil
 	}
@@ -173,13 +178,14 @@ func TestFirmwareUpdated(t *testing.T) {
 
 	followStart := start.Add(time.Second)
 	assert.Equal(t, workflows.FirmwareResult{
-		DeviceID:    device,
-		UpdateID:    "u1",
-		Status:      workflows.FirmwareUpdated,
-		Version:     fwVersion,
-		FromVersion: "1.0.0",
-		Stages:      stagesAt(followStart),
-		Attempts:    1,
+		DeviceID:      device,
+		UpdateID:      "u1",
+		Status:        workflows.FirmwareUpdated,
+		Version:       fwVersion,
+		FromVersion:   "1.0.0",
+		MethodPayload: json.RawMessage(`{"Response":"Firmware update started"}`),
+		Stages:        stagesAt(followStart),
+		Attempts:      1,
 		// One twin read, one method call, six polls.
 		HubCalls: 8,
 		Started:  start,
@@ -188,19 +194,26 @@ func TestFirmwareUpdated(t *testing.T) {
 
 	// What the activities were asked.
 	require.Len(t, c.twinIn, 1)
-	assert.Equal(t, activities.GetTwinInput{DeviceID: device, Properties: []string{"firmwareVersion", "firmwareStatus"}}, c.twinIn[0])
+	assert.Equal(t, activities.GetTwinInput{DeviceID: device, Properties: []string{"firmwareVersion", "firmwareStatus", "firmwareUpdateId"}}, c.twinIn[0])
 	require.Len(t, c.inv, 1)
 	assert.Equal(t, activities.InvokeMethodInput{
 		DeviceID:        device,
 		Method:          "firmwareUpdate",
 		Payload:         map[string]any{"fwPackageUri": fwURI, "version": fwVersion, "updateId": "u1"},
 		ResponseTimeout: 30 * time.Second,
-		AcceptedWhen:    &activities.ReportedValue{Property: "firmwareUpdateId", Value: "u1"},
+		Evidence: &activities.Evidence{
+			Property: "firmwareStatus", Before: statusBefore,
+			OneOf:      []string{"downloading", "applying", "completed", "error"},
+			IDProperty: "firmwareUpdateId", ID: "u1",
+			Window: 2 * time.Minute, // the stage timeout
+		},
 	}, c.inv[0])
 	require.Len(t, c.follIn, 1)
 	f := c.follIn[0]
 	assert.Equal(t, device, f.DeviceID)
 	assert.Equal(t, "u1", f.UpdateID)
+	assert.True(t, f.ByMetadata)
+	assert.Equal(t, statusBefore, f.StatusBefore)
 	assert.True(t, f.Since.Equal(followStart), "since %s", f.Since)
 	assert.Equal(t, 2*time.Minute, f.StageTimeout)
 	assert.True(t, f.Deadline.Equal(start.Add(15*time.Minute)), "deadline %s", f.Deadline)
@@ -213,7 +226,7 @@ func TestFirmwareUpdated(t *testing.T) {
 	assert.Equal(t, 15*time.Second, twin.StartToCloseTimeout)
 	assert.Equal(t, time.Duration(0), twin.HeartbeatTimeout)
 	inv := c.invoke[0]
-	assert.Equal(t, 45*time.Second, inv.StartToCloseTimeout)
+	assert.Equal(t, 2*time.Minute+45*time.Second, inv.StartToCloseTimeout, "a look for evidence, the method timeout and a margin")
 	assert.Equal(t, 10*time.Second, inv.HeartbeatTimeout)
 	assert.Equal(t, 15*time.Minute, inv.ScheduleToCloseTimeout)
 	fo := c.follow[0]
@@ -355,12 +368,16 @@ func TestFirmwareRefusedByDevice(t *testing.T) {
 	tests := []struct {
 		name    string
 		status  int
-		payload map[string]any
+		payload string
 		want    string
 	}{
-		{"another update in progress", 409, map[string]any{"error": "update u0 in progress"}, "device dev1 refused firmwareUpdate with status 409: update u0 in progress"},
-		{"bad URI", 400, map[string]any{"Response": "fwPackageUri is not a URL"}, "device dev1 refused firmwareUpdate with status 400: fwPackageUri is not a URL"},
-		{"no reason", 400, map[string]any{"code": 7.0}, `device dev1 refused firmwareUpdate with status 400: {"code":7}`},
+		{"another update in progress", 409, `{"error": "update u0 in progress"}`, "device dev1 refused firmwareUpdate with status 409: update u0 in progress"},
+		{"bad URI", 400, `{"Response": "fwPackageUri is not a URL"}`, "device dev1 refused firmwareUpdate with status 400: fwPackageUri is not a URL"},
+		{"no reason", 400, `{"code":7}`, `device dev1 refused firmwareUpdate with status 400: {"code":7}`},
+		{"a plain string", 409, `"busy flashing"`, "device dev1 refused firmwareUpdate with status 409: busy flashing"},
+		{"an object written as a string", 409, `"{ \"Response\": \"Update already running\" }"`, "device dev1 refused firmwareUpdate with status 409: Update already running"},
+		{"an array", 500, `[1,2]`, "device dev1 refused firmwareUpdate with status 500: [1,2]"},
+		{"no body", 500, ``, "device dev1 refused firmwareUpdate with status 500: no reason given"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -370,7 +387,7 @@ func TestFirmwareRefusedByDevice(t *testing.T) {
 			// What InvokeMethod makes of a device's failure status.
 			m.invoke = []any{activities.InvokeMethodResult{},
 				temporal.NewNonRetryableApplicationError("invoke firmwareUpdate on dev1: device answered status ...", activities.ErrMethodFailed, nil,
-					activities.InvokeMethodResult{Status: tc.status, Payload: tc.payload, Attempt: 1})}
+					activities.InvokeMethodResult{Status: tc.status, Payload: json.RawMessage(tc.payload), Attempt: 1})}
 			m.on(env)
 
 			env.ExecuteWorkflow(workflows.FirmwareUpdate, fwInput())

@@ -59,6 +59,7 @@ func TestDeviceOperationMetrics(t *testing.T) {
 			name: "reboot",
 			run: func(t *testing.T, env *testsuite.TestWorkflowEnvironment) {
 				c := &calls{}
+				rebootTwin(env)
 				env.OnActivity(a.InvokeMethod, mock.Anything, mock.Anything).Return(deviceAnswers(c))
 				env.OnActivity(a.WaitForReported, mock.Anything, mock.Anything).Return(deviceReports(c))
 				env.ExecuteWorkflow(workflows.Reboot, rebootIn)
@@ -69,6 +70,7 @@ func TestDeviceOperationMetrics(t *testing.T) {
 		{
 			name: "reboot of an unknown device",
 			run: func(t *testing.T, env *testsuite.TestWorkflowEnvironment) {
+				rebootTwin(env)
 				env.OnActivity(a.InvokeMethod, mock.Anything, mock.Anything).Return(activities.InvokeMethodResult{},
 					temporal.NewNonRetryableApplicationError("not registered", activities.ErrDeviceNotFound, nil))
 				env.ExecuteWorkflow(workflows.Reboot, rebootIn)
@@ -88,6 +90,7 @@ func TestDeviceOperationMetrics(t *testing.T) {
 			name: "reboot cancelled while waiting",
 			run: func(t *testing.T, env *testsuite.TestWorkflowEnvironment) {
 				c := &calls{}
+				rebootTwin(env)
 				env.OnActivity(a.InvokeMethod, mock.Anything, mock.Anything).Return(deviceAnswers(c))
 				env.OnActivity(a.WaitForReported, mock.Anything, mock.Anything).Return(deviceReports(c)).After(time.Hour)
 				env.RegisterDelayedCallback(env.CancelWorkflow, time.Minute)

@@ -93,12 +93,135 @@ type reboot struct {
 }
 
 func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, error) {
+	if workflow.GetVersion(ctx, tutorialContractChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		return r.runV0(ctx, workflowID)
+	}
+	var a *activities.Activities
+	started, deadline := r.status.Started, r.status.Deadline
+
+	// The read before the call: the hub's time of the last rebootTime is what a new one must be
+	// later than, whatever the device writes as the value and whatever its clock says.
+	var twin activities.GetTwinResult
+	err := workflow.ExecuteActivity(getTwinOptions(ctx, deadline), a.GetTwin, activities.GetTwinInput{
+		Rate:       r.in.Rate,
+		DeviceID:   r.in.DeviceID,
+		Properties: []string{RebootTimeProperty, protocol.PropLastRebootRequestID},
+	}).Get(ctx, &twin)
+	if err != nil {
+		return r.fail(ctx, retriedUntilDeadline(err, r.in.Deadline, hubNonRetryable))
+	}
+	evidence := activities.Evidence{
+		Property:   RebootTimeProperty,
+		Before:     twin.LastUpdated[RebootTimeProperty],
+		IDProperty: protocol.PropLastRebootRequestID,
+		ID:         workflowID,
+		Window:     rebootEvidenceWindow(r.in.MethodTimeout, deadline.Sub(workflow.Now(ctx))),
+	}
+	res := RebootResult{DeviceID: r.in.DeviceID, Started: started, HubCalls: twin.Attempt}
+
+	if id, _ := twin.Reported[protocol.PropLastRebootRequestID].(string); id == workflowID {
+		// An earlier run of this request (which failed afterwards) reached the device: it
+		// rebooted for it already.
+		r.logger.Info("the device already rebooted for this request; not calling again")
+	} else {
+		r.logger.Info("invoking direct method", "method", RebootMethod, "deadline", deadline)
+		var inv activities.InvokeMethodResult
+		err = workflow.ExecuteActivity(invokeOptions(ctx, r.in.MethodTimeout, evidence.Window, deadline), a.InvokeMethod, activities.InvokeMethodInput{
+			Rate:     r.in.Rate,
+			DeviceID: r.in.DeviceID,
+			Method:   RebootMethod,
+			Payload:  map[string]any{"method_number": rebootPayloadMethodNumber, protocol.FieldRequestID: workflowID},
+			// The tutorial's device answers only after rebooting; a method timeout shorter than
+			// its reboot makes the hub answer 504101, and the retry then finds rebootTime changed.
+			ResponseTimeout: r.in.MethodTimeout,
+			// The device must be connected when the call arrives, as in the tutorial; an offline
+			// device's DeviceNotOnline is retried with backoff.
+			ConnectTimeout: 0,
+			Evidence:       &evidence,
+		}).Get(ctx, &inv)
+		if err != nil {
+			return r.fail(ctx, retriedUntilDeadline(err, r.in.Deadline, invokeNonRetryable))
+		}
+		res.MethodStatus, res.MethodPayload, res.Attempts = inv.Status, inv.Payload, inv.Attempt
+		res.HubCalls += invokeCalls(inv)
+		r.logger.Info("device took the call", "method", RebootMethod, "status", inv.Status, "attempt", inv.Attempt, "accepted_by", inv.AcceptedBy)
+	}
+
+	r.setStep(ctx, StepWaiting)
+	var seen activities.WaitForReportedResult
+	err = workflow.ExecuteActivity(waitOptions(ctx, deadline), a.WaitForReported, activities.WaitForReportedInput{
+		Rate:     r.in.Rate,
+		DeviceID: r.in.DeviceID,
+		Property: RebootTimeProperty,
+		// This request's ID where the device reports one, else a rebootTime the hub stamped after
+		// the read before the call: a rebootTime from an earlier reboot never counts.
+		Changed:         &activities.Evidence{Property: evidence.Property, Before: evidence.Before, IDProperty: evidence.IDProperty, ID: evidence.ID},
+		Deadline:        deadline,
+		InitialInterval: pollInitialInterval,
+		MaxInterval:     pollMaxInterval,
+	}).Get(ctx, &seen)
+	if err != nil {
+		return r.fail(ctx, err)
+	}
+
+	r.setStep(ctx, StepDone)
+	res.RebootTime, res.RebootTimeReported = rebootTimeOf(seen.Value)
+	res.ConfirmedAt = seen.LastUpdated
+	res.Polls = seen.Polls
+	res.HubCalls += seen.Polls
+	res.Duration = workflow.Now(ctx).Sub(started)
+	r.logger.Info("reboot confirmed", "reboot_time", seen.Value, "confirmed_at", seen.LastUpdated,
+		"attempts", res.Attempts, "polls", res.Polls, "duration", res.Duration)
+	return res, nil
+}
+
+// invokeCalls is the hub calls an InvokeMethod made: its calls and the twin reads of its look for
+// evidence. A result of an activity that counted no calls (a worker older than Calls) made one a
+// attempt, unless it found the call accepted.
+func invokeCalls(inv activities.InvokeMethodResult) int {
+	calls := inv.Calls
+	if calls == 0 && !inv.AlreadyAccepted {
+		calls = inv.Attempt
+	}
+	return calls + inv.TwinReads
+}
+
+// tutorialContractChange is the workflow.GetVersion change ID of devices on the tutorials'
+// contract: a read before the call, evidence from the hub's $lastUpdated times, raw method
+// answers. Runs recorded before it replay through the old paths (runV0).
+const tutorialContractChange = "tutorial-contract"
+
+// rebootEvidenceWindow is how long a retry looks for a rebootTime before calling rebootDevice
+// again after a call that may have reached the device: twice the method timeout, at least two
+// minutes (devices built from the tutorial take 20 s, real ones up to a minute or two, and a
+// second call reboots them again), never past the deadline.
+func rebootEvidenceWindow(methodTimeout, remaining time.Duration) time.Duration {
+	return max(min(max(2*methodTimeout, 2*time.Minute), remaining), 0)
+}
+
+// rebootTimeOf reads a reported rebootTime: the time, when it is one placed on a clock (RFC 3339,
+// Unix seconds or milliseconds), and the value as the device wrote it otherwise (the tutorial's
+// local time without a zone).
+func rebootTimeOf(v any) (time.Time, string) {
+	if t, ok := activities.ReportedInstant(v); ok {
+		return t, ""
+	}
+	if s, ok := v.(string); ok {
+		return time.Time{}, s
+	}
+	return time.Time{}, activities.ValueString(v)
+}
+
+// runV0 is Reboot as it ran before the tutorials' contract (tutorialContractChange): it trusts
+// only RFC 3339 rebootTime values later than the workflow's start and lastRebootRequestId. Runs
+// recorded then replay through it.
+func (r *reboot) runV0(ctx workflow.Context, workflowID string) (RebootResult, error) {
 	var a *activities.Activities
 	started, deadline := r.status.Started, r.status.Deadline
 
 	r.logger.Info("invoking direct method", "method", RebootMethod, "deadline", deadline)
 	var inv activities.InvokeMethodResult
-	err := workflow.ExecuteActivity(invokeOptions(ctx, r.in.MethodTimeout, deadline), a.InvokeMethod, activities.InvokeMethodInput{
+	err := workflow.ExecuteActivity(invokeOptions(ctx, r.in.MethodTimeout, 0, deadline), a.InvokeMethod, activities.InvokeMethodInput{
 		Rate:            r.in.Rate,
 		DeviceID:        r.in.DeviceID,
 		Method:          RebootMethod,
@@ -160,11 +283,13 @@ func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, err
 }
 
 // invokeOptions are the activity options of InvokeMethod, for Reboot and FirmwareUpdate alike.
-func invokeOptions(ctx workflow.Context, methodTimeout time.Duration, deadline time.Time) workflow.Context {
+// evidenceWindow is the longest an attempt looks for evidence of an earlier call before calling.
+func invokeOptions(ctx workflow.Context, methodTimeout, evidenceWindow time.Duration, deadline time.Time) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		// IoT Hub answers within the method timeout (with 504101 GatewayTimeout if the device does
-		// not); the margin covers TLS, the round trip and the hub's overhead. Longer is a stuck call.
-		StartToCloseTimeout: methodTimeout + invokeMargin,
+		// not); the margin covers TLS, the round trip and the hub's overhead, and an attempt may
+		// first look for evidence of an earlier call. Longer is a stuck call.
+		StartToCloseTimeout: evidenceWindow + methodTimeout + invokeMargin,
 		// The activity heartbeats every third of this while the call is in flight, so a dead worker is
 		// noticed in ~10 s rather than after the full method timeout.
 		HeartbeatTimeout: invokeHeartbeatTimeout,

@@ -2,6 +2,7 @@ package workflows_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -62,8 +63,22 @@ func newEnv(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	env.RegisterActivity(&activities.Activities{})
 	env.SetStartTime(start)
 	env.SetStartWorkflowOptions(client.StartWorkflowOptions{ID: workflowID, TaskQueue: workflows.TaskQueue})
+	rebootTwin(env)
 	return env
 }
+
+// rebootTwin mocks the read before the call: an earlier reboot's rebootTime, stamped by the hub
+// an hour before the start.
+func rebootTwin(env *testsuite.TestWorkflowEnvironment) {
+	env.OnActivity(a.GetTwin, mock.Anything, mock.Anything).Return(activities.GetTwinResult{
+		Reported:    map[string]any{"rebootTime": "2026-05-01T11:00:00Z"},
+		LastUpdated: map[string]string{"rebootTime": rebootBefore},
+		Version:     4, Attempt: 1,
+	}, nil)
+}
+
+// rebootBefore is the hub's time of the rebootTime read before the call.
+const rebootBefore = "2026-05-01T11:00:00.123Z"
 
 // deviceAnswers is the tutorial device's answer to rebootDevice.
 func deviceAnswers(c *calls) func(context.Context, activities.InvokeMethodInput) (activities.InvokeMethodResult, error) {
@@ -71,7 +86,7 @@ func deviceAnswers(c *calls) func(context.Context, activities.InvokeMethodInput)
 		attempt := c.recordInvoke(ctx, in)
 		return activities.InvokeMethodResult{
 			Status:  200,
-			Payload: map[string]any{"Response": "This is the response from the device"},
+			Payload: json.RawMessage(`{"Response":"This is the response from the device"}`),
 			Attempt: attempt,
 		}, nil
 	}
@@ -118,8 +133,10 @@ func TestRebootSuccess(t *testing.T) {
 	require.NoError(t, env.GetWorkflowResult(&res))
 	assert.Equal(t, device, res.DeviceID)
 	assert.Equal(t, 200, res.MethodStatus)
-	assert.Equal(t, map[string]any{"Response": "This is the response from the device"}, res.MethodPayload)
+	assert.JSONEq(t, `{"Response": "This is the response from the device"}`, string(res.MethodPayload))
 	assert.True(t, res.RebootTime.Equal(time.Date(2026, 5, 1, 12, 0, 21, 0, time.UTC)), "reboot time %s", res.RebootTime)
+	assert.Empty(t, res.RebootTimeReported, "an RFC 3339 time is shown as a time")
+	assert.Equal(t, 1+1+2, res.HubCalls, "the read before the call, the call, two polls")
 	assert.True(t, res.Started.Equal(start), "started %s", res.Started)
 	assert.Equal(t, 22*time.Second, res.Duration)
 	assert.Equal(t, 1, res.Attempts)
@@ -132,13 +149,18 @@ func TestRebootSuccess(t *testing.T) {
 		Method:          "rebootDevice",
 		Payload:         map[string]any{"method_number": "42", "requestId": workflowID},
 		ResponseTimeout: 60 * time.Second,
-		AcceptedWhen:    &activities.ReportedValue{Property: "lastRebootRequestId", Value: workflowID},
+		Evidence: &activities.Evidence{
+			Property: "rebootTime", Before: rebootBefore,
+			IDProperty: "lastRebootRequestId", ID: workflowID,
+			Window: 2 * time.Minute,
+		},
 	}, c.inv[0])
 	require.Len(t, c.waitIn, 1)
 	w := c.waitIn[0]
 	assert.Equal(t, device, w.DeviceID)
 	assert.Equal(t, "rebootTime", w.Property)
-	assert.True(t, w.After.Equal(start), "after %s", w.After)
+	assert.True(t, w.After.IsZero(), "the hub's times decide, not the workflow's clock: after %s", w.After)
+	assert.Equal(t, &activities.Evidence{Property: "rebootTime", Before: rebootBefore, IDProperty: "lastRebootRequestId", ID: workflowID}, w.Changed)
 	assert.True(t, w.Deadline.Equal(start.Add(5*time.Minute)), "deadline %s", w.Deadline)
 	assert.Empty(t, w.OneOf)
 	assert.Equal(t, time.Second, w.InitialInterval)
@@ -146,7 +168,7 @@ func TestRebootSuccess(t *testing.T) {
 
 	// And under which options.
 	inv := c.invoke[0]
-	assert.Equal(t, 75*time.Second, inv.StartToCloseTimeout)
+	assert.Equal(t, 2*time.Minute+75*time.Second, inv.StartToCloseTimeout, "a look for evidence, the method timeout and a margin")
 	assert.Equal(t, 10*time.Second, inv.HeartbeatTimeout)
 	assert.Equal(t, 5*time.Minute, inv.ScheduleToCloseTimeout)
 	wait := c.wait[0]

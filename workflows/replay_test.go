@@ -15,9 +15,23 @@ func TestReplay(t *testing.T) {
 		file     string
 		workflow any
 	}{
+		// Recorded before the tutorials' contract (GetVersion tutorial-contract absent): no read
+		// before the call, IDs only.
+		{"reboot_v0.json", Reboot},
+		{"firmware_v0.json", FirmwareUpdate},
+		{"firmware_reboot_v0.json", FirmwareUpdate},
+		// With it, on each device contract (test/contracts_test.go records them).
 		{"reboot.json", Reboot},
 		{"firmware.json", FirmwareUpdate},
-		{"firmware_reboot.json", FirmwareUpdate},
+		{"contract_dmflow_reboot.json", Reboot},
+		{"contract_dmflow_firmware.json", FirmwareUpdate},
+		{"contract_dmflow_firmware_reboot.json", FirmwareUpdate},
+		{"contract_tutorial-object_reboot.json", Reboot},
+		{"contract_tutorial-object_firmware.json", FirmwareUpdate},
+		{"contract_tutorial-object_firmware_reboot.json", FirmwareUpdate},
+		{"contract_tutorial-string_reboot.json", Reboot},
+		{"contract_tutorial-string_firmware.json", FirmwareUpdate},
+		{"contract_tutorial-string_firmware_reboot.json", FirmwareUpdate},
 		{"rollout.json", Rollout},
 		// Maintenance windows: the version marker, a recorded window state at each boundary, the
 		// timers to the openings and closes.

@@ -581,8 +581,11 @@ func firmwareOutcome(res FirmwareResult, err error) deviceOutcome {
 		return out
 	}
 	out := deviceOutcome{result: DeviceUpdated, fromVersion: res.FromVersion, stages: stageNames(res.Stages), hubCalls: res.HubCalls}
-	if res.Status == FirmwareSkipped {
+	switch {
+	case res.Status == FirmwareSkipped:
 		out.result, out.note = DeviceSkipped, "already on "+res.Version
+	case res.VersionUnknown:
+		out.note = NoteVersionNotReported
 	}
 	return out
 }
@@ -591,7 +594,12 @@ func rebootOutcome(res RebootResult, err error) deviceOutcome {
 	if err != nil {
 		return failedOutcome(err)
 	}
-	return deviceOutcome{result: DeviceRebooted, hubCalls: res.Attempts + res.Polls}
+	calls := res.HubCalls
+	if calls == 0 {
+		// Recorded before Reboot counted its own calls.
+		calls = res.Attempts + res.Polls
+	}
+	return deviceOutcome{result: DeviceRebooted, hubCalls: calls}
 }
 
 // failedOutcome classifies a device workflow's error.

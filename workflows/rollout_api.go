@@ -282,9 +282,14 @@ type DeviceRow struct {
 	// Error and ErrorType say why it failed (ErrorType: the activities' or workflows' Err* type).
 	Error     string `json:"error,omitempty"`
 	ErrorType string `json:"errorType,omitempty"`
-	// Note explains a skip: already on the target version, or done by an earlier run.
+	// Note explains a skip (already on the target version, done by an earlier run) or an update
+	// whose version the device does not report (NoteVersionNotReported).
 	Note string `json:"note,omitempty"`
 }
+
+// NoteVersionNotReported is the note of a device that completed the update but reports no
+// firmwareVersion (devices built from the tutorial): updated, with no version to confirm it by.
+const NoteVersionNotReported = "completed, version not reported by the device"
 
 // Finished reports whether the row's result is final for the current attempt.
 func (r DeviceRow) Finished() bool {
