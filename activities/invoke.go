@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -99,6 +100,9 @@ type InvokeProgress struct {
 	Outcome   string `json:"outcome"`
 	Calls     int    `json:"calls,omitempty"`
 	TwinReads int    `json:"twinReads,omitempty"`
+	// LastError is the failure of the last call, kept for the error of an attempt that finds no
+	// evidence and has no time left to call again.
+	LastError string `json:"lastError,omitempty"`
 }
 
 // Outcomes in InvokeProgress besides the deliveries.
@@ -164,7 +168,7 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &prev) == nil {
 		prevp = &prev
 	}
-	box := &progressBox{p: InvokeProgress{Attempt: attempt, Outcome: OutcomeLooking, Calls: prev.Calls, TwinReads: prev.TwinReads}}
+	box := &progressBox{p: InvokeProgress{Attempt: attempt, Outcome: OutcomeLooking, Calls: prev.Calls, TwinReads: prev.TwinReads, LastError: prev.LastError}}
 	result := func(r InvokeMethodResult) InvokeMethodResult {
 		p := box.get().(InvokeProgress)
 		r.Attempt, r.Calls, r.TwinReads = attempt, p.Calls, p.TwinReads
@@ -175,7 +179,16 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 	stop := a.heartbeatWhile(ctx, box.get)
 	switch {
 	case lookFirst(in.Evidence, attempt, prevp):
-		how, err := a.lookForEvidence(ctx, logger, in, box)
+		// The whole window is looked through before a call: a device that took the call may
+		// show it only after its first stage. Where the window and a call do not both fit before
+		// the activity's deadline (the operation's), there is no call: the look goes on to the
+		// deadline and the attempt fails saying what the last call came to.
+		until := time.Now().Add(in.Evidence.Window)
+		canCall := true
+		if dl, ok := ctx.Deadline(); ok && until.Add(callTimeout).After(dl) {
+			until, canCall = dl.Add(-lookMargin), false
+		}
+		how, err := a.lookForEvidence(ctx, logger, in, box, until)
 		if err != nil {
 			stop()
 			return InvokeMethodResult{}, err
@@ -183,6 +196,20 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 		if how != "" {
 			stop()
 			return result(InvokeMethodResult{AlreadyAccepted: true, AcceptedBy: how}), nil
+		}
+		if !canCall {
+			last := box.get().(InvokeProgress).LastError
+			if prevp != nil && prevp.Outcome == OutcomeCalling {
+				last = "the worker of attempt " + strconv.Itoa(prevp.Attempt) + " stopped during its call, which may have reached the device"
+			} else if last == "" {
+				last = "the last call may have reached the device"
+			}
+			// Kept for an attempt after this one, should there be time for one.
+			box.update(func(p *InvokeProgress) { p.LastError = last })
+			stop()
+			activity.RecordHeartbeat(ctx, box.get())
+			return InvokeMethodResult{}, fmt.Errorf("%s; the twin showed no sign that it did up to the deadline, too close to look for %s and then call again",
+				last, in.Evidence.Window)
 		}
 	case in.Evidence == nil && attempt > 1 && in.AcceptedWhen != nil && a.accepted(ctx, logger, in):
 		stop()
@@ -203,7 +230,12 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 	cancel()
 	stop()
 	d := deliveryOf(err)
-	box.update(func(p *InvokeProgress) { p.Outcome = d.String() })
+	box.update(func(p *InvokeProgress) {
+		p.Outcome = d.String()
+		if err != nil {
+			p.LastError = shortError(classify(err, "invoke "+in.Method, in.DeviceID))
+		}
+	})
 	// Sent at once or, throttled, with the failure: the next attempt reads it.
 	activity.RecordHeartbeat(ctx, box.get())
 
@@ -251,11 +283,10 @@ func lookFirst(ev *Evidence, attempt int, prev *InvokeProgress) bool {
 var errNoEvidence = errors.New("no evidence within the window")
 
 // lookForEvidence reads the twin until it shows that the device took an earlier attempt's call, or
-// in.Evidence.Window passes. It returns how the twin showed it ("id", "changed"), or "" when it did
+// until. It returns how the twin showed it ("id", "changed"), or "" when it did
 // not, and an error only when the activity was cancelled or the hub refused the read for good.
-func (a *Activities) lookForEvidence(ctx context.Context, logger log.Logger, in InvokeMethodInput, box *progressBox) (string, error) {
+func (a *Activities) lookForEvidence(ctx context.Context, logger log.Logger, in InvokeMethodInput, box *progressBox, until time.Time) (string, error) {
 	ev := *in.Evidence
-	until := time.Now().Add(ev.Window)
 	logger.Info("an earlier attempt may have reached the device: looking for evidence before calling again",
 		"property", ev.Property, "id_property", ev.IDProperty, "window", ev.Window)
 	how := ""
@@ -286,10 +317,24 @@ func (a *Activities) lookForEvidence(ctx context.Context, logger log.Logger, in 
 		rate:         in.Rate,
 	})
 	if errors.Is(err, errNoEvidence) {
-		logger.Info("no evidence that an earlier attempt's call reached the device; calling again", "window", ev.Window)
+		logger.Info("no evidence that an earlier attempt's call reached the device", "window", ev.Window)
 		return "", nil
 	}
 	return how, err
+}
+
+// lookMargin ends a look for evidence this long before the activity's deadline, so that the
+// attempt fails with its own error rather than Temporal's timeout.
+const lookMargin = 2 * time.Second
+
+// shortError is an error's message for heartbeat details, shortened.
+func shortError(err error) string {
+	const limit = 300
+	s := err.Error()
+	if len(s) > limit {
+		s = s[:limit] + "…"
+	}
+	return s
 }
 
 // Polling while looking for evidence: the twin read at once, then 1 s doubling to 10 s, as

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/dmflow/dmflow/internal/reported"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
@@ -215,14 +216,13 @@ func valueString(v any) string {
 	return string(b)
 }
 
+// describeValue shows a reported value as the device wrote it, with what it means when it is a
+// time (reported.Describe), for messages.
 func describeValue(v any) string {
 	if v == nil {
 		return "none (property not reported)"
 	}
-	if s, ok := v.(string); ok {
-		return fmt.Sprintf("%q", s)
-	}
-	return valueString(v)
+	return reported.Describe(v)
 }
 
 func isNonRetryable(err error) bool {

@@ -2,7 +2,9 @@
 # demo.sh: the main job on the embedded default. Starts the local stack
 # (Temporal dev server, localhub, worker), a simulated device, reboots it
 # through the Reboot workflow and updates its firmware through FirmwareUpdate
-# (a device already on the version is skipped), then rolls a firmware version
+# (a device already on the version is skipped), does both again on a device
+# that speaks only the tutorials' contract (no IDs, no version, Python's local
+# times, a firmware answer that is a JSON string), then rolls a firmware version
 # out to a simulated fleet of 100 devices through the Rollout workflow, with
 # its live progress bar, and prints the rollout's report. Leaves the stack up
 # until Ctrl-C; with DEMO_EXIT=1 stops everything it started and exits with
@@ -13,6 +15,8 @@ cd "$(dirname "$0")/.."
 STATE=${DMFLOW_STATE_DIR:-.dmflow}
 BIN=${DMFLOW_BIN_DIR:-.bin}
 DEVICE=${DEMO_DEVICE:-dev-001}
+# A device built from the tutorials, unchanged: dmflow must work on it too.
+TUTORIAL_DEVICE=${DEMO_TUTORIAL_DEVICE:-tutorial-001}
 # The tutorial's device takes 20 s to reboot and 15 s per firmware stage; the
 # demo keeps that unless told.
 REBOOT_DURATION=${DEMO_REBOOT_DURATION:-20s}
@@ -27,6 +31,10 @@ ROLLOUT_DEVICES=${DEMO_ROLLOUT_DEVICES:-100}
 ROLLOUT_STAGE_DURATION=${DEMO_ROLLOUT_STAGE_DURATION:-1s}
 ROLLOUT_SEED=${DEMO_ROLLOUT_SEED:-2}
 ROLLOUT_FAILING=${DEMO_ROLLOUT_FAILING:-0.02}
+# A share of the fleet speaks only the tutorials' contract (seeded, among the
+# devices that do not fail): the report shows them updated, "version not
+# reported by the device".
+ROLLOUT_TUTORIAL=${DEMO_ROLLOUT_TUTORIAL:-0.3}
 # Empty: each demo run rolls out the next version (see next_rollout).
 ROLLOUT_VERSION=${DEMO_ROLLOUT_VERSION:-}
 FLEET=simdevice-fleet
@@ -111,10 +119,12 @@ t0=$(date +%s)
 
 "$stack" start "simdevice-$DEVICE" "$BIN/simdevice" --device-id "$DEVICE" \
   --reboot-duration "$REBOOT_DURATION" --stage-duration "$STAGE_DURATION"
+"$stack" start "simdevice-$TUTORIAL_DEVICE" "$BIN/simdevice" --device-id "$TUTORIAL_DEVICE" \
+  --contract tutorial --answer string --reboot-duration "$REBOOT_DURATION" --stage-duration "$STAGE_DURATION"
 if ((ROLLOUT_DEVICES > 0)); then
   # The fleet registers and connects while the single device's demo runs.
   "$stack" start "$FLEET" "$BIN/simdevice" fleet --count "$ROLLOUT_DEVICES" --prefix beta- --tags ring=beta \
-    --seed "$ROLLOUT_SEED" --failing "$ROLLOUT_FAILING" --stage-duration "$ROLLOUT_STAGE_DURATION"
+    --seed "$ROLLOUT_SEED" --failing "$ROLLOUT_FAILING" --tutorial "$ROLLOUT_TUTORIAL" --stage-duration "$ROLLOUT_STAGE_DURATION"
 fi
 "$stack" wait-for "simdevice $DEVICE" "$STATE/simdevice-$DEVICE.pid" "$STATE/simdevice-$DEVICE.log" "simdevice ready" 30
 echo "simdevice ready  device=$DEVICE reboot-duration=$REBOOT_DURATION stage-duration=$STAGE_DURATION (log: $STATE/simdevice-$DEVICE.log)"
@@ -128,6 +138,18 @@ uri="https://fw.example/dmflow-$FW_VERSION.bin"
 # before (running or done) instead of starting a second one.
 echo "\$ starter firmware --device $DEVICE --uri $uri --version $FW_VERSION --update-id demo-$FW_VERSION --wait"
 run "$BIN/starter" firmware --device "$DEVICE" --uri "$uri" --version "$FW_VERSION" --update-id "demo-$FW_VERSION" --wait || status=$?
+
+"$stack" wait-for "simdevice $TUTORIAL_DEVICE" "$STATE/simdevice-$TUTORIAL_DEVICE.pid" "$STATE/simdevice-$TUTORIAL_DEVICE.log" "simdevice ready" 30
+echo
+echo "$TUTORIAL_DEVICE speaks only the tutorials' contract: it reports no request or update ID and no version,"
+echo "writes Python's local time, and answers firmwareUpdate with a JSON string."
+echo "\$ starter reboot --device $TUTORIAL_DEVICE --wait"
+run "$BIN/starter" reboot --device "$TUTORIAL_DEVICE" --wait || status=$?
+echo
+# Its version is unknown, so it is never skipped: each demo run updates it again, under its
+# own update ID.
+echo "\$ starter firmware --device $TUTORIAL_DEVICE --uri $uri --version $FW_VERSION --wait"
+run "$BIN/starter" firmware --device "$TUTORIAL_DEVICE" --uri "$uri" --version "$FW_VERSION" --wait || status=$?
 
 if ((ROLLOUT_DEVICES > 0)); then
   echo

@@ -208,7 +208,7 @@ func (s *chaosStack) startFleetAs(t *testing.T, prefix, version string, count in
 	flags := []string{"fleet", "--count", strconv.Itoa(count), "--prefix", prefix, "--seed", strconv.FormatInt(seed, 10),
 		"--firmware-version", version, "--tags", "ring=" + s.name, "--device-log-level", "info", "--summary-interval", "10s",
 		"--offline", num(faults.Offline), "--flapping", num(faults.Flapping), "--slow", num(faults.Slow),
-		"--failing", num(faults.Failing), "--unresponsive", num(faults.Unresponsive)}
+		"--failing", num(faults.Failing), "--unresponsive", num(faults.Unresponsive), "--tutorial", num(faults.Tutorial)}
 	if faults.SlowFactor != 0 {
 		flags = append(flags, "--slow-factor", num(faults.SlowFactor))
 	}
@@ -293,6 +293,8 @@ type wantRow struct {
 	result     string
 	errorTypes []string // for a failed device: one of these
 	errorHas   string   // for a failed device: in the error
+	// orHas are other texts that may stand in the error instead of errorHas.
+	orHas []string
 	// busyWith is the update ID of another update the device runs when the rollout reaches it,
 	// started by the test: the device refuses the rollout's with 409.
 	busyWith string
@@ -374,7 +376,8 @@ func checkChaos(t *testing.T, s *chaosStack, c client.Client, fl *chaosFleet, ti
 		}
 		if r.Result != want.result {
 			problems.add(r.Device, "%s: %s (%s %q), want %s", m.Profile, r.Result, r.ErrorType, r.Error, want.result)
-		} else if want.result == workflows.DeviceFailed && (!slices.Contains(want.errorTypes, r.ErrorType) || !strings.Contains(r.Error, want.errorHas)) {
+		} else if want.result == workflows.DeviceFailed && (!slices.Contains(want.errorTypes, r.ErrorType) ||
+			!slices.ContainsFunc(append([]string{want.errorHas}, want.orHas...), func(s string) bool { return strings.Contains(r.Error, s) })) {
 			problems.add(r.Device, "%s: failed with %s %q, want one of %v naming %q", m.Profile, r.ErrorType, r.Error, want.errorTypes, want.errorHas)
 		}
 		// A device on the version is skipped when the targets are resolved (no attempt) or by its
@@ -592,6 +595,14 @@ func checkTwins(t *testing.T, s *chaosStack, fl *chaosFleet, rows map[string]rep
 			if rep[protocol.PropFirmwareUpdateID] == updateID || rep[protocol.PropFirmwareVersion] == chaosVersion {
 				problems.add(id, "busy with %s, but reports %v", busyWith, rep)
 			}
+		case rows[id].Result == workflows.DeviceUpdated && m.Contract == device.ContractTutorial:
+			// The tutorial's device reports the stages and nothing of the update's identity.
+			if rep[protocol.PropFirmwareStatus] != protocol.StatusCompleted || rep[protocol.PropFirmwareVersion] != nil || rep[protocol.PropFirmwareUpdateID] != nil {
+				problems.add(id, "updated on the tutorials' contract, but reports %v", rep)
+			}
+			if rows[id].Note != workflows.NoteVersionNotReported {
+				problems.add(id, "updated on the tutorials' contract with note %q, want %q", rows[id].Note, workflows.NoteVersionNotReported)
+			}
 		case rows[id].Result == workflows.DeviceUpdated:
 			if rep[protocol.PropFirmwareVersion] != chaosVersion || rep[protocol.PropFirmwareUpdateID] != updateID || rep[protocol.PropFirmwareStatus] != protocol.StatusCompleted {
 				problems.add(id, "updated, but reports %s %v, %s %v, %s %v", protocol.PropFirmwareVersion, rep[protocol.PropFirmwareVersion],
@@ -606,7 +617,8 @@ func checkTwins(t *testing.T, s *chaosStack, fl *chaosFleet, rows map[string]rep
 				problems.add(id, "skipped, but reports %v", rep)
 			}
 		case m.Profile == fleet.Offline, m.Profile == fleet.Unresponsive:
-			if rep[protocol.PropFirmwareUpdateID] != nil || rep[protocol.PropFirmwareVersion] == chaosVersion {
+			if rep[protocol.PropFirmwareUpdateID] != nil || rep[protocol.PropFirmwareVersion] == chaosVersion ||
+				(m.Contract == device.ContractTutorial && rep[protocol.PropFirmwareStatus] != nil && rep[protocol.PropFirmwareStatus] != protocol.StatusStandBy) {
 				problems.add(id, "%s, but reports %v", m.Profile, rep)
 			}
 		}
@@ -864,6 +876,60 @@ func TestChaosDeviceFaults(t *testing.T) {
 		want[w.result]++
 	}
 	if p.Failed != want[workflows.DeviceFailed] || p.Skipped != want[workflows.DeviceSkipped] || p.Succeeded != want[workflows.DeviceUpdated] {
+		t.Errorf("progress %+v: the profiles imply %v", p, want)
+	}
+}
+
+// 7. A mixed fleet: half the devices speak only the tutorials' contract (no update ID, no
+// version, Python's local times; half of them answer firmwareUpdate with a JSON string), with
+// seeded faults on both contracts and a worker killed mid-rollout. Devices on the tutorials'
+// contract apply every call they get, so the method log and their log must show exactly one
+// start each; their twins show the update completed, and the report says their version is not
+// reported.
+func TestChaosMixedContracts(t *testing.T) {
+	count := 200
+	const deadline = time.Minute
+	faults := fleet.Faults{Offline: 0.03, Flapping: 0.05, Slow: 0.05, Failing: 0.05, Unresponsive: 0.03,
+		SlowFactor: 3, FlapInterval: 3 * time.Second, Tutorial: 0.5}
+	s := newChaosStack(t, "chaos-mixed", sharedHub(), nil)
+	fl := s.startFleet(t, count, 11, faults, "--stage-duration", "500ms")
+	tutorial := 0
+	for _, m := range fl.plan {
+		if m.Contract == device.ContractTutorial {
+			tutorial++
+		}
+	}
+	if tutorial != count/2 {
+		t.Fatalf("%d of %d devices on the tutorials' contract, want half", tutorial, count)
+	}
+	for id, w := range fl.want {
+		if fl.plan[id].Profile == fleet.Unresponsive {
+			// One whose call was in flight when the worker was killed: the retry looks for
+			// evidence until too little time is left for another call, and says so.
+			w.orHas = []string{"stopped during its call, which may have reached the device"}
+			fl.want[id] = w
+		}
+	}
+	// One wave, so that the devices that fail only at their deadline do not hold up the next.
+	args := []string{"--canary", strconv.Itoa(count), "--max-concurrent", "50", "--max-failures", "50%",
+		"--stage-timeout", "15s", "--deadline", deadline.String()}
+	if chaosLong() {
+		args = append(args, "--rate", "40/s")
+	}
+	s.startChaosRollout(t, args...)
+	c := temporalClient(t)
+	at := s.waitUntil(t, c, "midway", 5*time.Minute, func(p workflows.RolloutProgress) bool {
+		return midway(count/4)(p) && p.Running >= 5
+	})
+	s.restartWorker(t, 2*time.Second)
+	t.Logf("worker killed and replaced at %+v", at)
+
+	p := checkChaos(t, s, c, fl, 8*time.Minute, chaosExpect{deadline: deadline, lossless: true})
+	want := map[string]int{}
+	for _, w := range fl.want {
+		want[w.result]++
+	}
+	if p.Failed != want[workflows.DeviceFailed] || p.Succeeded != want[workflows.DeviceUpdated] {
 		t.Errorf("progress %+v: the profiles imply %v", p, want)
 	}
 }

@@ -30,6 +30,8 @@ func TestMeasureFirmwareCost(t *testing.T) {
 	for _, d := range []string{"bm-dmflow", "bm-tut5", "bm-tut6"} {
 		startDevice(t, d, "--stage-duration", "15s")
 	}
+	// dmflow on a device that speaks only the tutorials' contract: no update ID, no version.
+	startDevice(t, "bm-tutorial", "--stage-duration", "15s", "--contract", "tutorial", "--answer", "string")
 	tutorial := filepath.Join(env.dir, "tutorial")
 	if out, err := exec.Command("go", "build", "-o", tutorial, "../bench/tutorial").CombinedOutput(); err != nil {
 		t.Fatalf("build bench/tutorial: %v\n%s", err, out)
@@ -48,30 +50,41 @@ func TestMeasureFirmwareCost(t *testing.T) {
 		rows []row
 		wg   sync.WaitGroup
 	)
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		out, stderr, code := runFirmware(t, queue, "bm-dmflow", "bench", "2.0.0")
-		if code != 0 || out.Result == nil {
-			t.Errorf("dmflow update: exit %d %+v %s", code, out, stderr)
-			return
-		}
-		// A stage whose read time equals the next stage's was missed
-		// (filled in from the device's timestamps), as the loop's would be.
-		lag := map[string]time.Duration{}
-		st := out.Result.Stages
-		for i, s := range st {
-			if i+1 < len(st) && st[i+1].SeenAt.Equal(s.SeenAt) {
-				continue
+	wg.Add(4)
+	for _, tc := range []struct{ device, name string }{
+		{"bm-dmflow", "dmflow FirmwareUpdate"},
+		{"bm-tutorial", "dmflow FirmwareUpdate, tutorials' contract"},
+	} {
+		go func() {
+			defer wg.Done()
+			out, stderr, code := runFirmware(t, queue, tc.device, "bench", "2.0.0")
+			if code != 0 || out.Result == nil {
+				t.Errorf("%s update: exit %d %+v %s", tc.device, code, out, stderr)
+				return
 			}
-			lag[s.Status] = s.SeenAt.Sub(s.ReportedAt)
-		}
-		events := strings.Count(string(historyJSON(t, temporalClient(t), out.WorkflowID)), `"eventId"`)
-		mu.Lock()
-		rows = append(rows, row{name: "dmflow FirmwareUpdate", dmflow: true, events: events, lag: lag, duration: out.Result.Duration,
-			methods: methodInvocations(t, "bm-dmflow", protocol.MethodFirmwareUpdate), reads: serviceTwinReads(t, "bm-dmflow")})
-		mu.Unlock()
-	}()
+			// A stage whose read time equals the next stage's was missed
+			// (filled in from the device's timestamps), as the loop's would be.
+			// The tutorial's device writes local time without a zone: its
+			// stages are timed by the hub's $lastUpdated instead.
+			lag := map[string]time.Duration{}
+			st := out.Result.Stages
+			for i, s := range st {
+				if i+1 < len(st) && st[i+1].SeenAt.Equal(s.SeenAt) {
+					continue
+				}
+				at := s.ReportedAt
+				if at.IsZero() {
+					at, _ = time.Parse(time.RFC3339Nano, s.UpdatedAt)
+				}
+				lag[s.Status] = s.SeenAt.Sub(at)
+			}
+			events := strings.Count(string(historyJSON(t, temporalClient(t), out.WorkflowID)), `"eventId"`)
+			mu.Lock()
+			rows = append(rows, row{name: tc.name, dmflow: true, events: events, lag: lag, duration: out.Result.Duration,
+				methods: methodInvocations(t, tc.device, protocol.MethodFirmwareUpdate), reads: serviceTwinReads(t, tc.device)})
+			mu.Unlock()
+		}()
+	}
 	for _, tc := range []struct{ device, interval string }{{"bm-tut5", "5s"}, {"bm-tut6", "6s"}} {
 		go func() {
 			defer wg.Done()

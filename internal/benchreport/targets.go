@@ -105,8 +105,10 @@ func Targets(r Results) []TargetRow {
 	var dm *FirmwareRun
 	if r.Firmware != nil {
 		for i := range r.Firmware.Runs {
+			// The first: dmflow's own contract; the tutorials' follows it.
 			if r.Firmware.Runs[i].Dmflow {
 				dm = &r.Firmware.Runs[i]
+				break
 			}
 		}
 	}

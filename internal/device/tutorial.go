@@ -41,6 +41,7 @@ package device
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"time"
@@ -197,8 +198,13 @@ func (d *Device) tutorialFirmware(run context.Context, payload []byte) (int, []b
 	if pu, err := url.Parse(uri); err == nil {
 		pkg = packageForLog(pu)
 	}
+	// The device ignores an updateId, as the tutorial's does; the log names the one it was sent,
+	// if any, so that a test can tell which call each start belongs to.
+	if id, _ := p[protocol.FieldUpdateID].(string); id != "" {
+		log = log.With("update_id", id)
+	}
 	log.Info("firmware update started", "package", pkg, "stage_duration", d.cfg.StageDuration.String())
-	go d.runTutorialUpdate(run, u)
+	go d.runTutorialUpdate(run, u, log)
 	if d.cfg.Answer == AnswerString {
 		b, _ := json.Marshal(FirmwareStartedText)
 		return http.StatusOK, b
@@ -208,14 +214,13 @@ func (d *Device) tutorialFirmware(run context.Context, payload []byte) (int, []b
 
 // runTutorialUpdate reports the stages of u, StageDuration apart, until it
 // completed or ctx ends.
-func (d *Device) runTutorialUpdate(ctx context.Context, u *fwUpdate) {
+func (d *Device) runTutorialUpdate(ctx context.Context, u *fwUpdate, log *slog.Logger) {
 	defer d.updates.Done()
 	defer func() {
 		d.mu.Lock()
 		d.fw.running--
 		d.mu.Unlock()
 	}()
-	log := d.log.With("method", MethodFirmwareUpdate)
 	for _, step := range tutorialStages {
 		if !sleep(ctx, d.cfg.StageDuration) {
 			log.Info("firmware update interrupted: the device stopped", "status", step.status)
