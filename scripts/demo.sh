@@ -159,6 +159,8 @@ if ((ROLLOUT_DEVICES > 0)); then
   echo "simdevice fleet ready  $ROLLOUT_DEVICES devices tagged ring=beta, stage-duration=$ROLLOUT_STAGE_DURATION (log: $STATE/$FLEET.log)"
   grep 'msg="fleet profile"' "$STATE/$FLEET.log" |
     sed -n 's/.* profile=\([a-z]*\) count=\([0-9]*\) devices=\([^ ]*\).*/  \1: \2 (\3)/p' || true
+  grep 'msg="fleet contract" contract=tutorial' "$STATE/$FLEET.log" |
+    sed -n 's/.* answer=\([a-z]*\) count=\([0-9]*\) devices=\([^ ]*\).*/  on the tutorials'"'"' contract, answering with a JSON \1: \2 (\3)/p' || true
   read -r rversion rollout ran_before < <(next_rollout)
   ruri="https://fw.example/dmflow-$rversion.bin"
   query="SELECT * FROM devices WHERE tags.ring = 'beta'"

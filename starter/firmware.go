@@ -149,8 +149,11 @@ func firmwareLines(st workflows.FirmwareStatus, stages []workflows.StageSeen) []
 	lines = append(lines, progressLine{key: "step " + st.Step, at: st.Since.Sub(st.Started), text: st.Step})
 	for _, s := range stages {
 		text := "stage " + s.Status
-		if !s.ReportedAt.IsZero() {
+		switch {
+		case !s.ReportedAt.IsZero():
 			text += " (device time " + s.ReportedAt.UTC().Format(time.RFC3339) + ")"
+		case s.Reported != "":
+			text += fmt.Sprintf(" (device time %q, no zone)", s.Reported)
 		}
 		lines = append(lines, progressLine{key: "stage " + s.Status, at: s.SeenAt.Sub(st.Started), text: text})
 	}

@@ -34,13 +34,18 @@ const (
 // rebootPayloadMethodNumber is what the tutorial's service app sends; kept for devices built from it.
 const rebootPayloadMethodNumber = "42"
 
-// Reboot reboots a device the way the remote-reboot tutorial does, made durable: it invokes the direct
-// method rebootDevice, retrying while the device is offline or the hub is throttling, then waits until
-// the device reports a rebootTime later than the workflow's start, all within in.Deadline.
+// Reboot reboots a device the way the remote-reboot tutorial does, made durable: it reads the twin
+// (the hub's $lastUpdated time of rebootTime), invokes the direct method rebootDevice, retrying
+// while the device is offline or the hub is throttling, then waits until the device reports a
+// rebootTime the hub stamped after that read (or one labelled with this request's ID), all within
+// in.Deadline. The device may write rebootTime in any form and by any clock: only the hub's times
+// are compared.
 //
-// The method payload carries the workflow ID as requestId, so that a device can ignore a repeated call
-// of the same reboot: an invocation retried after a worker crash or a gateway timeout may reach a
-// device that has already rebooted.
+// The method payload carries the workflow ID as requestId, so that a device on dmflow's contract
+// can ignore a repeated call of the same reboot. A device built from the tutorial ignores it and
+// reboots on every call, so a call that may have reached the device (a gateway timeout, a worker
+// that died during it) is made again only when the twin shows no new rebootTime within
+// rebootEvidenceWindow (activities.Evidence).
 //
 // It fails with a non-retryable ApplicationError of type ErrInvalidInput for invalid input, with
 // activities.ErrDeadlineExceeded carrying the last attempt's failure when the device did not take the
