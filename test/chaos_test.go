@@ -246,6 +246,21 @@ func mapsEqual(a, b map[string]int) bool {
 	return true
 }
 
+// rolloutWithWorkerKill starts the stack's rollout with args and kills (SIGKILL) and replaces its
+// worker once a quarter of the count devices finished with at least 5 in flight. It returns the
+// client it watched the rollout with.
+func (s *chaosStack) rolloutWithWorkerKill(t *testing.T, count int, args ...string) client.Client {
+	t.Helper()
+	s.startChaosRollout(t, args...)
+	c := temporalClient(t)
+	at := s.waitUntil(t, c, "midway", 5*time.Minute, func(p workflows.RolloutProgress) bool {
+		return midway(count/4)(p) && p.Running >= 5
+	})
+	s.restartWorker(t, 2*time.Second)
+	t.Logf("worker killed and replaced at %+v", at)
+	return c
+}
+
 // startChaosRollout starts the firmware rollout named after the stack on its fleet (ring=<name>)
 // without waiting; args add limits (canary, concurrency, rate, deadlines).
 func (s *chaosStack) startChaosRollout(t *testing.T, args ...string) {
@@ -733,13 +748,7 @@ func TestChaosWorkerKill(t *testing.T) {
 		// S1's 40 methods and 100 twin reads a second, which the shared hub enforces.
 		args = append(args, "--rate", "40/s")
 	}
-	s.startChaosRollout(t, args...)
-	c := temporalClient(t)
-	at := s.waitUntil(t, c, "midway", 5*time.Minute, func(p workflows.RolloutProgress) bool {
-		return midway(count/4)(p) && p.Running >= 5
-	})
-	s.restartWorker(t, 2*time.Second)
-	t.Logf("worker killed and replaced at %+v", at)
+	c := s.rolloutWithWorkerKill(t, count, args...)
 
 	p := checkChaos(t, s, c, fl, sized(5*time.Minute, 20*time.Minute), chaosExpect{lossless: true})
 	if p.Succeeded != count || p.Runs < 3 {
@@ -916,13 +925,7 @@ func TestChaosMixedContracts(t *testing.T) {
 	if chaosLong() {
 		args = append(args, "--rate", "40/s")
 	}
-	s.startChaosRollout(t, args...)
-	c := temporalClient(t)
-	at := s.waitUntil(t, c, "midway", 5*time.Minute, func(p workflows.RolloutProgress) bool {
-		return midway(count/4)(p) && p.Running >= 5
-	})
-	s.restartWorker(t, 2*time.Second)
-	t.Logf("worker killed and replaced at %+v", at)
+	c := s.rolloutWithWorkerKill(t, count, args...)
 
 	p := checkChaos(t, s, c, fl, 8*time.Minute, chaosExpect{deadline: deadline, lossless: true})
 	want := map[string]int{}

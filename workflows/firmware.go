@@ -194,25 +194,7 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 		// An earlier run of this update (which failed afterwards) reached the device.
 		f.logger.Info("the device already runs this update; following it without calling again")
 	} else {
-		f.logger.Info("invoking direct method", "method", protocol.MethodFirmwareUpdate, "from_version", res.FromVersion, "deadline", deadline)
-		var inv activities.InvokeMethodResult
-		err = workflow.ExecuteActivity(invokeOptions(ctx, firmwareMethodTimeout, evidence.Window, deadline), a.InvokeMethod, activities.InvokeMethodInput{
-			Rate:     f.in.Rate,
-			DeviceID: f.in.DeviceID,
-			Method:   protocol.MethodFirmwareUpdate,
-			// fwPackageUri is all the tutorial's device reads; version and updateId let a device on
-			// dmflow's contract skip a repeat and label its stages.
-			Payload: map[string]any{
-				protocol.FieldPackageURI: f.in.PackageURI,
-				protocol.FieldVersion:    f.in.Version,
-				protocol.FieldUpdateID:   f.in.UpdateID,
-			},
-			ResponseTimeout: firmwareMethodTimeout,
-			// As for Reboot: an offline device makes the hub answer DeviceNotOnline at once,
-			// retried with backoff, rather than one call parked on the hub.
-			ConnectTimeout: 0,
-			Evidence:       &evidence,
-		}).Get(ctx, &inv)
+		inv, err := f.invoke(ctx, res, deadline, &evidence, nil)
 		if err != nil {
 			return res, retriedUntilDeadline(refusal(f.in.DeviceID, err), f.in.Deadline, invokeNonRetryable)
 		}
@@ -222,14 +204,53 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 		f.logger.Info("device accepted the update", "status", inv.Status, "attempt", inv.Attempt, "accepted_by", inv.AcceptedBy)
 	}
 
+	return f.follow(ctx, res, deadline, true, evidence.Before)
+}
+
+// invoke calls firmwareUpdate. evidence (or, in runs recorded before it, acceptedWhen) is how a
+// retry tells that an earlier attempt's call reached the device.
+func (f *firmware) invoke(ctx workflow.Context, res FirmwareResult, deadline time.Time, evidence *activities.Evidence, acceptedWhen *activities.ReportedValue) (activities.InvokeMethodResult, error) {
+	var a *activities.Activities
+	var window time.Duration
+	if evidence != nil {
+		window = evidence.Window
+	}
+	f.logger.Info("invoking direct method", "method", protocol.MethodFirmwareUpdate, "from_version", res.FromVersion, "deadline", deadline)
+	var inv activities.InvokeMethodResult
+	err := workflow.ExecuteActivity(invokeOptions(ctx, firmwareMethodTimeout, window, deadline), a.InvokeMethod, activities.InvokeMethodInput{
+		Rate:     f.in.Rate,
+		DeviceID: f.in.DeviceID,
+		Method:   protocol.MethodFirmwareUpdate,
+		// fwPackageUri is all the tutorial's device reads; version and updateId let a device on
+		// dmflow's contract skip a repeat (answering with the update's state instead of starting
+		// over) and label its stages.
+		Payload: map[string]any{
+			protocol.FieldPackageURI: f.in.PackageURI,
+			protocol.FieldVersion:    f.in.Version,
+			protocol.FieldUpdateID:   f.in.UpdateID,
+		},
+		ResponseTimeout: firmwareMethodTimeout,
+		// As for Reboot: an offline device makes the hub answer DeviceNotOnline at once, retried
+		// with backoff, rather than one call parked on the hub.
+		ConnectTimeout: 0,
+		Evidence:       evidence,
+		AcceptedWhen:   acceptedWhen,
+	}).Get(ctx, &inv)
+	return inv, err
+}
+
+// follow follows the update's stages, reboots the device when asked, and completes res. byMetadata
+// and statusBefore are FollowStagesInput's (false for runs recorded before the tutorials' contract).
+func (f *firmware) follow(ctx workflow.Context, res FirmwareResult, deadline time.Time, byMetadata bool, statusBefore string) (FirmwareResult, error) {
+	var a *activities.Activities
 	f.setStep(ctx, StepFollowingStages)
 	var followed activities.FollowStagesResult
-	err = workflow.ExecuteActivity(followOptions(ctx, deadline), a.FollowStages, activities.FollowStagesInput{
+	err := workflow.ExecuteActivity(followOptions(ctx, deadline), a.FollowStages, activities.FollowStagesInput{
 		Rate:            f.in.Rate,
 		DeviceID:        f.in.DeviceID,
 		UpdateID:        f.in.UpdateID,
-		ByMetadata:      true,
-		StatusBefore:    evidence.Before,
+		ByMetadata:      byMetadata,
+		StatusBefore:    statusBefore,
 		Since:           workflow.Now(ctx),
 		StageTimeout:    f.in.StageTimeout,
 		Deadline:        deadline,
@@ -237,6 +258,7 @@ func (f *firmware) run(ctx workflow.Context) (FirmwareResult, error) {
 		MaxInterval:     followMaxInterval,
 	}).Get(ctx, &followed)
 	if err != nil {
+		// The stages seen until the failure travel in the error's details.
 		var appErr *temporal.ApplicationError
 		var p activities.FollowStagesProgress
 		if errors.As(err, &appErr) && appErr.HasDetails() && appErr.Details(&p) == nil {
@@ -304,28 +326,10 @@ func (f *firmware) runV0(ctx workflow.Context) (FirmwareResult, error) {
 	}
 
 	f.setStep(ctx, StepStartingUpdate)
-	f.logger.Info("invoking direct method", "method", protocol.MethodFirmwareUpdate, "from_version", res.FromVersion, "deadline", deadline)
-	var inv activities.InvokeMethodResult
-	err = workflow.ExecuteActivity(invokeOptions(ctx, firmwareMethodTimeout, 0, deadline), a.InvokeMethod, activities.InvokeMethodInput{
-		Rate:     f.in.Rate,
-		DeviceID: f.in.DeviceID,
-		Method:   protocol.MethodFirmwareUpdate,
-		// updateId makes the call idempotent: a retried invocation (after a gateway timeout or a
-		// worker crash) reaches a device that already runs this update, which answers with its
-		// current state instead of starting over.
-		Payload: map[string]any{
-			protocol.FieldPackageURI: f.in.PackageURI,
-			protocol.FieldVersion:    f.in.Version,
-			protocol.FieldUpdateID:   f.in.UpdateID,
-		},
-		ResponseTimeout: firmwareMethodTimeout,
-		// As for Reboot: an offline device makes the hub answer DeviceNotOnline at once, retried
-		// with backoff, rather than one call parked on the hub.
-		ConnectTimeout: 0,
-		// A device that accepted this update labels its status with the update ID: a retry after a
-		// lost answer (a worker killed during the call) then does not call again.
-		AcceptedWhen: &activities.ReportedValue{Property: protocol.PropFirmwareUpdateID, Value: f.in.UpdateID},
-	}).Get(ctx, &inv)
+	// A device that accepted this update labels its status with the update ID: a retry after a
+	// lost answer (a worker killed during the call) then does not call again.
+	inv, err := f.invoke(ctx, res, deadline, nil,
+		&activities.ReportedValue{Property: protocol.PropFirmwareUpdateID, Value: f.in.UpdateID})
 	if err != nil {
 		return res, retriedUntilDeadline(refusal(f.in.DeviceID, err), f.in.Deadline, invokeNonRetryable)
 	}
@@ -333,46 +337,7 @@ func (f *firmware) runV0(ctx workflow.Context) (FirmwareResult, error) {
 	res.HubCalls += inv.Attempt
 	f.logger.Info("device accepted the update", "status", inv.Status, "attempt", inv.Attempt)
 
-	f.setStep(ctx, StepFollowingStages)
-	var followed activities.FollowStagesResult
-	err = workflow.ExecuteActivity(followOptions(ctx, deadline), a.FollowStages, activities.FollowStagesInput{
-		Rate:            f.in.Rate,
-		DeviceID:        f.in.DeviceID,
-		UpdateID:        f.in.UpdateID,
-		Since:           workflow.Now(ctx),
-		StageTimeout:    f.in.StageTimeout,
-		Deadline:        deadline,
-		InitialInterval: followInitialInterval,
-		MaxInterval:     followMaxInterval,
-	}).Get(ctx, &followed)
-	if err != nil {
-		// The stages seen until the failure travel in the error's details.
-		var appErr *temporal.ApplicationError
-		var p activities.FollowStagesProgress
-		if errors.As(err, &appErr) && appErr.HasDetails() && appErr.Details(&p) == nil {
-			f.setStages(p.Stages)
-		}
-		return res, err
-	}
-	res.HubCalls += followed.Polls
-	res.Stages = followed.Stages
-	f.setStages(followed.Stages)
-	f.logger.Info("update completed on the device", "polls", followed.Polls)
-
-	if f.in.Reboot {
-		rebooted, calls, err := f.reboot(ctx, deadline, false)
-		res.HubCalls += calls
-		if err != nil {
-			return res, err
-		}
-		res.Reboot = rebooted
-	}
-
-	f.setStep(ctx, StepDone)
-	res.Status = FirmwareUpdated
-	res.Duration = workflow.Now(ctx).Sub(res.Started)
-	f.logger.Info("firmware updated", "attempts", res.Attempts, "hub_calls", res.HubCalls, "duration", res.Duration)
-	return res, nil
+	return f.follow(ctx, res, deadline, false, "")
 }
 
 // reboot runs Reboot as a child and confirms the new version, unless versionUnknown (the device

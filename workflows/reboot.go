@@ -129,21 +129,7 @@ func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, err
 		// rebooted for it already.
 		r.logger.Info("the device already rebooted for this request; not calling again")
 	} else {
-		r.logger.Info("invoking direct method", "method", RebootMethod, "deadline", deadline)
-		var inv activities.InvokeMethodResult
-		err = workflow.ExecuteActivity(invokeOptions(ctx, r.in.MethodTimeout, evidence.Window, deadline), a.InvokeMethod, activities.InvokeMethodInput{
-			Rate:     r.in.Rate,
-			DeviceID: r.in.DeviceID,
-			Method:   RebootMethod,
-			Payload:  map[string]any{"method_number": rebootPayloadMethodNumber, protocol.FieldRequestID: workflowID},
-			// The tutorial's device answers only after rebooting; a method timeout shorter than
-			// its reboot makes the hub answer 504101, and the retry then finds rebootTime changed.
-			ResponseTimeout: r.in.MethodTimeout,
-			// The device must be connected when the call arrives, as in the tutorial; an offline
-			// device's DeviceNotOnline is retried with backoff.
-			ConnectTimeout: 0,
-			Evidence:       &evidence,
-		}).Get(ctx, &inv)
+		inv, err := r.invoke(ctx, workflowID, deadline, &evidence, nil)
 		if err != nil {
 			return r.fail(ctx, retriedUntilDeadline(err, r.in.Deadline, invokeNonRetryable))
 		}
@@ -224,22 +210,10 @@ func (r *reboot) runV0(ctx workflow.Context, workflowID string) (RebootResult, e
 	var a *activities.Activities
 	started, deadline := r.status.Started, r.status.Deadline
 
-	r.logger.Info("invoking direct method", "method", RebootMethod, "deadline", deadline)
-	var inv activities.InvokeMethodResult
-	err := workflow.ExecuteActivity(invokeOptions(ctx, r.in.MethodTimeout, 0, deadline), a.InvokeMethod, activities.InvokeMethodInput{
-		Rate:            r.in.Rate,
-		DeviceID:        r.in.DeviceID,
-		Method:          RebootMethod,
-		Payload:         map[string]any{"method_number": rebootPayloadMethodNumber, protocol.FieldRequestID: workflowID},
-		ResponseTimeout: r.in.MethodTimeout,
-		// The device must be connected when the call arrives, as in the tutorial. An offline device
-		// makes the hub answer DeviceNotOnline, which the retry policy retries with backoff, so that
-		// each try shows in the history and Attempts, rather than one call parked on the hub.
-		ConnectTimeout: 0,
-		// A device that rebooted for this request reports its ID (simdevice does): a retry after a
-		// lost answer then does not call again.
-		AcceptedWhen: &activities.ReportedValue{Property: protocol.PropLastRebootRequestID, Value: workflowID},
-	}).Get(ctx, &inv)
+	// A device that rebooted for this request reports its ID (simdevice does): a retry after a
+	// lost answer then does not call again.
+	inv, err := r.invoke(ctx, workflowID, deadline, nil,
+		&activities.ReportedValue{Property: protocol.PropLastRebootRequestID, Value: workflowID})
 	if err != nil {
 		return r.fail(ctx, retriedUntilDeadline(err, r.in.Deadline, invokeNonRetryable))
 	}
@@ -285,6 +259,34 @@ func (r *reboot) runV0(ctx workflow.Context, workflowID string) (RebootResult, e
 	}
 	r.logger.Info("reboot confirmed", "reboot_time", rebootTime, "attempts", res.Attempts, "polls", res.Polls, "duration", res.Duration)
 	return res, nil
+}
+
+// invoke calls rebootDevice with the workflow ID as requestId. evidence (or, in runs recorded before
+// it, acceptedWhen) is how a retry tells that an earlier attempt's call reached the device.
+func (r *reboot) invoke(ctx workflow.Context, workflowID string, deadline time.Time, evidence *activities.Evidence, acceptedWhen *activities.ReportedValue) (activities.InvokeMethodResult, error) {
+	var a *activities.Activities
+	var window time.Duration
+	if evidence != nil {
+		window = evidence.Window
+	}
+	r.logger.Info("invoking direct method", "method", RebootMethod, "deadline", deadline)
+	var inv activities.InvokeMethodResult
+	err := workflow.ExecuteActivity(invokeOptions(ctx, r.in.MethodTimeout, window, deadline), a.InvokeMethod, activities.InvokeMethodInput{
+		Rate:     r.in.Rate,
+		DeviceID: r.in.DeviceID,
+		Method:   RebootMethod,
+		Payload:  map[string]any{"method_number": rebootPayloadMethodNumber, protocol.FieldRequestID: workflowID},
+		// The tutorial's device answers only after rebooting; a method timeout shorter than its
+		// reboot makes the hub answer 504101, and the retry then finds rebootTime changed.
+		ResponseTimeout: r.in.MethodTimeout,
+		// The device must be connected when the call arrives, as in the tutorial. An offline device
+		// makes the hub answer DeviceNotOnline, which the retry policy retries with backoff, so that
+		// each try shows in the history and Attempts, rather than one call parked on the hub.
+		ConnectTimeout: 0,
+		Evidence:       evidence,
+		AcceptedWhen:   acceptedWhen,
+	}).Get(ctx, &inv)
+	return inv, err
 }
 
 // invokeOptions are the activity options of InvokeMethod, for Reboot and FirmwareUpdate alike.

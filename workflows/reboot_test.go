@@ -56,14 +56,23 @@ func (c *calls) recordWait(ctx context.Context, in activities.WaitForReportedInp
 	c.waitIn = append(c.waitIn, in)
 }
 
+// newEnv is a test environment for a Reboot whose read before the call finds an earlier
+// reboot's rebootTime (rebootTwin).
 func newEnv(t *testing.T) *testsuite.TestWorkflowEnvironment {
+	t.Helper()
+	env := bareEnv(t)
+	rebootTwin(env)
+	return env
+}
+
+// bareEnv is a test environment for a Reboot with no activity mocked.
+func bareEnv(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	t.Helper()
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestWorkflowEnvironment()
 	env.RegisterActivity(&activities.Activities{})
 	env.SetStartTime(start)
 	env.SetStartWorkflowOptions(client.StartWorkflowOptions{ID: workflowID, TaskQueue: workflows.TaskQueue})
-	rebootTwin(env)
 	return env
 }
 

@@ -11,8 +11,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
-	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
 )
 
@@ -24,11 +22,7 @@ import (
 const pythonNow = "2026-05-01 14:00:21.808000"
 
 func TestRebootTutorialDevice(t *testing.T) {
-	var s testsuite.WorkflowTestSuite
-	env := s.NewTestWorkflowEnvironment()
-	env.RegisterActivity(&activities.Activities{})
-	env.SetStartTime(start)
-	env.SetStartWorkflowOptions(client.StartWorkflowOptions{ID: workflowID, TaskQueue: workflows.TaskQueue})
+	env := bareEnv(t)
 	// An earlier reboot's rebootTime in the device's format, no lastRebootRequestId.
 	env.OnActivity(a.GetTwin, mock.Anything, mock.Anything).Return(activities.GetTwinResult{
 		Reported:    map[string]any{"rebootTime": "2026-05-01 13:00:00.000001"},
@@ -61,11 +55,7 @@ func TestRebootTutorialDevice(t *testing.T) {
 // afterwards) reached the device, which reports the request's ID: the reboot is confirmed
 // without a second call.
 func TestRebootNotCalledAgainForItsRequest(t *testing.T) {
-	var s testsuite.WorkflowTestSuite
-	env := s.NewTestWorkflowEnvironment()
-	env.RegisterActivity(&activities.Activities{})
-	env.SetStartTime(start)
-	env.SetStartWorkflowOptions(client.StartWorkflowOptions{ID: workflowID, TaskQueue: workflows.TaskQueue})
+	env := bareEnv(t)
 	env.OnActivity(a.GetTwin, mock.Anything, mock.Anything).Return(activities.GetTwinResult{
 		Reported:    map[string]any{"rebootTime": rebootTime, "lastRebootRequestId": workflowID},
 		LastUpdated: map[string]string{"rebootTime": rebootBefore, "lastRebootRequestId": rebootBefore},

@@ -476,6 +476,22 @@ func (d *Device) reportFirmwareStart(s *session) {
 		}
 	}
 	d.mu.Unlock()
+	if err := s.reportStart(d, patch); err != nil {
+		return
+	}
+	if interrupted {
+		d.mu.Lock()
+		d.fw.startReport = nil
+		d.mu.Unlock()
+		d.failures.Add(1)
+		d.log.Warn("firmware update of the previous process reported as interrupted",
+			"update_id", patch[protocol.PropFirmwareUpdateID], "stage", patch[protocol.PropFirmwareErrStage])
+	}
+}
+
+// reportStart reports patch, the firmware state a device reports when it starts, retrying with
+// backoff for up to reportMaxElapsed while the session lasts; a failure is logged.
+func (s *session) reportStart(d *Device, patch iotdevice.TwinState) error {
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(time.Second),
 		backoff.WithMaxElapsedTime(reportMaxElapsed),
@@ -488,14 +504,6 @@ func (d *Device) reportFirmwareStart(s *session) {
 	}, backoff.WithContext(b, s.ctx))
 	if err != nil {
 		d.log.Warn("report firmware start state failed", "status", patch[protocol.PropFirmwareStatus], "error", err)
-		return
 	}
-	if interrupted {
-		d.mu.Lock()
-		d.fw.startReport = nil
-		d.mu.Unlock()
-		d.failures.Add(1)
-		d.log.Warn("firmware update of the previous process reported as interrupted",
-			"update_id", patch[protocol.PropFirmwareUpdateID], "stage", patch[protocol.PropFirmwareErrStage])
-	}
+	return err
 }

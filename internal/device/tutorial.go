@@ -47,7 +47,6 @@ import (
 	"time"
 
 	"github.com/amenzhinsky/iothub/iotdevice"
-	"github.com/cenkalti/backoff/v4"
 
 	"github.com/dmflow/dmflow/internal/protocol"
 )
@@ -261,18 +260,7 @@ func (d *Device) bootTutorial(s *session) {
 		protocol.PropFirmwareStatus: protocol.StatusStandBy,
 		protocol.PropLogTime:        PythonTime(d.cfg.Now()),
 	}
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(time.Second),
-		backoff.WithMaxElapsedTime(reportMaxElapsed),
-	)
-	err := backoff.Retry(func() error {
-		return s.call(twinTimeout, func(ctx context.Context) error {
-			_, err := s.client.UpdateTwinState(ctx, patch)
-			return err
-		})
-	}, backoff.WithContext(b, s.ctx))
-	if err != nil {
-		d.log.Warn("report firmware start state failed", "status", protocol.StatusStandBy, "error", err)
+	if err := s.reportStart(d, patch); err != nil {
 		return
 	}
 	d.mu.Lock()

@@ -402,27 +402,14 @@ func (f *Fleet) logProfiles() {
 		profile Profile
 		stage   string
 	}
-	counts := map[group]int{}
-	samples := map[group][]string{}
-	for _, m := range f.members {
-		g := group{m.Profile, m.FailStage}
-		counts[g]++
-		if len(samples[g]) < logSample {
-			samples[g] = append(samples[g], m.ID)
-		}
-	}
+	counts, ids := groupMembers(f.members, func(m Member) group { return group{m.Profile, m.FailStage} })
 	for _, p := range Profiles {
 		for _, stage := range []string{"", "downloading", "applying"} {
 			g := group{p, stage}
-			n := counts[g]
-			if n == 0 {
+			if counts[g] == 0 {
 				continue
 			}
-			ids := strings.Join(samples[g], ",")
-			if n > len(samples[g]) {
-				ids += ",…"
-			}
-			attrs := []any{"profile", string(p), "count", n, "devices", ids}
+			attrs := []any{"profile", string(p), "count", counts[g], "devices", ids[g]}
 			if stage != "" {
 				attrs = append(attrs, "fail_stage", stage)
 			}
@@ -436,30 +423,39 @@ func (f *Fleet) logProfiles() {
 // and first IDs.
 func (f *Fleet) logContracts() {
 	type group struct{ contract, answer string }
-	counts := map[group]int{}
-	samples := map[group][]string{}
-	for _, m := range f.members {
-		g := group{m.Contract, m.Answer}
-		counts[g]++
-		if len(samples[g]) < logSample {
-			samples[g] = append(samples[g], m.ID)
-		}
-	}
+	counts, ids := groupMembers(f.members, func(m Member) group { return group{m.Contract, m.Answer} })
 	for _, g := range []group{{device.ContractDmflow, ""}, {device.ContractTutorial, device.AnswerObject}, {device.ContractTutorial, device.AnswerString}} {
-		n := counts[g]
-		if n == 0 {
+		if counts[g] == 0 {
 			continue
 		}
-		ids := strings.Join(samples[g], ",")
-		if n > len(samples[g]) {
-			ids += ",…"
-		}
-		attrs := []any{"contract", g.contract, "count", n, "devices", ids}
+		attrs := []any{"contract", g.contract, "count", counts[g], "devices", ids[g]}
 		if g.answer != "" {
-			attrs = []any{"contract", g.contract, "answer", g.answer, "count", n, "devices", ids}
+			attrs = []any{"contract", g.contract, "answer", g.answer, "count", counts[g], "devices", ids[g]}
 		}
 		f.log.Info("fleet contract", attrs...)
 	}
+}
+
+// groupMembers counts members by key and lists the first logSample IDs of each group, with "…"
+// when there are more, for a log line.
+func groupMembers[K comparable](members []Member, key func(Member) K) (map[K]int, map[K]string) {
+	counts := map[K]int{}
+	samples := map[K][]string{}
+	for _, m := range members {
+		k := key(m)
+		counts[k]++
+		if len(samples[k]) < logSample {
+			samples[k] = append(samples[k], m.ID)
+		}
+	}
+	ids := make(map[K]string, len(samples))
+	for k, s := range samples {
+		ids[k] = strings.Join(s, ",")
+		if counts[k] > len(s) {
+			ids[k] += ",…"
+		}
+	}
+	return counts, ids
 }
 
 // summarize logs a summary line every SummaryInterval until ctx is done.
