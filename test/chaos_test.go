@@ -775,7 +775,11 @@ func TestChaosTemporalRestart(t *testing.T) {
 	server := startDevServer(t)
 	s := newChaosStack(t, "chaos-temporal", sharedHub(), server)
 	fl := s.startFleet(t, count, 4, fleet.Faults{}, "--stage-duration", "500ms")
-	args := []string{"--canary", "5", "--growth", "2", "--max-concurrent", sized("15", "100")}
+	// A call in flight when the server went down may have reached the device: its retry looks
+	// for the device's first stage for a stage timeout before calling again. These devices
+	// report it within half a second; 15 s keeps a call that never left from waiting the
+	// default 2 minutes.
+	args := []string{"--canary", "5", "--growth", "2", "--max-concurrent", sized("15", "100"), "--stage-timeout", "15s"}
 	if chaosLong() {
 		args = append(args, "--rate", "40/s")
 	}
