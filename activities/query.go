@@ -24,8 +24,19 @@ const (
 
 // queryForm matches the queries QueryDevices runs: whole twins of devices, filtered or not.
 // Keywords are case-insensitive as in IoT Hub; the condition is left to the hub, which says where
-// it fails to parse.
-var queryForm = regexp.MustCompile(`(?is)^\s*SELECT\s*\*\s*FROM\s+devices(?:\s+WHERE\b\s*\S.*)?$`)
+// it fails to parse. Group 1 is the condition. The rule is here once: Rollout's validation and
+// target query use it through DeviceQueryCondition.
+var queryForm = regexp.MustCompile(`(?is)^\s*SELECT\s*\*\s*FROM\s+devices(?:\s+WHERE\b\s*(\S.*?))?\s*$`)
+
+// DeviceQueryCondition reports whether q is a query QueryDevices runs (SELECT * FROM devices
+// [WHERE …]) and returns its condition ("" when it has none).
+func DeviceQueryCondition(q string) (condition string, ok bool) {
+	m := queryForm.FindStringSubmatch(q)
+	if m == nil {
+		return "", false
+	}
+	return m[1], true
+}
 
 // QueryDevicesInput asks for the devices an IoT Hub device query selects.
 type QueryDevicesInput struct {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/workflows"
-	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
 )
 
@@ -164,11 +163,11 @@ When, one of:
         in the IANA time zone given (default UTC), daylight saving included:
         a time that a change skips does not run, one it repeats runs twice
   --interval 24h [--offset 2h]
-        every interval since the Unix epoch, shifted by offset (at least ` + shortDuration(minInterval) + `)
+        every interval since the Unix epoch, shifted by offset (at least ` + workflows.ShortDuration(minInterval) + `)
 
 Runs: one rollout of the schedule at a time; a run due while the previous one
-still runs is skipped (overlap policy skip). --catchup-window (default ` + shortDuration(defaultCatchupWindow) + `,
-` + shortDuration(minCatchupWindow) + ` to ` + shortDuration(maxCatchupWindow) + `) bounds how late a run missed while Temporal was unavailable
+still runs is skipped (overlap policy skip). --catchup-window (default ` + workflows.ShortDuration(defaultCatchupWindow) + `,
+` + workflows.ShortDuration(minCatchupWindow) + ` to ` + workflows.ShortDuration(maxCatchupWindow) + `) bounds how late a run missed while Temporal was unavailable
 still starts; later, it is skipped and the next time applies. --paused creates
 the schedule paused (trigger still runs it). The rollout spec is checked here,
 as rollout start checks it, before the schedule is created.
@@ -190,7 +189,7 @@ as rollout start checks it, before the schedule is created.
 	fl.StringVar(&f.timeZone, "timezone", "", "IANA time zone of --cron, e.g. Europe/Warsaw (default UTC)")
 	fl.DurationVar(&f.interval, "interval", 0, "when to run: every interval, e.g. 24h (instead of --cron)")
 	fl.DurationVar(&f.offset, "offset", 0, "with --interval: shift the times by this much, e.g. 2h")
-	fl.DurationVar(&f.catchupWindow, "catchup-window", defaultCatchupWindow, "how late a missed run may still start, "+shortDuration(minCatchupWindow)+" to "+shortDuration(maxCatchupWindow))
+	fl.DurationVar(&f.catchupWindow, "catchup-window", defaultCatchupWindow, "how late a missed run may still start, "+workflows.ShortDuration(minCatchupWindow)+" to "+workflows.ShortDuration(maxCatchupWindow))
 	fl.BoolVar(&f.paused, "paused", false, "create the schedule paused")
 	fl.StringVar(&f.note, "note", "", "a note on the schedule, shown in the Temporal UI")
 	fl.StringVar(&f.taskQueue, "task-queue", "", "task queue of the worker (env DMFLOW_TASK_QUEUE, default "+workflows.TaskQueue+")")
@@ -209,7 +208,7 @@ func (f *createFlags) request(cmd *cobra.Command, name string, getenv func(strin
 	problems = append(problems, tp...)
 	if f.catchupWindow < minCatchupWindow || f.catchupWindow > maxCatchupWindow {
 		problems = append(problems, fmt.Sprintf("--catchup-window %s: give %s to %s: how late a run missed while Temporal was unavailable may still start",
-			f.catchupWindow, shortDuration(minCatchupWindow), shortDuration(maxCatchupWindow)))
+			f.catchupWindow, workflows.ShortDuration(minCatchupWindow), workflows.ShortDuration(maxCatchupWindow)))
 	}
 	in, err := f.input(cmd.InOrStdin(), cmd.Flags().Changed, name)
 	if err != nil {
@@ -253,7 +252,7 @@ func (f *createFlags) timing() (scheduleTiming, []string) {
 		}
 	case f.interval != 0:
 		if f.interval < minInterval {
-			problems = append(problems, fmt.Sprintf("--interval %s: at least %s (each run queries the hub for its targets)", f.interval, shortDuration(minInterval)))
+			problems = append(problems, fmt.Sprintf("--interval %s: at least %s (each run queries the hub for its targets)", f.interval, workflows.ShortDuration(minInterval)))
 		}
 		if f.offset < 0 || f.offset >= f.interval {
 			problems = append(problems, fmt.Sprintf("--offset %s: from 0 up to the interval (%s)", f.offset, f.interval))
@@ -272,9 +271,6 @@ func (f *createFlags) timing() (scheduleTiming, []string) {
 	return t, problems
 }
 
-// cronParser reads what both it and Temporal read alike: five fields or the descriptors below.
-var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
-
 // cronDescriptors are the shorthands Temporal accepts.
 var cronDescriptors = []string{"@yearly", "@monthly", "@weekly", "@daily", "@hourly"}
 
@@ -289,7 +285,7 @@ func checkCron(expr string) error {
 	case strings.HasPrefix(expr, "@") && !contains(cronDescriptors, expr):
 		return fmt.Errorf("--cron %q: the shorthands are %s", expr, strings.Join(cronDescriptors, ", "))
 	}
-	if _, err := cronParser.Parse(expr); err != nil {
+	if _, err := workflows.CronParser.Parse(expr); err != nil {
 		return fmt.Errorf(`--cron %q: %v: give five fields, minute hour day-of-month month day-of-week, e.g. "0 2 * * SUN" (Sundays at 02:00), or @daily, @weekly`, expr, err)
 	}
 	return nil
@@ -462,7 +458,7 @@ func printSchedule(out io.Writer, s scheduleInfo) {
 		fmt.Fprintf(out, "  running:     %s: the next run is skipped while it runs\n", strings.Join(s.Running, ", "))
 	}
 	fmt.Fprintf(out, "  runs:        %d started, %d skipped (a rollout still ran), %d missed (later than the catch-up window %s)\n",
-		s.Actions, s.SkippedOverlap, s.MissedCatchup, shortDuration(time.Duration(s.CatchupWindow)))
+		s.Actions, s.SkippedOverlap, s.MissedCatchup, workflows.ShortDuration(time.Duration(s.CatchupWindow)))
 	if s.TaskQueue != "" {
 		fmt.Fprintf(out, "  task queue:  %s\n", s.TaskQueue)
 	}
@@ -558,7 +554,7 @@ rollout of the schedule runs, the run is skipped, and trigger says so and
 exits 1 (wait for the rollout, or cancel it, and trigger again).
 
 Prints the rollout the run started (<schedule>-<now, UTC>), once the schedule
-reports it (within ` + shortDuration(triggerWait) + `). With --output json: {schedule, started,
+reports it (within ` + workflows.ShortDuration(triggerWait) + `). With --output json: {schedule, started,
 skipped, rollout, workflowId, running}.`,
 		Args: scheduleNameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -632,7 +628,7 @@ func runTrigger(ctx context.Context, api scheduleAPI, name, output string, out i
 		return fmt.Errorf("schedule %s skipped the run: %s still runs, and a schedule runs one rollout at a time (overlap policy skip)%s", name, running, hint)
 	}
 	if output == "text" {
-		fmt.Fprintf(out, "triggered schedule %s; its run did not show within %s: see starter schedule describe %s\n", name, shortDuration(wait), name)
+		fmt.Fprintf(out, "triggered schedule %s; its run did not show within %s: see starter schedule describe %s\n", name, workflows.ShortDuration(wait), name)
 	}
 	return nil
 }
@@ -682,9 +678,9 @@ func describeTiming(t scheduleTiming) string {
 	case t.Cron != "":
 		return fmt.Sprintf("cron %q in %s", t.Cron, cmp.Or(t.TimeZone, "UTC"))
 	case t.Interval > 0 && t.Offset > 0:
-		return fmt.Sprintf("every %s (offset %s)", shortDuration(time.Duration(t.Interval)), shortDuration(time.Duration(t.Offset)))
+		return fmt.Sprintf("every %s (offset %s)", workflows.ShortDuration(time.Duration(t.Interval)), workflows.ShortDuration(time.Duration(t.Offset)))
 	case t.Interval > 0:
-		return "every " + shortDuration(time.Duration(t.Interval))
+		return "every " + workflows.ShortDuration(time.Duration(t.Interval))
 	}
 	return "no times (trigger runs it)"
 }
@@ -706,16 +702,4 @@ func joinTimes(ts []time.Time, tz, sep string) string {
 		parts[i] = timeIn(t, tz)
 	}
 	return strings.Join(parts, sep)
-}
-
-// shortDuration writes a duration without zero units: 24h, 1h30m, 90s.
-func shortDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = s[:len(s)-2]
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = s[:len(s)-2]
-	}
-	return s
 }

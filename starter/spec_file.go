@@ -559,7 +559,7 @@ func formatSpec(in workflows.RolloutInput, maxDevices int) []byte {
 		if d == 0 {
 			return ""
 		}
-		return shortDuration(d)
+		return workflows.ShortDuration(d)
 	}
 	out := specOut{Name: in.Name, Query: in.Query, Devices: in.Devices, Canary: in.Canary, Growth: in.Growth,
 		MaxConcurrent: in.MaxConcurrent, MaxFailures: in.MaxFailures, MinDevices: in.MinDevices, RetryFailed: in.RetryFailed,

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"go.temporal.io/sdk/temporal"
 )
@@ -438,9 +439,6 @@ func (t Threshold) String() string {
 // rolloutNamePattern keeps names usable in workflow IDs (no '/') and as search attribute values.
 var rolloutNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9\-._:]*$`)
 
-// selectDevicesPattern is the shape of a target query: whole twins from devices.
-var selectDevicesPattern = regexp.MustCompile(`(?is)^\s*SELECT\s+\*\s+FROM\s+devices(\s+WHERE\s+.+)?\s*$`)
-
 // Validate reports what is wrong with the input, all problems at once, or nil.
 func (in RolloutInput) Validate() error {
 	var problems []string
@@ -494,7 +492,7 @@ func (in RolloutInput) Validate() error {
 		problems = append(problems, "give the targets as a query or as device IDs, not both")
 	case in.Query == "" && len(in.Devices) == 0:
 		problems = append(problems, "no targets: give a device query (SELECT * FROM devices WHERE tags.ring = 'beta') or device IDs")
-	case in.Query != "" && !selectDevicesPattern.MatchString(in.Query):
+	case in.Query != "" && !isDeviceQuery(in.Query):
 		problems = append(problems, "the target query must select whole twins: SELECT * FROM devices [WHERE …], e.g. SELECT * FROM devices WHERE tags.ring = 'beta'")
 	case len(in.Devices) > MaxRolloutDevices:
 		problems = append(problems, fmt.Sprintf("%d target devices are more than the %d one rollout takes: split them into several rollouts", len(in.Devices), MaxRolloutDevices))
@@ -536,8 +534,11 @@ func (in RolloutInput) Validate() error {
 // allDevices is the target query of a reconcile rollout given no query.
 const allDevices = "SELECT * FROM devices"
 
-// whereClause splits the condition off a target query: "SELECT * FROM devices WHERE c" gives c.
-var whereClause = regexp.MustCompile(`(?is)^\s*SELECT\s+\*\s+FROM\s+devices\s+WHERE\s+(.+?)\s*$`)
+// isDeviceQuery reports whether q has the shape of a target query, the one QueryDevices runs.
+func isDeviceQuery(q string) bool {
+	_, ok := activities.DeviceQueryCondition(q)
+	return ok
+}
 
 // TargetQuery is the device query the rollout resolves its targets with, or "" when it targets
 // device IDs. A reconcile rollout adds to the query (default: every device) the condition that the
@@ -548,8 +549,8 @@ func (in RolloutInput) TargetQuery() string {
 	}
 	drifted := "(NOT IS_DEFINED(properties.reported." + protocol.PropFirmwareVersion + ") OR properties.reported." +
 		protocol.PropFirmwareVersion + " != " + quoteQueryString(in.Firmware.Version) + ")"
-	if m := whereClause.FindStringSubmatch(in.Query); m != nil {
-		return allDevices + " WHERE (" + m[1] + ") AND " + drifted
+	if cond, _ := activities.DeviceQueryCondition(in.Query); cond != "" {
+		return allDevices + " WHERE (" + cond + ") AND " + drifted
 	}
 	return allDevices + " WHERE " + drifted
 }

@@ -3,6 +3,7 @@ package workflows_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/dmflow/dmflow/activities"
 	"strings"
 	"testing"
 	"time"
@@ -71,6 +72,14 @@ func TestRolloutInputValidate(t *testing.T) {
 		}
 	}
 	require.NoError(t, valid().Validate())
+	// Every query shape the query activity runs is a valid target: one rule for both.
+	for _, q := range []string{"SELECT * FROM devices WHERE(tags.ring = 'beta')", "SELECT*FROM devices", " select * from devices "} {
+		in := valid()
+		in.Query = q
+		_, runs := activities.DeviceQueryCondition(q)
+		assert.True(t, runs, "%q", q)
+		assert.NoError(t, in.Validate(), "%q", q)
+	}
 	tests := []struct {
 		name   string
 		change func(*workflows.RolloutInput)
@@ -191,6 +200,9 @@ func TestRolloutTargetQuery(t *testing.T) {
 		{"reconcile within a query", workflows.RolloutInput{Reconcile: true, Firmware: fw,
 			Query: "select * from devices where tags.ring = 'beta' OR tags.ring = 'prod'\n"},
 			"SELECT * FROM devices WHERE (tags.ring = 'beta' OR tags.ring = 'prod') AND " + drift},
+		{"reconcile within a query whose condition opens with a parenthesis", workflows.RolloutInput{Reconcile: true, Firmware: fw,
+			Query: "SELECT * FROM devices WHERE(tags.ring = 'beta')"},
+			"SELECT * FROM devices WHERE ((tags.ring = 'beta')) AND " + drift},
 		{"quotes in the version", workflows.RolloutInput{Reconcile: true,
 			Firmware: &workflows.RolloutFirmware{Version: `2.0'rc\1`}},
 			`SELECT * FROM devices WHERE (NOT IS_DEFINED(properties.reported.firmwareVersion) OR properties.reported.firmwareVersion != '2.0\'rc\\1')`},

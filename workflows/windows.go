@@ -23,8 +23,9 @@ const (
 	MaxWindowDuration = 31 * 24 * time.Hour
 )
 
-// cronParser reads the five standard fields and the @daily-style descriptors.
-var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+// CronParser reads cron expressions as maintenance windows and Temporal schedules both read them:
+// the five standard fields and the @daily-style descriptors. starter checks --cron with it.
+var CronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
 // windowSyntax is appended to every ParseWindow error.
 const windowSyntax = `a recurring window is "<cron> for <duration> [in <time zone>]", e.g. "0 2 * * SUN for 4h in Europe/Warsaw"; ` +
@@ -72,7 +73,7 @@ func ParseWindow(s string) (Window, error) {
 // String formats the window as ParseWindow reads it.
 func (w Window) String() string {
 	if w.Cron != "" {
-		s := w.Cron + " for " + shortDuration(w.Duration)
+		s := w.Cron + " for " + ShortDuration(w.Duration)
 		if w.TimeZone != "" {
 			s += " in " + w.TimeZone
 		}
@@ -81,8 +82,9 @@ func (w Window) String() string {
 	return w.Start.Format(time.RFC3339) + "/" + w.End.Format(time.RFC3339)
 }
 
-// shortDuration writes d as time.ParseDuration reads it, without zero trailing units: 4h, not 4h0m0s.
-func shortDuration(d time.Duration) string {
+// ShortDuration writes d as time.ParseDuration reads it, without zero trailing units: 4h, not
+// 4h0m0s; 1h30m, 90s. Windows print with it, and starter's messages too.
+func ShortDuration(d time.Duration) string {
 	s := d.String()
 	if strings.HasSuffix(s, "m0s") {
 		s = strings.TrimSuffix(s, "0s")
@@ -132,7 +134,7 @@ func (w Window) schedule() (*cron.SpecSchedule, error) {
 	if strings.HasPrefix(w.Cron, "@every") || strings.Contains(w.Cron, "TZ=") {
 		return nil, fmt.Errorf("window %s: the cron start takes five fields (minute hour day-of-month month day-of-week) or @daily, @weekly…; the time zone goes after \"in\"", w)
 	}
-	sched, err := cronParser.Parse(w.Cron)
+	sched, err := CronParser.Parse(w.Cron)
 	if err != nil {
 		return nil, fmt.Errorf("window %s: cron %q: %v: give five fields, minute hour day-of-month month day-of-week, e.g. 0 2 * * SUN", w, w.Cron, err)
 	}
