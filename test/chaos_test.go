@@ -742,8 +742,11 @@ func TestChaosWorkerKill(t *testing.T) {
 	perRun := sized(20, 300)
 	s := newChaosStack(t, "chaos-kill", sharedHub(), nil)
 	fl := s.startFleet(t, count, 3, fleet.Faults{}, "--stage-duration", "500ms")
+	// A call in flight when the worker dies may have reached the device: its retry looks for the
+	// device's first stage for a stage timeout before calling again. These devices report it
+	// within half a second; 15 s keeps a call that never left from waiting the default 2 minutes.
 	args := []string{"--canary", "5", "--growth", "2", "--max-concurrent", sized("15", "100"),
-		"--devices-per-run", strconv.Itoa(perRun)}
+		"--devices-per-run", strconv.Itoa(perRun), "--stage-timeout", "15s"}
 	if chaosLong() {
 		// S1's 40 methods and 100 twin reads a second, which the shared hub enforces.
 		args = append(args, "--rate", "40/s")
@@ -901,7 +904,10 @@ func TestChaosDeviceFaults(t *testing.T) {
 // reported.
 func TestChaosMixedContracts(t *testing.T) {
 	count := 200
-	const deadline = time.Minute
+	// Long enough for a call in flight when the worker dies to be followed by a full look for
+	// evidence (the 15 s stage timeout) and another call (30 s) before the deadline: with less,
+	// such a device fails at its deadline rather than risk a second call.
+	const deadline = 90 * time.Second
 	faults := fleet.Faults{Offline: 0.03, Flapping: 0.05, Slow: 0.05, Failing: 0.05, Unresponsive: 0.03,
 		SlowFactor: 3, FlapInterval: 3 * time.Second, Tutorial: 0.5}
 	s := newChaosStack(t, "chaos-mixed", sharedHub(), nil)
