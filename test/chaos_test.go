@@ -863,7 +863,10 @@ func TestChaos429Storm(t *testing.T) {
 // and the method log shows why.
 func TestChaosDeviceFaults(t *testing.T) {
 	count := sized(50, 1000)
-	const deadline = time.Minute
+	// Long enough for a call a flapping device drops (the hub's 30 s wait) to be followed by a
+	// full look for evidence (the 15 s stage timeout) and another call before the deadline: with
+	// less, such a device fails at its deadline rather than risk a second call.
+	const deadline = 90 * time.Second
 	faults := fleet.Faults{Offline: 0.1, Flapping: 0.1, Slow: 0.1, Failing: 0.1, Unresponsive: 0.1, SlowFactor: 3, FlapInterval: 3 * time.Second}
 	if chaosLong() {
 		faults = fleet.Faults{Offline: 0.03, Flapping: 0.05, Slow: 0.05, Failing: 0.05, Unresponsive: 0.03, SlowFactor: 3, FlapInterval: 3 * time.Second}
