@@ -16,8 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/temporal"
 
-	"github.com/dmflow/dmflow/internal/device"
-	"github.com/dmflow/dmflow/internal/hub"
+	"github.com/dmflow/dmflow/internal/sim/device"
+	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/hubconn"
 )
 

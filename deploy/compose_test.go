@@ -20,7 +20,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 	"go.temporal.io/sdk/client"
 
-	"github.com/dmflow/dmflow/internal/hub"
+	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/settings"
 )
 
@@ -48,7 +48,7 @@ const (
 const temporalUIPort = 8080
 
 // caFileName is localhub's CA certificate in its state directory
-// (internal/hub/tls.go caCertFile, printed on its ready line).
+// (internal/sim/hub/tls.go caCertFile, printed on its ready line).
 const caFileName = "ca.pem"
 
 // facts is what a compose project is checked against.

@@ -8,7 +8,7 @@
 // loads files with) in each way docs/deployment.md uses them, and check them
 // against the code rather than against lists kept here: every image pinned;
 // the services dmflow needs present; the ports published those the programs
-// listen on (localhub's defaults from internal/hub, Temporal's from the SDK);
+// listen on (localhub's defaults from internal/sim/hub, Temporal's from the SDK);
 // the variables set for worker, localhub and simdevice ones that command
 // reads (derived from its source and, for Temporal, from what
 // internal/temporalconn looks up); the search attributes registered those

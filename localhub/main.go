@@ -1,6 +1,6 @@
 // Command localhub runs an IoT Hub-compatible endpoint on this machine: MQTT
 // over TLS for devices, HTTPS REST for services, with durable identities and
-// twins in a state directory. See package internal/hub.
+// twins in a state directory. See package internal/sim/hub.
 //
 //	localhub                                   serve (Ctrl-C stops)
 //	localhub connection-string                 print the service connection string
@@ -28,8 +28,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/dmflow/dmflow/internal/hub"
-	"github.com/dmflow/dmflow/internal/hub/store"
+	"github.com/dmflow/dmflow/internal/sim/hub"
+	"github.com/dmflow/dmflow/internal/sim/hub/store"
 	"github.com/dmflow/dmflow/internal/logging"
 )
 

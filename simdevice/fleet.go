@@ -16,8 +16,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/dmflow/dmflow/internal/device"
-	"github.com/dmflow/dmflow/internal/fleet"
+	"github.com/dmflow/dmflow/internal/sim/device"
+	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/settings"

@@ -10,8 +10,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/dmflow/dmflow/internal/fleet"
-	"github.com/dmflow/dmflow/internal/hub"
+	"github.com/dmflow/dmflow/internal/sim/fleet"
+	"github.com/dmflow/dmflow/internal/sim/hub"
 )
 
 func fleetArgs(kv ...string) fleetFlags {

@@ -1,8 +1,8 @@
 // Command simdevice simulates IoT Hub devices that serve the remote-reboot
 // and firmware-update tutorials' direct methods, rebootDevice and
-// firmwareUpdate (see internal/device), against Azure IoT Hub or localhub:
+// firmwareUpdate (see internal/sim/device), against Azure IoT Hub or localhub:
 // one device (the default command, or run), or a fleet of them with fault
-// profiles in one process (fleet, see internal/fleet).
+// profiles in one process (fleet, see internal/sim/fleet).
 //
 // A device keeps dmflow's contract (request and update IDs, versions,
 // error states) or, with --contract tutorial, plays the tutorials' device
@@ -26,7 +26,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/dmflow/dmflow/internal/device"
+	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
 )

@@ -13,8 +13,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/dmflow/dmflow/internal/device"
-	"github.com/dmflow/dmflow/internal/hub"
+	"github.com/dmflow/dmflow/internal/sim/device"
+	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/hubconn"
 )
 

@@ -18,9 +18,9 @@ import (
 
 	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/dmflow/dmflow/activities"
-	"github.com/dmflow/dmflow/internal/device"
-	"github.com/dmflow/dmflow/internal/fleet"
-	localhub "github.com/dmflow/dmflow/internal/hub"
+	"github.com/dmflow/dmflow/internal/sim/device"
+	"github.com/dmflow/dmflow/internal/sim/fleet"
+	localhub "github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/workflows"
 	"go.temporal.io/sdk/client"
@@ -228,7 +228,7 @@ func (s *chaosStack) startFleetAs(t *testing.T, prefix, version string, count in
 		got[m[1]] += n
 	}
 	if !mapsEqual(got, planned) {
-		t.Fatalf("the fleet runs profiles %v, the test's plan %v: internal/fleet.Plan and simdevice fleet disagree", got, planned)
+		t.Fatalf("the fleet runs profiles %v, the test's plan %v: internal/sim/fleet.Plan and simdevice fleet disagree", got, planned)
 	}
 	t.Logf("fleet of %d on %s: %v", count, version, planned)
 	return f

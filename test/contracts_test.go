@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	localhub "github.com/dmflow/dmflow/internal/hub"
+	localhub "github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/workflows"
 	"go.temporal.io/sdk/client"

@@ -14,7 +14,7 @@ import (
 
 	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/dmflow/dmflow/activities"
-	"github.com/dmflow/dmflow/internal/fleet"
+	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/workflows"

@@ -17,7 +17,7 @@ import (
 
 	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/benchreport"
-	"github.com/dmflow/dmflow/internal/hub"
+	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/workflows"
 	enumspb "go.temporal.io/api/enums/v1"
@@ -877,7 +877,7 @@ func procCPUSeconds(t *testing.T, pid int) float64 {
 }
 
 // Device-side twin updates: a simulated device reports downloading, applying and completed, one
-// reported-property patch each (internal/device/firmware.go); localhub does not count them.
+// reported-property patch each (internal/sim/device/firmware.go); localhub does not count them.
 const deviceReportsPerUpdate = 3
 
 // quotaLine is one operation's share of the quota-bound minimum.

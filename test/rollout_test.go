@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
-	"github.com/dmflow/dmflow/internal/fleet"
+	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/workflows"
@@ -31,7 +31,7 @@ import (
 // Rollouts end to end: the operator drives them with `starter rollout …`
 // against a simdevice fleet; the tests check the facts through Temporal
 // (queries, visibility, histories) and localhub's stats. Every fleet is
-// planned with internal/fleet from the same flags and seed the simdevice
+// planned with internal/sim/fleet from the same flags and seed the simdevice
 // process gets, so a test knows which devices fail, and every wave plan and
 // threshold verdict is computed before the rollout runs: nothing here
 // depends on the order in which devices happen to finish.
@@ -90,7 +90,7 @@ func startRolloutFleet(t *testing.T, prefix string, count int, seed int64, faili
 		n += k
 	}
 	if want := len(f.failing()); n != want {
-		t.Fatalf("the fleet runs %d failing devices, the test's plan %d: internal/fleet.Plan and simdevice fleet disagree", n, want)
+		t.Fatalf("the fleet runs %d failing devices, the test's plan %d: internal/sim/fleet.Plan and simdevice fleet disagree", n, want)
 	}
 	return f
 }

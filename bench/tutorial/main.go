@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/amenzhinsky/iothub/iotservice"
-	"github.com/dmflow/dmflow/internal/fleet"
+	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/internal/settings"

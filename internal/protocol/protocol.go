@@ -5,7 +5,7 @@
 // dmflow adds so that a repeated or retried request is recognised.
 //
 // Both sides import it: the workflows and activities that drive a device,
-// and the simulated device (internal/device) that plays one.
+// and the simulated device (internal/sim/device) that plays one.
 package protocol
 
 // Remote reboot.

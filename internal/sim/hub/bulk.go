@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/hub/store"
+	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
 
 // maxBulkDevices is how many identities one bulk registry request may

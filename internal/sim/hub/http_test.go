@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/hub/sas"
+	"github.com/dmflow/dmflow/internal/sim/hub/sas"
 )
 
 func TestServiceAuthentication(t *testing.T) {

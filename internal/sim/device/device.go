@@ -1,6 +1,6 @@
 // Package device simulates an IoT Hub device that serves the remote-reboot
 // and firmware-update tutorials' direct methods, so simdevice, tests and a
-// fleet of simulated devices (internal/fleet) share one implementation. The
+// fleet of simulated devices (internal/sim/fleet) share one implementation. The
 // method names, payload fields and reported properties are those of
 // internal/protocol.
 //

@@ -13,8 +13,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/hub/sas"
-	"github.com/dmflow/dmflow/internal/hub/store"
+	"github.com/dmflow/dmflow/internal/sim/hub/sas"
+	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
 
 // maxBodyBytes bounds request bodies: twins are at most 8+32 KB, method

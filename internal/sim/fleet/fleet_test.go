@@ -15,8 +15,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/dmflow/dmflow/internal/device"
-	"github.com/dmflow/dmflow/internal/hub"
+	"github.com/dmflow/dmflow/internal/sim/device"
+	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
 )
@@ -354,7 +354,7 @@ func TestFleetTutorialContract(t *testing.T) {
 	assert.Equal(t, device.RebootingResponse, res.Payload[device.FieldResponse])
 
 	// The string form: the service client, which decodes payloads into a
-	// map, cannot read it (internal/device tests read it raw).
+	// map, cannot read it (internal/sim/device tests read it raw).
 	fw := map[string]any{protocol.FieldPackageURI: "https://fw.example/v2.bin"}
 	_, err = callMethod(byForm["tutorial/string"][0].ID, protocol.MethodFirmwareUpdate, fw)
 	require.Error(t, err)

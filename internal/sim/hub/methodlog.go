@@ -11,7 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/dmflow/dmflow/internal/hub/store"
+	"github.com/dmflow/dmflow/internal/sim/hub/store"
 	"github.com/dmflow/dmflow/internal/protocol"
 )
 

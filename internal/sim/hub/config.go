@@ -20,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/hub/sas"
+	"github.com/dmflow/dmflow/internal/sim/hub/sas"
 )
 
 // Environment variables read by ConfigFromEnv; each backs the flag of the

@@ -14,8 +14,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/dmflow/dmflow/internal/hub/sas"
-	"github.com/dmflow/dmflow/internal/hub/store"
+	"github.com/dmflow/dmflow/internal/sim/hub/sas"
+	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
 
 // Device-side topics (MQTT 3.1.1, see IoT Hub's MQTT support documentation).

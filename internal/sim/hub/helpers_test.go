@@ -20,7 +20,7 @@ import (
 	"github.com/amenzhinsky/iothub/iotservice"
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/dmflow/dmflow/internal/hub/sas"
+	"github.com/dmflow/dmflow/internal/sim/hub/sas"
 )
 
 // testLogger logs through t.Log (shown for failing tests and with -v) and

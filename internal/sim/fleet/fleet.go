@@ -1,4 +1,4 @@
-// Package fleet runs a fleet of simulated devices (internal/device) in one
+// Package fleet runs a fleet of simulated devices (internal/sim/device) in one
 // process, each with its own MQTT connection, for rollouts and failure
 // tests at scale: `simdevice fleet` is a thin main around it, and tests
 // start it in-process against localhub.
@@ -24,7 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/device"
+	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/hubconn"
 )
 

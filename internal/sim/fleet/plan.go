@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/device"
+	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/protocol"
 )
 

@@ -13,7 +13,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/dmflow/dmflow/internal/hub/sas"
+	"github.com/dmflow/dmflow/internal/sim/hub/sas"
 )
 
 // TestAuthMatrix tries every way in the list to get into a hub

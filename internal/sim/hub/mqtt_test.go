@@ -12,7 +12,7 @@ import (
 	"github.com/amenzhinsky/iothub/iotservice"
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/dmflow/dmflow/internal/hub/sas"
+	"github.com/dmflow/dmflow/internal/sim/hub/sas"
 )
 
 func TestDeviceAuthentication(t *testing.T) {

@@ -19,8 +19,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 
-	"github.com/dmflow/dmflow/internal/hub/sas"
-	"github.com/dmflow/dmflow/internal/hub/store"
+	"github.com/dmflow/dmflow/internal/sim/hub/sas"
+	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
 
 // Defaults of Options.

@@ -17,7 +17,7 @@ import (
 	"github.com/amenzhinsky/iothub/iotdevice"
 	"github.com/amenzhinsky/iothub/iotservice"
 
-	"github.com/dmflow/dmflow/internal/hub/store"
+	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
 
 func TestTelemetryAndStats(t *testing.T) {

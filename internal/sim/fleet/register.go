@@ -13,7 +13,7 @@ import (
 	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/cenkalti/backoff/v4"
 
-	"github.com/dmflow/dmflow/internal/device"
+	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/hubconn"
 )
 

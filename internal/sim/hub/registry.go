@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/hub/sas"
-	"github.com/dmflow/dmflow/internal/hub/store"
+	"github.com/dmflow/dmflow/internal/sim/hub/sas"
+	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
 
 const (
