@@ -66,51 +66,15 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/amenzhinsky/iothub/iotdevice"
-	"github.com/cenkalti/backoff/v4"
 
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
 )
-
-// The reboot tutorial's method, property and payload names, as
-// internal/protocol defines them (kept here so callers of this package need
-// not import both).
-const (
-	MethodReboot            = protocol.MethodReboot
-	PropRebootTime          = protocol.PropRebootTime
-	PropLastRebootRequestID = protocol.PropLastRebootRequestID
-	FieldRequestID          = protocol.FieldRequestID
-
-	// FieldResponse is the field of the tutorials' method answers.
-	FieldResponse = "Response"
-
-	// TutorialResponse is the tutorial device's answer to rebootDevice.
-	TutorialResponse = "This is the response from the device"
-	// RebootingResponse is the realistic device's immediate answer.
-	RebootingResponse = "Rebooting"
-)
-
-// Reboot styles; see the package documentation.
-const (
-	StyleTutorial  = "tutorial"
-	StyleRealistic = "realistic"
-)
-
-// Styles lists the accepted RebootStyle values, for messages.
-const Styles = StyleTutorial + "|" + StyleRealistic
-
-// DefaultRebootDuration is the tutorial's reboot time.
-const DefaultRebootDuration = 20 * time.Second
-
-// TimeFormat is how rebootTime is reported: RFC 3339 in UTC with
-// milliseconds, so two reboots within a second stay ordered.
-const TimeFormat = "2006-01-02T15:04:05.000Z07:00"
 
 const (
 	// ackGrace is how long a realistic device stays online after its
@@ -195,17 +159,12 @@ type Device struct {
 
 	ready     chan struct{}
 	readyOnce sync.Once
-	// rebootReq wakes Run to take a realistic device offline.
-	rebootReq chan struct{}
+	// reboot is the reboot protocol's state; see reboot.go.
+	reboot *rebootState
 	// updates tracks the background firmware updates, which Run waits for.
 	updates sync.WaitGroup
 
-	mu       sync.Mutex
-	requests map[string]*request // by request ID
-	// pending lists the request IDs a realistic reboot in progress serves;
-	// rebooting is set from the first call until the device is back.
-	pending   []string
-	rebooting bool
+	mu sync.Mutex
 	// current is the session in use, nil while offline.
 	current *session
 	// booted is set once a boot of this process read the twin.
@@ -220,13 +179,6 @@ type Device struct {
 	connections atomic.Int64
 	applies     atomic.Int64
 	failures    atomic.Int64
-}
-
-// request is the state of one reboot request ID.
-type request struct {
-	done     bool
-	at       time.Time // rebootTime, once done
-	reported bool      // rebootTime of this request is in the twin
 }
 
 // New checks cfg, fills its defaults and returns a Device.
@@ -286,12 +238,11 @@ func New(cfg Config) (*Device, error) {
 		l = slog.New(slog.DiscardHandler)
 	}
 	return &Device{
-		cfg:       cfg,
-		log:       l.With("device", cfg.ConnectionString.DeviceID),
-		ready:     make(chan struct{}),
-		rebootReq: make(chan struct{}, 1),
-		requests:  map[string]*request{},
-		fw:        firmwareState{version: cfg.FirmwareVersion, served: map[string]*fwUpdate{}},
+		cfg:    cfg,
+		log:    l.With("device", cfg.ConnectionString.DeviceID),
+		ready:  make(chan struct{}),
+		reboot: newRebootState(),
+		fw:     firmwareState{version: cfg.FirmwareVersion, served: map[string]*fwUpdate{}},
 	}, nil
 }
 
@@ -382,7 +333,7 @@ func (d *Device) Run(ctx context.Context) error {
 			d.closeSession(s)
 			d.log.Info("device stopped")
 			return nil
-		case <-d.rebootReq:
+		case <-d.reboot.offline:
 			// A realistic reboot: answer first (see ackGrace), then go
 			// offline.
 			if !sleep(ctx, ackGrace) {
@@ -470,190 +421,6 @@ func (d *Device) boot(s *session, restart bool) {
 	if err == nil {
 		d.reportFirmwareStart(s)
 	}
-}
-
-// finishReboot completes a realistic reboot after the device is back:
-// it counts the reboot and reports rebootTime with the request ID served.
-func (d *Device) finishReboot(s *session) {
-	d.mu.Lock()
-	if !d.rebooting {
-		d.mu.Unlock()
-		return
-	}
-	ids := d.pending
-	d.pending, d.rebooting = nil, false
-	at := d.cfg.Now().UTC()
-	for _, id := range ids {
-		d.requests[id] = &request{done: true, at: at}
-	}
-	d.mu.Unlock()
-	d.reboots.Add(1)
-	last := ""
-	if len(ids) > 0 {
-		last = ids[len(ids)-1]
-	}
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(time.Second),
-		backoff.WithMaxElapsedTime(reportMaxElapsed),
-	)
-	err := backoff.RetryNotify(func() error { return d.report(s, at, last) },
-		backoff.WithContext(b, s.ctx),
-		func(err error, next time.Duration) {
-			d.log.Warn("report rebootTime failed: retrying", "error", err, "retry_in", next.Round(time.Millisecond).String())
-		})
-	if err != nil {
-		d.log.Error("report rebootTime failed", "error", err)
-		return
-	}
-	d.markReported(ids...)
-}
-
-// restore remembers the request ID of the last reboot reported in the twin.
-func (d *Device) restore(reported iotdevice.TwinState) {
-	id, _ := reported[PropLastRebootRequestID].(string)
-	if id == "" {
-		return
-	}
-	var at time.Time
-	if s, ok := reported[PropRebootTime].(string); ok {
-		at, _ = time.Parse(time.RFC3339Nano, s)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, ok := d.requests[id]; !ok {
-		d.requests[id] = &request{done: true, at: at, reported: true}
-		d.log.Info("last reboot restored from twin", "request_id", id)
-	}
-}
-
-// report patches the reported rebootTime (and the request ID it served).
-func (d *Device) report(s *session, at time.Time, requestID string) error {
-	patch := iotdevice.TwinState{PropRebootTime: at.UTC().Format(TimeFormat)}
-	if requestID != "" {
-		patch[PropLastRebootRequestID] = requestID
-	}
-	err := s.call(twinTimeout, func(ctx context.Context) error {
-		_, err := s.client.UpdateTwinState(ctx, patch)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("report %s: %w", PropRebootTime, err)
-	}
-	d.log.Info("reported rebootTime", PropRebootTime, patch[PropRebootTime], "request_id", requestID)
-	return nil
-}
-
-func (d *Device) markReported(ids ...string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, id := range ids {
-		if r, ok := d.requests[id]; ok {
-			r.reported = true
-		}
-	}
-}
-
-// rebootHandler serves rebootDevice on session s.
-func (d *Device) rebootHandler(s *session) iotdevice.DirectMethodHandler {
-	return func(payload map[string]any) (int, map[string]any, error) {
-		d.methodCalls.Add(1)
-		id, _ := payload[FieldRequestID].(string)
-		log := d.log.With("method", MethodReboot)
-		if id != "" {
-			log = log.With("request_id", id)
-		}
-
-		if r, repeat := d.begin(id); repeat {
-			log.Info("repeated reboot request: not rebooting again", "done", r.done)
-			return d.repeatAnswer(s, id, r)
-		}
-
-		if d.cfg.RebootStyle == StyleRealistic {
-			d.mu.Lock()
-			if id != "" {
-				d.pending = append(d.pending, id)
-			}
-			first := !d.rebooting
-			d.rebooting = true
-			d.mu.Unlock()
-			if first {
-				d.rebootReq <- struct{}{}
-			}
-			log.Info("reboot requested: answering, then going offline")
-			return http.StatusOK, map[string]any{FieldResponse: RebootingResponse}, nil
-		}
-
-		log.Info("rebooting", "duration", d.cfg.RebootDuration.String())
-		if !sleep(s.ctx, d.cfg.RebootDuration) {
-			d.forget(id)
-			return http.StatusServiceUnavailable, map[string]any{"error": "reboot interrupted: the device is shutting down"}, nil
-		}
-		at := d.cfg.Now().UTC()
-		d.reboots.Add(1)
-		d.finish(id, at)
-		if err := d.report(s, at, id); err != nil {
-			log.Error("reboot done but not reported", "error", err)
-			return http.StatusInternalServerError, map[string]any{"error": "rebooted but could not report rebootTime: " + err.Error()}, nil
-		}
-		d.markReported(id)
-		// Back from the reboot: the firmware's start state, as after
-		// any start.
-		d.reportFirmwareStart(s)
-		return http.StatusOK, map[string]any{FieldResponse: TutorialResponse}, nil
-	}
-}
-
-// begin looks up request ID id. A known one is a repeat; an unknown one is
-// recorded as in progress. Calls without an ID always reboot.
-func (d *Device) begin(id string) (request, bool) {
-	if id == "" {
-		return request{}, false
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if r, ok := d.requests[id]; ok {
-		return *r, true
-	}
-	d.requests[id] = &request{}
-	return request{}, false
-}
-
-func (d *Device) finish(id string, at time.Time) {
-	if id == "" {
-		return
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.requests[id] = &request{done: true, at: at}
-}
-
-func (d *Device) forget(id string) {
-	if id == "" {
-		return
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	delete(d.requests, id)
-}
-
-// repeatAnswer answers a repeated request ID with the state of its reboot.
-// A reboot that is done but whose report failed is reported now, so a
-// caller retrying after an error finds rebootTime in the twin.
-func (d *Device) repeatAnswer(s *session, id string, r request) (int, map[string]any, error) {
-	if !r.done {
-		return http.StatusOK, map[string]any{FieldResponse: fmt.Sprintf("Reboot %s already in progress", id)}, nil
-	}
-	if !r.reported {
-		if err := d.report(s, r.at, id); err != nil {
-			return http.StatusInternalServerError, map[string]any{"error": "rebooted but could not report rebootTime: " + err.Error()}, nil
-		}
-		d.markReported(id)
-	}
-	out := map[string]any{FieldResponse: fmt.Sprintf("Reboot %s already done", id)}
-	if !r.at.IsZero() {
-		out[PropRebootTime] = r.at.UTC().Format(TimeFormat)
-	}
-	return http.StatusOK, out, nil
 }
 
 // sleep waits for d or ctx and reports whether d elapsed.

@@ -100,14 +100,14 @@ func TestIdempotencyState(t *testing.T) {
 	d, err := New(Config{ConnectionString: testConn(t)})
 	require.NoError(t, err)
 
-	_, repeat := d.begin("")
+	_, repeat := d.reboot.begin("")
 	assert.False(t, repeat, "calls without a request ID always reboot")
-	_, repeat = d.begin("")
+	_, repeat = d.reboot.begin("")
 	assert.False(t, repeat)
 
-	_, repeat = d.begin("r1")
+	_, repeat = d.reboot.begin("r1")
 	assert.False(t, repeat, "first call")
-	r, repeat := d.begin("r1")
+	r, repeat := d.reboot.begin("r1")
 	assert.True(t, repeat)
 	assert.False(t, r.done, "in progress")
 
@@ -117,9 +117,9 @@ func TestIdempotencyState(t *testing.T) {
 	assert.Equal(t, "Reboot r1 already in progress", out[FieldResponse])
 
 	at := time.Date(2025, 1, 2, 3, 4, 5, 6e6, time.UTC)
-	d.finish("r1", at)
-	d.markReported("r1")
-	r, repeat = d.begin("r1")
+	d.reboot.finish("r1", at)
+	d.reboot.markReported("r1")
+	r, repeat = d.reboot.begin("r1")
 	assert.True(t, repeat)
 	code, out, err = d.repeatAnswer(nil, "r1", r)
 	require.NoError(t, err)
@@ -128,17 +128,52 @@ func TestIdempotencyState(t *testing.T) {
 	assert.Equal(t, "2025-01-02T03:04:05.006Z", out[PropRebootTime])
 
 	// An interrupted reboot is forgotten, so a retry reboots.
-	_, _ = d.begin("r2")
-	d.forget("r2")
-	_, repeat = d.begin("r2")
+	_, _ = d.reboot.begin("r2")
+	d.reboot.forget("r2")
+	_, repeat = d.reboot.begin("r2")
 	assert.False(t, repeat)
+}
+
+func TestRealisticRebootState(t *testing.T) {
+	r := newRebootState()
+	// As the handler does: each call is seen, then joins the reboot.
+	for _, id := range []string{"r1", "", "r2"} {
+		_, repeat := r.begin(id)
+		require.False(t, repeat)
+		r.goOffline(id)
+	}
+	select {
+	case <-r.offline:
+	default:
+		t.Fatal("the first call did not wake Run")
+	}
+	select {
+	case <-r.offline:
+		t.Fatal("calls joining the reboot woke Run again")
+	default:
+	}
+	req, repeat := r.begin("r1")
+	assert.True(t, repeat)
+	assert.False(t, req.done, "in progress until the device is back")
+
+	at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	ids, got, ok := r.backOnline(func() time.Time { return at })
+	require.True(t, ok)
+	assert.Equal(t, []string{"r1", "r2"}, ids)
+	assert.Equal(t, at, got)
+	req, _ = r.begin("r2")
+	assert.True(t, req.done)
+	assert.Equal(t, at, req.at)
+	assert.False(t, req.reported)
+	_, _, ok = r.backOnline(time.Now)
+	assert.False(t, ok, "no reboot in progress")
 }
 
 func TestRestore(t *testing.T) {
 	d, err := New(Config{ConnectionString: testConn(t)})
 	require.NoError(t, err)
 	d.restore(iotdevice.TwinState{PropRebootTime: "2025-01-02T03:04:05.006Z", PropLastRebootRequestID: "r0", "$version": 3.0})
-	r, repeat := d.begin("r0")
+	r, repeat := d.reboot.begin("r0")
 	require.True(t, repeat, "the twin's last request ID is a repeat")
 	assert.True(t, r.done)
 	assert.True(t, r.reported)
@@ -146,7 +181,7 @@ func TestRestore(t *testing.T) {
 
 	// Nothing to restore from a twin without the property.
 	d.restore(iotdevice.TwinState{PropRebootTime: "2025-01-02T03:04:05Z"})
-	_, repeat = d.begin("other")
+	_, repeat = d.reboot.begin("other")
 	assert.False(t, repeat)
 }
 
