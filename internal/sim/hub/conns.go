@@ -21,6 +21,10 @@ type connTable struct {
 	// changed is closed and replaced whenever a device connects, subscribes
 	// or disconnects, waking callers that wait for a device.
 	changed chan struct{}
+	// waiting counts, by device, the direct-method calls in
+	// Hub.waitForMethods: tests connect a device once a call is seen to
+	// wait for it, rather than after a pause that guesses when it does.
+	waiting map[string]int
 }
 
 type deviceConn struct {
@@ -37,6 +41,7 @@ func newConnTable() *connTable {
 		stateTime: map[string]time.Time{},
 		activity:  map[string]time.Time{},
 		changed:   make(chan struct{}),
+		waiting:   map[string]int{},
 	}
 }
 
@@ -104,6 +109,28 @@ func (t *connTable) client(deviceID string) (*mqtt.Client, time.Time, <-chan str
 		return nil, time.Time{}, t.changed
 	}
 	return c.client, c.methodsSince, t.changed
+}
+
+// wait counts a call waiting for deviceID until the returned func is
+// called.
+func (t *connTable) wait(deviceID string) (done func()) {
+	t.mu.Lock()
+	t.waiting[deviceID]++
+	t.mu.Unlock()
+	return func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.waiting[deviceID]--; t.waiting[deviceID] == 0 {
+			delete(t.waiting, deviceID)
+		}
+	}
+}
+
+// waiters returns how many calls wait for deviceID (see wait).
+func (t *connTable) waiters(deviceID string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.waiting[deviceID]
 }
 
 // state returns what the registry shows about a device's connection.

@@ -266,15 +266,3 @@ func serviceToken(t *testing.T, h *Hub, expiry time.Time) string {
 	t.Helper()
 	return sas.Sign(hostPort(h.HostName(), h.HTTPSAddr()), h.policyKey, expiry, PolicyName)
 }
-
-// eventually polls cond until it holds or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}

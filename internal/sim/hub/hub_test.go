@@ -16,6 +16,7 @@ import (
 
 	"github.com/amenzhinsky/iothub/iotdevice"
 	"github.com/amenzhinsky/iothub/iotservice"
+	"github.com/stretchr/testify/require"
 
 	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
@@ -64,10 +65,10 @@ func TestTelemetryAndStats(t *testing.T) {
 		t.Errorf("device = state %s, last activity %v", d.ConnectionState, d.LastActivityTime)
 	}
 	_ = dc.Close()
-	eventually(t, 5*time.Second, "Disconnected", func() bool {
+	require.Eventually(t, func() bool {
 		d, err := svc.GetDevice(context.Background(), "tele")
 		return err == nil && d.ConnectionState == iotservice.Disconnected
-	})
+	}, 5*time.Second, 20*time.Millisecond, "waiting for Disconnected")
 }
 
 func TestRestartKeepsState(t *testing.T) {
@@ -158,7 +159,8 @@ func TestCloseEndsWaitingCalls(t *testing.T) {
 		_, err := svc.CallDeviceMethod(context.Background(), "w", &iotservice.MethodCall{MethodName: "x", ConnectTimeout: 60})
 		errc <- err
 	}()
-	time.Sleep(300 * time.Millisecond)
+	require.Eventually(t, func() bool { return h.conns.waiters("w") == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the call never waited for the device")
 	start := time.Now()
 	if err := h.Close(); err != nil {
 		t.Fatalf("Close: %v", err)

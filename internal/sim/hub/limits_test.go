@@ -10,6 +10,7 @@ import (
 
 	"github.com/amenzhinsky/iothub/iotdevice"
 	"github.com/amenzhinsky/iothub/iotservice"
+	"github.com/stretchr/testify/require"
 )
 
 // IoT Hub's documented size limits, each refused with its error while
@@ -183,7 +184,7 @@ func TestOversizedPacketEndsOnlyItsConnection(t *testing.T) {
 	if tok := c.Publish(topic, 1, false, fits); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("a packet of exactly %d bytes: %v", MaxPacketBytes, tok.Error())
 	}
-	eventually(t, 5*time.Second, "the message at the limit counted", func() bool { return h.Stats().TelemetryMessages == 1 })
+	require.Eventually(t, func() bool { return h.Stats().TelemetryMessages == 1 }, 5*time.Second, 20*time.Millisecond, "waiting for the message at the limit counted")
 
 	c.Publish(topic, 1, false, make([]byte, len(fits)+1))
 	select {

@@ -11,8 +11,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/dmflow/dmflow/internal/sim/hub/store"
 	"github.com/dmflow/dmflow/internal/protocol"
+	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
 
 // The method log: every direct-method invocation localhub received for a registered or unknown

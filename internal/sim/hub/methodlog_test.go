@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/amenzhinsky/iothub/iotservice"
+	"github.com/stretchr/testify/require"
 )
 
 // methodLogPage reads GET /_localhub/methods with query q through the REST API.
@@ -94,9 +95,9 @@ func TestMethodLogOutcomes(t *testing.T) {
 	_, _ = svc.CallDeviceMethod(cctx, "ok", &iotservice.MethodCall{MethodName: "hang", ResponseTimeout: 5})
 	cancel()
 	wg.Wait()
-	eventually(t, 5*time.Second, "the abandoned call in the log", func() bool {
+	require.Eventually(t, func() bool {
 		return len(h.MethodLog("", 0, 0).Entries) == 7
-	})
+	}, 5*time.Second, 20*time.Millisecond, "waiting for the abandoned call in the log")
 
 	want := []logged{
 		{"ok", "firmwareUpdate", "u-1", true, 200, `{"Response":"Firmware update started"}`, ""},

@@ -157,6 +157,7 @@ func (h *Hub) invokeMethod(ctx context.Context, deviceID string, call methodCall
 // subscribed at all: a connected device that never subscribes is returned
 // with ready false once connectTimeout has passed.
 func (h *Hub) waitForMethods(ctx context.Context, deviceID string, connectTimeout time.Duration) (cl *mqtt.Client, since time.Time, ready bool, err error) {
+	defer h.conns.wait(deviceID)()
 	deadline := time.NewTimer(connectTimeout)
 	defer deadline.Stop()
 	for {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/amenzhinsky/iothub/iotservice"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/require"
 
 	"github.com/dmflow/dmflow/internal/sim/hub/sas"
 )
@@ -91,10 +92,10 @@ func TestDeviceAuthentication(t *testing.T) {
 		if _, err := svc.UpdateDevice(context.Background(), d); err != nil {
 			t.Fatalf("disable: %v", err)
 		}
-		eventually(t, 5*time.Second, "the disabled device to be disconnected", func() bool {
+		require.Eventually(t, func() bool {
 			connected, _, _ := h.conns.state("auth-1")
 			return !connected
-		})
+		}, 5*time.Second, 20*time.Millisecond, "waiting for the disabled device to be disconnected")
 		_, err = rawDevice(t, h, "auth-1", "localhost/auth-1/?api-version=1", deviceToken(t, "localhost", key, hour), nil)
 		if err == nil || !strings.Contains(err.Error(), "server Unavailable") {
 			t.Errorf("connect error = %v, want server unavailable (device disabled)", err)
@@ -428,5 +429,5 @@ func TestDeleteAndDisableDisconnect(t *testing.T) {
 	}
 	// The client may see the connection drop before the broker's
 	// disconnect hook has run.
-	eventually(t, 5*time.Second, "no connected devices", func() bool { return h.Stats().ConnectedDevices == 0 })
+	require.Eventually(t, func() bool { return h.Stats().ConnectedDevices == 0 }, 5*time.Second, 20*time.Millisecond, "waiting for no connected devices")
 }

@@ -226,6 +226,8 @@ func TestMethodsThrottled(t *testing.T) {
 		t.Errorf("refusal took %v; it should come at once", d)
 	}
 	// After 350 ms one token is back: a call waits at most ~100 ms and passes.
+	// The pause is the behaviour under test, not a proof: the bucket refills
+	// with time (3 tokens a second), and nothing but time refills it.
 	time.Sleep(350 * time.Millisecond)
 	_, err = svc.CallDeviceMethod(ctx, "r", &iotservice.MethodCall{MethodName: "x"})
 	if code, _ := requestError(t, err); code != http.StatusNotFound {
