@@ -190,6 +190,54 @@ func waitProgress(t *testing.T, c client.Client, name, what string, timeout time
 	return last
 }
 
+// historyMark is a point in a workflow run's history: its run and the last
+// event recorded when the mark was taken.
+type historyMark struct {
+	workflowID, runID string
+	lastEvent         int64
+}
+
+// markHistory marks the current run's history as it stands now.
+func markHistory(t *testing.T, c client.Client, workflowID string) historyMark {
+	t.Helper()
+	desc, err := c.DescribeWorkflowExecution(context.Background(), workflowID, "")
+	if err != nil {
+		t.Fatalf("describe %s: %v", workflowID, err)
+	}
+	m := historyMark{workflowID: workflowID, runID: desc.GetWorkflowExecutionInfo().GetExecution().GetRunId()}
+	h, _ := runHistory(t, c, workflowID, m.runID)
+	if len(h.Events) > 0 {
+		m.lastEvent = h.Events[len(h.Events)-1].GetEventId()
+	}
+	return m
+}
+
+// workSince lists the work the marked run's history records after the mark:
+// child workflows initiated (a rollout's devices) and activities scheduled.
+// A run that continued as new since is reported too, as its successor's
+// work would not be in the marked run's history.
+func (m historyMark) workSince(t *testing.T, c client.Client) []string {
+	t.Helper()
+	h, _ := runHistory(t, c, m.workflowID, m.runID)
+	var work []string
+	for _, ev := range h.Events {
+		if ev.GetEventId() <= m.lastEvent {
+			continue
+		}
+		switch ev.GetEventType() {
+		case enumspb.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+			work = append(work, fmt.Sprintf("child workflow %s initiated (event %d)",
+				ev.GetStartChildWorkflowExecutionInitiatedEventAttributes().GetWorkflowId(), ev.GetEventId()))
+		case enumspb.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+			work = append(work, fmt.Sprintf("activity %s scheduled (event %d)",
+				ev.GetActivityTaskScheduledEventAttributes().GetActivityType().GetName(), ev.GetEventId()))
+		case enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+			work = append(work, fmt.Sprintf("a continue-as-new (event %d)", ev.GetEventId()))
+		}
+	}
+	return work
+}
+
 // invoked is how many firmwareUpdate calls localhub delivered to each device.
 func invoked(st hubStats, ids []string) map[string]int {
 	out := make(map[string]int, len(ids))
@@ -600,11 +648,20 @@ func TestRolloutControl(t *testing.T) {
 	if n := countVisible(t, c, fmt.Sprintf(`DmflowRollout = %q AND DmflowRolloutState = "paused"`, name), 1); n != 1 {
 		t.Errorf("visibility: %d rollouts %s in state paused, want 1", n, name)
 	}
+	// While paused nothing starts. The proof is what the system recorded
+	// from the moment the rollout was seen paused with nothing in flight:
+	// its history holds no device workflow initiated and no activity
+	// scheduled after that, and localhub delivered no firmwareUpdate. The
+	// pause proves nothing itself; it gives a rollout that wrongly starts
+	// devices while paused the chance to do so: 8 s is longer than the
+	// rollout needs to start its next devices (it starts them in the
+	// workflow task after one finishes).
+	mark := markHistory(t, c, workflows.RolloutWorkflowID(name))
 	calls := callCount(invoked(stats(t), ids))
-	// While paused nothing starts. Waiting is the only way to see that
-	// nothing happens: 8 s is longer than the rollout needs to start its
-	// next devices (it starts them in the workflow task after one finishes).
 	time.Sleep(8 * time.Second)
+	if work := mark.workSince(t, c); len(work) > 0 {
+		t.Errorf("while paused the rollout's history records %s: want nothing started", strings.Join(work, ", "))
+	}
 	still, err := queryProgress(c, name)
 	if err != nil {
 		t.Fatal(err)
