@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
-	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
+	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/workflows"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/workflowservice/v1"

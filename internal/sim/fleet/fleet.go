@@ -24,8 +24,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/hubconn"
+	"github.com/dmflow/dmflow/internal/sim/device"
 )
 
 // Defaults of Config.

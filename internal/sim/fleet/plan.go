@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/protocol"
+	"github.com/dmflow/dmflow/internal/sim/device"
 )
 
 // Profile is the behaviour a member of the fleet simulates.

@@ -13,8 +13,8 @@ import (
 	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/cenkalti/backoff/v4"
 
-	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/hubconn"
+	"github.com/dmflow/dmflow/internal/sim/device"
 )
 
 // BulkSize is how many identities one bulk registry request carries, IoT
