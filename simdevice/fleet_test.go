@@ -190,17 +190,25 @@ func TestRunFleet(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- runFleet(ctx, cfg, &logs) }()
 	t.Cleanup(cancel)
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logs.String(), `"msg":"fleet summary","devices":12,"running":9,"connected":9`) {
+	// runFleet returning early ends the wait; its error is reported below.
+	// (Eventually runs one check at a time and returns after the last, so
+	// reading returned and early afterwards is safe.)
+	var returned bool
+	var early error
+	summary := func() bool {
 		select {
-		case err := <-done:
-			t.Fatalf("runFleet returned: %v\n%s", err, logs.String())
+		case early = <-done:
+			returned = true
+			return true
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no summary with 9 connected devices within 30s:\n%s", logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+		return strings.Contains(logs.String(), `"msg":"fleet summary","devices":12,"running":9,"connected":9`)
+	}
+	if !assert.Eventually(t, summary, 30*time.Second, 50*time.Millisecond) {
+		t.Fatalf("no summary with 9 connected devices within 30s:\n%s", logs.String())
+	}
+	if returned {
+		t.Fatalf("runFleet returned: %v\n%s", early, logs.String())
 	}
 	assert.Equal(t, 9, h.Stats().ConnectedDevices)
 	cancel()

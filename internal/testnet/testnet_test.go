@@ -4,6 +4,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
 )
 
 func TestCountingListener(t *testing.T) {
@@ -18,10 +20,7 @@ func TestCountingListener(t *testing.T) {
 		}
 		c.Close()
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for accepted() != 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	assert.Eventually(t, func() bool { return accepted() == 2 }, 5*time.Second, 10*time.Millisecond)
 	if got := accepted(); got != 2 {
 		t.Fatalf("accepted %d, want 2", got)
 	}

@@ -36,10 +36,10 @@ func fwPayload(uri, version, updateID string) map[string]any {
 func waitReported(t *testing.T, h *testHub, id, what string, cond func(map[string]any) bool) map[string]any {
 	t.Helper()
 	var rep map[string]any
-	waitFor(t, what, 30*time.Second, func() bool {
-		rep = reported(t, h, id)
-		return cond(rep)
-	})
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		rep = reported(c, h, id)
+		assert.True(c, cond(rep), "reported %v", rep)
+	}, 30*time.Second, 50*time.Millisecond, what)
 	return rep
 }
 
@@ -54,7 +54,7 @@ func statusIs(status, updateID string) func(map[string]any) bool {
 // shows it.
 func waitCount(t *testing.T, counter func() int64, want int64) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("counter at %d", want), 10*time.Second, func() bool { return counter() == want })
+	require.Eventually(t, func() bool { return counter() == want }, 10*time.Second, 50*time.Millisecond, fmt.Sprintf("counter at %d", want))
 	assert.Equal(t, want, counter())
 }
 
@@ -160,7 +160,7 @@ func TestFirmwareUpdateRepeatAndConflict(t *testing.T) {
 	assert.Equal(t, map[string]any{"error": "firmware update u1 in progress"}, res.Payload)
 
 	waitReported(t, h, "dev-fw-rep", "applying", statusIs(protocol.StatusApplying, "u1"))
-	waitFor(t, "device applying", 5*time.Second, func() bool { return d.Firmware().Status == protocol.StatusApplying })
+	require.Eventually(t, func() bool { return d.Firmware().Status == protocol.StatusApplying }, 5*time.Second, 50*time.Millisecond, "device applying")
 	res = call(t, h, "dev-fw-rep", MethodFirmwareUpdate, fwPayload("https://fw.example/v2.bin", "2.0.0", "u1"))
 	assert.Equal(t, "Firmware update u1 already applying", res.Payload[FieldResponse])
 
@@ -323,7 +323,7 @@ func TestFlappingDevice(t *testing.T) {
 		c.FlapInterval = time.Second
 		c.StageDuration = testStage
 	})
-	waitFor(t, "three connections", 20*time.Second, func() bool { return d.Connections() >= 3 })
+	require.Eventually(t, func() bool { return d.Connections() >= 3 }, 20*time.Second, 50*time.Millisecond, "three connections")
 	assert.Contains(t, d.log.String(), "flapping: offline")
 
 	// A caller that waits for the device (connectTimeout) and retries a

@@ -14,8 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/hubconn"
+	"github.com/dmflow/dmflow/internal/sim/hub"
 )
 
 // These tests run the unchanged amenzhinsky device and service clients
@@ -163,8 +163,8 @@ func call(t *testing.T, h *testHub, id, method string, payload map[string]any) *
 	return res
 }
 
-func reported(t *testing.T, h *testHub, id string) map[string]any {
-	t.Helper()
+func reported(t require.TestingT, h *testHub, id string) map[string]any {
+	helper(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	tw, err := h.svc.GetDeviceTwin(ctx, id)
@@ -175,9 +175,17 @@ func reported(t *testing.T, h *testHub, id string) map[string]any {
 	return tw.Properties.Reported
 }
 
+// helper marks the caller as a test helper when t is a *testing.T (and
+// not the assert.CollectT of an EventuallyWithT).
+func helper(t require.TestingT) {
+	if h, ok := t.(interface{ Helper() }); ok {
+		h.Helper()
+	}
+}
+
 // rebootTime parses the twin's reported rebootTime; zero when absent.
-func rebootTime(t *testing.T, rep map[string]any) time.Time {
-	t.Helper()
+func rebootTime(t require.TestingT, rep map[string]any) time.Time {
+	helper(t)
 	s, ok := rep[PropRebootTime].(string)
 	if !ok {
 		return time.Time{}
@@ -191,28 +199,12 @@ func rebootTime(t *testing.T, rep map[string]any) time.Time {
 // holds a rebootTime after after.
 func waitRebootTime(t *testing.T, h *testHub, id string, after time.Time, within time.Duration) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		rep := reported(t, h, id)
-		if at := rebootTime(t, rep); at.After(after) {
-			return rep
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no rebootTime after %s in the twin within %s: reported %v", after.Format(TimeFormat), within, rep)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var rep map[string]any
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		rep = reported(c, h, id)
+		assert.True(c, rebootTime(c, rep).After(after), "reported %v", rep)
+	}, within, 100*time.Millisecond, "no rebootTime after %s in the twin within %s", after.Format(TimeFormat), within)
+	return rep
 }
 
 func TestTutorialReboot(t *testing.T) {
@@ -268,12 +260,12 @@ func TestRealisticReboot(t *testing.T) {
 	assert.True(t, rebootTime(t, reported(t, h, "dev-real")).IsZero(), "no rebootTime before the reboot")
 
 	// Offline while rebooting: IoT Hub answers DeviceNotOnline.
-	waitFor(t, "device offline", 5*time.Second, func() bool {
+	require.Eventually(t, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		dev, err := h.svc.GetDevice(ctx, "dev-real")
 		return err == nil && dev.ConnectionState == iotservice.Disconnected
-	})
+	}, 5*time.Second, 50*time.Millisecond, "device offline")
 
 	rep := waitRebootTime(t, h, "dev-real", begin, 20*time.Second)
 	assert.Equal(t, "r1", rep[PropLastRebootRequestID])
@@ -318,7 +310,7 @@ func TestRepeatedRequestID(t *testing.T) {
 		}
 		first <- res
 	}()
-	waitFor(t, "first call received", 5*time.Second, func() bool { return d.MethodCalls() == 1 })
+	require.Eventually(t, func() bool { return d.MethodCalls() == 1 }, 5*time.Second, 50*time.Millisecond, "first call received")
 	res := call(t, h, "dev-repeat", MethodReboot, map[string]any{FieldRequestID: "r1"})
 	assert.Equal(t, http.StatusOK, res.Status)
 	assert.Equal(t, "Reboot r1 already in progress", res.Payload[FieldResponse])
@@ -367,16 +359,16 @@ func TestReconnectAfterHubRestart(t *testing.T) {
 	h := startHub(t, dir, "", "")
 	conn := h.provision(t, "dev-restart")
 	d := startDevice(t, h, conn, StyleTutorial, time.Second)
-	waitFor(t, "first connection", 5*time.Second, func() bool { return d.Connections() == 1 })
+	require.Eventually(t, func() bool { return d.Connections() == 1 }, 5*time.Second, 50*time.Millisecond, "first connection")
 
 	mqttAddr, httpsAddr := h.MQTTAddr(), h.HTTPSAddr()
 	require.NoError(t, h.Close())
-	waitFor(t, "connection lost logged", 10*time.Second, func() bool { return strings.Contains(d.log.String(), "connection lost") })
+	require.Eventually(t, func() bool { return strings.Contains(d.log.String(), "connection lost") }, 10*time.Second, 50*time.Millisecond, "connection lost logged")
 
 	h2 := startHub(t, dir, mqttAddr, httpsAddr)
 	// A reconnect attempt that reached the first hub while it closed hangs
 	// until the client's 30 s connect timeout before the next one.
-	waitFor(t, "reconnect", 60*time.Second, func() bool { return d.Connections() >= 2 })
+	require.Eventually(t, func() bool { return d.Connections() >= 2 }, 60*time.Second, 50*time.Millisecond, "reconnect")
 	assert.Contains(t, d.log.String(), "connection restored")
 
 	begin := time.Now()
@@ -429,7 +421,7 @@ func TestFirstConnectWaitsForHub(t *testing.T) {
 	require.NoError(t, h.Close())
 
 	r := runDevice(t, h, conn, StyleTutorial, time.Second)
-	waitFor(t, "a failed attempt", 10*time.Second, func() bool { return strings.Contains(r.log.String(), "connect failed: retrying") })
+	require.Eventually(t, func() bool { return strings.Contains(r.log.String(), "connect failed: retrying") }, 10*time.Second, 50*time.Millisecond, "a failed attempt")
 	select {
 	case <-r.done:
 		t.Fatalf("Run gave up while the hub was down: %v", r.err)

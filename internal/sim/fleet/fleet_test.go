@@ -15,10 +15,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/dmflow/dmflow/internal/sim/device"
-	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
+	"github.com/dmflow/dmflow/internal/sim/device"
+	"github.com/dmflow/dmflow/internal/sim/hub"
 )
 
 // These tests run fleets against a real localhub started in-process, with
@@ -70,17 +70,6 @@ func runUntilReady(t *testing.T, f *Fleet, within time.Duration) (stop func()) {
 		case <-time.After(30 * time.Second):
 			t.Error("Run did not return after cancel")
 		}
-	}
-}
-
-func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -166,7 +155,7 @@ func TestFleetFaultProfiles(t *testing.T) {
 	// Flapping devices drop and come back.
 	for _, m := range byProfile[Flapping] {
 		d := f.Device(m.ID)
-		waitFor(t, m.ID+" reconnected twice", 20*time.Second, func() bool { return d.Connections() >= 3 })
+		require.Eventually(t, func() bool { return d.Connections() >= 3 }, 20*time.Second, 50*time.Millisecond, m.ID+" reconnected twice")
 	}
 
 	// Every device that answers gets a firmware update at once; unresponsive
@@ -224,18 +213,18 @@ func TestFleetFaultProfiles(t *testing.T) {
 		}
 	}
 
-	reported := func(id string) map[string]any {
+	reported := func(c require.TestingT, id string) map[string]any {
 		tw, err := h.svc.GetDeviceTwin(ctx, id)
-		require.NoError(t, err)
+		require.NoError(c, err)
 		return tw.Properties.Reported
 	}
 	for _, p := range []Profile{Healthy, Slow, Flapping} {
 		for _, m := range byProfile[p] {
 			var rep map[string]any
-			waitFor(t, m.ID+" completed", 30*time.Second, func() bool {
-				rep = reported(m.ID)
-				return rep[protocol.PropFirmwareStatus] == protocol.StatusCompleted
-			})
+			require.EventuallyWithT(t, func(c *assert.CollectT) {
+				rep = reported(c, m.ID)
+				assert.Equal(c, protocol.StatusCompleted, rep[protocol.PropFirmwareStatus])
+			}, 30*time.Second, 50*time.Millisecond, m.ID+" completed")
 			assert.Equal(t, "2.0.0", rep[protocol.PropFirmwareVersion], m.ID)
 			if p == Slow {
 				from, _ := time.Parse(time.RFC3339Nano, rep[protocol.PropDownloadComplete].(string))
@@ -246,17 +235,17 @@ func TestFleetFaultProfiles(t *testing.T) {
 	}
 	for _, m := range byProfile[Failing] {
 		var rep map[string]any
-		waitFor(t, m.ID+" failed", 30*time.Second, func() bool {
-			rep = reported(m.ID)
-			return rep[protocol.PropFirmwareStatus] == protocol.StatusError
-		})
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			rep = reported(c, m.ID)
+			assert.Equal(c, protocol.StatusError, rep[protocol.PropFirmwareStatus])
+		}, 30*time.Second, 50*time.Millisecond, m.ID+" failed")
 		assert.Equal(t, m.FailStage, rep[protocol.PropFirmwareErrStage], m.ID)
 		assert.Equal(t, "1.0.0", rep[protocol.PropFirmwareVersion], m.ID)
 	}
-	waitFor(t, "counters", 10*time.Second, func() bool {
+	require.Eventually(t, func() bool {
 		st := f.Stats()
 		return st.Completed == 35 && st.Failed == 5 && st.Updating == 0
-	})
+	}, 10*time.Second, 50*time.Millisecond, "counters")
 	assert.GreaterOrEqual(t, f.Stats().MethodCalls, int64(45))
 
 	out := logs.String()
@@ -362,7 +351,7 @@ func TestFleetTutorialContract(t *testing.T) {
 	res, err = callMethod(byForm["tutorial/object"][1].ID, protocol.MethodFirmwareUpdate, fw)
 	require.NoError(t, err)
 	assert.Equal(t, map[string]any{device.FieldResponse: device.FirmwareStartedResponse}, res.Payload)
-	waitFor(t, "both updates completed", 10*time.Second, func() bool { return f.Stats().Completed == 2 })
+	require.Eventually(t, func() bool { return f.Stats().Completed == 2 }, 10*time.Second, 50*time.Millisecond, "both updates completed")
 
 	out := logs.String()
 	assert.Contains(t, out, `msg="fleet contract" contract=dmflow count=4 devices=`)
