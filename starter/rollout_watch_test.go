@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/testlog"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -295,7 +296,7 @@ var ansi = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
 // The terminal view: the bar with its counts, state changes printed above it, the final frame left
 // on the screen.
 func TestBarView(t *testing.T) {
-	var out syncBuffer
+	var out testlog.Buffer
 	v := newBarView(&out, "fw-2.0", time.Now, time.UTC)
 	v.update(prog(workflows.RolloutRunning, func(p *workflows.RolloutProgress) {
 		p.Wave, p.Succeeded, p.Failed, p.Running, p.Pending, p.Active = 2, 40, 1, 10, 69, 4*time.Minute
@@ -322,7 +323,7 @@ func TestBarView(t *testing.T) {
 
 // A watch stopped before the end leaves the bar where it stood.
 func TestBarViewInterrupted(t *testing.T) {
-	var out syncBuffer
+	var out testlog.Buffer
 	v := newBarView(&out, "fw-2.0", time.Now, time.UTC)
 	v.update(prog(workflows.RolloutRunning, func(p *workflows.RolloutProgress) { p.Wave, p.Succeeded, p.Pending = 1, 30, 90 }))
 	v.close()

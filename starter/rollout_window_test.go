@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/testlog"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -129,7 +130,7 @@ rollout fw-2.0 completed in 26h10m (40m00s of it paused, 24h30m waiting for main
 
 // The terminal view counts down to the opening on its second line and prints the change above.
 func TestBarViewWaiting(t *testing.T) {
-	var out syncBuffer
+	var out testlog.Buffer
 	v := newBarView(&out, "fw-2.0", testClock.Now, testClock.Loc())
 	v.update(prog(workflows.RolloutRunning, func(p *workflows.RolloutProgress) {
 		p.Wave, p.Succeeded, p.Running, p.Pending, p.Active, p.WindowCloses = 1, 10, 5, 105, 5*time.Minute, t0.Add(20*time.Minute)
