@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -291,15 +290,6 @@ func parseDeviceList(r io.Reader, source string) ([]string, error) {
 		return nil, fmt.Errorf("%s holds no device IDs", source)
 	}
 	return ids, nil
-}
-
-// quoteShort quotes s for an error message, shortened: a message must stay one line.
-func quoteShort(s string) string {
-	const max = 60
-	if r := []rune(s); len(r) > max {
-		s = string(r[:max]) + "…"
-	}
-	return strconv.Quote(s)
 }
 
 // describeInput says in a few words what a rollout does: "firmware 2.0.0 (then reboot) on 3

@@ -287,7 +287,7 @@ func TestFmtDuration(t *testing.T) {
 		47*time.Hour + 59*time.Minute:   "47h59m",
 		75 * time.Hour:                  "3d03h",
 	} {
-		assert.Equal(t, want, fmtDuration(d), "%v", d)
+		assert.Equal(t, want, durationText(d, false), "%v", d)
 	}
 }
 

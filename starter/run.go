@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -147,12 +146,6 @@ func startVerb(existing string) string {
 	default:
 		return "already ran (" + strings.ToLower(existing) + "):"
 	}
-}
-
-func writeJSON(out io.Writer, v any) error {
-	enc := json.NewEncoder(out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 // watch prints progress lines as they appear, once each, with their time since the workflow

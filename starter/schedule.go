@@ -380,7 +380,7 @@ func writeScheduleTable(w io.Writer, list []scheduleInfo) error {
 	for _, s := range list {
 		next, last, state, paused := "-", "-", "-", "no"
 		if len(s.NextRuns) > 0 && !s.Paused {
-			next = timeIn(s.NextRuns[0], s.Timing.TimeZone)
+			next = timeText(s.NextRuns[0], zoneLoc(s.Timing.TimeZone), true)
 		}
 		if len(s.RecentRuns) > 0 {
 			last, state = s.RecentRuns[0].Rollout, dash(s.RecentRuns[0].State)
@@ -427,7 +427,7 @@ worker needs to answer. With --output json, the description as JSON.`,
 
 // printSchedule writes describe's text.
 func printSchedule(out io.Writer, s scheduleInfo) {
-	tz := s.Timing.TimeZone
+	loc := zoneLoc(s.Timing.TimeZone)
 	fmt.Fprintf(out, "schedule %s: %s\n", s.Name, dash(s.Rollout))
 	fmt.Fprintf(out, "  when:        %s\n", s.When)
 	switch {
@@ -440,7 +440,7 @@ func printSchedule(out io.Writer, s scheduleInfo) {
 	}
 	label := "  next runs:   "
 	for _, t := range s.NextRuns[:min(5, len(s.NextRuns))] {
-		fmt.Fprintf(out, "%s%s  (%s)\n", label, timeIn(t, tz), t.UTC().Format(time.RFC3339))
+		fmt.Fprintf(out, "%s%s  (%s)\n", label, timeText(t, loc, true), t.UTC().Format(time.RFC3339))
 		label = "               "
 	}
 	if len(s.NextRuns) == 0 {
@@ -448,7 +448,7 @@ func printSchedule(out io.Writer, s scheduleInfo) {
 	}
 	label = "  recent runs: "
 	for _, r := range s.RecentRuns {
-		fmt.Fprintf(out, "%s%s  started %s  %s\n", label, r.Rollout, timeIn(r.StartedAt, tz), dash(r.State))
+		fmt.Fprintf(out, "%s%s  started %s  %s\n", label, r.Rollout, timeText(r.StartedAt, loc, true), dash(r.State))
 		label = "               "
 	}
 	if len(s.RecentRuns) == 0 {
@@ -534,7 +534,7 @@ func runPause(ctx context.Context, api scheduleAPI, name string, pause bool, not
 		fmt.Fprintf(out, "unpaused schedule %s\n", name)
 	}
 	if !pause && len(after.NextRuns) > 0 {
-		fmt.Fprintf(out, "  next run:  %s\n", timeIn(after.NextRuns[0], after.Timing.TimeZone))
+		fmt.Fprintf(out, "  next run:  %s\n", timeText(after.NextRuns[0], zoneLoc(after.Timing.TimeZone), true))
 	}
 	for _, r := range after.Running {
 		if pause {
@@ -685,21 +685,10 @@ func describeTiming(t scheduleTiming) string {
 	return "no times (trigger runs it)"
 }
 
-// timeIn shows a time in the schedule's time zone: "Sun 2026-11-29 02:00 CET".
-func timeIn(t time.Time, tz string) string {
-	loc := time.UTC
-	if tz != "" {
-		if l, err := time.LoadLocation(tz); err == nil {
-			loc = l
-		}
-	}
-	return t.In(loc).Format("Mon 2006-01-02 15:04 MST")
-}
-
 func joinTimes(ts []time.Time, tz, sep string) string {
 	parts := make([]string, len(ts))
 	for i, t := range ts {
-		parts[i] = timeIn(t, tz)
+		parts[i] = timeText(t, zoneLoc(tz), true)
 	}
 	return strings.Join(parts, sep)
 }

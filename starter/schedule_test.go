@@ -310,5 +310,5 @@ func TestFormatSpecRoundTrip(t *testing.T) {
 func TestDescribeTiming(t *testing.T) {
 	assert.Equal(t, `cron "0 2 * * SUN" in UTC`, describeTiming(scheduleTiming{Cron: "0 2 * * SUN"}))
 	assert.Equal(t, "every 1h30m (offset 15m)", describeTiming(scheduleTiming{Interval: textDuration(90 * time.Minute), Offset: textDuration(15 * time.Minute)}))
-	assert.Equal(t, "Sun 2026-03-29 03:00 CEST", timeIn(time.Date(2026, 3, 29, 1, 0, 0, 0, time.UTC), "Europe/Warsaw"))
+	assert.Equal(t, "Sun 2026-03-29 03:00 CEST", timeText(time.Date(2026, 3, 29, 1, 0, 0, 0, time.UTC), zoneLoc("Europe/Warsaw"), true))
 }
