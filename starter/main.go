@@ -96,8 +96,8 @@ func (c clock) Loc() *time.Location {
 // backends are what the rollout and schedule commands talk to; the zero value dials Temporal
 // (tests set fakes).
 type backends struct {
-	rollouts  connectFunc
-	schedules scheduleConnectFunc
+	rollouts  connector[rolloutAPI]
+	schedules connector[scheduleAPI]
 	// triggerWait and triggerPoll bound how long schedule trigger looks for its run (zero: the
 	// defaults).
 	triggerWait, triggerPoll time.Duration

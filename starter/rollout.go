@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/dmflow/dmflow/internal/settings"
@@ -32,12 +29,12 @@ const listRolloutsHint = `temporal workflow list --query "WorkflowType = 'Rollou
 // rolloutCmd holds what the rollout subcommands share.
 type rolloutCmd struct {
 	g       *globals
-	connect connectFunc
+	connect connector[rolloutAPI]
 }
 
-func newRolloutCommand(g *globals, connect connectFunc) *cobra.Command {
+func newRolloutCommand(g *globals, connect connector[rolloutAPI]) *cobra.Command {
 	if connect == nil {
-		connect = dialRollouts
+		connect = dialAs[rolloutAPI]
 	}
 	r := &rolloutCmd{g: g, connect: connect}
 	cmd := &cobra.Command{
@@ -114,18 +111,6 @@ func nameArg(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
-// withAPI connects to Temporal and runs fn; Ctrl-C cancels its context.
-func (r *rolloutCmd) withAPI(cmd *cobra.Command, fn func(ctx context.Context, api rolloutAPI) error) error {
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	api, err := r.connect(ctx, r.g)
-	if err != nil {
-		return err
-	}
-	defer api.Close()
-	return fn(ctx, api)
-}
-
 // startFlags are the flags of rollout start: the rollout spec and how to follow it.
 type startFlags struct {
 	specFlags
@@ -158,7 +143,7 @@ With --wait, starter follows the rollout like watch and exits as watch does.`,
 				return err
 			}
 			f.taskQueue = settings.Pick(r.g.getenv, f.taskQueue, settings.TaskQueue, workflows.TaskQueue)
-			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+			return withAPI(cmd, r.g, r.connect, func(ctx context.Context, api rolloutAPI) error {
 				return runStart(ctx, api, in, f, r.g.output, r.watchOptions(cmd, f.poll))
 			})
 		},
@@ -220,7 +205,7 @@ func runStart(ctx context.Context, api rolloutAPI, in workflows.RolloutInput, f 
 		return fmt.Errorf("start rollout %s: %w", in.Name, err)
 	}
 	res := launchOutput[workflows.RolloutProgress]{
-		WorkflowID: workflows.RolloutWorkflowID(in.Name), RunID: runID, URL: api.URL(in.Name), Existing: existing,
+		WorkflowID: workflows.RolloutWorkflowID(in.Name), RunID: runID, URL: api.RolloutURL(in.Name), Existing: existing,
 	}
 	if output == "text" {
 		fmt.Fprintf(out, "%s rollout %s: %s\n  workflow: %s\n  ui:       %s\n", startVerb(existing), in.Name, describeInput(in), res.WorkflowID, res.URL)
@@ -283,7 +268,7 @@ Exits 0 whenever the progress could be read, whatever the rollout's state; use
 watch (or --output json) to act on the outcome.`,
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+			return withAPI(cmd, r.g, r.connect, func(ctx context.Context, api rolloutAPI) error {
 				p, err := currentProgress(ctx, api, args[0])
 				if err != nil {
 					return err
@@ -291,7 +276,7 @@ watch (or --output json) to act on the outcome.`,
 				if r.g.output == "json" {
 					return writeJSON(cmd.OutOrStdout(), p)
 				}
-				printStatus(cmd.OutOrStdout(), p, api.URL(args[0]), r.g.clock.Now(), r.g.clock.Loc())
+				printStatus(cmd.OutOrStdout(), p, api.RolloutURL(args[0]), r.g.clock.Now(), r.g.clock.Loc())
 				return nil
 			})
 		},
@@ -337,7 +322,7 @@ failed, was cancelled or completed with failed devices. Ctrl-C stops watching,
 not the rollout.`,
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+			return withAPI(cmd, r.g, r.connect, func(ctx context.Context, api rolloutAPI) error {
 				return runWatch(ctx, api, args[0], r.g.output, r.watchOptions(cmd, poll))
 			})
 		},
@@ -388,7 +373,7 @@ Prints the rollout's progress after the change (--output json: as JSON). A
 refusal prints the rollout's reason and exits 1.`,
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+			return withAPI(cmd, r.g, r.connect, func(ctx context.Context, api rolloutAPI) error {
 				return runControl(ctx, api, args[0], update, reason, r.g.output, cmd.OutOrStdout(), r.g.clock)
 			})
 		},
@@ -414,7 +399,7 @@ func runControl(ctx context.Context, api rolloutAPI, name, update, reason, outpu
 	if output == "json" {
 		return writeJSON(out, p)
 	}
-	printStatus(out, p, api.URL(name), clk.Now(), clk.Loc())
+	printStatus(out, p, api.RolloutURL(name), clk.Now(), clk.Loc())
 	switch {
 	case p.State == workflows.RolloutPaused:
 		fmt.Fprintf(out, "  resume:    starter rollout resume %s\n", name)

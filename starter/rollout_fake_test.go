@@ -45,8 +45,8 @@ type fakeRollouts struct {
 	controlErr  error
 }
 
-func (f *fakeRollouts) Close()                 {}
-func (f *fakeRollouts) URL(name string) string { return "http://ui.test/rollout%2F" + name }
+func (f *fakeRollouts) Close()                        {}
+func (f *fakeRollouts) RolloutURL(name string) string { return "http://ui.test/rollout%2F" + name }
 
 func (f *fakeRollouts) notFound(name string) error {
 	if f.missing {

@@ -52,7 +52,7 @@ answers the report query.`,
 			if err := checkOutFile(outFile); err != nil {
 				return err
 			}
-			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+			return withAPI(cmd, r.g, r.connect, func(ctx context.Context, api rolloutAPI) error {
 				rows, err := fetchReport(ctx, api, args[0])
 				if err != nil {
 					return err

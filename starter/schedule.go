@@ -6,10 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -41,15 +38,15 @@ const (
 // scheduleCmd holds what the schedule subcommands share.
 type scheduleCmd struct {
 	g       *globals
-	connect scheduleConnectFunc
+	connect connector[scheduleAPI]
 	// triggerWait and triggerPoll: how long and how often trigger looks for its run (tests
 	// shorten them).
 	triggerWait, triggerPoll time.Duration
 }
 
-func newScheduleCommand(g *globals, connect scheduleConnectFunc, wait, poll time.Duration) *cobra.Command {
+func newScheduleCommand(g *globals, connect connector[scheduleAPI], wait, poll time.Duration) *cobra.Command {
 	if connect == nil {
-		connect = dialSchedules
+		connect = dialAs[scheduleAPI]
 	}
 	if wait == 0 {
 		wait = triggerWait
@@ -103,18 +100,6 @@ Exit codes:
 	cmd.AddCommand(s.createCommand(), s.listCommand(), s.describeCommand(), s.pauseCommand(true), s.pauseCommand(false),
 		s.triggerCommand(), s.deleteCommand())
 	return cmd
-}
-
-// withAPI connects to Temporal and runs fn; Ctrl-C cancels its context.
-func (s *scheduleCmd) withAPI(cmd *cobra.Command, fn func(ctx context.Context, api scheduleAPI) error) error {
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	api, err := s.connect(ctx, s.g)
-	if err != nil {
-		return err
-	}
-	defer api.Close()
-	return fn(ctx, api)
 }
 
 // scheduleNameArg takes the schedule's name, the one positional argument.
@@ -179,7 +164,7 @@ as rollout start checks it, before the schedule is created.
 			if err != nil {
 				return err
 			}
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				return runCreate(ctx, api, req, s.g.output, cmd.OutOrStdout())
 			})
 		},
@@ -317,7 +302,7 @@ func runCreate(ctx context.Context, api scheduleAPI, req scheduleRequest, output
 	if err != nil {
 		// Created; the description is a courtesy.
 		info = scheduleInfo{Name: req.Name, Timing: req.Timing, When: describeTiming(req.Timing), Rollout: describeInput(req.Input),
-			Paused: req.Paused, URL: api.URL(req.Name), Input: &req.Input}
+			Paused: req.Paused, URL: api.ScheduleURL(req.Name), Input: &req.Input}
 	}
 	if output == "json" {
 		return writeJSON(out, info)
@@ -352,7 +337,7 @@ Temporal lists schedules from its visibility store: a schedule created or
 deleted a moment ago may not show yet.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				list, err := api.List(ctx)
 				if err != nil {
 					return fmt.Errorf("list schedules: %w", err)
@@ -410,7 +395,7 @@ The states come from the rollouts' DmflowRolloutState search attribute: no
 worker needs to answer. With --output json, the description as JSON.`,
 		Args: scheduleNameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				info, err := api.Describe(ctx, args[0], describeRuns)
 				if err != nil {
 					return err
@@ -490,7 +475,7 @@ passed while it was paused are not made up.`
 		Long:  long + "\n\nWith --output json, the schedule's description afterwards.",
 		Args:  scheduleNameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				return runPause(ctx, api, args[0], pause, note, s.g.output, cmd.OutOrStdout())
 			})
 		},
@@ -558,7 +543,7 @@ reports it (within ` + workflows.ShortDuration(triggerWait) + `). With --output 
 skipped, rollout, workflowId, running}.`,
 		Args: scheduleNameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				return runTrigger(ctx, api, args[0], s.g.output, cmd.OutOrStdout(), s.triggerWait, s.triggerPoll)
 			})
 		},
@@ -649,7 +634,7 @@ touched: one running now keeps running (starter rollout cancel <rollout> stops
 it), and finished ones keep their history and report.`,
 		Args: scheduleNameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				name := args[0]
 				info, err := api.Describe(ctx, name, 0)
 				if err != nil {
