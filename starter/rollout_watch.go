@@ -73,6 +73,9 @@ type outcomeResult struct {
 	err error
 }
 
+// follow is followLoop for a rollout: it polls the progress query, showing each answer in view,
+// while Outcome waits for the workflow to close, and returns the final progress from whichever
+// tells it first.
 func follow(ctx context.Context, api rolloutAPI, name string, o watchOptions, view progressView) (workflows.RolloutProgress, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -95,12 +98,15 @@ func follow(ctx context.Context, api rolloutAPI, name string, o watchOptions, vi
 		return api.Progress(pctx, name)
 	}
 
-	tick := time.NewTicker(o.poll)
-	defer tick.Stop()
-	var last workflows.RolloutProgress
+	var last, final workflows.RolloutProgress
+	var ferr error
+	end := func(p workflows.RolloutProgress, err error) bool {
+		final, ferr = p, err
+		return true
+	}
 	var nf notFoundError
 	failures := 0
-	for {
+	showProgress := func() bool {
 		p, err := poll()
 		switch {
 		case err == nil:
@@ -108,40 +114,41 @@ func follow(ctx context.Context, api rolloutAPI, name string, o watchOptions, vi
 			last = p
 			view.update(p)
 			if p.Done() {
-				return p, nil
+				return end(p, nil)
 			}
 		case errors.As(err, &nf):
-			return last, err
+			return end(last, err)
 		case ctx.Err() == nil:
 			if failures++; failures == quietPolls {
 				view.note(fmt.Sprintf("no progress for %d polls (%v): is a dmflow worker running? it answers the progress query", failures, err))
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return last, fmt.Errorf("stopped watching rollout %s, which goes on: starter rollout watch %s", name, name)
-		case oc := <-closed:
-			var ended endedError
-			switch {
-			case oc.err == nil:
-				view.update(oc.p)
-				return oc.p, nil
-			case errors.As(oc.err, &ended):
-				// A failed resolution still answers the query with its reason.
-				if q, err := poll(); err == nil && q.Done() {
-					view.update(q)
-					return q, nil
-				}
-				return last, fmt.Errorf("rollout %s ended without a result: %w", name, oc.err)
-			case errors.As(oc.err, &nf):
-				return last, oc.err
-			default:
-				// Says nothing about the rollout (the server unreachable for a moment): ask again.
-				waitOutcome(5 * o.poll)
-			}
-		case <-tick.C:
-		}
+		return false
 	}
+	onOutcome := func(oc outcomeResult) bool {
+		var ended endedError
+		switch {
+		case oc.err == nil:
+			view.update(oc.p)
+			return end(oc.p, nil)
+		case errors.As(oc.err, &ended):
+			// A failed resolution still answers the query with its reason.
+			if q, err := poll(); err == nil && q.Done() {
+				view.update(q)
+				return end(q, nil)
+			}
+			return end(last, fmt.Errorf("rollout %s ended without a result: %w", name, oc.err))
+		case errors.As(oc.err, &nf):
+			return end(last, oc.err)
+		}
+		// Says nothing about the rollout (the server unreachable for a moment): ask again.
+		waitOutcome(5 * o.poll)
+		return false
+	}
+	if followLoop(ctx, o.poll, showProgress, closed, onOutcome) != nil {
+		return last, fmt.Errorf("stopped watching rollout %s, which goes on: starter rollout watch %s", name, name)
+	}
+	return final, ferr
 }
 
 // lineView prints a plain line whenever the progress changes: at once for a change of state, at

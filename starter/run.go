@@ -68,15 +68,26 @@ func (l launch[R]) run(ctx context.Context, t *temporalClient, output string, ou
 		return nil
 	}
 
-	stopWatch := func() {}
-	if output == "text" && l.progress != nil {
-		stopWatch = watch(ctx, out, func(ctx context.Context) ([]progressLine, error) {
-			return l.progress(ctx, t, l.workflowID, res.RunID)
-		})
-	}
+	// The result is what the user waits for; meanwhile, in text mode, the live view.
 	var result R
-	werr := run.Get(ctx, &result)
-	stopWatch()
+	var werr error
+	got := make(chan error, 1)
+	go func() { got <- run.Get(ctx, &result) }()
+	var poll func() bool
+	if output == "text" && l.progress != nil {
+		printed := map[string]bool{}
+		poll = func() bool {
+			l.showProgress(ctx, t, res.RunID, out, printed)
+			return false
+		}
+	}
+	if followLoop(ctx, time.Second, poll, got, func(err error) bool { werr = err; return true }) != nil {
+		werr = <-got // ctx ended, and with it the wait for the result
+	} else if poll != nil && ctx.Err() == nil {
+		// Once more after the end, so that the view shows how it ended (the last stage, done or
+		// failed) before the result.
+		poll()
+	}
 	if werr == nil {
 		res.Result = &result
 	} else {
@@ -107,40 +118,13 @@ func startVerb(existing string) string {
 	}
 }
 
-// watch prints progress lines as they appear, once each, with their time since the workflow
-// started, polling every second. A failed poll is retried quietly: the result, or its error, is
-// what the user waits for. stop ends the polling and, once the workflow has ended, polls a last
-// time, so that the view shows how it ended (the last stage, done or failed) before the result.
-func watch(ctx context.Context, out io.Writer, poll func(ctx context.Context) ([]progressLine, error)) (stop func()) {
-	printed := map[string]bool{}
-	pollOnce := func(ctx context.Context) {
-		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		defer cancel()
-		if lines, err := poll(pctx); err == nil {
-			printNew(out, lines, printed)
-		}
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			pollOnce(wctx)
-			select {
-			case <-wctx.Done():
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
-		if ctx.Err() == nil {
-			pollOnce(ctx)
-		}
+// showProgress asks the workflow's progress and prints the lines not printed before. A failed poll
+// is retried quietly at the next: the result, or its error, is what the user waits for.
+func (l launch[R]) showProgress(ctx context.Context, t *temporalClient, runID string, out io.Writer, printed map[string]bool) {
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if lines, err := l.progress(pctx, t, l.workflowID, runID); err == nil {
+		printNew(out, lines, printed)
 	}
 }
 

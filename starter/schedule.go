@@ -289,15 +289,13 @@ func runCreate(ctx context.Context, api scheduleAPI, req scheduleRequest, output
 	// The schedule computes its next times as it starts: describe shows them a moment later.
 	var info scheduleInfo
 	var err error
-	for try := 0; try < 10; try++ {
-		if info, err = api.Describe(ctx, req.Name, 0); err == nil && (len(info.NextRuns) > 0 || try >= 3) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(300 * time.Millisecond):
-		}
+	tries := 0
+	if lerr := followLoop[struct{}](ctx, 300*time.Millisecond, func() bool {
+		info, err = api.Describe(ctx, req.Name, 0)
+		tries++
+		return (err == nil && (len(info.NextRuns) > 0 || tries > 3)) || tries == 10
+	}, nil, nil); lerr != nil {
+		return lerr
 	}
 	if err != nil {
 		// Created; the description is a courtesy.
@@ -573,7 +571,7 @@ func runTrigger(ctx context.Context, api scheduleAPI, name, output string, out i
 	}
 	res := triggerOutput{Schedule: name}
 	deadline := time.Now().Add(wait)
-	for {
+	if err := followLoop[struct{}](ctx, poll, func() bool {
 		after, err := api.Describe(ctx, name, 0)
 		switch {
 		case err != nil:
@@ -583,14 +581,9 @@ func runTrigger(ctx context.Context, api scheduleAPI, name, output string, out i
 		case after.SkippedOverlap > before.SkippedOverlap:
 			res.Skipped, res.Running = true, after.Running
 		}
-		if res.Started || res.Skipped || time.Now().After(deadline) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(poll):
-		}
+		return res.Started || res.Skipped || time.Now().After(deadline)
+	}, nil, nil); err != nil {
+		return err
 	}
 	if output == "json" {
 		if err := writeJSON(out, res); err != nil {
