@@ -95,10 +95,7 @@ func TestRolloutStartInput(t *testing.T) {
 			api := &fakeRollouts{}
 			code, stdout, stderr := runRolloutCLI(t, api, tc.stdin, tc.args...)
 			if tc.wantErr != nil {
-				assert.Equal(t, exitUsage, code, "stderr: %s", stderr)
-				for _, w := range tc.wantErr {
-					assert.Contains(t, stderr, w)
-				}
+				assertUsageError(t, code, stderr, tc.wantErr...)
 				assert.Empty(t, api.started, "started despite a usage error")
 				assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, "one-line error: %s", stderr)
 				return
@@ -159,10 +156,7 @@ func TestRolloutUsageErrors(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			env := map[string]string{"TEMPORAL_CONFIG_FILE": "/nonexistent.toml"}
 			code := execute(tc.args, &stdout, &stderr, func(k string) string { return env[k] })
-			assert.Equal(t, exitUsage, code, "stderr: %s", stderr.String())
-			for _, w := range tc.want {
-				assert.Contains(t, stderr.String(), w)
-			}
+			assertUsageError(t, code, stderr.String(), tc.want...)
 		})
 	}
 }

@@ -78,10 +78,7 @@ func TestScheduleCreateRequest(t *testing.T) {
 			api := newFakeSchedules()
 			code, stdout, stderr := runScheduleCLI(t, api, "", tc.args...)
 			if tc.wantErr != nil {
-				assert.Equal(t, exitUsage, code, "stderr: %s", stderr)
-				for _, w := range tc.wantErr {
-					assert.Contains(t, stderr, w)
-				}
+				assertUsageError(t, code, stderr, tc.wantErr...)
 				assert.Empty(t, api.created, "created despite a usage error")
 				assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, "one-line error: %s", stderr)
 				return
@@ -159,8 +156,7 @@ func TestScheduleDescribe(t *testing.T) {
 	assert.Equal(t, exitFailed, code)
 	assert.Contains(t, stderr, `schedule "nope" not found in namespace default: list schedules with starter schedule list`)
 	code, _, stderr = runScheduleCLI(t, api, "", "schedule", "describe")
-	assert.Equal(t, exitUsage, code)
-	assert.Contains(t, stderr, "name the schedule")
+	assertUsageError(t, code, stderr, "name the schedule")
 }
 
 func TestScheduleList(t *testing.T) {
@@ -278,8 +274,7 @@ func TestScheduleDelete(t *testing.T) {
 
 func TestScheduleUnknownCommand(t *testing.T) {
 	code, _, stderr := runScheduleCLI(t, newFakeSchedules(), "", "schedule", "frobnicate")
-	assert.Equal(t, exitUsage, code)
-	assert.Contains(t, stderr, `unknown schedule command "frobnicate": use create, list, describe, pause, unpause, trigger or delete`)
+	assertUsageError(t, code, stderr, `unknown schedule command "frobnicate": use create, list, describe, pause, unpause, trigger or delete`)
 }
 
 // describe's spec reads back as the same rollout.
