@@ -66,12 +66,7 @@ Exit codes:
      not found, Temporal unreachable
   2  the command line is wrong`,
 		Args: cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return usageError{fmt.Errorf("unknown rollout command %q: use start, status, watch, pause, resume, cancel or report", args[0])}
-			}
-			return cmd.Help()
-		},
+		RunE: commandGroup("rollout", "start, status, watch, pause, resume, cancel or report"),
 	}
 	cmd.AddCommand(r.startCommand(), r.statusCommand(), r.watchCommand(),
 		r.controlCommand(workflows.UpdatePause, "Stop starting devices; those in flight finish",
@@ -86,14 +81,6 @@ are cancelled, and the rollout ends as cancelled. Devices already updated stay
 updated. Refused once the rollout has ended.`),
 		r.reportCommand())
 	return cmd
-}
-
-// noArgs refuses positional arguments as a usage error.
-func noArgs(cmd *cobra.Command, args []string) error {
-	if len(args) > 0 {
-		return usageError{fmt.Errorf("%s takes no arguments, got %q: flags start with --", cmd.CommandPath(), args[0])}
-	}
-	return nil
 }
 
 // nameArg takes the rollout's name, the one positional argument of the commands after start,

@@ -90,12 +90,7 @@ Exit codes:
      the schedule still runs; Temporal unreachable or refusing
   2  the command line is wrong`,
 		Args: cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return usageError{fmt.Errorf("unknown schedule command %q: use create, list, describe, pause, unpause, trigger or delete", args[0])}
-			}
-			return cmd.Help()
-		},
+		RunE: commandGroup("schedule", "create, list, describe, pause, unpause, trigger or delete"),
 	}
 	cmd.AddCommand(s.createCommand(), s.listCommand(), s.describeCommand(), s.pauseCommand(true), s.pauseCommand(false),
 		s.triggerCommand(), s.deleteCommand())
