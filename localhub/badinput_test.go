@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dmflow/dmflow/internal/testlog"
 )
 
 // freeAddr returns a loopback address nobody listens on.
@@ -67,7 +69,7 @@ func TestBadInputStartsNothing(t *testing.T) {
 			// A command that got past the checks would serve until this ends.
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			var stdout, stderr syncBuffer
+			var stdout, stderr testlog.Buffer
 			code := execute(ctx, tc.args, func(k string) string { return env[k] }, &stdout, &stderr)
 			line := stderr.String()
 			if code != exitUsage {

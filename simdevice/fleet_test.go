@@ -12,6 +12,7 @@ import (
 
 	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/internal/sim/hub"
+	"github.com/dmflow/dmflow/internal/testlog"
 )
 
 func fleetArgs(kv ...string) fleetFlags {
@@ -185,7 +186,7 @@ func TestRunFleet(t *testing.T) {
 		env(envHubConnectionString, h.ServiceConnectionString(), envHubCAFile, h.CACertFile()))
 	require.NoError(t, err)
 
-	var logs syncBuffer
+	var logs testlog.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- runFleet(ctx, cfg, &logs) }()

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,28 +11,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/sim/hub"
-	"github.com/dmflow/dmflow/internal/hubconn"
+	"github.com/dmflow/dmflow/internal/testlog"
 )
-
-// syncBuffer is a log sink the test reads while simdevice writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // simdevice given only a device ID registers it through the service
 // connection string (whose HostName carries localhub's HTTPS port), connects,
@@ -54,7 +35,7 @@ func TestRunRegistersAndServes(t *testing.T) {
 	cfg, err := flags.resolve(env(envHubConnectionString, h.ServiceConnectionString(), envHubCAFile, h.CACertFile()))
 	require.NoError(t, err)
 
-	var logs syncBuffer
+	var logs testlog.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, cfg, &logs) }()

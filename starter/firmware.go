@@ -4,17 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
-	"go.temporal.io/sdk/client"
 )
 
 type firmwareFlags struct {
@@ -51,9 +47,9 @@ repeat. The URI must not carry credentials (no SAS sig=, no user:password@).`,
 				return err
 			}
 			f.taskQueue = settings.Pick(g.getenv, f.taskQueue, settings.TaskQueue, workflows.TaskQueue)
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return runFirmware(ctx, g, f, in, cmd.OutOrStdout())
+			return withAPI(cmd, g, dialTemporal, func(ctx context.Context, t *temporalClient) error {
+				return runFirmware(ctx, t, g.output, f, in, cmd.OutOrStdout())
+			})
 		},
 	}
 	fl := cmd.Flags()
@@ -103,7 +99,7 @@ func (f firmwareFlags) input() (workflows.FirmwareInput, error) {
 	return in, nil
 }
 
-func runFirmware(ctx context.Context, g *globals, f firmwareFlags, in workflows.FirmwareInput, out io.Writer) error {
+func runFirmware(ctx context.Context, t *temporalClient, output string, f firmwareFlags, in workflows.FirmwareInput, out io.Writer) error {
 	return launch[workflows.FirmwareResult]{
 		subject:    fmt.Sprintf("firmware update of %s to %s", in.DeviceID, in.Version),
 		workflowID: workflows.FirmwareWorkflowID(in.DeviceID, in.UpdateID),
@@ -113,20 +109,20 @@ func runFirmware(ctx context.Context, g *globals, f firmwareFlags, in workflows.
 		wait:       f.wait,
 		progress:   firmwareProgress,
 		summary:    printFirmwareResult,
-	}.run(ctx, g, out)
+	}.run(ctx, t, output, out)
 }
 
 // firmwareProgress merges the two views of a running FirmwareUpdate: the step and the stages the
 // workflow knows, by query, and the stages FollowStages has seen so far, from its heartbeat
 // details (which the query cannot see).
-func firmwareProgress(ctx context.Context, tc client.Client, id, runID string) ([]progressLine, error) {
+func firmwareProgress(ctx context.Context, t *temporalClient, id, runID string) ([]progressLine, error) {
 	var st workflows.FirmwareStatus
-	if err := query(ctx, tc, id, runID, workflows.QueryStep, &st); err != nil {
+	if err := t.query(ctx, id, runID, workflows.QueryStep, &st); err != nil {
 		return nil, err
 	}
 	stages := st.Stages
 	if st.Step == workflows.StepFollowingStages {
-		desc, err := tc.DescribeWorkflowExecution(ctx, id, runID)
+		desc, err := t.tc.DescribeWorkflowExecution(ctx, id, runID)
 		if err != nil {
 			return nil, err
 		}

@@ -28,6 +28,25 @@ const (
 // usageError marks an error the user fixes by changing the command line.
 type usageError struct{ error }
 
+// noArgs refuses positional arguments as a usage error.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("%s takes no arguments, got %q: flags start with --", cmd.CommandPath(), args[0])}
+	}
+	return nil
+}
+
+// commandGroup runs a command that only groups subcommands (rollout, schedule): alone it prints
+// its help; a word that names none of them (listed in subcommands) is a usage error.
+func commandGroup(group, subcommands string) func(cmd *cobra.Command, args []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usageError{fmt.Errorf("unknown %s command %q: use %s", group, args[0], subcommands)}
+		}
+		return cmd.Help()
+	}
+}
+
 func main() {
 	os.Exit(execute(os.Args[1:], os.Stdout, os.Stderr, os.Getenv))
 }
@@ -96,8 +115,8 @@ func (c clock) Loc() *time.Location {
 // backends are what the rollout and schedule commands talk to; the zero value dials Temporal
 // (tests set fakes).
 type backends struct {
-	rollouts  connectFunc
-	schedules scheduleConnectFunc
+	rollouts  connector[rolloutAPI]
+	schedules connector[scheduleAPI]
 	// triggerWait and triggerPoll bound how long schedule trigger looks for its run (zero: the
 	// defaults).
 	triggerWait, triggerPoll time.Duration

@@ -4,16 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
-	"go.temporal.io/sdk/client"
 )
 
 type rebootFlags struct {
@@ -53,9 +49,9 @@ running workflow, and a request that already completed is not run twice.`,
 				return usageError{err}
 			}
 			f.taskQueue = settings.Pick(g.getenv, f.taskQueue, settings.TaskQueue, workflows.TaskQueue)
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return runReboot(ctx, g, f, in, cmd.OutOrStdout())
+			return withAPI(cmd, g, dialTemporal, func(ctx context.Context, t *temporalClient) error {
+				return runReboot(ctx, t, g.output, f, in, cmd.OutOrStdout())
+			})
 		},
 	}
 	fl := cmd.Flags()
@@ -68,7 +64,7 @@ running workflow, and a request that already completed is not run twice.`,
 	return cmd
 }
 
-func runReboot(ctx context.Context, g *globals, f rebootFlags, in workflows.RebootInput, out io.Writer) error {
+func runReboot(ctx context.Context, t *temporalClient, output string, f rebootFlags, in workflows.RebootInput, out io.Writer) error {
 	return launch[workflows.RebootResult]{
 		subject:    "reboot of " + in.DeviceID,
 		workflowID: workflows.RebootWorkflowID(in.DeviceID, in.RequestID),
@@ -84,13 +80,13 @@ func runReboot(ctx context.Context, g *globals, f rebootFlags, in workflows.Rebo
 				fmt.Fprintf(out, "  device said: %s\n", activities.PayloadString(result.MethodPayload))
 			}
 		},
-	}.run(ctx, g, out)
+	}.run(ctx, t, output, out)
 }
 
 // rebootProgress shows the Reboot's step, by query.
-func rebootProgress(ctx context.Context, tc client.Client, id, runID string) ([]progressLine, error) {
+func rebootProgress(ctx context.Context, t *temporalClient, id, runID string) ([]progressLine, error) {
 	var st workflows.RebootStatus
-	if err := query(ctx, tc, id, runID, workflows.QueryStep, &st); err != nil {
+	if err := t.query(ctx, id, runID, workflows.QueryStep, &st); err != nil {
 		return nil, err
 	}
 	return []progressLine{{key: "step " + st.Step, at: st.Since.Sub(st.Started), text: st.Step}}, nil

@@ -1,17 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"os/signal"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/dmflow/dmflow/internal/settings"
@@ -35,12 +29,12 @@ const listRolloutsHint = `temporal workflow list --query "WorkflowType = 'Rollou
 // rolloutCmd holds what the rollout subcommands share.
 type rolloutCmd struct {
 	g       *globals
-	connect connectFunc
+	connect connector[rolloutAPI]
 }
 
-func newRolloutCommand(g *globals, connect connectFunc) *cobra.Command {
+func newRolloutCommand(g *globals, connect connector[rolloutAPI]) *cobra.Command {
 	if connect == nil {
-		connect = dialRollouts
+		connect = dialAs[rolloutAPI]
 	}
 	r := &rolloutCmd{g: g, connect: connect}
 	cmd := &cobra.Command{
@@ -72,12 +66,7 @@ Exit codes:
      not found, Temporal unreachable
   2  the command line is wrong`,
 		Args: cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return usageError{fmt.Errorf("unknown rollout command %q: use start, status, watch, pause, resume, cancel or report", args[0])}
-			}
-			return cmd.Help()
-		},
+		RunE: commandGroup("rollout", "start, status, watch, pause, resume, cancel or report"),
 	}
 	cmd.AddCommand(r.startCommand(), r.statusCommand(), r.watchCommand(),
 		r.controlCommand(workflows.UpdatePause, "Stop starting devices; those in flight finish",
@@ -94,14 +83,6 @@ updated. Refused once the rollout has ended.`),
 	return cmd
 }
 
-// noArgs refuses positional arguments as a usage error.
-func noArgs(cmd *cobra.Command, args []string) error {
-	if len(args) > 0 {
-		return usageError{fmt.Errorf("%s takes no arguments, got %q: flags start with --", cmd.CommandPath(), args[0])}
-	}
-	return nil
-}
-
 // nameArg takes the rollout's name, the one positional argument of the commands after start,
 // checked as rollout start checks it so that a name no rollout can have fails before Temporal is
 // asked.
@@ -115,18 +96,6 @@ func nameArg(cmd *cobra.Command, args []string) error {
 			quoteShort(args[0]), workflows.MaxNameLength, listRolloutsHint)}
 	}
 	return nil
-}
-
-// withAPI connects to Temporal and runs fn; Ctrl-C cancels its context.
-func (r *rolloutCmd) withAPI(cmd *cobra.Command, fn func(ctx context.Context, api rolloutAPI) error) error {
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	api, err := r.connect(ctx, r.g)
-	if err != nil {
-		return err
-	}
-	defer api.Close()
-	return fn(ctx, api)
 }
 
 // startFlags are the flags of rollout start: the rollout spec and how to follow it.
@@ -161,7 +130,7 @@ With --wait, starter follows the rollout like watch and exits as watch does.`,
 				return err
 			}
 			f.taskQueue = settings.Pick(r.g.getenv, f.taskQueue, settings.TaskQueue, workflows.TaskQueue)
-			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+			return withAPI(cmd, r.g, r.connect, func(ctx context.Context, api rolloutAPI) error {
 				return runStart(ctx, api, in, f, r.g.output, r.watchOptions(cmd, f.poll))
 			})
 		},
@@ -173,133 +142,6 @@ With --wait, starter follows the rollout like watch and exits as watch does.`,
 	fl.StringVar(&f.taskQueue, "task-queue", "", "task queue of the worker (env DMFLOW_TASK_QUEUE, default "+workflows.TaskQueue+")")
 	_ = fl.MarkHidden("poll-interval")
 	return cmd
-}
-
-// checkDeviceIDs checks the IDs of --devices: legal, no repeats; blanks between commas are
-// ignored.
-func checkDeviceIDs(list []string) ([]string, error) {
-	var ids []string
-	seen := map[string]bool{}
-	for _, id := range list {
-		id = strings.TrimSpace(id)
-		if id == "" {
-			continue
-		}
-		if err := checkDeviceID(id); err != nil {
-			return nil, err
-		}
-		if seen[id] {
-			return nil, fmt.Errorf("device %s is listed twice", id)
-		}
-		seen[id] = true
-		ids = append(ids, id)
-	}
-	if len(ids) == 0 {
-		return nil, errors.New("no device IDs")
-	}
-	return ids, nil
-}
-
-// checkDeviceID checks one device ID by IoT Hub's rule, which RebootInput.Validate applies (the
-// other fields' zero values are valid).
-func checkDeviceID(id string) error {
-	if (workflows.RebootInput{DeviceID: id}).Validate() != nil {
-		return fmt.Errorf("%s is not a legal IoT Hub device ID: up to 128 letters, digits and -:.+%%_#*?!(),=@;$'", quoteShort(id))
-	}
-	return nil
-}
-
-// readDeviceFile reads --devices-file: a path, or "-" for stdin. Errors start with the file's
-// name, after the flag the caller puts before them.
-func readDeviceFile(path string, stdin io.Reader) ([]string, error) {
-	if path == "-" {
-		return parseDeviceList(stdin, "-")
-	}
-	fh, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, fileProblem(err, "a file of device IDs, one per line, or - for standard input"))
-	}
-	defer fh.Close()
-	return parseDeviceList(fh, path)
-}
-
-// fileProblem turns an error opening a file the user named into its reason and the fix: what the
-// file should be.
-func fileProblem(err error, want string) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		err = pe.Err
-	}
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("%w: give the path of %s", err, want)
-	case errors.Is(err, fs.ErrPermission):
-		return fmt.Errorf("%w: make it readable, or give another copy of %s", err, want)
-	case errors.Is(err, syscall.EISDIR):
-		return fmt.Errorf("is a directory: give the path of %s", want)
-	}
-	return err
-}
-
-// maxDeviceLine bounds a line of a device list; a device ID has at most 128 characters, so a
-// longer line is a wrong file (a binary, a CSV export with many columns).
-const maxDeviceLine = 4096
-
-// parseDeviceList reads one device ID per line. Blank lines are ignored, and so is a line whose
-// first word starts with # (a comment; an ID starting with # cannot be listed this way), and
-// anything after the ID that starts with #. IDs are checked as IoT Hub does and must not repeat;
-// an error names source and the line. A UTF-8 byte-order mark and CRLF line ends are accepted.
-func parseDeviceList(r io.Reader, source string) ([]string, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), maxDeviceLine)
-	var ids []string
-	seen := map[string]int{}
-	line := 0
-	for sc.Scan() {
-		line++
-		text := sc.Text()
-		if line == 1 {
-			text = strings.TrimPrefix(text, "\ufeff")
-		}
-		fields := strings.Fields(text)
-		if len(fields) == 0 || strings.HasPrefix(fields[0], "#") {
-			continue
-		}
-		if len(fields) > 1 && !strings.HasPrefix(fields[1], "#") {
-			return nil, fmt.Errorf("%s line %d: %s holds more than one word: give one device ID per line (a # starts a comment)", source, line, quoteShort(strings.TrimSpace(text)))
-		}
-		id := fields[0]
-		if err := checkDeviceID(id); err != nil {
-			return nil, fmt.Errorf("%s line %d: %w", source, line, err)
-		}
-		if first, dup := seen[id]; dup {
-			return nil, fmt.Errorf("%s line %d: device %s repeats line %d", source, line, id, first)
-		}
-		seen[id] = line
-		ids = append(ids, id)
-		if len(ids) > workflows.MaxRolloutDevices {
-			return nil, fmt.Errorf("%s line %d: more than %d devices, the most one rollout takes: split them into several rollouts", source, line, workflows.MaxRolloutDevices)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			return nil, fmt.Errorf("%s line %d: longer than %d bytes: not a list of device IDs", source, line+1, maxDeviceLine)
-		}
-		return nil, fmt.Errorf("%s: %w", source, err)
-	}
-	if len(ids) == 0 {
-		return nil, fmt.Errorf("%s holds no device IDs", source)
-	}
-	return ids, nil
-}
-
-// quoteShort quotes s for an error message, shortened: a message must stay one line.
-func quoteShort(s string) string {
-	const max = 60
-	if r := []rune(s); len(r) > max {
-		s = string(r[:max]) + "…"
-	}
-	return strconv.Quote(s)
 }
 
 // describeInput says in a few words what a rollout does: "firmware 2.0.0 (then reboot) on 3
@@ -350,7 +192,7 @@ func runStart(ctx context.Context, api rolloutAPI, in workflows.RolloutInput, f 
 		return fmt.Errorf("start rollout %s: %w", in.Name, err)
 	}
 	res := launchOutput[workflows.RolloutProgress]{
-		WorkflowID: workflows.RolloutWorkflowID(in.Name), RunID: runID, URL: api.URL(in.Name), Existing: existing,
+		WorkflowID: workflows.RolloutWorkflowID(in.Name), RunID: runID, URL: api.RolloutURL(in.Name), Existing: existing,
 	}
 	if output == "text" {
 		fmt.Fprintf(out, "%s rollout %s: %s\n  workflow: %s\n  ui:       %s\n", startVerb(existing), in.Name, describeInput(in), res.WorkflowID, res.URL)
@@ -413,7 +255,7 @@ Exits 0 whenever the progress could be read, whatever the rollout's state; use
 watch (or --output json) to act on the outcome.`,
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+			return withAPI(cmd, r.g, r.connect, func(ctx context.Context, api rolloutAPI) error {
 				p, err := currentProgress(ctx, api, args[0])
 				if err != nil {
 					return err
@@ -421,7 +263,7 @@ watch (or --output json) to act on the outcome.`,
 				if r.g.output == "json" {
 					return writeJSON(cmd.OutOrStdout(), p)
 				}
-				printStatus(cmd.OutOrStdout(), p, api.URL(args[0]), r.g.clock.Now(), r.g.clock.Loc())
+				printStatus(cmd.OutOrStdout(), p, api.RolloutURL(args[0]), r.g.clock.Now(), r.g.clock.Loc())
 				return nil
 			})
 		},
@@ -467,7 +309,7 @@ failed, was cancelled or completed with failed devices. Ctrl-C stops watching,
 not the rollout.`,
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+			return withAPI(cmd, r.g, r.connect, func(ctx context.Context, api rolloutAPI) error {
 				return runWatch(ctx, api, args[0], r.g.output, r.watchOptions(cmd, poll))
 			})
 		},
@@ -518,7 +360,7 @@ Prints the rollout's progress after the change (--output json: as JSON). A
 refusal prints the rollout's reason and exits 1.`,
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+			return withAPI(cmd, r.g, r.connect, func(ctx context.Context, api rolloutAPI) error {
 				return runControl(ctx, api, args[0], update, reason, r.g.output, cmd.OutOrStdout(), r.g.clock)
 			})
 		},
@@ -544,7 +386,7 @@ func runControl(ctx context.Context, api rolloutAPI, name, update, reason, outpu
 	if output == "json" {
 		return writeJSON(out, p)
 	}
-	printStatus(out, p, api.URL(name), clk.Now(), clk.Loc())
+	printStatus(out, p, api.RolloutURL(name), clk.Now(), clk.Loc())
 	switch {
 	case p.State == workflows.RolloutPaused:
 		fmt.Fprintf(out, "  resume:    starter rollout resume %s\n", name)

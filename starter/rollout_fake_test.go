@@ -45,8 +45,8 @@ type fakeRollouts struct {
 	controlErr  error
 }
 
-func (f *fakeRollouts) Close()                 {}
-func (f *fakeRollouts) URL(name string) string { return "http://ui.test/rollout%2F" + name }
+func (f *fakeRollouts) Close()                        {}
+func (f *fakeRollouts) RolloutURL(name string) string { return "http://ui.test/rollout%2F" + name }
 
 func (f *fakeRollouts) notFound(name string) error {
 	if f.missing {
@@ -175,22 +175,4 @@ func mustLoadLocation(name string) *time.Location {
 		panic(err)
 	}
 	return loc
-}
-
-// syncBuffer is a bytes.Buffer for a writer on another goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -52,7 +52,7 @@ answers the report query.`,
 			if err := checkOutFile(outFile); err != nil {
 				return err
 			}
-			return r.withAPI(cmd, func(ctx context.Context, api rolloutAPI) error {
+			return withAPI(cmd, r.g, r.connect, func(ctx context.Context, api rolloutAPI) error {
 				rows, err := fetchReport(ctx, api, args[0])
 				if err != nil {
 					return err
@@ -227,12 +227,15 @@ func writeReportTable(w io.Writer, rows []workflows.DeviceRow) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tWAVE\tRESULT\tATTEMPTS\tFROM\tSTAGES\tSTARTED\tDURATION\tHUB CALLS\tERROR OR NOTE")
 	for _, r := range rows {
-		started := "-"
+		started, duration := "-", "-"
 		if !r.Started.IsZero() {
 			started = r.Started.UTC().Format(time.RFC3339)
 		}
+		if r.Duration > 0 {
+			duration = durationText(r.Duration, true)
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", r.DeviceID, waveCell(r.Wave), r.Result, r.Attempts,
-			dash(r.FromVersion), dash(strings.Join(r.Stages, ",")), started, deviceDuration(r.Duration), r.HubCalls, dash(rowError(r)+rowNote(r)))
+			dash(r.FromVersion), dash(strings.Join(r.Stages, ",")), started, duration, r.HubCalls, dash(rowError(r)+rowNote(r)))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -285,17 +288,6 @@ func waveCell(wave int) string {
 	return strconv.Itoa(wave + 1)
 }
 
-// deviceDuration is a device's run time: 59.1s under a minute, 2m03s above; "-" when unknown.
-func deviceDuration(d time.Duration) string {
-	switch {
-	case d <= 0:
-		return "-"
-	case d < time.Minute:
-		return strconv.FormatFloat(d.Seconds(), 'f', 1, 64) + "s"
-	}
-	return fmtDuration(d)
-}
-
 // rowError is a failed device's error on one line, with its type in front unless the message
 // starts with it already.
 func rowError(r workflows.DeviceRow) string {
@@ -318,18 +310,6 @@ func rowNote(r workflows.DeviceRow) string {
 		return " (" + oneLine(r.Note) + ")"
 	}
 	return oneLine(r.Note)
-}
-
-// oneLine folds line breaks into spaces: a cell or a summary line stays one line.
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 // writeFileAtomic writes a file through a temporary file in the same directory and renames it

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/dmflow/dmflow/internal/temporalconn"
 	"github.com/dmflow/dmflow/workflows"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
@@ -33,13 +32,10 @@ type rolloutAPI interface {
 	// Control sends the pause, resume or cancel update and waits for its result. A refusal by the
 	// update's validator is a refusedError.
 	Control(ctx context.Context, name, update, reason string) (workflows.RolloutProgress, error)
-	// URL links the rollout in the Temporal Web UI.
-	URL(name string) string
+	// RolloutURL links the rollout in the Temporal Web UI.
+	RolloutURL(name string) string
 	Close()
 }
-
-// connectFunc connects the rollout commands to Temporal.
-type connectFunc func(ctx context.Context, g *globals) (rolloutAPI, error)
 
 // notFoundError says no rollout of that name exists, and how to list those that do.
 type notFoundError struct{ name, namespace string }
@@ -63,66 +59,31 @@ type endedError struct{ err error }
 func (e endedError) Error() string { return e.err.Error() }
 func (e endedError) Unwrap() error { return e.err }
 
-// temporalRollouts is rolloutAPI on a Temporal client.
-type temporalRollouts struct {
-	tc        client.Client
-	namespace string
-	uiURL     string
+func (t *temporalClient) RolloutURL(name string) string {
+	return t.workflowURL(workflows.RolloutWorkflowID(name), "")
 }
 
-// dialRollouts connects with the globals' Temporal configuration; an unreachable server fails with
-// temporalconn's message, which names the fix.
-func dialRollouts(ctx context.Context, g *globals) (rolloutAPI, error) {
-	tc, namespace, err := dialTemporal(ctx, g)
-	if err != nil {
-		return nil, err
-	}
-	return &temporalRollouts{tc: tc, namespace: namespace, uiURL: g.temporal.UIURL}, nil
-}
-
-// dialTemporal connects with the globals' Temporal configuration and tells the namespace it uses.
-func dialTemporal(ctx context.Context, g *globals) (client.Client, string, error) {
-	opts, err := g.temporal.ClientOptions(nil)
-	if err != nil {
-		return nil, "", err
-	}
-	tc, err := g.temporal.Dial(ctx, nil)
-	if err != nil {
-		return nil, "", err
-	}
-	return tc, opts.Namespace, nil
-}
-
-func (t *temporalRollouts) Close() { t.tc.Close() }
-
-func (t *temporalRollouts) URL(name string) string {
-	return temporalconn.WorkflowURL(t.uiURL, t.namespace, workflows.RolloutWorkflowID(name), "")
-}
-
-func (t *temporalRollouts) Start(ctx context.Context, in workflows.RolloutInput, taskQueue string) (string, string, error) {
-	run, existing, err := startOrAttach(ctx, t.tc, workflows.RolloutWorkflowID(in.Name), taskQueue, workflows.Rollout, in)
+func (t *temporalClient) Start(ctx context.Context, in workflows.RolloutInput, taskQueue string) (string, string, error) {
+	run, existing, err := t.startOrAttach(ctx, workflows.RolloutWorkflowID(in.Name), taskQueue, workflows.Rollout, in)
 	if err != nil {
 		return "", "", err
 	}
 	return run.GetRunID(), existing, nil
 }
 
-func (t *temporalRollouts) Progress(ctx context.Context, name string) (workflows.RolloutProgress, error) {
+func (t *temporalClient) Progress(ctx context.Context, name string) (workflows.RolloutProgress, error) {
 	var p workflows.RolloutProgress
-	err := query(ctx, t.tc, workflows.RolloutWorkflowID(name), "", workflows.QueryProgress, &p)
-	return p, t.mapErr(name, err)
+	err := t.query(ctx, workflows.RolloutWorkflowID(name), "", workflows.QueryProgress, &p)
+	return p, t.rolloutErr(name, err)
 }
 
-func (t *temporalRollouts) Report(ctx context.Context, name string, req workflows.ReportRequest) (workflows.ReportPage, error) {
+func (t *temporalClient) Report(ctx context.Context, name string, req workflows.ReportRequest) (workflows.ReportPage, error) {
 	var page workflows.ReportPage
-	val, err := t.tc.QueryWorkflow(ctx, workflows.RolloutWorkflowID(name), "", workflows.QueryReport, req)
-	if err == nil {
-		err = val.Get(&page)
-	}
-	return page, t.mapErr(name, err)
+	err := t.query(ctx, workflows.RolloutWorkflowID(name), "", workflows.QueryReport, &page, req)
+	return page, t.rolloutErr(name, err)
 }
 
-func (t *temporalRollouts) Outcome(ctx context.Context, name string) (workflows.RolloutProgress, error) {
+func (t *temporalClient) Outcome(ctx context.Context, name string) (workflows.RolloutProgress, error) {
 	var p workflows.RolloutProgress
 	err := t.tc.GetWorkflow(ctx, workflows.RolloutWorkflowID(name), "").Get(ctx, &p)
 	if err == nil {
@@ -135,7 +96,7 @@ func (t *temporalRollouts) Outcome(ctx context.Context, name string) (workflows.
 	if errors.As(err, &we) {
 		return p, endedError{err}
 	}
-	return p, t.mapErr(name, err)
+	return p, t.rolloutErr(name, err)
 }
 
 // abortedProgress takes the final progress out of a rollout's RolloutAborted or RolloutNoWindow
@@ -150,7 +111,7 @@ func abortedProgress(err error) (workflows.RolloutProgress, bool) {
 	return p, false
 }
 
-func (t *temporalRollouts) Control(ctx context.Context, name, update, reason string) (workflows.RolloutProgress, error) {
+func (t *temporalClient) Control(ctx context.Context, name, update, reason string) (workflows.RolloutProgress, error) {
 	var p workflows.RolloutProgress
 	h, err := t.tc.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
 		WorkflowID:   workflows.RolloutWorkflowID(name),
@@ -187,11 +148,11 @@ func (t *temporalRollouts) Control(ctx context.Context, name, update, reason str
 			}
 		}
 	}
-	return p, t.mapErr(name, err)
+	return p, t.rolloutErr(name, err)
 }
 
-// mapErr turns a missing workflow into notFoundError.
-func (t *temporalRollouts) mapErr(name string, err error) error {
+// rolloutErr turns a missing workflow into notFoundError.
+func (t *temporalClient) rolloutErr(name string, err error) error {
 	var nf *serviceerror.NotFound
 	if errors.As(err, &nf) {
 		return notFoundError{name: name, namespace: t.namespace}

@@ -73,6 +73,9 @@ type outcomeResult struct {
 	err error
 }
 
+// follow is followLoop for a rollout: it polls the progress query, showing each answer in view,
+// while Outcome waits for the workflow to close, and returns the final progress from whichever
+// tells it first.
 func follow(ctx context.Context, api rolloutAPI, name string, o watchOptions, view progressView) (workflows.RolloutProgress, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -95,12 +98,15 @@ func follow(ctx context.Context, api rolloutAPI, name string, o watchOptions, vi
 		return api.Progress(pctx, name)
 	}
 
-	tick := time.NewTicker(o.poll)
-	defer tick.Stop()
-	var last workflows.RolloutProgress
+	var last, final workflows.RolloutProgress
+	var ferr error
+	end := func(p workflows.RolloutProgress, err error) bool {
+		final, ferr = p, err
+		return true
+	}
 	var nf notFoundError
 	failures := 0
-	for {
+	showProgress := func() bool {
 		p, err := poll()
 		switch {
 		case err == nil:
@@ -108,40 +114,41 @@ func follow(ctx context.Context, api rolloutAPI, name string, o watchOptions, vi
 			last = p
 			view.update(p)
 			if p.Done() {
-				return p, nil
+				return end(p, nil)
 			}
 		case errors.As(err, &nf):
-			return last, err
+			return end(last, err)
 		case ctx.Err() == nil:
 			if failures++; failures == quietPolls {
 				view.note(fmt.Sprintf("no progress for %d polls (%v): is a dmflow worker running? it answers the progress query", failures, err))
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return last, fmt.Errorf("stopped watching rollout %s, which goes on: starter rollout watch %s", name, name)
-		case oc := <-closed:
-			var ended endedError
-			switch {
-			case oc.err == nil:
-				view.update(oc.p)
-				return oc.p, nil
-			case errors.As(oc.err, &ended):
-				// A failed resolution still answers the query with its reason.
-				if q, err := poll(); err == nil && q.Done() {
-					view.update(q)
-					return q, nil
-				}
-				return last, fmt.Errorf("rollout %s ended without a result: %w", name, oc.err)
-			case errors.As(oc.err, &nf):
-				return last, oc.err
-			default:
-				// Says nothing about the rollout (the server unreachable for a moment): ask again.
-				waitOutcome(5 * o.poll)
-			}
-		case <-tick.C:
-		}
+		return false
 	}
+	onOutcome := func(oc outcomeResult) bool {
+		var ended endedError
+		switch {
+		case oc.err == nil:
+			view.update(oc.p)
+			return end(oc.p, nil)
+		case errors.As(oc.err, &ended):
+			// A failed resolution still answers the query with its reason.
+			if q, err := poll(); err == nil && q.Done() {
+				view.update(q)
+				return end(q, nil)
+			}
+			return end(last, fmt.Errorf("rollout %s ended without a result: %w", name, oc.err))
+		case errors.As(oc.err, &nf):
+			return end(last, oc.err)
+		}
+		// Says nothing about the rollout (the server unreachable for a moment): ask again.
+		waitOutcome(5 * o.poll)
+		return false
+	}
+	if followLoop(ctx, o.poll, showProgress, closed, onOutcome) != nil {
+		return last, fmt.Errorf("stopped watching rollout %s, which goes on: starter rollout watch %s", name, name)
+	}
+	return final, ferr
 }
 
 // lineView prints a plain line whenever the progress changes: at once for a change of state, at
@@ -218,26 +225,11 @@ func speedText(p workflows.RolloutProgress) string {
 	}
 	s := fmt.Sprintf("%.1f devices/min", rate)
 	if eta, ok := rolloutETA(p); ok {
-		s += ", ETA " + fmtDuration(eta)
+		s += ", ETA " + durationText(eta, false)
 	} else if p.State == workflows.RolloutPaused || p.State == workflows.RolloutWaiting {
 		s += ", " + p.State
 	}
 	return s
-}
-
-// fmtDuration formats a duration for people, to the second under an hour: 45s, 6m05s, 2h05m, 3d04h.
-func fmtDuration(d time.Duration) string {
-	d = max(d, 0).Round(time.Second)
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
-	default:
-		return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
-	}
 }
 
 // stateText is the state with its reason: "paused (change freeze)".
@@ -261,15 +253,6 @@ func windowText(p workflows.RolloutProgress, now time.Time, loc *time.Location) 
 		return "window closes at " + whenText(p.WindowCloses, now, loc)
 	}
 	return ""
-}
-
-// whenText is a time people read: "2026-11-29 02:00 CET (in 3h12m)", "(now)" once it has come.
-func whenText(t, now time.Time, loc *time.Location) string {
-	s := t.In(loc).Format("2006-01-02 15:04 MST")
-	if d := t.Sub(now); d >= time.Second {
-		return s + " (in " + fmtDuration(d) + ")"
-	}
-	return s + " (now)"
 }
 
 // stateWindowText is the state with its reason or, with windows, where it stands with them.
@@ -321,7 +304,7 @@ func percent(done, total int) int {
 //	+3m45s  running  wave 2/5  45/120 done (37%)  failed 2  skipped 3  running 10  pending 65  12.0 devices/min, ETA 6m15s
 //	+1h00m  waiting for window, opens at 2026-11-29 02:00 CET (in 3h12m)  wave 2/5  …
 func rolloutLine(p workflows.RolloutProgress, now time.Time, loc *time.Location) string {
-	elapsed := "+" + fmtDuration(elapsedOf(p))
+	elapsed := "+" + durationText(elapsedOf(p), false)
 	if p.State == workflows.RolloutResolving || (p.Total == 0 && !p.Done()) {
 		return fmt.Sprintf(" %7s  %s  resolving the targets", elapsed, stateText(p))
 	}
@@ -407,7 +390,7 @@ func (v *barView) update(p workflows.RolloutProgress) {
 	v.seen, v.lastState = true, p.State
 	v.mu.Unlock()
 	if changed && !p.Done() {
-		fmt.Fprintf(v.progress, "%s  %s\n", "+"+fmtDuration(elapsedOf(p)), stateWindowText(p, v.now(), v.loc))
+		fmt.Fprintf(v.progress, "%s  %s\n", "+"+durationText(elapsedOf(p), false), stateWindowText(p, v.now(), v.loc))
 	}
 	v.bar.SetTotal(int64(p.Total), false)
 	v.bar.SetCurrent(int64(doneCount(p)))
@@ -493,13 +476,13 @@ func printStatus(out io.Writer, p workflows.RolloutProgress, url string, now tim
 	if !p.Started.IsZero() {
 		waited := ""
 		if p.Waited > 0 {
-			waited = ", waited " + fmtDuration(p.Waited) + " for windows"
+			waited = ", waited " + durationText(p.Waited, false) + " for windows"
 		}
 		fmt.Fprintf(out, "  started:   %s, active %s%s, %d hub calls, %d %s\n", p.Started.UTC().Format(time.RFC3339),
-			fmtDuration(p.Active), waited, p.HubCalls, p.Runs, plural(p.Runs, "workflow run", "workflow runs"))
+			durationText(p.Active, false), waited, p.HubCalls, p.Runs, plural(p.Runs, "workflow run", "workflow runs"))
 	}
 	if !p.Finished.IsZero() {
-		fmt.Fprintf(out, "  finished:  %s, after %s\n", p.Finished.UTC().Format(time.RFC3339), fmtDuration(elapsedOf(p)))
+		fmt.Fprintf(out, "  finished:  %s, after %s\n", p.Finished.UTC().Format(time.RFC3339), durationText(elapsedOf(p), false))
 	}
 	fmt.Fprintf(out, "  ui:        %s\n", url)
 }
@@ -531,16 +514,16 @@ func writeSummary(out io.Writer, p workflows.RolloutProgress, failed []workflows
 	}
 	var idle []string
 	if d := (elapsedOf(p) - p.Active - p.Waited).Round(time.Second); p.Active > 0 && d > 0 {
-		idle = append(idle, fmtDuration(d)+" of it paused")
+		idle = append(idle, durationText(d, false)+" of it paused")
 	}
 	if d := p.Waited.Round(time.Second); d > 0 {
-		idle = append(idle, fmtDuration(d)+" waiting for maintenance windows")
+		idle = append(idle, durationText(d, false)+" waiting for maintenance windows")
 	}
 	paused := ""
 	if len(idle) > 0 {
 		paused = " (" + strings.Join(idle, ", ") + ")"
 	}
-	fmt.Fprintf(out, "rollout %s %s %s%s: %s on %d %s\n", p.Name, verb, fmtDuration(elapsedOf(p)), paused,
+	fmt.Fprintf(out, "rollout %s %s %s%s: %s on %d %s\n", p.Name, verb, durationText(elapsedOf(p), false), paused,
 		operationText(p), p.Total, plural(p.Total, "device", "devices"))
 	fmt.Fprintf(out, "  devices:   %s\n", resultCounts(p))
 	if p.Reason != "" {
@@ -606,11 +589,4 @@ func outcomeError(p workflows.RolloutProgress) error {
 		return fmt.Errorf("rollout %s failed%s", p.Name, why)
 	}
 	return fmt.Errorf("rollout %s has not ended: %s", p.Name, p.State)
-}
-
-func plural(n int, one, many string) string {
-	if n == 1 {
-		return one
-	}
-	return many
 }

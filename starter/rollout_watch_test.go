@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/testlog"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -153,7 +154,12 @@ func TestWatchFromOutcomeWithoutQueries(t *testing.T) {
 	done := prog(workflows.RolloutCompleted, func(p *workflows.RolloutProgress) { p.Succeeded, p.Wave, p.Active = 120, 5, time.Minute })
 	api := &fakeRollouts{outcome: make(chan outcomeResult)}
 	go func() {
-		time.Sleep(100 * time.Millisecond)
+		// The result arrives once watch has polled in vain long enough to say so.
+		assert.Eventually(t, func() bool {
+			api.mu.Lock()
+			defer api.mu.Unlock()
+			return api.polls >= quietPolls
+		}, 5*time.Second, time.Millisecond)
 		api.outcome <- outcomeResult{p: done}
 	}()
 	var out bytes.Buffer
@@ -286,25 +292,32 @@ func TestFmtDuration(t *testing.T) {
 		47*time.Hour + 59*time.Minute:   "47h59m",
 		75 * time.Hour:                  "3d03h",
 	} {
-		assert.Equal(t, want, fmtDuration(d), "%v", d)
+		assert.Equal(t, want, durationText(d, false), "%v", d)
 	}
 }
 
 var ansi = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
 
+// waitForScreen waits until the terminal view has drawn want.
+func waitForScreen(t *testing.T, out *testlog.Buffer, want string) {
+	t.Helper()
+	require.Eventually(t, func() bool { return strings.Contains(ansi.ReplaceAllString(out.String(), ""), want) }, 5*time.Second, 10*time.Millisecond,
+		"the view did not draw %q", want)
+}
+
 // The terminal view: the bar with its counts, state changes printed above it, the final frame left
 // on the screen.
 func TestBarView(t *testing.T) {
-	var out syncBuffer
+	var out testlog.Buffer
 	v := newBarView(&out, "fw-2.0", time.Now, time.UTC)
 	v.update(prog(workflows.RolloutRunning, func(p *workflows.RolloutProgress) {
 		p.Wave, p.Succeeded, p.Failed, p.Running, p.Pending, p.Active = 2, 40, 1, 10, 69, 4*time.Minute
 	}))
-	time.Sleep(300 * time.Millisecond)
+	waitForScreen(t, &out, "fw-2.0 running  wave 2/5 [")
 	v.update(prog(workflows.RolloutPaused, func(p *workflows.RolloutProgress) {
 		p.Reason, p.Wave, p.Succeeded, p.Failed, p.Pending, p.Active, p.Updated = "maintenance", 2, 50, 1, 69, 5*time.Minute, t0.Add(6*time.Minute)
 	}))
-	time.Sleep(300 * time.Millisecond)
+	waitForScreen(t, &out, "+6m00s  paused (maintenance)\n")
 	v.note("a remark")
 	v.update(prog(workflows.RolloutCompleted, func(p *workflows.RolloutProgress) {
 		p.Wave, p.Succeeded, p.Failed, p.Skipped, p.Active = 5, 117, 1, 2, 10*time.Minute
@@ -322,7 +335,7 @@ func TestBarView(t *testing.T) {
 
 // A watch stopped before the end leaves the bar where it stood.
 func TestBarViewInterrupted(t *testing.T) {
-	var out syncBuffer
+	var out testlog.Buffer
 	v := newBarView(&out, "fw-2.0", time.Now, time.UTC)
 	v.update(prog(workflows.RolloutRunning, func(p *workflows.RolloutProgress) { p.Wave, p.Succeeded, p.Pending = 1, 30, 90 }))
 	v.close()

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/testlog"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -129,16 +130,16 @@ rollout fw-2.0 completed in 26h10m (40m00s of it paused, 24h30m waiting for main
 
 // The terminal view counts down to the opening on its second line and prints the change above.
 func TestBarViewWaiting(t *testing.T) {
-	var out syncBuffer
+	var out testlog.Buffer
 	v := newBarView(&out, "fw-2.0", testClock.Now, testClock.Loc())
 	v.update(prog(workflows.RolloutRunning, func(p *workflows.RolloutProgress) {
 		p.Wave, p.Succeeded, p.Running, p.Pending, p.Active, p.WindowCloses = 1, 10, 5, 105, 5*time.Minute, t0.Add(20*time.Minute)
 	}))
-	time.Sleep(300 * time.Millisecond)
+	waitForScreen(t, &out, "window closes at 2026-05-01 14:20 CEST (in 10m00s)\n")
 	v.update(prog(workflows.RolloutWaiting, func(p *workflows.RolloutProgress) {
 		p.Wave, p.Succeeded, p.Pending, p.Active, p.Updated, p.WindowOpens = 1, 15, 105, 5*time.Minute, t0.Add(10*time.Minute), t0.Add(time.Hour)
 	}))
-	time.Sleep(300 * time.Millisecond)
+	waitForScreen(t, &out, "3.0 devices/min, waiting · waiting for window, opens at 2026-05-01 15:00 CEST (in 50m00s)\n")
 	v.close()
 	screen := ansi.ReplaceAllString(out.String(), "")
 	assert.Contains(t, screen, "  failed 0 · skipped 0 · running 5 · pending 105 · 2.0 devices/min, ETA 55m00s · window closes at 2026-05-01 14:20 CEST (in 10m00s)\n")

@@ -2,18 +2,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/temporalconn"
 	enumspb "go.temporal.io/api/enums/v1"
-	"go.temporal.io/api/serviceerror"
-	"go.temporal.io/sdk/client"
 )
 
 // launch is one workflow the starter starts, or finds already started, and with --wait follows.
@@ -29,7 +24,7 @@ type launch[R any] struct {
 	// progress reads what the workflow is doing, for the live view of --wait in text mode; each
 	// line is printed once (by key). Errors are retried quietly: a workflow not yet picked up by a
 	// worker cannot answer a query.
-	progress func(ctx context.Context, tc client.Client, id, runID string) ([]progressLine, error)
+	progress func(ctx context.Context, t *temporalClient, id, runID string) ([]progressLine, error)
 	// summary prints a successful result in text mode.
 	summary func(out io.Writer, r R)
 }
@@ -54,50 +49,51 @@ type launchOutput[R any] struct {
 
 // run starts the workflow (or attaches to the one already started under its ID), prints where to
 // watch it and, with wait, follows it and prints the result.
-func (l launch[R]) run(ctx context.Context, g *globals, out io.Writer) error {
-	tc, err := g.temporal.Dial(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tc.Close()
-	opts, err := g.temporal.ClientOptions(nil)
-	if err != nil {
-		return err
-	}
-
+func (l launch[R]) run(ctx context.Context, t *temporalClient, output string, out io.Writer) error {
 	res := launchOutput[R]{WorkflowID: l.workflowID}
-	run, existing, err := startOrAttach(ctx, tc, l.workflowID, l.taskQueue, l.workflow, l.input)
+	run, existing, err := t.startOrAttach(ctx, l.workflowID, l.taskQueue, l.workflow, l.input)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", l.subject, err)
 	}
 	res.Existing = existing
 	res.RunID = run.GetRunID()
-	res.URL = temporalconn.WorkflowURL(g.temporal.UIURL, opts.Namespace, l.workflowID, res.RunID)
-	if g.output == "text" {
+	res.URL = t.workflowURL(l.workflowID, res.RunID)
+	if output == "text" {
 		fmt.Fprintf(out, "%s %s\n  workflow: %s\n  ui:       %s\n", startVerb(existing), l.subject, l.workflowID, res.URL)
 	}
 	if !l.wait {
-		if g.output == "json" {
+		if output == "json" {
 			return writeJSON(out, res)
 		}
 		return nil
 	}
 
-	stopWatch := func() {}
-	if g.output == "text" && l.progress != nil {
-		stopWatch = watch(ctx, out, func(ctx context.Context) ([]progressLine, error) {
-			return l.progress(ctx, tc, l.workflowID, res.RunID)
-		})
-	}
+	// The result is what the user waits for; meanwhile, in text mode, the live view.
 	var result R
-	werr := run.Get(ctx, &result)
-	stopWatch()
+	var werr error
+	got := make(chan error, 1)
+	go func() { got <- run.Get(ctx, &result) }()
+	var poll func() bool
+	if output == "text" && l.progress != nil {
+		printed := map[string]bool{}
+		poll = func() bool {
+			l.showProgress(ctx, t, res.RunID, out, printed)
+			return false
+		}
+	}
+	if followLoop(ctx, time.Second, poll, got, func(err error) bool { werr = err; return true }) != nil {
+		werr = <-got // ctx ended, and with it the wait for the result
+	} else if poll != nil && ctx.Err() == nil {
+		// Once more after the end, so that the view shows how it ended (the last stage, done or
+		// failed) before the result.
+		poll()
+	}
 	if werr == nil {
 		res.Result = &result
 	} else {
 		res.Error = werr.Error()
 	}
-	if g.output == "json" {
+	if output == "json" {
 		if err := writeJSON(out, res); err != nil {
 			return err
 		}
@@ -108,33 +104,6 @@ func (l launch[R]) run(ctx context.Context, g *globals, out io.Writer) error {
 		return fmt.Errorf("%s failed: %w", l.subject, werr)
 	}
 	return nil
-}
-
-// startOrAttach starts the workflow under id. The same ID again never runs the operation twice:
-// while it runs the start is refused and the running workflow is returned; once it has completed
-// the start is refused too and that run is returned. Only a failed workflow may be started again
-// under the same ID. existing is the status of the run found, "" when this call started it.
-func startOrAttach(ctx context.Context, tc client.Client, id, taskQueue string, workflow, input any) (client.WorkflowRun, string, error) {
-	run, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID:                                       id,
-		TaskQueue:                                taskQueue,
-		WorkflowIDConflictPolicy:                 enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
-		WorkflowIDReusePolicy:                    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE_FAILED_ONLY,
-		WorkflowExecutionErrorWhenAlreadyStarted: true,
-	}, workflow, input)
-	var started *serviceerror.WorkflowExecutionAlreadyStarted
-	switch {
-	case errors.As(err, &started):
-		desc, derr := tc.DescribeWorkflowExecution(ctx, id, "")
-		if derr != nil {
-			return nil, "", fmt.Errorf("workflow %s exists but cannot be described: %w", id, derr)
-		}
-		info := desc.GetWorkflowExecutionInfo()
-		return tc.GetWorkflow(ctx, id, info.GetExecution().GetRunId()), info.GetStatus().String(), nil
-	case err != nil:
-		return nil, "", err
-	}
-	return run, "", nil
 }
 
 // startVerb says what happened to the start, by the status of the run found.
@@ -149,46 +118,13 @@ func startVerb(existing string) string {
 	}
 }
 
-func writeJSON(out io.Writer, v any) error {
-	enc := json.NewEncoder(out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// watch prints progress lines as they appear, once each, with their time since the workflow
-// started, polling every second. A failed poll is retried quietly: the result, or its error, is
-// what the user waits for. stop ends the polling and, once the workflow has ended, polls a last
-// time, so that the view shows how it ended (the last stage, done or failed) before the result.
-func watch(ctx context.Context, out io.Writer, poll func(ctx context.Context) ([]progressLine, error)) (stop func()) {
-	printed := map[string]bool{}
-	pollOnce := func(ctx context.Context) {
-		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		defer cancel()
-		if lines, err := poll(pctx); err == nil {
-			printNew(out, lines, printed)
-		}
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			pollOnce(wctx)
-			select {
-			case <-wctx.Done():
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
-		if ctx.Err() == nil {
-			pollOnce(ctx)
-		}
+// showProgress asks the workflow's progress and prints the lines not printed before. A failed poll
+// is retried quietly at the next: the result, or its error, is what the user waits for.
+func (l launch[R]) showProgress(ctx context.Context, t *temporalClient, runID string, out io.Writer, printed map[string]bool) {
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if lines, err := l.progress(pctx, t, l.workflowID, runID); err == nil {
+		printNew(out, lines, printed)
 	}
 }
 
@@ -205,13 +141,4 @@ func printNew(out io.Writer, lines []progressLine, printed map[string]bool) {
 	for _, l := range fresh {
 		fmt.Fprintf(out, "  %6.1fs  %s\n", max(l.at, 0).Seconds(), l.text)
 	}
-}
-
-// query asks a workflow's query handler and decodes the answer into v.
-func query(ctx context.Context, tc client.Client, id, runID, name string, v any) error {
-	val, err := tc.QueryWorkflow(ctx, id, runID, name)
-	if err != nil {
-		return err
-	}
-	return val.Get(v)
 }

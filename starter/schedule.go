@@ -6,10 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -41,15 +38,15 @@ const (
 // scheduleCmd holds what the schedule subcommands share.
 type scheduleCmd struct {
 	g       *globals
-	connect scheduleConnectFunc
+	connect connector[scheduleAPI]
 	// triggerWait and triggerPoll: how long and how often trigger looks for its run (tests
 	// shorten them).
 	triggerWait, triggerPoll time.Duration
 }
 
-func newScheduleCommand(g *globals, connect scheduleConnectFunc, wait, poll time.Duration) *cobra.Command {
+func newScheduleCommand(g *globals, connect connector[scheduleAPI], wait, poll time.Duration) *cobra.Command {
 	if connect == nil {
-		connect = dialSchedules
+		connect = dialAs[scheduleAPI]
 	}
 	if wait == 0 {
 		wait = triggerWait
@@ -93,28 +90,11 @@ Exit codes:
      the schedule still runs; Temporal unreachable or refusing
   2  the command line is wrong`,
 		Args: cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return usageError{fmt.Errorf("unknown schedule command %q: use create, list, describe, pause, unpause, trigger or delete", args[0])}
-			}
-			return cmd.Help()
-		},
+		RunE: commandGroup("schedule", "create, list, describe, pause, unpause, trigger or delete"),
 	}
 	cmd.AddCommand(s.createCommand(), s.listCommand(), s.describeCommand(), s.pauseCommand(true), s.pauseCommand(false),
 		s.triggerCommand(), s.deleteCommand())
 	return cmd
-}
-
-// withAPI connects to Temporal and runs fn; Ctrl-C cancels its context.
-func (s *scheduleCmd) withAPI(cmd *cobra.Command, fn func(ctx context.Context, api scheduleAPI) error) error {
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	api, err := s.connect(ctx, s.g)
-	if err != nil {
-		return err
-	}
-	defer api.Close()
-	return fn(ctx, api)
 }
 
 // scheduleNameArg takes the schedule's name, the one positional argument.
@@ -179,7 +159,7 @@ as rollout start checks it, before the schedule is created.
 			if err != nil {
 				return err
 			}
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				return runCreate(ctx, api, req, s.g.output, cmd.OutOrStdout())
 			})
 		},
@@ -304,20 +284,18 @@ func runCreate(ctx context.Context, api scheduleAPI, req scheduleRequest, output
 	// The schedule computes its next times as it starts: describe shows them a moment later.
 	var info scheduleInfo
 	var err error
-	for try := 0; try < 10; try++ {
-		if info, err = api.Describe(ctx, req.Name, 0); err == nil && (len(info.NextRuns) > 0 || try >= 3) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(300 * time.Millisecond):
-		}
+	tries := 0
+	if lerr := followLoop[struct{}](ctx, 300*time.Millisecond, func() bool {
+		info, err = api.Describe(ctx, req.Name, 0)
+		tries++
+		return (err == nil && (len(info.NextRuns) > 0 || tries > 3)) || tries == 10
+	}, nil, nil); lerr != nil {
+		return lerr
 	}
 	if err != nil {
 		// Created; the description is a courtesy.
 		info = scheduleInfo{Name: req.Name, Timing: req.Timing, When: describeTiming(req.Timing), Rollout: describeInput(req.Input),
-			Paused: req.Paused, URL: api.URL(req.Name), Input: &req.Input}
+			Paused: req.Paused, URL: api.ScheduleURL(req.Name), Input: &req.Input}
 	}
 	if output == "json" {
 		return writeJSON(out, info)
@@ -352,7 +330,7 @@ Temporal lists schedules from its visibility store: a schedule created or
 deleted a moment ago may not show yet.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				list, err := api.List(ctx)
 				if err != nil {
 					return fmt.Errorf("list schedules: %w", err)
@@ -380,7 +358,7 @@ func writeScheduleTable(w io.Writer, list []scheduleInfo) error {
 	for _, s := range list {
 		next, last, state, paused := "-", "-", "-", "no"
 		if len(s.NextRuns) > 0 && !s.Paused {
-			next = timeIn(s.NextRuns[0], s.Timing.TimeZone)
+			next = timeText(s.NextRuns[0], zoneLoc(s.Timing.TimeZone), true)
 		}
 		if len(s.RecentRuns) > 0 {
 			last, state = s.RecentRuns[0].Rollout, dash(s.RecentRuns[0].State)
@@ -410,7 +388,7 @@ The states come from the rollouts' DmflowRolloutState search attribute: no
 worker needs to answer. With --output json, the description as JSON.`,
 		Args: scheduleNameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				info, err := api.Describe(ctx, args[0], describeRuns)
 				if err != nil {
 					return err
@@ -427,7 +405,7 @@ worker needs to answer. With --output json, the description as JSON.`,
 
 // printSchedule writes describe's text.
 func printSchedule(out io.Writer, s scheduleInfo) {
-	tz := s.Timing.TimeZone
+	loc := zoneLoc(s.Timing.TimeZone)
 	fmt.Fprintf(out, "schedule %s: %s\n", s.Name, dash(s.Rollout))
 	fmt.Fprintf(out, "  when:        %s\n", s.When)
 	switch {
@@ -440,7 +418,7 @@ func printSchedule(out io.Writer, s scheduleInfo) {
 	}
 	label := "  next runs:   "
 	for _, t := range s.NextRuns[:min(5, len(s.NextRuns))] {
-		fmt.Fprintf(out, "%s%s  (%s)\n", label, timeIn(t, tz), t.UTC().Format(time.RFC3339))
+		fmt.Fprintf(out, "%s%s  (%s)\n", label, timeText(t, loc, true), t.UTC().Format(time.RFC3339))
 		label = "               "
 	}
 	if len(s.NextRuns) == 0 {
@@ -448,7 +426,7 @@ func printSchedule(out io.Writer, s scheduleInfo) {
 	}
 	label = "  recent runs: "
 	for _, r := range s.RecentRuns {
-		fmt.Fprintf(out, "%s%s  started %s  %s\n", label, r.Rollout, timeIn(r.StartedAt, tz), dash(r.State))
+		fmt.Fprintf(out, "%s%s  started %s  %s\n", label, r.Rollout, timeText(r.StartedAt, loc, true), dash(r.State))
 		label = "               "
 	}
 	if len(s.RecentRuns) == 0 {
@@ -490,7 +468,7 @@ passed while it was paused are not made up.`
 		Long:  long + "\n\nWith --output json, the schedule's description afterwards.",
 		Args:  scheduleNameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				return runPause(ctx, api, args[0], pause, note, s.g.output, cmd.OutOrStdout())
 			})
 		},
@@ -534,7 +512,7 @@ func runPause(ctx context.Context, api scheduleAPI, name string, pause bool, not
 		fmt.Fprintf(out, "unpaused schedule %s\n", name)
 	}
 	if !pause && len(after.NextRuns) > 0 {
-		fmt.Fprintf(out, "  next run:  %s\n", timeIn(after.NextRuns[0], after.Timing.TimeZone))
+		fmt.Fprintf(out, "  next run:  %s\n", timeText(after.NextRuns[0], zoneLoc(after.Timing.TimeZone), true))
 	}
 	for _, r := range after.Running {
 		if pause {
@@ -558,7 +536,7 @@ reports it (within ` + workflows.ShortDuration(triggerWait) + `). With --output 
 skipped, rollout, workflowId, running}.`,
 		Args: scheduleNameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				return runTrigger(ctx, api, args[0], s.g.output, cmd.OutOrStdout(), s.triggerWait, s.triggerPoll)
 			})
 		},
@@ -588,7 +566,7 @@ func runTrigger(ctx context.Context, api scheduleAPI, name, output string, out i
 	}
 	res := triggerOutput{Schedule: name}
 	deadline := time.Now().Add(wait)
-	for {
+	if err := followLoop[struct{}](ctx, poll, func() bool {
 		after, err := api.Describe(ctx, name, 0)
 		switch {
 		case err != nil:
@@ -598,14 +576,9 @@ func runTrigger(ctx context.Context, api scheduleAPI, name, output string, out i
 		case after.SkippedOverlap > before.SkippedOverlap:
 			res.Skipped, res.Running = true, after.Running
 		}
-		if res.Started || res.Skipped || time.Now().After(deadline) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(poll):
-		}
+		return res.Started || res.Skipped || time.Now().After(deadline)
+	}, nil, nil); err != nil {
+		return err
 	}
 	if output == "json" {
 		if err := writeJSON(out, res); err != nil {
@@ -649,7 +622,7 @@ touched: one running now keeps running (starter rollout cancel <rollout> stops
 it), and finished ones keep their history and report.`,
 		Args: scheduleNameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return s.withAPI(cmd, func(ctx context.Context, api scheduleAPI) error {
+			return withAPI(cmd, s.g, s.connect, func(ctx context.Context, api scheduleAPI) error {
 				name := args[0]
 				info, err := api.Describe(ctx, name, 0)
 				if err != nil {
@@ -685,21 +658,10 @@ func describeTiming(t scheduleTiming) string {
 	return "no times (trigger runs it)"
 }
 
-// timeIn shows a time in the schedule's time zone: "Sun 2026-11-29 02:00 CET".
-func timeIn(t time.Time, tz string) string {
-	loc := time.UTC
-	if tz != "" {
-		if l, err := time.LoadLocation(tz); err == nil {
-			loc = l
-		}
-	}
-	return t.In(loc).Format("Mon 2006-01-02 15:04 MST")
-}
-
 func joinTimes(ts []time.Time, tz, sep string) string {
 	parts := make([]string, len(ts))
 	for i, t := range ts {
-		parts[i] = timeIn(t, tz)
+		parts[i] = timeText(t, zoneLoc(tz), true)
 	}
 	return strings.Join(parts, sep)
 }

@@ -31,8 +31,8 @@ func newFakeSchedules(list ...scheduleInfo) *fakeSchedules {
 	return f
 }
 
-func (f *fakeSchedules) Close()                 {}
-func (f *fakeSchedules) URL(name string) string { return "http://ui.test/schedules/" + name }
+func (f *fakeSchedules) Close()                         {}
+func (f *fakeSchedules) ScheduleURL(name string) string { return "http://ui.test/schedules/" + name }
 
 func (f *fakeSchedules) get(name string) (*scheduleInfo, error) {
 	s, ok := f.schedules[name]
@@ -55,7 +55,7 @@ func (f *fakeSchedules) Create(_ context.Context, req scheduleRequest) error {
 		time.Date(2026, 12, 13, 1, 0, 0, 0, time.UTC)}
 	f.schedules[req.Name] = &scheduleInfo{Name: req.Name, Timing: req.Timing, When: describeTiming(req.Timing), Rollout: describeInput(in),
 		Input: &in, TaskQueue: req.TaskQueue, Paused: req.Paused, Note: req.Note, Overlap: "skip",
-		CatchupWindow: textDuration(req.CatchupWindow), NextRuns: next, URL: f.URL(req.Name)}
+		CatchupWindow: textDuration(req.CatchupWindow), NextRuns: next, URL: f.ScheduleURL(req.Name)}
 	return nil
 }
 

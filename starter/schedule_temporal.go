@@ -38,13 +38,10 @@ type scheduleAPI interface {
 	Trigger(ctx context.Context, name string) error
 	// Delete deletes the schedule; the rollouts it started are not touched.
 	Delete(ctx context.Context, name string) error
-	// URL links the schedule in the Temporal Web UI.
-	URL(name string) string
+	// ScheduleURL links the schedule in the Temporal Web UI.
+	ScheduleURL(name string) string
 	Close()
 }
-
-// scheduleConnectFunc connects the schedule commands to Temporal.
-type scheduleConnectFunc func(ctx context.Context, g *globals) (scheduleAPI, error)
 
 // scheduleRequest is a schedule to create.
 type scheduleRequest struct {
@@ -156,29 +153,11 @@ func (e notRolloutScheduleError) Error() string {
 	return fmt.Sprintf("schedule %q is not a dmflow rollout schedule (its action %s): manage it with temporal schedule", e.name, e.action)
 }
 
-// temporalSchedules is scheduleAPI on a Temporal client.
-type temporalSchedules struct {
-	tc        client.Client
-	sc        client.ScheduleClient
-	namespace string
-	uiURL     string
-}
-
-func dialSchedules(ctx context.Context, g *globals) (scheduleAPI, error) {
-	tc, namespace, err := dialTemporal(ctx, g)
-	if err != nil {
-		return nil, err
-	}
-	return &temporalSchedules{tc: tc, sc: tc.ScheduleClient(), namespace: namespace, uiURL: g.temporal.UIURL}, nil
-}
-
-func (t *temporalSchedules) Close() { t.tc.Close() }
-
-func (t *temporalSchedules) URL(name string) string {
+func (t *temporalClient) ScheduleURL(name string) string {
 	return temporalconn.ScheduleURL(t.uiURL, t.namespace, name)
 }
 
-func (t *temporalSchedules) Create(ctx context.Context, req scheduleRequest) error {
+func (t *temporalClient) Create(ctx context.Context, req scheduleRequest) error {
 	spec := client.ScheduleSpec{TimeZoneName: req.Timing.TimeZone}
 	if req.Timing.Cron != "" {
 		spec.CronExpressions = []string{req.Timing.Cron}
@@ -228,10 +207,10 @@ func (t *temporalSchedules) Create(ctx context.Context, req scheduleRequest) err
 }
 
 // describe fetches the schedule and checks it is a rollout schedule.
-func (t *temporalSchedules) describe(ctx context.Context, name string) (*client.ScheduleDescription, *client.ScheduleWorkflowAction, error) {
+func (t *temporalClient) describe(ctx context.Context, name string) (*client.ScheduleDescription, *client.ScheduleWorkflowAction, error) {
 	d, err := t.sc.GetHandle(ctx, name).Describe(ctx)
 	if err != nil {
-		return nil, nil, t.mapErr(name, err)
+		return nil, nil, t.scheduleErr(name, err)
 	}
 	action, ok := d.Schedule.Action.(*client.ScheduleWorkflowAction)
 	if !ok {
@@ -243,12 +222,12 @@ func (t *temporalSchedules) describe(ctx context.Context, name string) (*client.
 	return d, action, nil
 }
 
-func (t *temporalSchedules) Describe(ctx context.Context, name string, runStates int) (scheduleInfo, error) {
+func (t *temporalClient) Describe(ctx context.Context, name string, runStates int) (scheduleInfo, error) {
 	d, action, err := t.describe(ctx, name)
 	if err != nil {
 		return scheduleInfo{}, err
 	}
-	info := scheduleInfo{Name: name, TaskQueue: action.TaskQueue, URL: t.URL(name),
+	info := scheduleInfo{Name: name, TaskQueue: action.TaskQueue, URL: t.ScheduleURL(name),
 		Actions: d.Info.NumActions, SkippedOverlap: d.Info.NumActionsSkippedOverlap, MissedCatchup: d.Info.NumActionsMissedCatchupWindow,
 		Created: d.Info.CreatedAt, NextRuns: d.Info.NextActionTimes}
 	if len(action.Args) == 1 {
@@ -277,7 +256,7 @@ func (t *temporalSchedules) Describe(ctx context.Context, name string, runStates
 
 // runs turns a schedule's recent actions (oldest first) into runs, newest first, looking up the
 // state of the first runStates.
-func (t *temporalSchedules) runs(ctx context.Context, actions []client.ScheduleActionResult, runStates int) []scheduledRun {
+func (t *temporalClient) runs(ctx context.Context, actions []client.ScheduleActionResult, runStates int) []scheduledRun {
 	runs := []scheduledRun{}
 	for _, a := range slices.Backward(actions) {
 		if a.StartWorkflowResult == nil {
@@ -295,7 +274,7 @@ func (t *temporalSchedules) runs(ctx context.Context, actions []client.ScheduleA
 
 // runState is a run's rollout state from its DmflowRolloutState search attribute, which the
 // rollout keeps current, so no worker needs to answer; else the workflow's status.
-func (t *temporalSchedules) runState(ctx context.Context, workflowID string) string {
+func (t *temporalClient) runState(ctx context.Context, workflowID string) string {
 	desc, err := t.tc.DescribeWorkflowExecution(ctx, workflowID, "")
 	if err != nil {
 		var nf *serviceerror.NotFound
@@ -323,7 +302,7 @@ func (t *temporalSchedules) runState(ctx context.Context, workflowID string) str
 
 // applyMemo takes the timing and the rollout in words from the schedule's memo, or else describes
 // the timing from Temporal's spec (a schedule dmflow did not create).
-func (t *temporalSchedules) applyMemo(info *scheduleInfo, memo *commonpb.Memo, spec *client.ScheduleSpec) {
+func (t *temporalClient) applyMemo(info *scheduleInfo, memo *commonpb.Memo, spec *client.ScheduleSpec) {
 	var m scheduleMemo
 	if p := memo.GetFields()[scheduleMemoKey]; p != nil && converter.GetDefaultDataConverter().FromPayload(p, &m) == nil {
 		info.Timing = m.Timing
@@ -344,7 +323,7 @@ func (t *temporalSchedules) applyMemo(info *scheduleInfo, memo *commonpb.Memo, s
 	info.When = describeTiming(info.Timing)
 }
 
-func (t *temporalSchedules) List(ctx context.Context) ([]scheduleInfo, error) {
+func (t *temporalClient) List(ctx context.Context) ([]scheduleInfo, error) {
 	it, err := t.sc.List(ctx, client.ScheduleListOptions{PageSize: 100})
 	if err != nil {
 		return nil, err
@@ -358,7 +337,7 @@ func (t *temporalSchedules) List(ctx context.Context) ([]scheduleInfo, error) {
 		if e.WorkflowType.Name != rolloutWorkflowType {
 			continue
 		}
-		info := scheduleInfo{Name: e.ID, Paused: e.Paused, Note: e.Note, NextRuns: e.NextActionTimes, URL: t.URL(e.ID)}
+		info := scheduleInfo{Name: e.ID, Paused: e.Paused, Note: e.Note, NextRuns: e.NextActionTimes, URL: t.ScheduleURL(e.ID)}
 		t.applyMemo(&info, e.Memo, e.Spec)
 		info.RecentRuns = t.runs(ctx, e.RecentActions, 1)
 		out = append(out, info)
@@ -367,38 +346,38 @@ func (t *temporalSchedules) List(ctx context.Context) ([]scheduleInfo, error) {
 	return out, nil
 }
 
-func (t *temporalSchedules) Pause(ctx context.Context, name, note string) error {
+func (t *temporalClient) Pause(ctx context.Context, name, note string) error {
 	if _, _, err := t.describe(ctx, name); err != nil {
 		return err
 	}
-	return t.mapErr(name, t.sc.GetHandle(ctx, name).Pause(ctx, client.SchedulePauseOptions{Note: note}))
+	return t.scheduleErr(name, t.sc.GetHandle(ctx, name).Pause(ctx, client.SchedulePauseOptions{Note: note}))
 }
 
-func (t *temporalSchedules) Unpause(ctx context.Context, name, note string) error {
+func (t *temporalClient) Unpause(ctx context.Context, name, note string) error {
 	if _, _, err := t.describe(ctx, name); err != nil {
 		return err
 	}
-	return t.mapErr(name, t.sc.GetHandle(ctx, name).Unpause(ctx, client.ScheduleUnpauseOptions{Note: note}))
+	return t.scheduleErr(name, t.sc.GetHandle(ctx, name).Unpause(ctx, client.ScheduleUnpauseOptions{Note: note}))
 }
 
-func (t *temporalSchedules) Trigger(ctx context.Context, name string) error {
+func (t *temporalClient) Trigger(ctx context.Context, name string) error {
 	if _, _, err := t.describe(ctx, name); err != nil {
 		return err
 	}
 	// Skip, as the schedule's own policy: a trigger never runs a second rollout of the schedule
 	// beside one still running.
-	return t.mapErr(name, t.sc.GetHandle(ctx, name).Trigger(ctx, client.ScheduleTriggerOptions{Overlap: enumspb.SCHEDULE_OVERLAP_POLICY_SKIP}))
+	return t.scheduleErr(name, t.sc.GetHandle(ctx, name).Trigger(ctx, client.ScheduleTriggerOptions{Overlap: enumspb.SCHEDULE_OVERLAP_POLICY_SKIP}))
 }
 
-func (t *temporalSchedules) Delete(ctx context.Context, name string) error {
+func (t *temporalClient) Delete(ctx context.Context, name string) error {
 	if _, _, err := t.describe(ctx, name); err != nil {
 		return err
 	}
-	return t.mapErr(name, t.sc.GetHandle(ctx, name).Delete(ctx))
+	return t.scheduleErr(name, t.sc.GetHandle(ctx, name).Delete(ctx))
 }
 
-// mapErr turns a missing schedule into scheduleNotFoundError.
-func (t *temporalSchedules) mapErr(name string, err error) error {
+// scheduleErr turns a missing schedule into scheduleNotFoundError.
+func (t *temporalClient) scheduleErr(name string, err error) error {
 	var nf *serviceerror.NotFound
 	if errors.As(err, &nf) {
 		return scheduleNotFoundError{name: name, namespace: t.namespace}

@@ -126,10 +126,7 @@ func TestRolloutStartSpec(t *testing.T) {
 			api := &fakeRollouts{}
 			code, _, stderr := runRolloutCLI(t, api, tc.stdin, append([]string{"rollout", "start"}, tc.args...)...)
 			if tc.wantErr != nil {
-				assert.Equal(t, exitUsage, code, "stderr: %s", stderr)
-				for _, w := range tc.wantErr {
-					assert.Contains(t, stderr, w)
-				}
+				assertUsageError(t, code, stderr, tc.wantErr...)
 				assert.Empty(t, api.started)
 				return
 			}
@@ -277,10 +274,7 @@ func TestRolloutStartReconcile(t *testing.T) {
 			api := &fakeRollouts{}
 			code, stdout, stderr := runRolloutCLI(t, api, "", append([]string{"rollout", "start", "--name", "fw-2.0"}, tc.args...)...)
 			if tc.wantErr != nil {
-				assert.Equal(t, exitUsage, code, "stderr: %s", stderr)
-				for _, w := range tc.wantErr {
-					assert.Contains(t, stderr, w)
-				}
+				assertUsageError(t, code, stderr, tc.wantErr...)
 				return
 			}
 			require.Equal(t, 0, code, "stderr: %s", stderr)

@@ -55,3 +55,25 @@ func Logger(t testing.TB) *slog.Logger {
 	_, l := New(t, slog.LevelDebug)
 	return l
 }
+
+// Buffer is a bytes.Buffer safe for a writer on another goroutine (a server, a
+// watch loop) and the test that reads it; unlike Sink it keeps what is written
+// after the test has ended.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends p.
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String is everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

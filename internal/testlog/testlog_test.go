@@ -26,3 +26,21 @@ func TestSinkKeepsUntilTheTestEnds(t *testing.T) {
 		t.Error("late write was kept")
 	}
 }
+
+func TestBufferTakesConcurrentWrites(t *testing.T) {
+	var b Buffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 100 {
+			_, _ = b.Write([]byte("x"))
+		}
+	}()
+	for range 100 {
+		_ = b.String()
+	}
+	<-done
+	if got := b.String(); got != strings.Repeat("x", 100) {
+		t.Errorf("buffer = %q", got)
+	}
+}
