@@ -9,7 +9,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/dmflow/dmflow/internal/hubconn"
-
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
@@ -170,8 +169,9 @@ type QueryDevicesPageInput struct {
 	// back unchanged with the same Query; "" asks for the first page.
 	Token string `json:"token,omitempty"`
 	// PageSize is the most twins the page holds, 1 to 1,000; zero means 1,000, the most IoT Hub
-	// returns. A larger one is refused (ErrBadRequest), as IoT Hub and localhub refuse it, rather
-	// than read as 1,000: a caller that sizes its state by PageSize learns of the mistake.
+	// returns. A larger one is refused (ErrBadRequest) before any call, as localhub refuses an
+	// x-ms-max-item-count over 1,000 with 400, rather than read as 1,000: a caller that sizes its
+	// state by PageSize learns of the mistake.
 	PageSize int `json:"pageSize,omitempty"`
 	// Rate, when set, draws a token before the page is requested.
 	Rate *HubRate `json:"rate,omitempty"`
@@ -193,7 +193,7 @@ type QueryDevicesPageResult struct {
 // in.Token on, each with the requested reported properties, and the token of the next page. It
 // costs one query of the hub's quota (and one token of in.Rate), whatever the fleet's size, and
 // its result is bounded by the page size: a workflow walks a query of any size page by page,
-// keeping the token in its state, and a retried page is the same page again.
+// keeping the token in its state, and a retried page sends the same token again.
 //
 // It makes one request and does not heartbeat, except while it waits for a token of in.Rate.
 //

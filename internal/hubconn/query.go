@@ -13,9 +13,9 @@ import (
 )
 
 // MaxQueryPageSize is the most twins IoT Hub returns in one page of a query
-// (x-ms-max-item-count); it refuses a request for more with 400, as localhub
-// does. Without the header a page holds 100, which is all the amenzhinsky
-// client ever asks for.
+// (x-ms-max-item-count); QueryPage asks for no more, and localhub refuses a
+// request for more with 400. Without the header a page holds 100, which is
+// all the amenzhinsky client ever asks for.
 const MaxQueryPageSize = 1000
 
 // TwinPage is one page of a device query's result.
