@@ -1,8 +1,8 @@
 // Package activities holds the Temporal activities through which dmflow workflows reach Azure IoT Hub:
 // invoking a direct method on a device (InvokeMethod), reading reported twin properties (GetTwin),
 // waiting for a device to report a twin property (WaitForReported), following a firmware update
-// through its reported stages (FollowStages) and listing the devices a query selects
-// (QueryDevices). The two waits share one heartbeating poll loop with exponential backoff
+// through its reported stages (FollowStages) and listing the devices a query selects, all at once
+// (QueryDevices) or a page at a time (QueryDevicesPage). The two waits share one heartbeating poll loop with exponential backoff
 // (poll.go).
 //
 // Inputs may carry a [HubRate]: the activities sharing its Key (a rollout's devices) then draw a
@@ -55,10 +55,11 @@ type Hub interface {
 	// JSON (any JSON value, or none); see hubconn.ServiceClient for the errors it returns.
 	CallMethod(ctx context.Context, deviceID string, call hubconn.MethodCall) (hubconn.MethodAnswer, error)
 	GetDeviceTwin(ctx context.Context, deviceID string) (*iotservice.Twin, error)
-	// QueryDevices runs a device query and calls fn with every twin it selects, requesting page
-	// after page itself. *iotservice.Client decodes each page into the row maps of the previous
-	// one, so fn must copy out what it keeps before it returns.
-	QueryDevices(ctx context.Context, query string, fn func(v map[string]interface{}) error) error
+	// QueryPage requests one page of a device query: up to pageSize twins (1 to
+	// hubconn.MaxQueryPageSize) from the continuation token on ("" for the first page), and the
+	// token of the next page ("" after the last). Unlike the amenzhinsky client's QueryDevices,
+	// which pages by itself in pages of 100 and keeps the token, it leaves paging to the caller.
+	QueryPage(ctx context.Context, query string, pageSize int, token string) (hubconn.TwinPage, error)
 }
 
 // The service client is what the worker passes as Hub.

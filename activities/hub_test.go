@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/dmflow/dmflow/internal/hubconn"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -20,13 +22,20 @@ import (
 type fakeHub struct {
 	call func(ctx context.Context, n int, call hubconn.MethodCall) (hubconn.MethodAnswer, error)
 	twin func(ctx context.Context, n int) (*iotservice.Twin, error)
-	// query answers QueryDevices; pagedQuery builds one that pages as the real client does.
-	query func(ctx context.Context, query string, fn func(v map[string]interface{}) error) error
+	// page answers QueryPage; pagedQuery builds one that serves fixed pages with their tokens.
+	page func(ctx context.Context, query string, size int, token string) (hubconn.TwinPage, error)
 
 	mu      sync.Mutex
 	calls   []hubconn.MethodCall
 	reads   int
-	queries []string
+	queries []queryRequest
+}
+
+// queryRequest is a QueryPage call as the fake saw it.
+type queryRequest struct {
+	query string
+	size  int
+	token string
 }
 
 func (h *fakeHub) CallMethod(ctx context.Context, deviceID string, call hubconn.MethodCall) (hubconn.MethodAnswer, error) {
@@ -51,45 +60,44 @@ func (h *fakeHub) GetDeviceTwin(ctx context.Context, deviceID string) (*iotservi
 	return h.twin(ctx, n)
 }
 
-func (h *fakeHub) QueryDevices(ctx context.Context, query string, fn func(v map[string]interface{}) error) error {
+func (h *fakeHub) QueryPage(ctx context.Context, query string, size int, token string) (hubconn.TwinPage, error) {
 	h.mu.Lock()
-	h.queries = append(h.queries, query)
+	h.queries = append(h.queries, queryRequest{query, size, token})
 	h.mu.Unlock()
-	if h.query == nil {
-		return fmt.Errorf("unexpected query %s", query)
+	if h.page == nil {
+		return hubconn.TwinPage{}, fmt.Errorf("unexpected query %s", query)
 	}
-	return h.query(ctx, query, fn)
+	return h.page(ctx, query, size, token)
 }
 
-// pagedQuery answers a query with pages of twins the way *iotservice.Client does: it decodes
-// every page's JSON into the same slice, so later pages arrive in the row maps of earlier ones
-// (keys a row lacks survive from the row before, unless fn cleared the map). After each page it
-// calls onPage, if set, with the page's index, before "requesting" the next one. It stops at the
-// first error, of fn or of ctx.
-func pagedQuery(onPage func(page int), pages ...[]map[string]any) func(context.Context, string, func(map[string]interface{}) error) error {
-	return func(ctx context.Context, _ string, fn func(map[string]interface{}) error) error {
-		var res []map[string]interface{}
-		for i, page := range pages {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			b, err := json.Marshal(page)
-			if err != nil {
-				return err
-			}
-			if err := json.Unmarshal(b, &res); err != nil {
-				return err
-			}
-			for _, v := range res {
-				if err := fn(v); err != nil {
-					return err
-				}
-			}
-			if onPage != nil {
-				onPage(i)
-			}
+// pagedQuery answers a query with the given pages, whatever the page size asked: the first
+// without a token, page i for the token "p<i>", which page i-1 returns. A token it did not issue
+// is refused with 400, as IoT Hub refuses it.
+func pagedQuery(pages ...[]map[string]any) func(context.Context, string, int, string) (hubconn.TwinPage, error) {
+	return func(ctx context.Context, _ string, _ int, token string) (hubconn.TwinPage, error) {
+		if err := ctx.Err(); err != nil {
+			return hubconn.TwinPage{}, err
 		}
-		return nil
+		i := 0
+		if token != "" {
+			n, err := strconv.Atoi(strings.TrimPrefix(token, "p"))
+			if err != nil || !strings.HasPrefix(token, "p") || n < 1 || n >= len(pages) {
+				return hubconn.TwinPage{}, hubErr(400, 400004, "ArgumentInvalid")
+			}
+			i = n
+		}
+		var out hubconn.TwinPage
+		for _, row := range pages[i] {
+			b, err := json.Marshal(row)
+			if err != nil {
+				return hubconn.TwinPage{}, err
+			}
+			out.Twins = append(out.Twins, b)
+		}
+		if i+1 < len(pages) {
+			out.Next = fmt.Sprintf("p%d", i+1)
+		}
+		return out, nil
 	}
 }
 

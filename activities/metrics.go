@@ -3,7 +3,6 @@ package activities
 import (
 	"context"
 	"errors"
-	"reflect"
 	"strconv"
 
 	"github.com/amenzhinsky/iothub/iotservice"
@@ -75,38 +74,11 @@ func (m meteredHub) GetDeviceTwin(ctx context.Context, deviceID string) (*iotser
 	return twin, err
 }
 
-// QueryDevices counts each page the client fetches. The client requests page after page itself;
-// a new page shows as its first twin arriving in the row map of page 1's first twin, which the
-// client decodes every page into (see Hub), as the QueryDevices activity tells pages apart too.
-// A page without twins shows only as the first (an empty result).
-func (m meteredHub) QueryDevices(ctx context.Context, query string, fn func(v map[string]interface{}) error) error {
-	var (
-		first reflect.Value
-		pages int
-		fnErr error
-	)
-	err := m.hub.QueryDevices(ctx, query, func(row map[string]interface{}) error {
-		if v := reflect.ValueOf(row); !first.IsValid() {
-			first, pages = v, 1
-		} else if v.UnsafePointer() == first.UnsafePointer() {
-			pages++
-		}
-		fnErr = fn(row)
-		return fnErr
-	})
-	// fn ending the query is no failed request; any other error is the request for the next
-	// page's (or the first's).
-	failed := err != nil && (fnErr == nil || !errors.Is(err, fnErr))
-	if pages == 0 && !failed {
-		pages = 1
-	}
-	for range pages {
-		countHubCall(ctx, CallQuery, statusOK)
-	}
-	if failed {
-		countHubCall(ctx, CallQuery, hubStatus(err))
-	}
-	return err
+// QueryPage counts the page requested.
+func (m meteredHub) QueryPage(ctx context.Context, query string, pageSize int, token string) (hubconn.TwinPage, error) {
+	page, err := m.hub.QueryPage(ctx, query, pageSize, token)
+	countHubCall(ctx, CallQuery, hubStatus(err))
+	return page, err
 }
 
 // hubStatus is the LabelStatus of a call that returned err.

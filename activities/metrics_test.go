@@ -143,7 +143,7 @@ func TestMeteredHubCountsCallsByStatus(t *testing.T) {
 		},
 		{
 			name: "three query pages",
-			hub: &fakeHub{query: pagedQuery(nil,
+			hub: &fakeHub{page: pagedQuery(
 				[]map[string]any{queryTwin("d1", nil), queryTwin("d2", nil)},
 				[]map[string]any{queryTwin("d3", nil)},
 				[]map[string]any{queryTwin("d4", nil)})},
@@ -155,7 +155,7 @@ func TestMeteredHubCountsCallsByStatus(t *testing.T) {
 		},
 		{
 			name: "empty query result",
-			hub:  &fakeHub{query: pagedQuery(nil, []map[string]any{})},
+			hub:  &fakeHub{page: pagedQuery([]map[string]any{})},
 			run: func(env *testsuite.TestActivityEnvironment) error {
 				_, err := env.ExecuteActivity((&Activities{}).QueryDevices, QueryDevicesInput{Query: "SELECT * FROM devices"})
 				return err
@@ -164,11 +164,11 @@ func TestMeteredHubCountsCallsByStatus(t *testing.T) {
 		},
 		{
 			name: "second page throttled",
-			hub: &fakeHub{query: func(ctx context.Context, q string, fn func(map[string]interface{}) error) error {
-				if err := pagedQuery(nil, []map[string]any{queryTwin("d1", nil)})(ctx, q, fn); err != nil {
-					return err
+			hub: &fakeHub{page: func(ctx context.Context, q string, size int, token string) (hubconn.TwinPage, error) {
+				if token == "" {
+					return pagedQuery([]map[string]any{queryTwin("d1", nil)}, nil)(ctx, q, size, token)
 				}
-				return hubErr(429, 429001, "ThrottlingException")
+				return hubconn.TwinPage{}, hubErr(429, 429001, "ThrottlingException")
 			}},
 			run: func(env *testsuite.TestActivityEnvironment) error {
 				_, err := env.ExecuteActivity((&Activities{}).QueryDevices, QueryDevicesInput{Query: "SELECT * FROM devices"})
@@ -179,7 +179,7 @@ func TestMeteredHubCountsCallsByStatus(t *testing.T) {
 		{
 			// The activity stops the query past MaxDevices: the pages read are the calls made.
 			name: "query stopped by the activity",
-			hub: &fakeHub{query: pagedQuery(nil,
+			hub: &fakeHub{page: pagedQuery(
 				[]map[string]any{queryTwin("d1", nil), queryTwin("d2", nil)},
 				[]map[string]any{queryTwin("d3", nil)})},
 			run: func(env *testsuite.TestActivityEnvironment) error {

@@ -15,11 +15,11 @@ import (
 	"github.com/dmflow/dmflow/internal/testlog"
 )
 
-// QueryDevices against a real localhub through the unchanged service client, whose paging (100
-// twins a page by default, x-ms-continuation) and row-map reuse are what the activity has to
-// live with.
+// QueryDevices against a real localhub through the worker's service client, on a fleet that fits
+// in one page of 1,000; query_pages_localhub_test.go has the fleet of several pages.
 
-// queryFleetSize is enough devices for three pages of the hub's default 100.
+// queryFleetSize is enough devices for three pages of the hub's default 100, which the activity
+// does not use.
 const queryFleetSize = 250
 
 // ring and site are the tags of fleet device i.
@@ -84,12 +84,12 @@ func TestQueryDevicesOnLocalhub(t *testing.T) {
 		return res, err
 	}
 
-	t.Run("every device, three pages", func(t *testing.T) {
+	t.Run("every device, one page", func(t *testing.T) {
 		res, err := query(t, QueryDevicesInput{Query: "SELECT * FROM devices"})
 		require.NoError(t, err)
 		want := append(fleetIDs(func(int) bool { return true }), "qr-1", "qr-2")
 		assert.Equal(t, want, ids(res.Devices))
-		assert.Equal(t, 3, res.Pages, "252 twins in pages of 100")
+		assert.Equal(t, 1, res.Pages, "252 twins in a page of 1,000, not three of the hub's default 100")
 	})
 
 	t.Run("tags with IN, AND and NOT", func(t *testing.T) {
@@ -103,13 +103,13 @@ func TestQueryDevicesOnLocalhub(t *testing.T) {
 		assert.Equal(t, 1, res.Pages)
 	})
 
-	t.Run("a filter across pages", func(t *testing.T) {
+	t.Run("lower-case keywords", func(t *testing.T) {
 		res, err := query(t, QueryDevicesInput{Query: "select * from devices where tags.ring = 'prod'"})
 		require.NoError(t, err)
 		want := fleetIDs(func(i int) bool { return ring(i) == "prod" })
 		require.Len(t, want, 150)
 		assert.Equal(t, want, ids(res.Devices))
-		assert.Equal(t, 2, res.Pages)
+		assert.Equal(t, 1, res.Pages)
 	})
 
 	t.Run("reported properties", func(t *testing.T) {
@@ -140,7 +140,7 @@ func TestQueryDevicesOnLocalhub(t *testing.T) {
 	t.Run("more than max devices", func(t *testing.T) {
 		_, err := query(t, QueryDevicesInput{Query: "SELECT * FROM devices WHERE NOT tags.ring = 'lab'", MaxDevices: 120})
 		requireNonRetryable(t, err, ErrTooManyDevices)
-		for _, s := range []string{"more than 120 devices", "121 seen in 2 pages", "split the rollout"} {
+		for _, s := range []string{"more than 120 devices", "250 seen in 1 page when", "split the rollout"} {
 			assert.Contains(t, err.Error(), s)
 		}
 	})
@@ -153,8 +153,8 @@ func TestQueryDevicesOnLocalhub(t *testing.T) {
 		})
 		require.NoError(t, err)
 		assert.Len(t, res.Devices, queryFleetSize/2)
-		assert.Equal(t, 2, res.Pages)
-		assertDrawn(t, a, "rollout/oslo", 2)
+		assert.Equal(t, 1, res.Pages)
+		assertDrawn(t, a, "rollout/oslo", 1)
 	})
 }
 
@@ -180,6 +180,15 @@ func TestThrottledLocalhub(t *testing.T) {
 			assert.Contains(t, err.Error(), s)
 		}
 		assert.Positive(t, h.Stats().Throttled[string(hub.OpQueries)])
+
+		// A page alone meets the same throttle, and is as retryable.
+		before := h.Stats().Throttled[string(hub.OpQueries)]
+		_, err = queryPageOn(t, &Activities{Hub: h.svc}, QueryDevicesPageInput{Query: "SELECT * FROM devices"})
+		requireRetryable(t, err)
+		for _, s := range []string{"HTTP 429", "429001", "ThrottlingException"} {
+			assert.Contains(t, err.Error(), s)
+		}
+		assert.Equal(t, before+1, h.Stats().Throttled[string(hub.OpQueries)])
 	})
 
 	t.Run("poll", func(t *testing.T) {

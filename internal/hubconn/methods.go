@@ -50,8 +50,9 @@ func (e *NotSentError) Error() string { return "request not sent: " + e.Err.Erro
 func (e *NotSentError) Unwrap() error { return e.Err }
 
 // ServiceClient is the amenzhinsky service client with direct-method calls
-// that keep the device's answer as raw JSON (CallMethod). Everything else is
-// the embedded client's.
+// that keep the device's answer as raw JSON (CallMethod) and device queries
+// read one page at a time (QueryPage). Everything else is the embedded
+// client's.
 type ServiceClient struct {
 	*iotservice.Client
 	sak  *common.SharedAccessKey
@@ -76,6 +77,27 @@ func NewServiceHub(s Service, caFile string) (*ServiceClient, error) {
 // amenzhinsky client signs its own.
 const tokenLifetime = time.Hour
 
+// apiVersion is the REST API version of the calls made here, the one the
+// amenzhinsky client sends with its own.
+const apiVersion = "2020-09-30"
+
+// newRequest builds a POST of the JSON body to path on the hub, signed with
+// the service key as the amenzhinsky client signs its calls.
+func (c *ServiceClient) newRequest(ctx context.Context, path string, body []byte) (*http.Request, error) {
+	sas, err := c.sak.Token(c.sak.HostName, tokenLifetime)
+	if err != nil {
+		return nil, errors.New("cannot sign the request with the service key")
+	}
+	uri := "https://" + c.sak.HostName + path + "?api-version=" + apiVersion
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, uri, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	req.Header.Set("Authorization", sas.String())
+	return req, nil
+}
+
 // CallMethod invokes a direct method on a device. Hub errors come back as
 // *iotservice.RequestError (status and body), as from the amenzhinsky
 // client; a call that failed before its request was written comes back as
@@ -96,12 +118,6 @@ func (c *ServiceClient) CallMethod(ctx context.Context, deviceID string, call Me
 	if err != nil {
 		return MethodAnswer{}, &NotSentError{fmt.Errorf("encode the call: %w", err)}
 	}
-	uri := "https://" + c.sak.HostName + "/twins/" + url.PathEscape(deviceID) + "/methods?api-version=2020-09-30"
-	sas, err := c.sak.Token(c.sak.HostName, tokenLifetime)
-	if err != nil {
-		return MethodAnswer{}, &NotSentError{errors.New("cannot sign the request with the service key")}
-	}
-
 	var wrote atomic.Bool
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		WroteRequest: func(info httptrace.WroteRequestInfo) {
@@ -110,12 +126,10 @@ func (c *ServiceClient) CallMethod(ctx context.Context, deviceID string, call Me
 			}
 		},
 	})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, uri, bytes.NewReader(b))
+	req, err := c.newRequest(ctx, "/twins/"+url.PathEscape(deviceID)+"/methods", b)
 	if err != nil {
 		return MethodAnswer{}, &NotSentError{err}
 	}
-	req.Header.Set("Content-Type", "application/json; charset=utf-8")
-	req.Header.Set("Authorization", sas.String())
 	res, err := c.http.Do(req)
 	if err != nil {
 		if !wrote.Load() {
