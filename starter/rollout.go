@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/deviceid"
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
@@ -109,8 +110,7 @@ func nameArg(cmd *cobra.Command, args []string) error {
 	if len(args) != 1 || args[0] == "" {
 		return usageError{fmt.Errorf("name the rollout: %s NAME (list rollouts with %s)", cmd.CommandPath(), listRolloutsHint)}
 	}
-	in := workflows.RolloutInput{Name: args[0], Operation: workflows.OperationReboot, Devices: []string{"d"}}
-	if in.Validate() != nil {
+	if workflows.CheckRolloutName(args[0]) != nil {
 		return usageError{fmt.Errorf("rollout name %s: a rollout is named with up to %d letters, digits and -._: starting with a letter or digit (list rollouts with %s)",
 			quoteShort(args[0]), workflows.MaxNameLength, listRolloutsHint)}
 	}
@@ -200,13 +200,9 @@ func checkDeviceIDs(list []string) ([]string, error) {
 	return ids, nil
 }
 
-// checkDeviceID checks one device ID by IoT Hub's rule, which RebootInput.Validate applies (the
-// other fields' zero values are valid).
+// checkDeviceID checks one device ID by IoT Hub's rule, the one the workflows apply.
 func checkDeviceID(id string) error {
-	if (workflows.RebootInput{DeviceID: id}).Validate() != nil {
-		return fmt.Errorf("%s is not a legal IoT Hub device ID: up to 128 letters, digits and -:.+%%_#*?!(),=@;$'", quoteShort(id))
-	}
-	return nil
+	return deviceid.Check(id)
 }
 
 // readDeviceFile reads --devices-file: a path, or "-" for stdin. Errors start with the file's

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
+	"github.com/dmflow/dmflow/internal/deviceid"
 	"github.com/dmflow/dmflow/internal/protocol"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/log"
@@ -83,8 +84,10 @@ func FirmwareUpdate(ctx workflow.Context, in FirmwareInput) (FirmwareResult, err
 	logger := log.With(workflow.GetLogger(ctx), "device", in.DeviceID, "workflow_id", workflowID)
 	err := in.Validate()
 	in = in.withDefaults(workflowID)
-	if err == nil && in.Reboot && !deviceIDPattern.MatchString(rebootRequestID(in.UpdateID)) {
-		err = fmt.Errorf("invalid firmware input: update ID %q (the workflow ID) cannot name the reboot request: set an update ID of up to 128 characters of letters, digits and -:.+%%_#*?!(),=@;$'", in.UpdateID)
+	if err == nil && in.Reboot {
+		if idErr := deviceid.CheckAs("update ID", rebootRequestID(in.UpdateID)); idErr != nil {
+			err = fmt.Errorf("invalid firmware input: the update ID (by default the workflow ID) cannot name the reboot request: %w", idErr)
+		}
 	}
 	if err != nil {
 		logger.Error("invalid input", "error", err)
