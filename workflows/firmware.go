@@ -262,9 +262,8 @@ func (f *firmware) follow(ctx workflow.Context, res FirmwareResult, deadline tim
 	}).Get(ctx, &followed)
 	if err != nil {
 		// The stages seen until the failure travel in the error's details.
-		var appErr *temporal.ApplicationError
 		var p activities.FollowStagesProgress
-		if errors.As(err, &appErr) && appErr.HasDetails() && appErr.Details(&p) == nil {
+		if activities.ErrorDetails(err, &p) {
 			f.setStages(p.Stages)
 		}
 		return res, err
@@ -412,9 +411,8 @@ func (f *firmware) reboot(ctx workflow.Context, deadline time.Time, versionUnkno
 		MaxInterval:     pollMaxInterval,
 	}).Get(ctx, &seen)
 	if err != nil {
-		var appErr *temporal.ApplicationError
 		var p activities.WaitForReportedProgress
-		if errors.As(err, &appErr) && appErr.Type() == activities.ErrDeadlineExceeded && appErr.Details(&p) == nil {
+		if activities.ErrorDetails(err, &p, activities.ErrDeadlineExceeded) {
 			calls += p.Polls
 			return rebooted, calls, temporal.NewNonRetryableApplicationError(
 				fmt.Sprintf("after the reboot %s reports %s %s, not %s", f.in.DeviceID, protocol.PropFirmwareVersion, describeReported(p.LastValue), f.in.Version),
@@ -454,12 +452,8 @@ func followOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
 // refusal rewrites a device's refusal of firmwareUpdate (ErrMethodFailed) into a message that puts
 // the device's reason first; other errors pass unchanged.
 func refusal(deviceID string, err error) error {
-	var appErr *temporal.ApplicationError
-	if !errors.As(err, &appErr) || appErr.Type() != activities.ErrMethodFailed {
-		return err
-	}
 	var answer activities.InvokeMethodResult
-	if appErr.Details(&answer) != nil {
+	if !activities.ErrorDetails(err, &answer, activities.ErrMethodFailed) {
 		return err
 	}
 	return temporal.NewNonRetryableApplicationError(

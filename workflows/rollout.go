@@ -573,9 +573,8 @@ type deviceOutcome struct {
 func firmwareOutcome(res FirmwareResult, err error) deviceOutcome {
 	if err != nil {
 		out := failedOutcome(err)
-		var appErr *temporal.ApplicationError
 		var p activities.FollowStagesProgress
-		if errors.As(err, &appErr) && appErr.HasDetails() && appErr.Details(&p) == nil {
+		if activities.ErrorDetails(err, &p) {
 			out.stages = stageNames(p.Stages)
 		}
 		return out
