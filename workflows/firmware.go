@@ -16,25 +16,6 @@ import (
 	"go.temporal.io/sdk/workflow"
 )
 
-// Activity settings of FirmwareUpdate beyond those shared with Reboot (see reboot.go).
-const (
-	// getTwinTimeout bounds one GetTwin attempt: a single twin read, itself bounded at 5 s inside
-	// the activity, plus slack for a busy worker. No heartbeat timeout: for an attempt this short
-	// the start-to-close timeout notices a lost worker just as soon.
-	getTwinTimeout = 15 * time.Second
-	// followInitialInterval and followMaxInterval shape FollowStages' polling: 2 s doubling (with
-	// jitter) to a 15 s cap sees a fast device quickly, detects a stage at most 15 s after the
-	// device reported it, and follows the tutorial's three 15 s stages in about six twin reads.
-	followInitialInterval = 2 * time.Second
-	followMaxInterval     = 15 * time.Second
-	// followHeartbeatTimeout: FollowStages heartbeats after every read; reads are at most
-	// followMaxInterval apart and bounded at 5 s, so 30 s without one means the worker is gone.
-	followHeartbeatTimeout = 30 * time.Second
-	// followGrace lets FollowStages make its last read at the deadline and fail with its own
-	// error, which names the stage, before Temporal's timeouts cut it short.
-	followGrace = 30 * time.Second
-)
-
 // FirmwareUpdate updates a device's firmware the way the firmware-update tutorial does, made
 // durable and checked:
 //
@@ -257,8 +238,8 @@ func (f *firmware) follow(ctx workflow.Context, res FirmwareResult, deadline tim
 		Since:           workflow.Now(ctx),
 		StageTimeout:    f.in.StageTimeout,
 		Deadline:        deadline,
-		InitialInterval: followInitialInterval,
-		MaxInterval:     followMaxInterval,
+		InitialInterval: activities.FollowInitialInterval,
+		MaxInterval:     activities.FollowMaxInterval,
 	}).Get(ctx, &followed)
 	if err != nil {
 		// The stages seen until the failure travel in the error's details.
@@ -407,8 +388,8 @@ func (f *firmware) reboot(ctx workflow.Context, deadline time.Time, versionUnkno
 		Property:        protocol.PropFirmwareVersion,
 		OneOf:           []string{f.in.Version},
 		Deadline:        confirmBy,
-		InitialInterval: pollInitialInterval,
-		MaxInterval:     pollMaxInterval,
+		InitialInterval: activities.WaitInitialInterval,
+		MaxInterval:     activities.WaitMaxInterval,
 	}).Get(ctx, &seen)
 	if err != nil {
 		var p activities.WaitForReportedProgress
@@ -423,30 +404,6 @@ func (f *firmware) reboot(ctx workflow.Context, deadline time.Time, versionUnkno
 	calls += seen.Polls
 	f.logger.Info("device runs the new version after the reboot", "polls", seen.Polls)
 	return rebooted, calls, nil
-}
-
-// getTwinOptions are the activity options of GetTwin.
-func getTwinOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
-	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout: getTwinTimeout,
-		// Retries (a throttled or unreachable hub) stop when the update's budget is spent.
-		ScheduleToCloseTimeout: max(deadline.Sub(workflow.Now(ctx)), getTwinTimeout),
-		RetryPolicy: &temporal.RetryPolicy{
-			// Throttling (429) is the usual transient failure of a twin read: back off from 1 s to
-			// 15 s, well apart on the hub's 100 reads/s (S1) even for a rollout's many devices.
-			InitialInterval:        time.Second,
-			BackoffCoefficient:     2,
-			MaximumInterval:        15 * time.Second,
-			NonRetryableErrorTypes: hubNonRetryable,
-		},
-	})
-}
-
-// followOptions are the activity options of FollowStages: it ends itself at the deadline or at a
-// stage timeout before it.
-func followOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
-	return pollingOptions(ctx, deadline, followGrace, followHeartbeatTimeout,
-		activities.ErrDeadlineExceeded, activities.ErrStageTimeout, activities.ErrDeviceError)
 }
 
 // refusal rewrites a device's refusal of firmwareUpdate (ErrMethodFailed) into a message that puts
