@@ -174,11 +174,7 @@ const invokeMargin = 15 * time.Second
 // Validate reports what is wrong with the input, all problems at once, or nil.
 func (in RebootInput) Validate() error {
 	problems := checkDevice(in.DeviceID)
-	if in.RequestID != "" {
-		if err := deviceid.CheckAs("request ID", in.RequestID); err != nil {
-			problems = append(problems, err.Error())
-		}
-	}
+	problems = append(problems, checkOptionalID("request ID", in.RequestID)...)
 	problems = append(problems, CheckRebootTiming(in.MethodTimeout, in.Deadline)...)
 	if len(problems) > 0 {
 		return fmt.Errorf("invalid reboot input: %s", strings.Join(problems, "; "))
@@ -192,6 +188,18 @@ func checkDevice(id string) []string {
 		return []string{"device ID is required"}
 	}
 	if err := deviceid.Check(id); err != nil {
+		return []string{err.Error()}
+	}
+	return nil
+}
+
+// checkOptionalID reports what is wrong with an optional ID that follows the device-ID rule, named
+// what in the message.
+func checkOptionalID(what, id string) []string {
+	if id == "" {
+		return nil
+	}
+	if err := deviceid.CheckAs(what, id); err != nil {
 		return []string{err.Error()}
 	}
 	return nil
@@ -374,11 +382,7 @@ type FirmwareStatus struct {
 func (in FirmwareInput) Validate() error {
 	problems := checkDevice(in.DeviceID)
 	problems = append(problems, CheckFirmwarePackage(in.PackageURI, in.Version)...)
-	if in.UpdateID != "" {
-		if err := deviceid.CheckAs("update ID", in.UpdateID); err != nil {
-			problems = append(problems, err.Error())
-		}
-	}
+	problems = append(problems, checkOptionalID("update ID", in.UpdateID)...)
 	problems = append(problems, CheckFirmwareTiming(in.StageTimeout, in.Deadline)...)
 	if len(problems) > 0 {
 		return fmt.Errorf("invalid firmware input: %s", strings.Join(problems, "; "))
