@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -180,4 +181,17 @@ func codeSuffix(code int) string {
 // badRequest reports input the activity refuses before calling the hub; it is as final as a 400.
 func badRequest(format string, args ...any) error {
 	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), ErrBadRequest, nil)
+}
+
+// ErrorDetails decodes the details of the ApplicationError in err's chain (the first, as errors.As
+// finds it) into into, when its type is one of types (any type when none is given) and it carries
+// details, and reports whether it did. Failures carry what their caller needs beyond the message
+// there: the activities' progress (FollowStagesProgress, WaitForReportedProgress), a device's
+// answer (InvokeMethodResult), a rollout's final progress.
+func ErrorDetails(err error, into any, types ...string) bool {
+	var app *temporal.ApplicationError
+	if !errors.As(err, &app) || (len(types) > 0 && !slices.Contains(types, app.Type())) {
+		return false
+	}
+	return app.HasDetails() && app.Details(into) == nil
 }

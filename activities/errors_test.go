@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"strings"
@@ -80,4 +81,33 @@ func TestClassifyPassesThrough(t *testing.T) {
 
 	// A cancelled activity reports the cancellation itself, so that Temporal records it as such.
 	assert.Equal(t, context.Canceled, classify(context.Canceled, "read twin", "dev1"))
+}
+
+func TestErrorDetails(t *testing.T) {
+	progress := FollowStagesProgress{Polls: 3}
+	withDetails := temporal.NewNonRetryableApplicationError("stuck", ErrStageTimeout, nil, progress)
+	tests := []struct {
+		name  string
+		err   error
+		types []string
+		ok    bool
+	}{
+		{name: "any type", err: withDetails, ok: true},
+		{name: "wrapped", err: fmt.Errorf("activity: %w", withDetails), ok: true},
+		{name: "one of the types", err: withDetails, types: []string{ErrDeviceError, ErrStageTimeout}, ok: true},
+		{name: "other type", err: withDetails, types: []string{ErrDeviceError}},
+		{name: "no details", err: temporal.NewNonRetryableApplicationError("stuck", ErrStageTimeout, nil)},
+		{name: "not an application error", err: errors.New("plain")},
+		{name: "nil", err: nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var p FollowStagesProgress
+			ok := ErrorDetails(tc.err, &p, tc.types...)
+			assert.Equal(t, tc.ok, ok)
+			if ok {
+				assert.Equal(t, progress.Polls, p.Polls)
+			}
+		})
+	}
 }

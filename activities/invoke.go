@@ -337,11 +337,11 @@ func shortError(err error) string {
 	return s
 }
 
-// Polling while looking for evidence: the twin read at once, then 1 s doubling to 10 s, as
-// WaitForReported polls.
+// Polling while looking for evidence: the twin read at once, then as WaitForReported polls by
+// default.
 const (
-	evidenceInitialInterval = time.Second
-	evidenceMaxInterval     = 10 * time.Second
+	evidenceInitialInterval = WaitInitialInterval
+	evidenceMaxInterval     = WaitMaxInterval
 )
 
 // accepted reports whether the device already reports in.AcceptedWhen. A failed read is no answer:

@@ -16,9 +16,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/sim/hub"
-	"github.com/dmflow/dmflow/internal/hubconn"
 )
 
 // These tests run the activities against a real localhub started in-process on free ports, through

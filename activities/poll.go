@@ -13,10 +13,10 @@ import (
 )
 
 const (
-	// twinReadTimeout bounds one twin read. A read normally takes well under a second; bounding it
+	// TwinReadTimeout bounds one twin read. A read normally takes well under a second; bounding it
 	// keeps the gap between heartbeats (one read plus one wait of at most the poll's max interval)
 	// below the heartbeat timeout workflows set, and turns a stuck connection into a retried poll.
-	twinReadTimeout = 5 * time.Second
+	TwinReadTimeout = 5 * time.Second
 )
 
 // twinPoll is one heartbeating poll of a device twin, the loop WaitForReported and FollowStages
@@ -120,9 +120,9 @@ func (a *Activities) runPoll(ctx context.Context, logger log.Logger, p twinPoll)
 }
 
 // readReported reads the device twin and returns its reported properties, bounded by
-// twinReadTimeout. A twin without reported properties gives nil.
+// TwinReadTimeout. A twin without reported properties gives nil.
 func (a *Activities) readReported(ctx context.Context, deviceID string) (map[string]any, error) {
-	readCtx, cancel := context.WithTimeout(ctx, twinReadTimeout)
+	readCtx, cancel := context.WithTimeout(ctx, TwinReadTimeout)
 	defer cancel()
 	twin, err := a.Hub.GetDeviceTwin(readCtx, deviceID)
 	if err != nil {

@@ -21,8 +21,10 @@ import (
 // that count (five or six reads) while still spreading the polls of a rollout's devices: intervals
 // at the cap fall between 12 and 15 s.
 const (
-	followInitialInterval = 2 * time.Second
-	followMaxInterval     = 15 * time.Second
+	// FollowInitialInterval and FollowMaxInterval are the defaults of FollowStagesInput's
+	// InitialInterval and MaxInterval, which FirmwareUpdate passes.
+	FollowInitialInterval = 2 * time.Second
+	FollowMaxInterval     = 15 * time.Second
 	followMultiplier      = 2
 	followJitter          = 0.2
 )
@@ -292,7 +294,7 @@ func (in FollowStagesInput) validate() (initial, maxInterval time.Duration, err 
 	if in.StageTimeout <= 0 {
 		return 0, 0, badRequest("follow firmware update %s on %s: stage timeout %s must be positive", in.UpdateID, in.DeviceID, in.StageTimeout)
 	}
-	initial, maxInterval, problem := backoffIntervals(in.InitialInterval, in.MaxInterval, followInitialInterval, followMaxInterval)
+	initial, maxInterval, problem := backoffIntervals(in.InitialInterval, in.MaxInterval, FollowInitialInterval, FollowMaxInterval)
 	if problem == "" {
 		problem = in.Rate.problem()
 	}

@@ -38,7 +38,7 @@ type GetTwinResult struct {
 
 // GetTwin reads a device twin once and returns the requested reported properties.
 //
-// It makes a single read, bounded by twinReadTimeout, and lets Temporal retry a failed one: a
+// It makes a single read, bounded by TwinReadTimeout, and lets Temporal retry a failed one: a
 // throttled or unreachable hub gives a plain error, an unknown device or refused credentials a
 // non-retryable one (see classify). It does not heartbeat: one bounded read ends well within the
 // StartToCloseTimeout a workflow sets. Only while it waits for a token of in.Rate, which may take

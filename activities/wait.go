@@ -17,8 +17,13 @@ import (
 )
 
 const (
-	defaultInitialInterval = time.Second
-	defaultMaxInterval     = 10 * time.Second
+	// WaitInitialInterval and WaitMaxInterval are the defaults of WaitForReportedInput's
+	// InitialInterval and MaxInterval, which Reboot and FirmwareUpdate pass. The tutorial reads
+	// every 5 s; starting at 1 s confirms a device that has already reported (the tutorial's
+	// device reports rebootTime before it answers the method) almost at once, and 10 s keeps a
+	// slow device's polling cheap against the hub's twin-read quota.
+	WaitInitialInterval = time.Second
+	WaitMaxInterval     = 10 * time.Second
 	// waitMultiplier and waitJitter are backoff/v4's defaults, which WaitForReported has always
 	// used: a gentle growth from InitialInterval, and jitter that spreads the polls of many devices
 	// waiting at once (a rollout) over time.
@@ -166,7 +171,7 @@ func (in WaitForReportedInput) validate() (initial, maxInterval time.Duration, e
 	if !validPath(in.Property) {
 		return 0, 0, badRequest("wait on %s: property path %q is not a dotted path such as firmware.status", in.DeviceID, in.Property)
 	}
-	initial, maxInterval, problem := backoffIntervals(in.InitialInterval, in.MaxInterval, defaultInitialInterval, defaultMaxInterval)
+	initial, maxInterval, problem := backoffIntervals(in.InitialInterval, in.MaxInterval, WaitInitialInterval, WaitMaxInterval)
 	if problem == "" {
 		problem = in.Rate.problem()
 	}

@@ -20,8 +20,8 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 	"go.temporal.io/sdk/client"
 
-	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/settings"
+	"github.com/dmflow/dmflow/internal/sim/hub"
 )
 
 // The compose files, relative to the repository root (the project directory).

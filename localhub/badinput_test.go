@@ -53,7 +53,7 @@ func TestBadInputStartsNothing(t *testing.T) {
 		{"bad env throttle switch", map[string]string{"DMFLOW_LOCALHUB_NO_THROTTLE": "maybe"}, nil, []string{"DMFLOW_LOCALHUB_NO_THROTTLE", "true or false"}},
 		{"connection-string: an argument", nil, []string{"connection-string", "d1"}, []string{`unknown command "d1"`, "localhub --help"}},
 		{"connection-string: create without device", nil, []string{"connection-string", "--create"}, []string{"--create needs --device", "name the device"}},
-		{"connection-string: bad device ID", nil, []string{"connection-string", "--device", "d 1"}, []string{"--device:", "allowed are"}},
+		{"connection-string: bad device ID", nil, []string{"connection-string", "--device", "d 1"}, []string{"--device:", "use 1 to 128 ASCII letters"}},
 		{"connection-string: unknown policy", nil, []string{"connection-string", "--policy", "owner"}, []string{`--policy "owner"`, "registryReadWrite"}},
 		{"connection-string: policy and device", nil, []string{"connection-string", "--policy", "service", "--device", "d1"}, []string{"--policy and --device exclude each other"}},
 		{"connection-string: bad host", nil, []string{"connection-string", "--host", "h:1"}, []string{"--host"}},

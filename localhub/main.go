@@ -28,9 +28,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/sim/hub/store"
-	"github.com/dmflow/dmflow/internal/logging"
 )
 
 // Exit codes: 0 stopped by SIGINT or SIGTERM (or a command done), 1 failed

@@ -30,7 +30,7 @@ func TestBadInputStartsNothing(t *testing.T) {
 		{"unknown flag", []string{"--bogus"}, env(envDeviceConnectionString, dev), []string{"unknown flag: --bogus", "simdevice --help"}},
 		{"no device", nil, env(), []string{envDeviceConnectionString, "export the device connection string"}},
 		{"run: device ID without service string", []string{"run", "--device-id", "dev-1"}, env(), []string{envHubConnectionString + " is not set"}},
-		{"run: bad device ID", []string{"run", "--device-id", "dev 1"}, env(envHubConnectionString, svc), []string{`--device-id (DMFLOW_DEVICE_ID) "dev 1"`, "ASCII letters"}},
+		{"run: bad device ID", []string{"run", "--device-id", "dev 1"}, env(envHubConnectionString, svc), []string{`--device-id (DMFLOW_DEVICE_ID): device ID "dev 1"`, "ASCII letters"}},
 		{"run: malformed device string", []string{"run"}, env(envDeviceConnectionString, "HostName=h;DeviceId=d"), []string{envDeviceConnectionString, "SharedAccessKey"}},
 		{"run: missing CA file", []string{"run", "--ca-file", "/nonexistent/ca.pem"}, env(envDeviceConnectionString, dev), []string{"--ca-file", "localhub's ca.pem"}},
 		{"run: CA file without a certificate", []string{"run"}, env(envDeviceConnectionString, dev, envHubCAFile, notPEM), []string{"holds no PEM certificate", "localhub's ca.pem"}},

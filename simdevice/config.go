@@ -11,11 +11,12 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/dmflow/dmflow/internal/sim/device"
+	"github.com/dmflow/dmflow/internal/deviceid"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/internal/settings"
+	"github.com/dmflow/dmflow/internal/sim/device"
 )
 
 // Setting names, quoted in errors so a user knows what to change.
@@ -220,32 +221,14 @@ func (c Config) validateIdentity() error {
 	if c.DeviceID == "" {
 		return fmt.Errorf("%s is not set: export the device connection string (%s), or set --device-id (%s) together with %s to register the device", settingDeviceCS, hubconn.DeviceForm, envDeviceID, envHubConnectionString)
 	}
-	if err := checkDeviceID(c.DeviceID); err != nil {
-		return fmt.Errorf("--device-id (%s) %q %v", envDeviceID, c.DeviceID, err)
+	if err := deviceid.Check(c.DeviceID); err != nil {
+		return fmt.Errorf("--device-id (%s): %w", envDeviceID, err)
 	}
 	if strings.TrimSpace(c.ServiceConnectionString) == "" {
 		return fmt.Errorf("%s is not set: with --device-id simdevice registers the device through a service connection string (%s); or export %s instead", envHubConnectionString, hubconn.ServiceForm, envDeviceConnectionString)
 	}
 	_, err := hubconn.ParseService(envHubConnectionString, c.ServiceConnectionString)
 	return err
-}
-
-// deviceIDChars are the characters IoT Hub allows in a device ID besides
-// ASCII letters and digits.
-const deviceIDChars = "-.+%_#*?!(),:=@$'"
-
-func checkDeviceID(id string) error {
-	if len(id) > 128 {
-		return fmt.Errorf("is longer than 128 characters")
-	}
-	for _, r := range id {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', strings.ContainsRune(deviceIDChars, r):
-		default:
-			return fmt.Errorf("has the character %q: use ASCII letters, digits and %s", r, deviceIDChars)
-		}
-	}
-	return nil
 }
 
 func checkBroker(s string) error {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/deviceid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -335,7 +336,7 @@ func TestCheckDeviceID(t *testing.T) {
 		{"dév", false},
 	} {
 		t.Run(tc.id, func(t *testing.T) {
-			assert.Equal(t, tc.ok, checkDeviceID(tc.id) == nil)
+			assert.Equal(t, tc.ok, deviceid.Check(tc.id) == nil)
 		})
 	}
 }
@@ -386,7 +387,7 @@ func FuzzResolve(f *testing.F) {
 		if c.RebootDuration <= 0 {
 			t.Errorf("accepted duration %s", c.RebootDuration)
 		}
-		if c.ConnectionString == "" && checkDeviceID(c.DeviceID) != nil {
+		if c.ConnectionString == "" && deviceid.Check(c.DeviceID) != nil {
 			t.Errorf("accepted device ID %q", c.DeviceID)
 		}
 	})

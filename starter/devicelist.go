@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/dmflow/dmflow/internal/deviceid"
 	"io"
 	"io/fs"
 	"os"
@@ -25,7 +26,7 @@ func checkDeviceIDs(list []string) ([]string, error) {
 		if id == "" {
 			continue
 		}
-		if err := checkDeviceID(id); err != nil {
+		if err := deviceid.Check(id); err != nil {
 			return nil, err
 		}
 		if seen[id] {
@@ -38,15 +39,6 @@ func checkDeviceIDs(list []string) ([]string, error) {
 		return nil, errors.New("no device IDs")
 	}
 	return ids, nil
-}
-
-// checkDeviceID checks one device ID by IoT Hub's rule, which RebootInput.Validate applies (the
-// other fields' zero values are valid).
-func checkDeviceID(id string) error {
-	if (workflows.RebootInput{DeviceID: id}).Validate() != nil {
-		return fmt.Errorf("%s is not a legal IoT Hub device ID: up to 128 letters, digits and -:.+%%_#*?!(),=@;$'", quoteShort(id))
-	}
-	return nil
 }
 
 // readDeviceFile reads --devices-file: a path, or "-" for stdin. Errors start with the file's
@@ -109,7 +101,7 @@ func parseDeviceList(r io.Reader, source string) ([]string, error) {
 			return nil, fmt.Errorf("%s line %d: %s holds more than one word: give one device ID per line (a # starts a comment)", source, line, quoteShort(strings.TrimSpace(text)))
 		}
 		id := fields[0]
-		if err := checkDeviceID(id); err != nil {
+		if err := deviceid.Check(id); err != nil {
 			return nil, fmt.Errorf("%s line %d: %w", source, line, err)
 		}
 		if first, dup := seen[id]; dup {

@@ -90,8 +90,7 @@ func nameArg(cmd *cobra.Command, args []string) error {
 	if len(args) != 1 || args[0] == "" {
 		return usageError{fmt.Errorf("name the rollout: %s NAME (list rollouts with %s)", cmd.CommandPath(), listRolloutsHint)}
 	}
-	in := workflows.RolloutInput{Name: args[0], Operation: workflows.OperationReboot, Devices: []string{"d"}}
-	if in.Validate() != nil {
+	if workflows.CheckRolloutName(args[0]) != nil {
 		return usageError{fmt.Errorf("rollout name %s: a rollout is named with up to %d letters, digits and -._: starting with a letter or digit (list rollouts with %s)",
 			quoteShort(args[0]), workflows.MaxNameLength, listRolloutsHint)}
 	}

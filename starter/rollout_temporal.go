@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/workflows"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
@@ -103,12 +104,8 @@ func (t *temporalClient) Outcome(ctx context.Context, name string) (workflows.Ro
 // failure: both end the rollout as aborted.
 func abortedProgress(err error) (workflows.RolloutProgress, bool) {
 	var p workflows.RolloutProgress
-	var app *temporal.ApplicationError
-	if errors.As(err, &app) && (app.Type() == workflows.ErrRolloutAborted || app.Type() == workflows.ErrRolloutNoWindow) &&
-		app.HasDetails() && app.Details(&p) == nil {
-		return p, true
-	}
-	return p, false
+	ok := activities.ErrorDetails(err, &p, workflows.ErrRolloutAborted, workflows.ErrRolloutNoWindow)
+	return p, ok
 }
 
 func (t *temporalClient) Control(ctx context.Context, name, update, reason string) (workflows.RolloutProgress, error) {

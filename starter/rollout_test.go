@@ -81,7 +81,7 @@ func TestRolloutStartInput(t *testing.T) {
 		{name: "too concurrent", args: args(query, fw, []string{"--max-concurrent", "5000"}), wantErr: []string{"max concurrent 5000"}},
 		{name: "not a device query", args: args([]string{"--query", "SELECT deviceId FROM devices"}, fw), wantErr: []string{"must select whole twins"}},
 		{name: "SAS URI", args: args(query, []string{"--firmware", "https://a.blob.core.windows.net/fw.bin?sig=SECRET", "--version", "2"}), wantErr: []string{"without credentials"}},
-		{name: "bad device", args: args([]string{"--devices", "a,b/c", "--reboot"}), wantErr: []string{`--devices: "b/c" is not a legal IoT Hub device ID`}},
+		{name: "bad device", args: args([]string{"--devices", "a,b/c", "--reboot"}), wantErr: []string{`--devices: device ID "b/c" holds '/': use 1 to 128`}},
 		{name: "repeated device", args: args([]string{"--devices", "a,b,a", "--reboot"}), wantErr: []string{"device a is listed twice"}},
 		{name: "only commas", args: args([]string{"--devices", ",", "--reboot"}), wantErr: []string{"--devices: no device IDs"}},
 		{name: "bad devices file line", args: args([]string{"--devices-file", badFile, "--reboot"}), wantErr: []string{"bad.txt line 2", `"dev/b"`}},

@@ -208,8 +208,7 @@ func (f *createFlags) request(cmd *cobra.Command, name string, getenv func(strin
 
 // checkScheduleName checks a schedule's name as the Rollout checks its Schedule field.
 func checkScheduleName(name string) error {
-	in := workflows.RolloutInput{Name: "x", Operation: workflows.OperationReboot, Devices: []string{"d"}, Schedule: name}
-	if in.Validate() != nil {
+	if workflows.CheckScheduleName(name) != nil {
 		return fmt.Errorf("schedule name %s: give up to %d letters, digits and -._: starting with a letter or digit (its rollouts are named <name>-<time>, at most %d characters)",
 			quoteShort(name), workflows.MaxScheduleNameLength, workflows.MaxNameLength)
 	}

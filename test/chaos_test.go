@@ -18,10 +18,10 @@ import (
 
 	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/dmflow/dmflow/activities"
+	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/sim/fleet"
 	localhub "github.com/dmflow/dmflow/internal/sim/hub"
-	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/workflows"
 	"go.temporal.io/sdk/client"
 )

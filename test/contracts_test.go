@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	localhub "github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/protocol"
+	localhub "github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/workflows"
 	"go.temporal.io/sdk/client"
 )

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
-	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/internal/protocol"
+	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/workflows"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"

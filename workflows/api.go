@@ -24,12 +24,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strings"
 	"time"
 	"unicode"
 
 	"github.com/dmflow/dmflow/activities"
+	"github.com/dmflow/dmflow/internal/deviceid"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"go.temporal.io/sdk/temporal"
 )
@@ -107,9 +107,12 @@ func RebootWorkflowID(deviceID, requestID string) string {
 // RebootInput is the input of Reboot. Zero durations take their defaults. It holds no credentials:
 // the worker has the hub's.
 type RebootInput struct {
-	// DeviceID is the IoT Hub device ID: up to 128 characters of letters, digits and -:.+%_#*?!(),=@;$'.
+	// DeviceID is the IoT Hub device ID: up to 128 characters of letters, digits and -.+%_#*?!(),:=@$'
+	// (internal/deviceid).
 	DeviceID string `json:"deviceId"`
-	// RequestID identifies the request (see RebootWorkflowID); optional, same characters as DeviceID.
+	// RequestID identifies the request (see RebootWorkflowID); optional, same characters as DeviceID:
+	// request IDs end up in workflow IDs next to device IDs, where a '/' would make RebootWorkflowID
+	// ambiguous.
 	RequestID string `json:"requestId,omitempty"`
 	// MethodTimeout is how long IoT Hub waits for the device to answer rebootDevice, MinMethodTimeout
 	// to MaxMethodTimeout; default DefaultMethodTimeout.
@@ -164,39 +167,57 @@ type RebootStatus struct {
 	Error string `json:"error,omitempty"`
 }
 
-// deviceIDPattern is IoT Hub's rule for device IDs. Request IDs follow it too: they end up in workflow
-// IDs next to device IDs, where a '/' would make RebootWorkflowID ambiguous.
-var deviceIDPattern = regexp.MustCompile(`^[A-Za-z0-9\-:.+%_#*?!(),=@;$']{1,128}$`)
-
 // invokeMargin is added to MethodTimeout for the InvokeMethod activity: TLS, the round trip and the
 // hub's own overhead on top of the time it waits for the device.
 const invokeMargin = 15 * time.Second
 
 // Validate reports what is wrong with the input, all problems at once, or nil.
 func (in RebootInput) Validate() error {
-	var problems []string
-	switch {
-	case in.DeviceID == "":
-		problems = append(problems, "device ID is required")
-	case !deviceIDPattern.MatchString(in.DeviceID):
-		problems = append(problems, fmt.Sprintf("device ID %q is not a legal IoT Hub device ID: up to 128 characters of letters, digits and -:.+%%_#*?!(),=@;$'", in.DeviceID))
-	}
-	if in.RequestID != "" && !deviceIDPattern.MatchString(in.RequestID) {
-		problems = append(problems, fmt.Sprintf("request ID %q may hold only up to 128 characters of letters, digits and -:.+%%_#*?!(),=@;$'", in.RequestID))
-	}
-	if in.MethodTimeout < 0 || in.Deadline < 0 {
-		problems = append(problems, "durations must not be negative")
-	} else {
-		eff := in.withDefaults()
-		if eff.MethodTimeout < MinMethodTimeout || eff.MethodTimeout > MaxMethodTimeout {
-			problems = append(problems, fmt.Sprintf("method timeout %s is outside IoT Hub's %s–%s", eff.MethodTimeout, MinMethodTimeout, MaxMethodTimeout))
-		} else if eff.Deadline < eff.MethodTimeout+invokeMargin || eff.Deadline > MaxRebootDeadline {
-			problems = append(problems, fmt.Sprintf("deadline %s must lie between the method timeout plus %s (%s) and %s",
-				eff.Deadline, invokeMargin, eff.MethodTimeout+invokeMargin, MaxRebootDeadline))
-		}
-	}
+	problems := checkDevice(in.DeviceID)
+	problems = append(problems, checkOptionalID("request ID", in.RequestID)...)
+	problems = append(problems, CheckRebootTiming(in.MethodTimeout, in.Deadline)...)
 	if len(problems) > 0 {
 		return fmt.Errorf("invalid reboot input: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// checkDevice reports what is wrong with the device ID of an input.
+func checkDevice(id string) []string {
+	if id == "" {
+		return []string{"device ID is required"}
+	}
+	if err := deviceid.Check(id); err != nil {
+		return []string{err.Error()}
+	}
+	return nil
+}
+
+// checkOptionalID reports what is wrong with an optional ID that follows the device-ID rule, named
+// what in the message.
+func checkOptionalID(what, id string) []string {
+	if id == "" {
+		return nil
+	}
+	if err := deviceid.CheckAs(what, id); err != nil {
+		return []string{err.Error()}
+	}
+	return nil
+}
+
+// CheckRebootTiming reports what is wrong with a reboot's method timeout and deadline, zero taking
+// their defaults: the rule RebootInput.Validate and RolloutInput.Validate (for RolloutReboot) apply.
+func CheckRebootTiming(methodTimeout, deadline time.Duration) []string {
+	if methodTimeout < 0 || deadline < 0 {
+		return []string{"durations must not be negative"}
+	}
+	eff := RebootInput{MethodTimeout: methodTimeout, Deadline: deadline}.withDefaults()
+	if eff.MethodTimeout < MinMethodTimeout || eff.MethodTimeout > MaxMethodTimeout {
+		return []string{fmt.Sprintf("method timeout %s is outside IoT Hub's %s–%s", eff.MethodTimeout, MinMethodTimeout, MaxMethodTimeout)}
+	}
+	if eff.Deadline < eff.MethodTimeout+invokeMargin || eff.Deadline > MaxRebootDeadline {
+		return []string{fmt.Sprintf("deadline %s must lie between the method timeout plus %s (%s) and %s",
+			eff.Deadline, invokeMargin, eff.MethodTimeout+invokeMargin, MaxRebootDeadline)}
 	}
 	return nil
 }
@@ -280,7 +301,8 @@ type FirmwareInput struct {
 	// firmwareVersion. Up to MaxVersionLength printable characters without spaces.
 	Version string `json:"version"`
 	// UpdateID names the update for the device (the method's updateId; the device ignores a repeat
-	// and labels its reported status with it); optional, same characters as DeviceID. Default: the
+	// and labels its reported status with it); optional, same characters as DeviceID (it is also the
+	// reboot's request ID). Default: the
 	// workflow ID.
 	UpdateID string `json:"updateId,omitempty"`
 	// StageTimeout is how long the device may take for each stage (to start downloading after
@@ -358,37 +380,45 @@ type FirmwareStatus struct {
 // Validate reports what is wrong with the input, all problems at once, or nil. Its messages never
 // repeat a URI that carries credentials.
 func (in FirmwareInput) Validate() error {
-	var problems []string
-	switch {
-	case in.DeviceID == "":
-		problems = append(problems, "device ID is required")
-	case !deviceIDPattern.MatchString(in.DeviceID):
-		problems = append(problems, fmt.Sprintf("device ID %q is not a legal IoT Hub device ID: up to 128 characters of letters, digits and -:.+%%_#*?!(),=@;$'", in.DeviceID))
+	problems := checkDevice(in.DeviceID)
+	problems = append(problems, CheckFirmwarePackage(in.PackageURI, in.Version)...)
+	problems = append(problems, checkOptionalID("update ID", in.UpdateID)...)
+	problems = append(problems, CheckFirmwareTiming(in.StageTimeout, in.Deadline)...)
+	if len(problems) > 0 {
+		return fmt.Errorf("invalid firmware input: %s", strings.Join(problems, "; "))
 	}
-	if p := packageURIProblem(in.PackageURI); p != "" {
+	return nil
+}
+
+// CheckFirmwarePackage reports what is wrong with a firmware update's package URI and version: the
+// rule FirmwareInput.Validate and RolloutInput.Validate (for RolloutFirmware) apply. Its messages
+// never repeat a URI that carries credentials.
+func CheckFirmwarePackage(packageURI, version string) []string {
+	var problems []string
+	if p := packageURIProblem(packageURI); p != "" {
 		problems = append(problems, p)
 	}
 	switch {
-	case in.Version == "":
+	case version == "":
 		problems = append(problems, "version is required: the version the image holds, e.g. 2.0.0")
-	case len(in.Version) > MaxVersionLength || strings.IndexFunc(in.Version, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0:
-		problems = append(problems, fmt.Sprintf("version %q must be up to %d printable characters without spaces", in.Version, MaxVersionLength))
+	case len(version) > MaxVersionLength || strings.IndexFunc(version, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0:
+		problems = append(problems, fmt.Sprintf("version %q must be up to %d printable characters without spaces", version, MaxVersionLength))
 	}
-	if in.UpdateID != "" && !deviceIDPattern.MatchString(in.UpdateID) {
-		problems = append(problems, fmt.Sprintf("update ID %q may hold only up to 128 characters of letters, digits and -:.+%%_#*?!(),=@;$'", in.UpdateID))
+	return problems
+}
+
+// CheckFirmwareTiming reports what is wrong with a firmware update's stage timeout and deadline,
+// zero taking their defaults: the rule FirmwareInput.Validate and RolloutInput.Validate apply.
+func CheckFirmwareTiming(stageTimeout, deadline time.Duration) []string {
+	if stageTimeout < 0 || deadline < 0 {
+		return []string{"durations must not be negative"}
 	}
-	if in.StageTimeout < 0 || in.Deadline < 0 {
-		problems = append(problems, "durations must not be negative")
-	} else {
-		eff := in.withDefaults("")
-		if eff.Deadline < MinFirmwareDeadline || eff.Deadline > MaxFirmwareDeadline {
-			problems = append(problems, fmt.Sprintf("deadline %s must lie between %s and %s", eff.Deadline, MinFirmwareDeadline, MaxFirmwareDeadline))
-		} else if eff.StageTimeout < MinStageTimeout || eff.StageTimeout > eff.Deadline {
-			problems = append(problems, fmt.Sprintf("stage timeout %s must lie between %s and the deadline (%s)", eff.StageTimeout, MinStageTimeout, eff.Deadline))
-		}
+	eff := FirmwareInput{StageTimeout: stageTimeout, Deadline: deadline}.withDefaults("")
+	if eff.Deadline < MinFirmwareDeadline || eff.Deadline > MaxFirmwareDeadline {
+		return []string{fmt.Sprintf("deadline %s must lie between %s and %s", eff.Deadline, MinFirmwareDeadline, MaxFirmwareDeadline)}
 	}
-	if len(problems) > 0 {
-		return fmt.Errorf("invalid firmware input: %s", strings.Join(problems, "; "))
+	if eff.StageTimeout < MinStageTimeout || eff.StageTimeout > eff.Deadline {
+		return []string{fmt.Sprintf("stage timeout %s must lie between %s and the deadline (%s)", eff.StageTimeout, MinStageTimeout, eff.Deadline)}
 	}
 	return nil
 }

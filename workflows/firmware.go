@@ -8,30 +8,12 @@ import (
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
+	"github.com/dmflow/dmflow/internal/deviceid"
 	"github.com/dmflow/dmflow/internal/protocol"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
-)
-
-// Activity settings of FirmwareUpdate beyond those shared with Reboot (see reboot.go).
-const (
-	// getTwinTimeout bounds one GetTwin attempt: a single twin read, itself bounded at 5 s inside
-	// the activity, plus slack for a busy worker. No heartbeat timeout: for an attempt this short
-	// the start-to-close timeout notices a lost worker just as soon.
-	getTwinTimeout = 15 * time.Second
-	// followInitialInterval and followMaxInterval shape FollowStages' polling: 2 s doubling (with
-	// jitter) to a 15 s cap sees a fast device quickly, detects a stage at most 15 s after the
-	// device reported it, and follows the tutorial's three 15 s stages in about six twin reads.
-	followInitialInterval = 2 * time.Second
-	followMaxInterval     = 15 * time.Second
-	// followHeartbeatTimeout: FollowStages heartbeats after every read; reads are at most
-	// followMaxInterval apart and bounded at 5 s, so 30 s without one means the worker is gone.
-	followHeartbeatTimeout = 30 * time.Second
-	// followGrace lets FollowStages make its last read at the deadline and fail with its own
-	// error, which names the stage, before Temporal's timeouts cut it short.
-	followGrace = 30 * time.Second
 )
 
 // FirmwareUpdate updates a device's firmware the way the firmware-update tutorial does, made
@@ -83,8 +65,10 @@ func FirmwareUpdate(ctx workflow.Context, in FirmwareInput) (FirmwareResult, err
 	logger := log.With(workflow.GetLogger(ctx), "device", in.DeviceID, "workflow_id", workflowID)
 	err := in.Validate()
 	in = in.withDefaults(workflowID)
-	if err == nil && in.Reboot && !deviceIDPattern.MatchString(rebootRequestID(in.UpdateID)) {
-		err = fmt.Errorf("invalid firmware input: update ID %q (the workflow ID) cannot name the reboot request: set an update ID of up to 128 characters of letters, digits and -:.+%%_#*?!(),=@;$'", in.UpdateID)
+	if err == nil && in.Reboot {
+		if idErr := deviceid.CheckAs("update ID", rebootRequestID(in.UpdateID)); idErr != nil {
+			err = fmt.Errorf("invalid firmware input: the update ID (by default the workflow ID) cannot name the reboot request: %w", idErr)
+		}
 	}
 	if err != nil {
 		logger.Error("invalid input", "error", err)
@@ -254,14 +238,13 @@ func (f *firmware) follow(ctx workflow.Context, res FirmwareResult, deadline tim
 		Since:           workflow.Now(ctx),
 		StageTimeout:    f.in.StageTimeout,
 		Deadline:        deadline,
-		InitialInterval: followInitialInterval,
-		MaxInterval:     followMaxInterval,
+		InitialInterval: activities.FollowInitialInterval,
+		MaxInterval:     activities.FollowMaxInterval,
 	}).Get(ctx, &followed)
 	if err != nil {
 		// The stages seen until the failure travel in the error's details.
-		var appErr *temporal.ApplicationError
 		var p activities.FollowStagesProgress
-		if errors.As(err, &appErr) && appErr.HasDetails() && appErr.Details(&p) == nil {
+		if activities.ErrorDetails(err, &p) {
 			f.setStages(p.Stages)
 		}
 		return res, err
@@ -405,13 +388,12 @@ func (f *firmware) reboot(ctx workflow.Context, deadline time.Time, versionUnkno
 		Property:        protocol.PropFirmwareVersion,
 		OneOf:           []string{f.in.Version},
 		Deadline:        confirmBy,
-		InitialInterval: pollInitialInterval,
-		MaxInterval:     pollMaxInterval,
+		InitialInterval: activities.WaitInitialInterval,
+		MaxInterval:     activities.WaitMaxInterval,
 	}).Get(ctx, &seen)
 	if err != nil {
-		var appErr *temporal.ApplicationError
 		var p activities.WaitForReportedProgress
-		if errors.As(err, &appErr) && appErr.Type() == activities.ErrDeadlineExceeded && appErr.Details(&p) == nil {
+		if activities.ErrorDetails(err, &p, activities.ErrDeadlineExceeded) {
 			calls += p.Polls
 			return rebooted, calls, temporal.NewNonRetryableApplicationError(
 				fmt.Sprintf("after the reboot %s reports %s %s, not %s", f.in.DeviceID, protocol.PropFirmwareVersion, describeReported(p.LastValue), f.in.Version),
@@ -424,39 +406,11 @@ func (f *firmware) reboot(ctx workflow.Context, deadline time.Time, versionUnkno
 	return rebooted, calls, nil
 }
 
-// getTwinOptions are the activity options of GetTwin.
-func getTwinOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
-	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout: getTwinTimeout,
-		// Retries (a throttled or unreachable hub) stop when the update's budget is spent.
-		ScheduleToCloseTimeout: max(deadline.Sub(workflow.Now(ctx)), getTwinTimeout),
-		RetryPolicy: &temporal.RetryPolicy{
-			// Throttling (429) is the usual transient failure of a twin read: back off from 1 s to
-			// 15 s, well apart on the hub's 100 reads/s (S1) even for a rollout's many devices.
-			InitialInterval:        time.Second,
-			BackoffCoefficient:     2,
-			MaximumInterval:        15 * time.Second,
-			NonRetryableErrorTypes: hubNonRetryable,
-		},
-	})
-}
-
-// followOptions are the activity options of FollowStages: it ends itself at the deadline or at a
-// stage timeout before it.
-func followOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
-	return pollingOptions(ctx, deadline, followGrace, followHeartbeatTimeout,
-		activities.ErrDeadlineExceeded, activities.ErrStageTimeout, activities.ErrDeviceError)
-}
-
 // refusal rewrites a device's refusal of firmwareUpdate (ErrMethodFailed) into a message that puts
 // the device's reason first; other errors pass unchanged.
 func refusal(deviceID string, err error) error {
-	var appErr *temporal.ApplicationError
-	if !errors.As(err, &appErr) || appErr.Type() != activities.ErrMethodFailed {
-		return err
-	}
 	var answer activities.InvokeMethodResult
-	if appErr.Details(&answer) != nil {
+	if !activities.ErrorDetails(err, &answer, activities.ErrMethodFailed) {
 		return err
 	}
 	return temporal.NewNonRetryableApplicationError(

@@ -14,23 +14,6 @@ import (
 	"go.temporal.io/sdk/workflow"
 )
 
-// Activity settings of Reboot, shared with FirmwareUpdate's invocation and version check. The
-// numbers are tied to the activities' own behaviour; see the comments where they are used.
-const (
-	invokeHeartbeatTimeout = 10 * time.Second
-	waitHeartbeatTimeout   = 20 * time.Second
-	// pollInitialInterval and pollMaxInterval shape the twin polling. The tutorial reads every 5 s;
-	// starting at 1 s confirms a device that has already reported (the tutorial's device reports
-	// rebootTime before it answers the method) almost at once, and 10 s keeps a slow device's
-	// polling cheap against the hub's twin-read quota.
-	pollInitialInterval = time.Second
-	pollMaxInterval     = 10 * time.Second
-	// waitGrace lets WaitForReported make its last read at the deadline and fail with its own
-	// ErrDeadlineExceeded, which names the last value seen, before Temporal's timeouts would cut it
-	// short with a bare TimeoutError.
-	waitGrace = 30 * time.Second
-)
-
 // rebootPayloadMethodNumber is what the tutorial's service app sends; kept for devices built from it.
 const rebootPayloadMethodNumber = "42"
 
@@ -148,8 +131,8 @@ func (r *reboot) run(ctx workflow.Context, workflowID string) (RebootResult, err
 		// the read before the call: a rebootTime from an earlier reboot never counts.
 		Changed:         &activities.Evidence{Property: evidence.Property, Before: evidence.Before, IDProperty: evidence.IDProperty, ID: evidence.ID},
 		Deadline:        deadline,
-		InitialInterval: pollInitialInterval,
-		MaxInterval:     pollMaxInterval,
+		InitialInterval: activities.WaitInitialInterval,
+		MaxInterval:     activities.WaitMaxInterval,
 	}).Get(ctx, &seen)
 	if err != nil {
 		return r.fail(ctx, err)
@@ -232,8 +215,8 @@ func (r *reboot) runV0(ctx workflow.Context, workflowID string) (RebootResult, e
 		// whose clock is further off fails at the deadline with the value it did report in the error.
 		After:           started,
 		Deadline:        deadline,
-		InitialInterval: pollInitialInterval,
-		MaxInterval:     pollMaxInterval,
+		InitialInterval: activities.WaitInitialInterval,
+		MaxInterval:     activities.WaitMaxInterval,
 	}).Get(ctx, &seen)
 	if err != nil {
 		return r.fail(ctx, err)
@@ -289,32 +272,6 @@ func (r *reboot) invoke(ctx workflow.Context, workflowID string, deadline time.T
 	return inv, err
 }
 
-// invokeOptions are the activity options of InvokeMethod, for Reboot and FirmwareUpdate alike.
-// evidenceWindow is the longest an attempt looks for evidence of an earlier call before calling.
-func invokeOptions(ctx workflow.Context, methodTimeout, evidenceWindow time.Duration, deadline time.Time) workflow.Context {
-	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		// IoT Hub answers within the method timeout (with 504101 GatewayTimeout if the device does
-		// not); the margin covers TLS, the round trip and the hub's overhead, and an attempt may
-		// first look for evidence of an earlier call. Longer is a stuck call.
-		StartToCloseTimeout: evidenceWindow + methodTimeout + invokeMargin,
-		// The activity heartbeats every third of this while the call is in flight, so a dead worker is
-		// noticed in ~10 s rather than after the full method timeout.
-		HeartbeatTimeout: invokeHeartbeatTimeout,
-		// Retries stop when the operation's time budget is spent: the schedule-to-close timeout, not
-		// an attempt count, bounds them (MaximumAttempts 0).
-		ScheduleToCloseTimeout: deadline.Sub(workflow.Now(ctx)),
-		RetryPolicy: &temporal.RetryPolicy{
-			// An offline device usually reconnects within seconds to a minute; 2 s doubling to a 30 s
-			// cap tries often early and then stays well under the hub's method quota (40 calls/s per
-			// S1 unit) even when a rollout has many devices offline at once.
-			InitialInterval:        2 * time.Second,
-			BackoffCoefficient:     2,
-			MaximumInterval:        30 * time.Second,
-			NonRetryableErrorTypes: invokeNonRetryable,
-		},
-	})
-}
-
 // retriedUntilDeadline turns an activity failure whose retries the schedule-to-close timeout ended
 // at the operation's deadline (InvokeMethod of a device that stayed offline or never answered,
 // GetTwin on a hub that stayed unreachable) into a non-retryable activities.ErrDeadlineExceeded
@@ -352,47 +309,6 @@ func retriedUntilDeadline(err error, deadline time.Duration, nonRetryable []stri
 	return temporal.NewNonRetryableApplicationError(
 		fmt.Sprintf("gave up at the deadline (%s) after retrying: %s", deadline, last),
 		activities.ErrDeadlineExceeded, err)
-}
-
-// waitOptions are the activity options of WaitForReported, polling at most pollMaxInterval apart
-// until deadline. The activity heartbeats after every poll; polls are at most pollMaxInterval apart
-// and a twin read is bounded at 5 s, so waitHeartbeatTimeout passes only when the worker is gone.
-func waitOptions(ctx workflow.Context, deadline time.Time) workflow.Context {
-	return pollingOptions(ctx, deadline, waitGrace, waitHeartbeatTimeout, activities.ErrDeadlineExceeded)
-}
-
-// invokeNonRetryable are InvokeMethod's failures no retry changes: the hub's, and a device that ran
-// the method and refused (MethodFailed), where calling again would only repeat that.
-var invokeNonRetryable = append(slices.Clone(hubNonRetryable), activities.ErrMethodFailed)
-
-// hubNonRetryable are the hub's answers that no retry changes: an unknown device, refused
-// credentials, a request the hub calls malformed.
-var hubNonRetryable = []string{
-	activities.ErrDeviceNotFound,
-	activities.ErrUnauthorized,
-	activities.ErrBadRequest,
-}
-
-// pollingOptions are the options of an activity that polls the twin until deadline and heartbeats
-// after every read (WaitForReported, FollowStages). grace lets it make its last read at the deadline
-// and fail with its own error, which names what it last saw, before Temporal's timeouts would cut it
-// short; if earlier steps used up the budget it still reads once (remaining 0 plus the grace).
-func pollingOptions(ctx workflow.Context, deadline time.Time, grace, heartbeat time.Duration, nonRetryable ...string) workflow.Context {
-	remaining := max(deadline.Sub(workflow.Now(ctx)), 0)
-	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout:    remaining + grace,
-		ScheduleToCloseTimeout: remaining + grace,
-		// A missed heartbeat means the worker is gone; the retry resumes from the heartbeat details.
-		HeartbeatTimeout: heartbeat,
-		RetryPolicy: &temporal.RetryPolicy{
-			// Retries here mean a lost worker (transient hub errors are retried inside the activity),
-			// so come back quickly.
-			InitialInterval:        time.Second,
-			BackoffCoefficient:     2,
-			MaximumInterval:        10 * time.Second,
-			NonRetryableErrorTypes: append(slices.Clone(hubNonRetryable), nonRetryable...),
-		},
-	})
 }
 
 func (r *reboot) setStep(ctx workflow.Context, step string) {

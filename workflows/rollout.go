@@ -17,21 +17,9 @@ import (
 	"go.temporal.io/sdk/workflow"
 )
 
-// Activity settings of Rollout's target resolution.
-const (
-	// queryHeartbeatTimeout: QueryDevices heartbeats after every page, and a page of up to 1,000
-	// twins comes back within seconds; a minute without one means the worker is gone.
-	queryHeartbeatTimeout = time.Minute
-	// queryStartToClose bounds one attempt: 20 pages of 1,000 twins (MaxRolloutDevices) with room
-	// for the rollout's rate limit.
-	queryStartToClose = 10 * time.Minute
-	// queryBudget bounds the retries of a throttled or unreachable hub before the rollout fails
-	// with the hub's error: queries are scarce (20 per minute per S1 unit).
-	queryBudget = 30 * time.Minute
-	// maxErrorLength keeps a device's error short in the rollout's state, which travels through
-	// continue-as-new for every device.
-	maxErrorLength = 300
-)
+// maxErrorLength keeps a device's error short in the rollout's state, which travels through
+// continue-as-new for every device.
+const maxErrorLength = 300
 
 // windowsChange is the workflow.GetVersion change ID of maintenance windows: runs recorded before
 // it (DefaultVersion) ignore in.Windows, as the code then did, so their histories replay.
@@ -573,9 +561,8 @@ type deviceOutcome struct {
 func firmwareOutcome(res FirmwareResult, err error) deviceOutcome {
 	if err != nil {
 		out := failedOutcome(err)
-		var appErr *temporal.ApplicationError
 		var p activities.FollowStagesProgress
-		if errors.As(err, &appErr) && appErr.HasDetails() && appErr.Details(&p) == nil {
+		if activities.ErrorDetails(err, &p) {
 			out.stages = stageNames(p.Stages)
 		}
 		return out
@@ -761,21 +748,4 @@ func (r *rollout) setState(ctx workflow.Context, state string) {
 func (r *rollout) touch(ctx workflow.Context) {
 	r.now = workflow.Now(ctx)
 	r.changes++
-}
-
-// queryOptions are the activity options of QueryDevices.
-func queryOptions(ctx workflow.Context) workflow.Context {
-	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout:    queryStartToClose,
-		HeartbeatTimeout:       queryHeartbeatTimeout,
-		ScheduleToCloseTimeout: queryBudget,
-		RetryPolicy: &temporal.RetryPolicy{
-			// Throttled queries (20/min per S1 unit) recover within the minute: 5 s doubling to a
-			// 1 min cap tries a few times early without eating the hub's query quota.
-			InitialInterval:        5 * time.Second,
-			BackoffCoefficient:     2,
-			MaximumInterval:        time.Minute,
-			NonRetryableErrorTypes: append(slices.Clone(hubNonRetryable), activities.ErrTooManyDevices),
-		},
-	})
 }

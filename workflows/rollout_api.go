@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"regexp"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
+	"github.com/dmflow/dmflow/internal/deviceid"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"go.temporal.io/sdk/temporal"
 )
@@ -439,25 +441,38 @@ func (t Threshold) String() string {
 // rolloutNamePattern keeps names usable in workflow IDs (no '/') and as search attribute values.
 var rolloutNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9\-._:]*$`)
 
+// CheckRolloutName reports what is wrong with a rollout's name (RolloutInput.Name), or nil.
+func CheckRolloutName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("name is required, e.g. fw-2.0")
+	case len(name) > MaxNameLength || !rolloutNamePattern.MatchString(name):
+		return fmt.Errorf("name %q must be up to %d letters, digits and -._: starting with a letter or digit", name, MaxNameLength)
+	}
+	return nil
+}
+
+// CheckScheduleName reports what is wrong with a schedule's name (RolloutInput.Schedule), or nil.
+func CheckScheduleName(name string) error {
+	if len(name) > MaxScheduleNameLength || !rolloutNamePattern.MatchString(name) {
+		return fmt.Errorf("schedule %q must be up to %d letters, digits and -._: starting with a letter or digit", name, MaxScheduleNameLength)
+	}
+	return nil
+}
+
 // Validate reports what is wrong with the input, all problems at once, or nil.
 func (in RolloutInput) Validate() error {
 	var problems []string
-	switch {
-	case in.Name == "":
-		problems = append(problems, "name is required, e.g. fw-2.0")
-	case len(in.Name) > MaxNameLength || !rolloutNamePattern.MatchString(in.Name):
-		problems = append(problems, fmt.Sprintf("name %q must be up to %d letters, digits and -._: starting with a letter or digit", in.Name, MaxNameLength))
+	if err := CheckRolloutName(in.Name); err != nil {
+		problems = append(problems, err.Error())
 	}
 	switch in.Operation {
 	case OperationFirmware:
 		if in.Firmware == nil {
 			problems = append(problems, "a firmware rollout needs the firmware: package URI and version")
 		} else {
-			fw := FirmwareInput{DeviceID: "device", PackageURI: in.Firmware.PackageURI, Version: in.Firmware.Version,
-				StageTimeout: in.Firmware.StageTimeout, Deadline: in.Firmware.Deadline}
-			if err := fw.Validate(); err != nil {
-				problems = append(problems, strings.TrimPrefix(err.Error(), "invalid firmware input: "))
-			}
+			problems = append(problems, CheckFirmwarePackage(in.Firmware.PackageURI, in.Firmware.Version)...)
+			problems = append(problems, CheckFirmwareTiming(in.Firmware.StageTimeout, in.Firmware.Deadline)...)
 		}
 		if in.Reboot != nil {
 			problems = append(problems, "reboot options belong to a reboot rollout; a firmware rollout reboots with firmware.reboot")
@@ -467,10 +482,7 @@ func (in RolloutInput) Validate() error {
 			problems = append(problems, "a reboot rollout takes no firmware")
 		}
 		if in.Reboot != nil {
-			rb := RebootInput{DeviceID: "device", MethodTimeout: in.Reboot.MethodTimeout, Deadline: in.Reboot.Deadline}
-			if err := rb.Validate(); err != nil {
-				problems = append(problems, strings.TrimPrefix(err.Error(), "invalid reboot input: "))
-			}
+			problems = append(problems, CheckRebootTiming(in.Reboot.MethodTimeout, in.Reboot.Deadline)...)
 		}
 	default:
 		problems = append(problems, fmt.Sprintf("operation %q is not %q or %q", in.Operation, OperationFirmware, OperationReboot))
@@ -478,8 +490,10 @@ func (in RolloutInput) Validate() error {
 	if in.Reconcile && in.Operation != OperationFirmware {
 		problems = append(problems, "reconcile applies to a firmware rollout: it targets the devices whose firmwareVersion differs from the target")
 	}
-	if in.Schedule != "" && (len(in.Schedule) > MaxScheduleNameLength || !rolloutNamePattern.MatchString(in.Schedule)) {
-		problems = append(problems, fmt.Sprintf("schedule %q must be up to %d letters, digits and -._: starting with a letter or digit", in.Schedule, MaxScheduleNameLength))
+	if in.Schedule != "" {
+		if err := CheckScheduleName(in.Schedule); err != nil {
+			problems = append(problems, err.Error())
+		}
 	}
 	switch {
 	case in.State != nil:
@@ -498,8 +512,8 @@ func (in RolloutInput) Validate() error {
 		problems = append(problems, fmt.Sprintf("%d target devices are more than the %d one rollout takes: split them into several rollouts", len(in.Devices), MaxRolloutDevices))
 	default:
 		for _, id := range in.Devices {
-			if !deviceIDPattern.MatchString(id) {
-				problems = append(problems, fmt.Sprintf("device ID %q is not a legal IoT Hub device ID: up to 128 characters of letters, digits and -:.+%%_#*?!(),=@;$'", id))
+			if err := deviceid.Check(id); err != nil {
+				problems = append(problems, err.Error())
 				break
 			}
 		}

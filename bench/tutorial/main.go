@@ -21,10 +21,10 @@ import (
 	"time"
 
 	"github.com/amenzhinsky/iothub/iotservice"
-	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/internal/settings"
+	"github.com/dmflow/dmflow/internal/sim/fleet"
 )
 
 // deviceRun is what one device's update cost.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/deviceid"
 	"github.com/dmflow/dmflow/internal/sim/hub/sas"
 	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
@@ -26,30 +27,13 @@ var (
 	errDeviceDeleted  = errors.New("device deleted")
 )
 
-// validDeviceID applies IoT Hub's rule: 1–128 characters, ASCII letters and
-// digits and - . + % _ # * ? ! ( ) , : = @ $ '.
+// validDeviceID applies IoT Hub's rule for device IDs (internal/deviceid),
+// refusing an ID as IoT Hub does: ArgumentInvalid.
 func validDeviceID(id string) error {
-	if id == "" || len(id) > 128 {
-		return errorf(ErrArgumentInvalid, "device ID must have 1 to 128 characters")
-	}
-	for _, r := range id {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
-		case r < 128 && containsRune("-.+%_#*?!(),:=@$'", r):
-		default:
-			return errorf(ErrArgumentInvalid, "device ID %q contains %q; allowed are ASCII letters, digits and -.+%%_#*?!(),:=@$'", id, r)
-		}
+	if err := deviceid.Check(id); err != nil {
+		return errorf(ErrArgumentInvalid, "%s", err)
 	}
 	return nil
-}
-
-func containsRune(s string, r rune) bool {
-	for _, c := range s {
-		if c == r {
-			return true
-		}
-	}
-	return false
 }
 
 // deviceSpec is the writable part of an identity, as a service sends it.

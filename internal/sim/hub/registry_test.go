@@ -163,6 +163,31 @@ func TestRegistryValidation(t *testing.T) {
 	}
 }
 
+// TestCreateDeviceWithSemicolon: asked by the unchanged amenzhinsky service client to create a
+// device whose ID holds ';' (which its connection string could not carry, see internal/deviceid),
+// localhub refuses as IoT Hub refuses an illegal device ID: 400 with ArgumentInvalid (400004),
+// and registers nothing.
+func TestCreateDeviceWithSemicolon(t *testing.T) {
+	h := startHub(t, "")
+	svc := serviceClient(t, h, "")
+	ctx := context.Background()
+	_, err := svc.CreateDevice(ctx, &iotservice.Device{DeviceID: "semi;colon"})
+	code, body := requestError(t, err)
+	// The client decodes a 400 without its ErrorCode: the Message carries it.
+	if code != http.StatusBadRequest || !strings.HasPrefix(body.Message, "ErrorCode:ArgumentInvalid;") || !strings.Contains(body.Message, `holds ';'`) {
+		t.Errorf("CreateDevice(semi;colon) = %d %+v, want 400 ArgumentInvalid naming the ';'", code, body)
+	}
+	res, raw := rawRequest(t, h, http.MethodPut, "/devices/semi%3Bcolon?api-version=2020-09-30", serviceToken(t, h, time.Now().Add(time.Hour)),
+		strings.NewReader(`{"deviceId":"semi;colon"}`))
+	var eb errorBody
+	if res.StatusCode != http.StatusBadRequest || json.Unmarshal(raw, &eb) != nil || eb.ErrorCode != 400004 || res.Header.Get("iothub-errorcode") != ErrArgumentInvalid {
+		t.Errorf("PUT /devices/semi%%3Bcolon = %d %s %q", res.StatusCode, raw, res.Header.Get("iothub-errorcode"))
+	}
+	if _, err := svc.GetDevice(ctx, "semi;colon"); err == nil {
+		t.Error("the device was registered")
+	}
+}
+
 func TestValidDeviceID(t *testing.T) {
 	tests := []struct {
 		id string
