@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/cli/clitest"
 	"github.com/dmflow/dmflow/internal/testlog"
 )
 
@@ -72,17 +73,7 @@ func TestBadInputStartsNothing(t *testing.T) {
 			var stdout, stderr testlog.Buffer
 			code := execute(ctx, tc.args, func(k string) string { return env[k] }, &stdout, &stderr)
 			line := stderr.String()
-			if code != exitUsage {
-				t.Errorf("exit %d, want %d (stderr %q)", code, exitUsage, line)
-			}
-			if !strings.HasPrefix(line, "localhub: ") || strings.Count(line, "\n") != 1 {
-				t.Errorf("want one line starting with localhub:, got %q", line)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(line, w) {
-					t.Errorf("stderr %q lacks %q", line, w)
-				}
-			}
+			clitest.CheckUsage(t, "localhub", code, line, tc.want...)
 			if stdout.String() != "" {
 				t.Errorf("stdout %q", stdout.String())
 			}

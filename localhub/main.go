@@ -28,24 +28,15 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
 
-// Exit codes: 0 stopped by SIGINT or SIGTERM (or a command done), 1 failed
-// (ports in use, state dir locked by another localhub, localhub not running
-// for --device), 2 bad flags, environment or arguments, found before
-// anything started.
-const (
-	exitFailed = 1
-	exitUsage  = 2
-)
-
-// usageError marks a command line or environment the user fixes: exit 2.
-type usageError struct{ error }
-
-func (e usageError) Unwrap() error { return e.error }
+// Exit codes (cli's): 0 stopped by SIGINT or SIGTERM (or a command done), 1 failed (ports in use,
+// state dir locked by another localhub, localhub not running for --device), 2 bad flags,
+// environment or arguments, found before anything started.
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -54,29 +45,18 @@ func main() {
 	os.Exit(code)
 }
 
-// execute runs the command line, prints an error as one line and returns
-// the exit code.
+// execute runs the command line, prints an error as one line and returns the exit code.
 func execute(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	err := run(ctx, args, getenv, stdout, stderr)
-	if err == nil {
-		return 0
-	}
-	fmt.Fprintln(stderr, "localhub:", err)
-	var ue usageError
-	if errors.As(err, &ue) {
-		return exitUsage
-	}
-	return exitFailed
+	started := false
+	root := newCommand(getenv, stdout, stderr, func() { started = true })
+	return cli.Execute(ctx, root, args, stderr, func() bool { return started })
 }
 
-// run executes the command line; tests call it with their own arguments,
-// environment and output.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := hub.ConfigFromEnv(getenv)
-	if err != nil {
-		return usageError{err}
-	}
-	started := false
+// newCommand builds the command line on getenv, stdout and stderr; started is called once a
+// command's checks passed and it began its work.
+func newCommand(getenv func(string) string, stdout, stderr io.Writer, started func()) *cobra.Command {
+	// A bad environment fails whichever command runs, after the command line parsed.
+	cfg, cfgErr := hub.ConfigFromEnv(getenv)
 	root := &cobra.Command{
 		Use:               "localhub",
 		Short:             "Run an IoT Hub-compatible endpoint (MQTT devices, HTTPS service API)",
@@ -84,11 +64,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		SilenceUsage:      true,
 		SilenceErrors:     true,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			if cfgErr != nil {
+				return cli.UsageError{Err: cfgErr}
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := cfg.Validate(); err != nil {
-				return usageError{err}
+				return cli.UsageError{Err: err}
 			}
-			started = true
+			started()
 			return serve(cmd.Context(), cfg, stdout, stderr)
 		},
 	}
@@ -116,23 +102,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := cfg.Validate(); err != nil {
-				return usageError{err}
+				return cli.UsageError{Err: err}
 			}
 			switch {
 			case device != "" && cmd.Flags().Changed("policy"):
-				return usageError{errors.New("--policy and --device exclude each other: a device connection string uses the device's key")}
+				return cli.UsageError{Err: errors.New("--policy and --device exclude each other: a device connection string uses the device's key")}
 			case device != "":
 				if err := hub.CheckDeviceID(device); err != nil {
-					return usageError{err}
+					return cli.UsageError{Err: err}
 				}
 			case create:
-				return usageError{errors.New("--create needs --device: name the device to register")}
+				return cli.UsageError{Err: errors.New("--create needs --device: name the device to register")}
 			default:
 				if err := hub.CheckPolicyName(policy); err != nil {
-					return usageError{err}
+					return cli.UsageError{Err: err}
 				}
 			}
-			started = true
+			started()
 			var s string
 			var err error
 			if device != "" {
@@ -155,19 +141,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	root.AddCommand(cs)
 
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return usageError{fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())}
+		return cli.UsageError{Err: fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())}
 	})
-	root.SetArgs(args)
 	root.SetOut(stdout)
-	root.SetErr(stderr)
-	err = root.ExecuteContext(ctx)
-	var ue usageError
-	if err != nil && !started && !errors.As(err, &ue) {
-		// An error before a command ran is cobra's: an unknown command or
-		// argument.
-		err = usageError{fmt.Errorf("%w: see localhub --help", err)}
-	}
-	return err
+	return root
 }
 
 func policyList() string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +15,14 @@ import (
 )
 
 func noEnv(string) string { return "" }
+
+// run executes the command line as execute does and returns the command's error.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	root := newCommand(getenv, stdout, stderr, func() {})
+	root.SetArgs(args)
+	root.SetErr(stderr)
+	return root.ExecuteContext(ctx)
+}
 
 // runCmd runs a short command and returns its output.
 func runCmd(t *testing.T, env func(string) string, args ...string) (string, error) {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dmflow/dmflow/internal/cli/clitest"
 	"github.com/dmflow/dmflow/internal/testnet"
 )
 
@@ -65,17 +66,7 @@ func TestBadInputStartsNothing(t *testing.T) {
 			}
 			code := execute(tc.args, getenv, &stderr)
 			line := stderr.String()
-			if code != 2 {
-				t.Errorf("exit %d, want 2 (stderr %q)", code, line)
-			}
-			if !strings.HasPrefix(line, "simdevice: ") || strings.Count(line, "\n") != 1 {
-				t.Errorf("want one line starting with simdevice:, got %q", line)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(line, w) {
-					t.Errorf("stderr %q lacks %q", line, w)
-				}
-			}
+			clitest.CheckUsage(t, "simdevice", code, line, tc.want...)
 			if strings.Contains(line, testKey) {
 				t.Errorf("stderr %q repeats the key", line)
 			}

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/settings"
@@ -137,7 +138,7 @@ method calls. It stops on SIGINT or SIGTERM.`,
 			started()
 			cfg, err := resolveFleet(*flags, ff, getenv)
 			if err != nil {
-				return usageError{err}
+				return cli.UsageError{Err: err}
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -279,15 +280,15 @@ func (c FleetConfig) newFleet(logger, deviceLogger *slog.Logger) (*fleet.Fleet, 
 func runFleet(ctx context.Context, cfg FleetConfig, stderr io.Writer) error {
 	logger, err := logging.New(cfg.LogFormat, stderr, slog.LevelInfo)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	deviceLogger, err := logging.New(cfg.LogFormat, stderr, cfg.DeviceLogLevel)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	f, err := cfg.newFleet(logger, deviceLogger)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	logger.Info("simdevice fleet starting", "devices", cfg.Count, "prefix", cfg.Prefix, "seed", cfg.Seed,
 		"tutorial", cfg.Faults.Tutorial, "stage_duration", cfg.StageDuration.String(), "reboot_duration", cfg.RebootDuration.String())

@@ -15,7 +15,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/sim/device"
@@ -35,34 +35,12 @@ func main() {
 	os.Exit(execute(os.Args[1:], os.Getenv, os.Stderr))
 }
 
-// usageError marks bad input: exit status 2.
-type usageError struct{ error }
-
-func (e usageError) Unwrap() error { return e.error }
-
-// execute runs the command line args and returns the exit status.
+// execute runs the command line args and returns the exit status (cli's: 2 for bad input).
 func execute(args []string, getenv func(string) string, stderr io.Writer) int {
 	started := false
 	cmd := newCommand(getenv, stderr, func() { started = true })
-	cmd.SetArgs(args)
 	cmd.SetOut(stderr)
-	cmd.SetErr(stderr)
-	err := cmd.Execute()
-	if err == nil {
-		return 0
-	}
-	var ue usageError
-	if !errors.As(err, &ue) && !started {
-		// Errors before the command ran are cobra's: an unknown command or
-		// argument.
-		err = fmt.Errorf("%w: see simdevice --help", err)
-		ue = usageError{err}
-	}
-	fmt.Fprintln(stderr, "simdevice:", err)
-	if ue.error != nil {
-		return 2
-	}
-	return 1
+	return cli.Execute(context.Background(), cmd, args, stderr, func() bool { return started })
 }
 
 // newCommand builds the command line; started is called when a command
@@ -73,7 +51,7 @@ func newCommand(getenv func(string) string, stderr io.Writer, started func()) *c
 		started()
 		cfg, err := flags.resolve(getenv)
 		if err != nil {
-			return usageError{err}
+			return cli.UsageError{Err: err}
 		}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -143,7 +121,7 @@ methods, and stops on SIGINT or SIGTERM.`,
 	})
 	root.AddCommand(newFleetCommand(&flags, getenv, stderr, started))
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return usageError{fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())}
+		return cli.UsageError{Err: fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())}
 	})
 	root.CompletionOptions.DisableDefaultCmd = true
 	return root
@@ -152,7 +130,7 @@ methods, and stops on SIGINT or SIGTERM.`,
 func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 	logger, err := logging.New(cfg.LogFormat, stderr, slog.LevelInfo)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	conn, err := deviceConnection(ctx, cfg)
 	if err != nil {
@@ -172,7 +150,7 @@ func run(ctx context.Context, cfg Config, stderr io.Writer) error {
 		Logger:           logger,
 	})
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
@@ -199,13 +177,13 @@ func deviceConnection(ctx context.Context, cfg Config) (hubconn.Device, error) {
 	if cfg.ConnectionString != "" {
 		d, err := hubconn.ParseDevice(settingDeviceCS, cfg.ConnectionString)
 		if err != nil {
-			return hubconn.Device{}, usageError{err}
+			return hubconn.Device{}, cli.UsageError{Err: err}
 		}
 		return d, nil
 	}
 	s, err := hubconn.ParseService(envHubConnectionString, cfg.ServiceConnectionString)
 	if err != nil {
-		return hubconn.Device{}, usageError{err}
+		return hubconn.Device{}, cli.UsageError{Err: err}
 	}
 	svc, err := hubconn.NewServiceClient(s, cfg.CAFile)
 	if err != nil {

@@ -7,19 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dmflow/dmflow/internal/cli/clitest"
 	"github.com/dmflow/dmflow/internal/testnet"
-	"github.com/stretchr/testify/assert"
 )
-
-// assertUsageError checks the answer to bad input, the rows of every bad-input table: exit 2 and
-// each of want in the message.
-func assertUsageError(t *testing.T, code int, stderr string, want ...string) {
-	t.Helper()
-	assert.Equal(t, exitUsage, code, "stderr: %s", stderr)
-	for _, w := range want {
-		assert.Contains(t, stderr, w)
-	}
-}
 
 // Every command and subcommand given bad flags, arguments or files answers
 // one line naming the fix, exits 2 and contacts no Temporal.
@@ -98,10 +88,7 @@ func TestBadInputStartsNothing(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			code := execute(append(tc.args, "--temporal-address", temporal), &stdout, &stderr, func(string) string { return "" })
 			line := stderr.String()
-			assertUsageError(t, code, line, tc.want...)
-			if !strings.HasPrefix(line, "starter: ") || strings.Count(line, "\n") != 1 {
-				t.Errorf("want one line starting with starter:, got %q", line)
-			}
+			clitest.CheckUsage(t, "starter", code, line, tc.want...)
 			if strings.Contains(line, "SECRET") {
 				t.Errorf("stderr %q repeats the credentials", line)
 			}

@@ -4,12 +4,13 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"github.com/dmflow/dmflow/internal/deviceid"
 	"io"
 	"io/fs"
 	"os"
 	"strings"
 	"syscall"
+
+	"github.com/dmflow/dmflow/internal/deviceid"
 
 	"github.com/dmflow/dmflow/workflows"
 )

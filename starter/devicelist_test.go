@@ -2,10 +2,11 @@ package main
 
 import (
 	"fmt"
-	"github.com/dmflow/dmflow/internal/deviceid"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/dmflow/dmflow/internal/deviceid"
 
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"

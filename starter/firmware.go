@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
@@ -78,7 +79,7 @@ func (f firmwareFlags) input() (workflows.FirmwareInput, error) {
 		}
 	}
 	if len(missing) > 0 {
-		return workflows.FirmwareInput{}, usageError{fmt.Errorf("missing %s: name the device, the image and its version", strings.Join(missing, ", "))}
+		return workflows.FirmwareInput{}, cli.UsageError{Err: fmt.Errorf("missing %s: name the device, the image and its version", strings.Join(missing, ", "))}
 	}
 	in := workflows.FirmwareInput{
 		DeviceID:     f.device,
@@ -94,7 +95,7 @@ func (f firmwareFlags) input() (workflows.FirmwareInput, error) {
 		in.UpdateID = time.Now().UTC().Format("20060102T150405Z")
 	}
 	if err := in.Validate(); err != nil {
-		return workflows.FirmwareInput{}, usageError{err}
+		return workflows.FirmwareInput{}, cli.UsageError{Err: err}
 	}
 	return in, nil
 }

@@ -4,34 +4,29 @@
 package main
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"io"
 	"os"
 	"time"
+
 	// The time zone database, for maintenance windows in a time zone (the rollout's input is
 	// validated here too) and for TZ=<zone> on a machine without one.
 	_ "time/tzdata"
 
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/internal/temporalconn"
 	"github.com/spf13/cobra"
 )
 
-// Exit codes: 0 done, 1 the operation failed or could not be started,
-// 2 the command line or configuration is wrong.
-const (
-	exitFailed = 1
-	exitUsage  = 2
-)
-
-// usageError marks an error the user fixes by changing the command line.
-type usageError struct{ error }
+// Exit codes (cli's): 0 done, 1 the operation failed or could not be started, 2 the command line
+// or configuration is wrong.
 
 // noArgs refuses positional arguments as a usage error.
 func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 {
-		return usageError{fmt.Errorf("%s takes no arguments, got %q: flags start with --", cmd.CommandPath(), args[0])}
+		return cli.UsageError{Err: fmt.Errorf("%s takes no arguments, got %q: flags start with --", cmd.CommandPath(), args[0])}
 	}
 	return nil
 }
@@ -41,7 +36,7 @@ func noArgs(cmd *cobra.Command, args []string) error {
 func commandGroup(group, subcommands string) func(cmd *cobra.Command, args []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) > 0 {
-			return usageError{fmt.Errorf("unknown %s command %q: use %s", group, args[0], subcommands)}
+			return cli.UsageError{Err: fmt.Errorf("unknown %s command %q: use %s", group, args[0], subcommands)}
 		}
 		return cmd.Help()
 	}
@@ -59,23 +54,7 @@ func execute(args []string, stdout, stderr io.Writer, getenv func(string) string
 // runRoot runs the command line args on root, whose flags fill g, prints the error if any and
 // returns the exit code it maps to.
 func runRoot(root *cobra.Command, g *globals, args []string, stderr io.Writer) int {
-	root.SetArgs(args)
-	root.SetErr(stderr)
-	err := root.Execute()
-	if err == nil {
-		return 0
-	}
-	var ue usageError
-	if !errors.As(err, &ue) && !g.ran {
-		// An error before any command ran is cobra's: an unknown command.
-		err = fmt.Errorf("%w: see starter --help for the commands", err)
-		ue = usageError{err}
-	}
-	fmt.Fprintln(stderr, "starter:", err)
-	if ue.error != nil {
-		return exitUsage
-	}
-	return exitFailed
+	return cli.Execute(context.Background(), root, args, stderr, func() bool { return g.ran })
 }
 
 // globals are the flags every subcommand shares.
@@ -138,7 +117,7 @@ Web UI base URL used in links (default ` + temporalconn.DefaultUIURL + `).`,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			g.ran = true
 			if g.output != "text" && g.output != "json" {
-				return usageError{fmt.Errorf("--output %q is not known: use text or json", g.output)}
+				return cli.UsageError{Err: fmt.Errorf("--output %q is not known: use text or json", g.output)}
 			}
 			if g.temporal.UIURL == "" {
 				g.temporal.UIURL = getenv(settings.TemporalUI)
@@ -148,7 +127,7 @@ Web UI base URL used in links (default ` + temporalconn.DefaultUIURL + `).`,
 	}
 	root.SetOut(stdout)
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return usageError{fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())}
+		return cli.UsageError{Err: fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())}
 	})
 	pf := root.PersistentFlags()
 	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")

@@ -5,6 +5,8 @@ import (
 	"net"
 	"strings"
 	"testing"
+
+	"github.com/dmflow/dmflow/internal/cli"
 )
 
 // closedPort returns a loopback address nobody listens on.
@@ -28,26 +30,26 @@ func TestExecuteErrors(t *testing.T) {
 		want     []string
 		notWant  []string
 	}{
-		{"no device", []string{"reboot"}, exitUsage, []string{"--device is required"}, nil},
-		{"unknown flag", []string{"reboot", "--device", "d", "--bogus"}, exitUsage, []string{"unknown flag: --bogus"}, nil},
-		{"bad output", []string{"reboot", "--device", "d", "-o", "yaml"}, exitUsage, []string{`--output "yaml"`, "text or json"}, nil},
-		{"bad device id", []string{"reboot", "--device", "dev/1"}, exitUsage, []string{"dev/1"}, nil},
-		{"method timeout out of range", []string{"reboot", "--device", "d", "--method-timeout", "1s"}, exitUsage, []string{"method timeout"}, nil},
-		{"unreachable temporal", []string{"reboot", "--device", "d", "--temporal-address", unreachable}, exitFailed, []string{"cannot reach Temporal", unreachable, "TEMPORAL_ADDRESS"}, nil},
-		{"firmware without flags", []string{"firmware"}, exitUsage, []string{"missing --device", "--uri", "--version", "e.g. --uri https://"}, nil},
-		{"firmware without version", []string{"firmware", "-d", "d", "--uri", "https://fw.example/v2.bin"}, exitUsage, []string{"missing --version (e.g. --version 2.0.0)"}, []string{"--device", "--uri"}},
-		{"firmware SAS URI", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://a.blob.core.windows.net/fw.bin?sp=r&sig=SECRETsignature"}, exitUsage,
+		{"no device", []string{"reboot"}, cli.ExitUsage, []string{"--device is required"}, nil},
+		{"unknown flag", []string{"reboot", "--device", "d", "--bogus"}, cli.ExitUsage, []string{"unknown flag: --bogus"}, nil},
+		{"bad output", []string{"reboot", "--device", "d", "-o", "yaml"}, cli.ExitUsage, []string{`--output "yaml"`, "text or json"}, nil},
+		{"bad device id", []string{"reboot", "--device", "dev/1"}, cli.ExitUsage, []string{"dev/1"}, nil},
+		{"method timeout out of range", []string{"reboot", "--device", "d", "--method-timeout", "1s"}, cli.ExitUsage, []string{"method timeout"}, nil},
+		{"unreachable temporal", []string{"reboot", "--device", "d", "--temporal-address", unreachable}, cli.ExitFailed, []string{"cannot reach Temporal", unreachable, "TEMPORAL_ADDRESS"}, nil},
+		{"firmware without flags", []string{"firmware"}, cli.ExitUsage, []string{"missing --device", "--uri", "--version", "e.g. --uri https://"}, nil},
+		{"firmware without version", []string{"firmware", "-d", "d", "--uri", "https://fw.example/v2.bin"}, cli.ExitUsage, []string{"missing --version (e.g. --version 2.0.0)"}, []string{"--device", "--uri"}},
+		{"firmware SAS URI", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://a.blob.core.windows.net/fw.bin?sp=r&sig=SECRETsignature"}, cli.ExitUsage,
 			[]string{"use a URI without credentials"}, []string{"SECRETsignature"}},
-		{"firmware ftp URI", []string{"firmware", "-d", "d", "--version", "2", "--uri", "ftp://fw.example/v2.bin"}, exitUsage, []string{"absolute http or https URL"}, nil},
-		{"firmware bad update ID", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "--update-id", "a/b"}, exitUsage, []string{`update ID "a/b"`}, nil},
-		{"firmware stage timeout beyond the deadline", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "--stage-timeout", "10m", "--deadline", "5m"}, exitUsage,
+		{"firmware ftp URI", []string{"firmware", "-d", "d", "--version", "2", "--uri", "ftp://fw.example/v2.bin"}, cli.ExitUsage, []string{"absolute http or https URL"}, nil},
+		{"firmware bad update ID", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "--update-id", "a/b"}, cli.ExitUsage, []string{`update ID "a/b"`}, nil},
+		{"firmware stage timeout beyond the deadline", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "--stage-timeout", "10m", "--deadline", "5m"}, cli.ExitUsage,
 			[]string{"stage timeout 10m0s"}, nil},
-		{"firmware bad duration", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "--stage-timeout", "soon"}, exitUsage, []string{"--stage-timeout"}, nil},
-		{"firmware bad output", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "-o", "yaml"}, exitUsage, []string{`--output "yaml"`}, nil},
-		{"firmware unreachable temporal", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "--temporal-address", unreachable}, exitFailed,
+		{"firmware bad duration", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "--stage-timeout", "soon"}, cli.ExitUsage, []string{"--stage-timeout"}, nil},
+		{"firmware bad output", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "-o", "yaml"}, cli.ExitUsage, []string{`--output "yaml"`}, nil},
+		{"firmware unreachable temporal", []string{"firmware", "-d", "d", "--version", "2", "--uri", "https://fw.example/v2.bin", "--temporal-address", unreachable}, cli.ExitFailed,
 			[]string{"cannot reach Temporal", unreachable}, nil},
-		{"schedule without times", []string{"schedule", "create", "weekly", "--reboot", "--devices", "d"}, exitUsage, []string{"no times: give --cron"}, nil},
-		{"schedule unreachable temporal", []string{"schedule", "list", "--temporal-address", unreachable}, exitFailed, []string{"cannot reach Temporal", unreachable}, nil},
+		{"schedule without times", []string{"schedule", "create", "weekly", "--reboot", "--devices", "d"}, cli.ExitUsage, []string{"no times: give --cron"}, nil},
+		{"schedule unreachable temporal", []string{"schedule", "list", "--temporal-address", unreachable}, cli.ExitFailed, []string{"cannot reach Temporal", unreachable}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dmflow/dmflow/activities"
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
@@ -32,7 +33,7 @@ running workflow, and a request that already completed is not run twice.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.device == "" {
-				return usageError{fmt.Errorf("--device is required: name the device to reboot, e.g. --device dev-001")}
+				return cli.UsageError{Err: fmt.Errorf("--device is required: name the device to reboot, e.g. --device dev-001")}
 			}
 			in := workflows.RebootInput{
 				DeviceID:      f.device,
@@ -46,7 +47,7 @@ running workflow, and a request that already completed is not run twice.`,
 				in.RequestID = time.Now().UTC().Format("20060102T150405Z")
 			}
 			if err := in.Validate(); err != nil {
-				return usageError{err}
+				return cli.UsageError{Err: err}
 			}
 			f.taskQueue = settings.Pick(g.getenv, f.taskQueue, settings.TaskQueue, workflows.TaskQueue)
 			return withAPI(cmd, g, dialTemporal, func(ctx context.Context, t *temporalClient) error {

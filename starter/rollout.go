@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
@@ -88,10 +89,10 @@ updated. Refused once the rollout has ended.`),
 // asked.
 func nameArg(cmd *cobra.Command, args []string) error {
 	if len(args) != 1 || args[0] == "" {
-		return usageError{fmt.Errorf("name the rollout: %s NAME (list rollouts with %s)", cmd.CommandPath(), listRolloutsHint)}
+		return cli.UsageError{Err: fmt.Errorf("name the rollout: %s NAME (list rollouts with %s)", cmd.CommandPath(), listRolloutsHint)}
 	}
 	if workflows.CheckRolloutName(args[0]) != nil {
-		return usageError{fmt.Errorf("rollout name %s: a rollout is named with up to %d letters, digits and -._: starting with a letter or digit (list rollouts with %s)",
+		return cli.UsageError{Err: fmt.Errorf("rollout name %s: a rollout is named with up to %d letters, digits and -._: starting with a letter or digit (list rollouts with %s)",
 			quoteShort(args[0]), workflows.MaxNameLength, listRolloutsHint)}
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
 )
@@ -85,10 +86,10 @@ func checkOutFile(path string) error {
 	}
 	dir := filepath.Dir(path)
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		return usageError{fmt.Errorf("--out %s: directory %s does not exist: create it or write the report elsewhere", path, dir)}
+		return cli.UsageError{Err: fmt.Errorf("--out %s: directory %s does not exist: create it or write the report elsewhere", path, dir)}
 	}
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
-		return usageError{fmt.Errorf("--out %s is a directory: name a file in it, e.g. %s", path, filepath.Join(path, "report.csv"))}
+		return cli.UsageError{Err: fmt.Errorf("--out %s is a directory: name a file in it, e.g. %s", path, filepath.Join(path, "report.csv"))}
 	}
 	return nil
 }
@@ -105,10 +106,10 @@ func reportFormat(format string, formatSet bool, output string) (string, error) 
 	switch format {
 	case formatTable, formatJSON, formatCSV:
 	default:
-		return "", usageError{fmt.Errorf("--format %q is not known: use table, json or csv", format)}
+		return "", cli.UsageError{Err: fmt.Errorf("--format %q is not known: use table, json or csv", format)}
 	}
 	if output == "json" && format != formatJSON {
-		return "", usageError{fmt.Errorf("--format %s contradicts --output json: give one of them", format)}
+		return "", cli.UsageError{Err: fmt.Errorf("--format %s contradicts --output json: give one of them", format)}
 	}
 	return format, nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -88,7 +89,7 @@ func TestReportFormatChoice(t *testing.T) {
 	} {
 		got, err := reportFormat(tc.format, tc.set, tc.output)
 		if tc.err != "" {
-			var ue usageError
+			var ue cli.UsageError
 			assert.ErrorAs(t, err, &ue)
 			assert.ErrorContains(t, err, tc.err)
 			continue

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/cli"
+	"github.com/dmflow/dmflow/internal/cli/clitest"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -95,7 +97,7 @@ func TestRolloutStartInput(t *testing.T) {
 			api := &fakeRollouts{}
 			code, stdout, stderr := runRolloutCLI(t, api, tc.stdin, tc.args...)
 			if tc.wantErr != nil {
-				assertUsageError(t, code, stderr, tc.wantErr...)
+				clitest.CheckUsage(t, "starter", code, stderr, tc.wantErr...)
 				assert.Empty(t, api.started, "started despite a usage error")
 				assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, "one-line error: %s", stderr)
 				return
@@ -156,7 +158,7 @@ func TestRolloutUsageErrors(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			env := map[string]string{"TEMPORAL_CONFIG_FILE": "/nonexistent.toml"}
 			code := execute(tc.args, &stdout, &stderr, func(k string) string { return env[k] })
-			assertUsageError(t, code, stderr.String(), tc.want...)
+			clitest.CheckUsage(t, "starter", code, stderr.String(), tc.want...)
 		})
 	}
 }
@@ -170,7 +172,7 @@ func TestRolloutUnreachableTemporal(t *testing.T) {
 	} {
 		var stdout, stderr bytes.Buffer
 		code := execute(append(args, "--temporal-address", addr), &stdout, &stderr, func(string) string { return "" })
-		assert.Equal(t, exitFailed, code)
+		assert.Equal(t, cli.ExitFailed, code)
 		assert.Contains(t, stderr.String(), "cannot reach Temporal at "+addr)
 	}
 }
@@ -184,7 +186,7 @@ func TestRolloutNotFound(t *testing.T) {
 	} {
 		t.Run(args[1], func(t *testing.T) {
 			code, _, stderr := runRolloutCLI(t, &fakeRollouts{missing: true}, "", args...)
-			assert.Equal(t, exitFailed, code)
+			assert.Equal(t, cli.ExitFailed, code)
 			assert.Contains(t, stderr, `rollout "nope" not found (no workflow rollout/nope in namespace default)`)
 			assert.Contains(t, stderr, `temporal workflow list --query "WorkflowType = 'Rollout'"`)
 		})
@@ -225,7 +227,7 @@ func TestRolloutStartWait(t *testing.T) {
 		}),
 	}, rows: []workflows.DeviceRow{{DeviceID: "d1", Wave: 4, Result: workflows.DeviceFailed, Error: "offline", ErrorType: "DeviceOffline"}}}
 	code, stdout, stderr := runRolloutCLI(t, api, "", "rollout", "start", "--name", "fw-2.0", "--reboot", "--devices", "a", "--wait", "--poll-interval", "1ms")
-	assert.Equal(t, exitFailed, code)
+	assert.Equal(t, cli.ExitFailed, code)
 	assert.Contains(t, stdout, "started rollout fw-2.0: reboot on 1 device\n")
 	assert.NotContains(t, stdout, "follow:")
 	assert.Contains(t, stdout, "rollout fw-2.0 completed in 2m00s")
@@ -281,7 +283,7 @@ func TestRolloutStatusFromOutcome(t *testing.T) {
 	// Still running: Outcome would wait (here: its wait ends at once).
 	api = &fakeRollouts{progressErr: map[int]error{0: errors.New("context deadline exceeded")}, outcomeErr: context.DeadlineExceeded}
 	code, _, stderr := runRolloutCLI(t, api, "", "rollout", "status", "fw-2.0")
-	assert.Equal(t, exitFailed, code)
+	assert.Equal(t, cli.ExitFailed, code)
 	assert.Contains(t, stderr, "query the progress of rollout fw-2.0: context deadline exceeded: is a dmflow worker running?")
 }
 
@@ -299,7 +301,7 @@ func TestRolloutControl(t *testing.T) {
 
 	api = &fakeRollouts{controlErr: refusedError{reason: "the rollout is not paused: it is running"}}
 	code, stdout, stderr := runRolloutCLI(t, api, "", "rollout", "resume", "fw-2.0")
-	assert.Equal(t, exitFailed, code)
+	assert.Equal(t, cli.ExitFailed, code)
 	assert.Empty(t, stdout)
 	assert.Equal(t, "starter: cannot resume rollout fw-2.0: the rollout is not paused: it is running\n", stderr)
 

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
@@ -100,10 +101,10 @@ Exit codes:
 // scheduleNameArg takes the schedule's name, the one positional argument.
 func scheduleNameArg(cmd *cobra.Command, args []string) error {
 	if len(args) != 1 || args[0] == "" {
-		return usageError{fmt.Errorf("name the schedule: %s NAME (list schedules with starter schedule list)", cmd.CommandPath())}
+		return cli.UsageError{Err: fmt.Errorf("name the schedule: %s NAME (list schedules with starter schedule list)", cmd.CommandPath())}
 	}
 	if err := checkScheduleName(args[0]); err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	return nil
 }
@@ -198,7 +199,7 @@ func (f *createFlags) request(cmd *cobra.Command, name string, getenv func(strin
 		problems = append(problems, err.Error())
 	}
 	if len(problems) > 0 {
-		return scheduleRequest{}, usageError{errors.New(strings.Join(problems, "; "))}
+		return scheduleRequest{}, cli.UsageError{Err: errors.New(strings.Join(problems, "; "))}
 	}
 	return scheduleRequest{
 		Name: name, Timing: timing, Input: in, CatchupWindow: f.catchupWindow, Paused: f.paused, Note: f.note,
@@ -273,7 +274,7 @@ func checkCron(expr string) error {
 // runCreate creates the schedule and shows it.
 func runCreate(ctx context.Context, api scheduleAPI, req scheduleRequest, output string, out io.Writer) error {
 	if err := api.Create(ctx, req); err != nil {
-		var ue usageError
+		var ue cli.UsageError
 		var exists scheduleExistsError
 		if errors.As(err, &ue) || errors.As(err, &exists) {
 			return err

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/temporalconn"
 	"github.com/dmflow/dmflow/workflows"
 	commonpb "go.temporal.io/api/common/v1"
@@ -201,7 +202,7 @@ func (t *temporalClient) Create(ctx context.Context, req scheduleRequest) error 
 	case errors.As(err, &invalid) && strings.Contains(strings.ToLower(invalid.Message), "search attribute"):
 		return fmt.Errorf("Temporal refused the schedule: %s: register dmflow's search attributes in namespace %s (see the README, Configuration)", invalid.Message, t.namespace)
 	case errors.As(err, &invalid):
-		return usageError{fmt.Errorf("Temporal refused the schedule: %s", invalid.Message)}
+		return cli.UsageError{Err: fmt.Errorf("Temporal refused the schedule: %s", invalid.Message)}
 	}
 	return err
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/cli"
+	"github.com/dmflow/dmflow/internal/cli/clitest"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -78,7 +80,7 @@ func TestScheduleCreateRequest(t *testing.T) {
 			api := newFakeSchedules()
 			code, stdout, stderr := runScheduleCLI(t, api, "", tc.args...)
 			if tc.wantErr != nil {
-				assertUsageError(t, code, stderr, tc.wantErr...)
+				clitest.CheckUsage(t, "starter", code, stderr, tc.wantErr...)
 				assert.Empty(t, api.created, "created despite a usage error")
 				assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, "one-line error: %s", stderr)
 				return
@@ -110,7 +112,7 @@ func TestScheduleCreateShowsNextRunsInItsZone(t *testing.T) {
 
 	// The name is taken now.
 	code, _, stderr = runScheduleCLI(t, api, "", "schedule", "create", "weekly-fw", "--cron", "@daily", "--reboot", "--devices", "a")
-	assert.Equal(t, exitFailed, code)
+	assert.Equal(t, cli.ExitFailed, code)
 	assert.Contains(t, stderr, `schedule "weekly-fw" exists: choose another name, or delete it first with starter schedule delete weekly-fw`)
 
 	code, stdout, _ = runScheduleCLI(t, newFakeSchedules(), "", "schedule", "create", "nightly", "--interval", "24h", "--reboot", "--devices", "a", "-o", "json")
@@ -153,10 +155,10 @@ func TestScheduleDescribe(t *testing.T) {
 	assert.Equal(t, weeklyFw(), info)
 
 	code, _, stderr = runScheduleCLI(t, api, "", "schedule", "describe", "nope")
-	assert.Equal(t, exitFailed, code)
+	assert.Equal(t, cli.ExitFailed, code)
 	assert.Contains(t, stderr, `schedule "nope" not found in namespace default: list schedules with starter schedule list`)
 	code, _, stderr = runScheduleCLI(t, api, "", "schedule", "describe")
-	assertUsageError(t, code, stderr, "name the schedule")
+	clitest.CheckUsage(t, "starter", code, stderr, "name the schedule")
 }
 
 func TestScheduleList(t *testing.T) {
@@ -204,7 +206,7 @@ func TestSchedulePauseUnpause(t *testing.T) {
 		"unpause:weekly-fw:unpaused with starter schedule unpause", "unpause:weekly-fw:unpaused with starter schedule unpause"}, api.calls)
 
 	code, _, stderr = runScheduleCLI(t, api, "", "schedule", "pause", "nope")
-	assert.Equal(t, exitFailed, code)
+	assert.Equal(t, cli.ExitFailed, code)
 	assert.Contains(t, stderr, `schedule "nope" not found`)
 }
 
@@ -237,13 +239,13 @@ func TestScheduleTrigger(t *testing.T) {
 	api = newFakeSchedules(weeklyFw())
 	api.onTrigger = skipped
 	code, _, stderr = runScheduleCLI(t, api, "", "schedule", "trigger", "weekly-fw")
-	assert.Equal(t, exitFailed, code)
+	assert.Equal(t, cli.ExitFailed, code)
 	assert.Contains(t, stderr, "schedule weekly-fw skipped the run: rollout weekly-fw-2026-11-22T01:00:00Z still runs, and a schedule runs one rollout at a time (overlap policy skip)")
 	assert.Contains(t, stderr, "starter rollout cancel weekly-fw-2026-11-22T01:00:00Z")
 	api = newFakeSchedules(weeklyFw())
 	api.onTrigger = skipped
 	code, stdout, _ = runScheduleCLI(t, api, "", "schedule", "trigger", "weekly-fw", "-o", "json")
-	assert.Equal(t, exitFailed, code)
+	assert.Equal(t, cli.ExitFailed, code)
 	require.NoError(t, json.Unmarshal([]byte(stdout), &res))
 	assert.True(t, res.Skipped)
 	assert.Equal(t, []string{"weekly-fw-2026-11-22T01:00:00Z"}, res.Running)
@@ -256,7 +258,7 @@ func TestScheduleTrigger(t *testing.T) {
 	assert.Equal(t, []string{"trigger:weekly-fw"}, api.calls)
 
 	code, _, stderr = runScheduleCLI(t, api, "", "schedule", "trigger", "nope")
-	assert.Equal(t, exitFailed, code)
+	assert.Equal(t, cli.ExitFailed, code)
 	assert.Contains(t, stderr, `schedule "nope" not found`)
 }
 
@@ -268,13 +270,13 @@ func TestScheduleDelete(t *testing.T) {
 	assert.Contains(t, stdout, "weekly-fw-2026-11-22T01:00:00Z keeps running (starter rollout cancel weekly-fw-2026-11-22T01:00:00Z stops it)")
 	assert.Empty(t, api.schedules)
 	code, _, stderr = runScheduleCLI(t, api, "", "schedule", "delete", "weekly-fw")
-	assert.Equal(t, exitFailed, code)
+	assert.Equal(t, cli.ExitFailed, code)
 	assert.Contains(t, stderr, "not found")
 }
 
 func TestScheduleUnknownCommand(t *testing.T) {
 	code, _, stderr := runScheduleCLI(t, newFakeSchedules(), "", "schedule", "frobnicate")
-	assertUsageError(t, code, stderr, `unknown schedule command "frobnicate": use create, list, describe, pause, unpause, trigger or delete`)
+	clitest.CheckUsage(t, "starter", code, stderr, `unknown schedule command "frobnicate": use create, list, describe, pause, unpause, trigger or delete`)
 }
 
 // describe's spec reads back as the same rollout.

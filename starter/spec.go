@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/pflag"
 )
@@ -251,14 +252,14 @@ func (f *specFlags) input(stdin io.Reader, changed func(flag string) bool, sched
 	}
 
 	if len(problems) > 0 {
-		return workflows.RolloutInput{}, usageError{errors.New(strings.Join(problems, "; "))}
+		return workflows.RolloutInput{}, cli.UsageError{Err: errors.New(strings.Join(problems, "; "))}
 	}
 	if schedule != "" {
 		// Validate the input as the schedule's runs will start it: named <schedule>-<time>.
 		in.Schedule, in.Name = schedule, schedule+"-2006-01-02T15:04:05Z"
 	}
 	if err := in.Validate(); err != nil {
-		return workflows.RolloutInput{}, usageError{err}
+		return workflows.RolloutInput{}, cli.UsageError{Err: err}
 	}
 	if schedule != "" {
 		in.Name = ""
@@ -311,14 +312,14 @@ func (f *specFlags) mergeFile(stdin io.Reader, changed func(string) bool, schedu
 		}
 	}
 	if err != nil {
-		return usageError{fmt.Errorf("--spec %s: %w", f.spec, err)}
+		return cli.UsageError{Err: fmt.Errorf("--spec %s: %w", f.spec, err)}
 	}
 	doc, err := parseSpec(data, f.spec)
 	if err != nil {
-		return usageError{err}
+		return cli.UsageError{Err: err}
 	}
 	if scheduled && doc.set["name"] != "" {
-		return usageError{fmt.Errorf("%s: name: a schedule's rollouts are named <schedule>-<time>: remove name from the spec, or start it with starter rollout start", specSource(f.spec))}
+		return cli.UsageError{Err: fmt.Errorf("%s: name: a schedule's rollouts are named <schedule>-<time>: remove name from the spec, or start it with starter rollout start", specSource(f.spec))}
 	}
 	if doc.set["devices-file"] != "" && doc.v.devicesFile != "-" && !filepath.IsAbs(doc.v.devicesFile) {
 		doc.v.devicesFile = filepath.Join(dir, doc.v.devicesFile)

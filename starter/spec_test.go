@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/cli/clitest"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -126,7 +127,7 @@ func TestRolloutStartSpec(t *testing.T) {
 			api := &fakeRollouts{}
 			code, _, stderr := runRolloutCLI(t, api, tc.stdin, append([]string{"rollout", "start"}, tc.args...)...)
 			if tc.wantErr != nil {
-				assertUsageError(t, code, stderr, tc.wantErr...)
+				clitest.CheckUsage(t, "starter", code, stderr, tc.wantErr...)
 				assert.Empty(t, api.started)
 				return
 			}
@@ -274,7 +275,7 @@ func TestRolloutStartReconcile(t *testing.T) {
 			api := &fakeRollouts{}
 			code, stdout, stderr := runRolloutCLI(t, api, "", append([]string{"rollout", "start", "--name", "fw-2.0"}, tc.args...)...)
 			if tc.wantErr != nil {
-				assertUsageError(t, code, stderr, tc.wantErr...)
+				clitest.CheckUsage(t, "starter", code, stderr, tc.wantErr...)
 				return
 			}
 			require.Equal(t, 0, code, "stderr: %s", stderr)

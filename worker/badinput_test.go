@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dmflow/dmflow/internal/cli/clitest"
 	"github.com/dmflow/dmflow/internal/testnet"
 )
 
@@ -74,17 +75,7 @@ func TestBadInputStartsNothing(t *testing.T) {
 			var stderr bytes.Buffer
 			code := execute(append(append([]string{}, common...), tc.args...), func(k string) string { return tc.env[k] }, &stderr)
 			line := stderr.String()
-			if code != exitUsage {
-				t.Errorf("exit %d, want %d (stderr %q)", code, exitUsage, line)
-			}
-			if !strings.HasPrefix(line, "worker: ") || strings.Count(line, "\n") != 1 {
-				t.Errorf("want one line starting with worker:, got %q", line)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(line, w) {
-					t.Errorf("stderr %q lacks %q", line, w)
-				}
-			}
+			clitest.CheckUsage(t, "worker", code, line, tc.want...)
 			if strings.Contains(line, "c2VjcmV0") || strings.Contains(line, "address already in use") {
 				t.Errorf("stderr %q repeats the key or bound the metrics port", line)
 			}

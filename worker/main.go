@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
 	// The time zone database, for maintenance windows in a time zone (workflows.Window): the
 	// system's is used when there is one, this copy when there is none (a distroless or scratch
 	// image), so that a window "in Europe/Warsaw" validates and opens alike on every worker. The
@@ -22,6 +23,7 @@ import (
 	_ "time/tzdata"
 
 	"github.com/dmflow/dmflow/activities"
+	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/metrics"
@@ -30,18 +32,9 @@ import (
 	"go.temporal.io/sdk/worker"
 )
 
-// Exit codes: 0 stopped by SIGINT or SIGTERM; 1 failed while starting or
-// running (IoT Hub or Temporal unreachable or refusing, metrics address in
-// use); 2 bad flags, environment or files, found before anything started.
-const (
-	exitFailed = 1
-	exitUsage  = 2
-)
-
-// usageError marks a configuration the user fixes: exit code 2.
-type usageError struct{ error }
-
-func (e usageError) Unwrap() error { return e.error }
+// Exit codes (cli's): 0 stopped by SIGINT or SIGTERM; 1 failed while starting or running (IoT Hub
+// or Temporal unreachable or refusing, metrics address in use); 2 bad flags, environment or files,
+// found before anything started.
 
 func main() {
 	os.Exit(execute(os.Args[1:], os.Getenv, os.Stderr))
@@ -51,24 +44,7 @@ func main() {
 func execute(args []string, getenv func(string) string, stderr io.Writer) int {
 	started := false
 	cmd := newCommand(getenv, func() { started = true })
-	cmd.SetArgs(args)
-	cmd.SetErr(stderr)
-	err := cmd.Execute()
-	if err == nil {
-		return 0
-	}
-	var ue usageError
-	if !errors.As(err, &ue) && !started {
-		// An error before the command ran is cobra's: arguments the
-		// worker does not take.
-		err = usageError{fmt.Errorf("%w: see worker --help", err)}
-		ue = err.(usageError)
-	}
-	fmt.Fprintln(stderr, "worker:", err)
-	if ue.error != nil {
-		return exitUsage
-	}
-	return exitFailed
+	return cli.Execute(context.Background(), cmd, args, stderr, func() bool { return started })
 }
 
 // newCommand builds the command line; started is called once the
@@ -94,7 +70,7 @@ running (IoT Hub or Temporal unreachable, metrics address in use), 2 bad
 flags, environment or files (nothing was started).`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageError{fmt.Errorf("worker takes no arguments, got %q: settings are flags (see worker --help) or environment variables", args[0])}
+				return cli.UsageError{Err: fmt.Errorf("worker takes no arguments, got %q: settings are flags (see worker --help) or environment variables", args[0])}
 			}
 			return nil
 		},
@@ -104,10 +80,10 @@ flags, environment or files (nothing was started).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := flags.resolve(getenv)
 			if err != nil {
-				return usageError{err}
+				return cli.UsageError{Err: err}
 			}
 			if err := cfg.check(); err != nil {
-				return usageError{err}
+				return cli.UsageError{Err: err}
 			}
 			started()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -117,7 +93,7 @@ flags, environment or files (nothing was started).`,
 	}
 	flags.register(cmd.Flags())
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
-		return usageError{fmt.Errorf("%w: see worker --help", err)}
+		return cli.UsageError{Err: fmt.Errorf("%w: see worker --help", err)}
 	})
 	return cmd
 }
