@@ -45,8 +45,20 @@ const (
 // its connection string or by its ID plus a service connection string, with
 // which simdevice registers the device if needed.
 type Config struct {
-	ConnectionString        string
-	DeviceID                string
+	ConnectionString string
+	DeviceID         string
+	deviceSettings
+	// FailStage makes every firmware update fail in this stage.
+	FailStage string
+	// Contract is device.ContractDmflow or device.ContractTutorial.
+	Contract string
+	// Answer is the tutorial device's firmwareUpdate answer form,
+	// device.AnswerObject or device.AnswerString.
+	Answer string
+}
+
+// deviceSettings are the settings one device and a fleet share.
+type deviceSettings struct {
 	ServiceConnectionString string
 	CAFile                  string
 	Broker                  string
@@ -54,14 +66,7 @@ type Config struct {
 	RebootStyle             string
 	StageDuration           time.Duration
 	FirmwareVersion         string
-	// FailStage makes every firmware update fail in this stage.
-	FailStage string
-	// Contract is device.ContractDmflow or device.ContractTutorial.
-	Contract string
-	// Answer is the tutorial device's firmwareUpdate answer form,
-	// device.AnswerObject or device.AnswerString.
-	Answer    string
-	LogFormat string
+	LogFormat               string
 }
 
 // flagValues are the raw flag values; empty means "not given".
@@ -87,28 +92,42 @@ func (f *flagValues) register(fs *pflag.FlagSet) {
 
 // resolve applies flags over the environment over the defaults.
 func (f flagValues) resolve(getenv func(string) string) (Config, error) {
+	shared, err := f.resolveShared(getenv)
+	if err != nil {
+		return Config{}, err
+	}
 	pick := func(flag, env, def string) string { return settings.Pick(getenv, flag, env, def) }
 	cfg := Config{
-		ConnectionString:        pick(f.connectionString, envDeviceConnectionString, ""),
-		DeviceID:                pick(f.deviceID, envDeviceID, ""),
+		ConnectionString: pick(f.connectionString, envDeviceConnectionString, ""),
+		DeviceID:         pick(f.deviceID, envDeviceID, ""),
+		deviceSettings:   shared,
+		FailStage:        pick(f.failStage, envFailStage, ""),
+		Contract:         pick(f.contract, envContract, device.ContractDmflow),
+		Answer:           pick(f.answer, envAnswer, device.AnswerObject),
+	}
+	return cfg, cfg.Validate()
+}
+
+// resolveShared resolves the settings one device and a fleet share: flags over the environment
+// over the defaults.
+func (f flagValues) resolveShared(getenv func(string) string) (deviceSettings, error) {
+	pick := func(flag, env, def string) string { return settings.Pick(getenv, flag, env, def) }
+	s := deviceSettings{
 		ServiceConnectionString: getenv(envHubConnectionString),
 		CAFile:                  pick(f.caFile, envHubCAFile, ""),
 		Broker:                  pick(f.broker, envBroker, ""),
 		RebootStyle:             pick(f.rebootStyle, envRebootStyle, device.StyleTutorial),
 		FirmwareVersion:         pick(f.firmwareVersion, envFirmwareVersion, device.DefaultFirmwareVersion),
-		FailStage:               pick(f.failStage, envFailStage, ""),
-		Contract:                pick(f.contract, envContract, device.ContractDmflow),
-		Answer:                  pick(f.answer, envAnswer, device.AnswerObject),
 		LogFormat:               pick(f.logFormat, envLogFormat, "text"),
 	}
 	var err error
-	if cfg.RebootDuration, err = parseDuration(pick(f.rebootDuration, envRebootDuration, device.DefaultRebootDuration.String()), "--reboot-duration", envRebootDuration); err != nil {
-		return Config{}, err
+	if s.RebootDuration, err = parseDuration(pick(f.rebootDuration, envRebootDuration, device.DefaultRebootDuration.String()), "--reboot-duration", envRebootDuration); err != nil {
+		return deviceSettings{}, err
 	}
-	if cfg.StageDuration, err = parseDuration(pick(f.stageDuration, envStageDuration, device.DefaultStageDuration.String()), "--stage-duration", envStageDuration); err != nil {
-		return Config{}, err
+	if s.StageDuration, err = parseDuration(pick(f.stageDuration, envStageDuration, device.DefaultStageDuration.String()), "--stage-duration", envStageDuration); err != nil {
+		return deviceSettings{}, err
 	}
-	return cfg, cfg.Validate()
+	return s, nil
 }
 
 func parseDuration(s, flag, env string) (time.Duration, error) {

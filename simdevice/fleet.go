@@ -20,7 +20,6 @@ import (
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/settings"
-	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/sim/fleet"
 )
 
@@ -29,14 +28,7 @@ const envFleetPrefix = "DMFLOW_FLEET_"
 
 // FleetConfig is `simdevice fleet`'s configuration.
 type FleetConfig struct {
-	ServiceConnectionString string
-	CAFile                  string
-	Broker                  string
-	RebootDuration          time.Duration
-	RebootStyle             string
-	StageDuration           time.Duration
-	FirmwareVersion         string
-	LogFormat               string
+	deviceSettings
 
 	Count              int
 	Prefix             string
@@ -159,22 +151,12 @@ func resolveFleet(f flagValues, ff fleetFlags, getenv func(string) string) (Flee
 	case f.contract != "" || f.answer != "":
 		return FleetConfig{}, fmt.Errorf("--contract and --answer apply to one device: use --tutorial (e.g. 50%%) to run a share of the fleet on the tutorial contract, half of it answering strings")
 	}
+	shared, err := f.resolveShared(getenv)
+	if err != nil {
+		return FleetConfig{}, err
+	}
+	cfg := FleetConfig{deviceSettings: shared}
 	pick := func(flag, env, def string) string { return settings.Pick(getenv, flag, env, def) }
-	cfg := FleetConfig{
-		ServiceConnectionString: getenv(envHubConnectionString),
-		CAFile:                  pick(f.caFile, envHubCAFile, ""),
-		Broker:                  pick(f.broker, envBroker, ""),
-		RebootStyle:             pick(f.rebootStyle, envRebootStyle, device.StyleTutorial),
-		FirmwareVersion:         pick(f.firmwareVersion, envFirmwareVersion, device.DefaultFirmwareVersion),
-		LogFormat:               pick(f.logFormat, envLogFormat, "text"),
-	}
-	var err error
-	if cfg.RebootDuration, err = parseDuration(pick(f.rebootDuration, envRebootDuration, device.DefaultRebootDuration.String()), "--reboot-duration", envRebootDuration); err != nil {
-		return FleetConfig{}, err
-	}
-	if cfg.StageDuration, err = parseDuration(pick(f.stageDuration, envStageDuration, device.DefaultStageDuration.String()), "--stage-duration", envStageDuration); err != nil {
-		return FleetConfig{}, err
-	}
 
 	vals := map[string]string{}
 	for _, d := range fleetFlagDefs {
