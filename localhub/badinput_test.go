@@ -11,19 +11,8 @@ import (
 
 	"github.com/dmflow/dmflow/internal/cli/clitest"
 	"github.com/dmflow/dmflow/internal/testlog"
+	"github.com/dmflow/dmflow/internal/testnet"
 )
-
-// freeAddr returns a loopback address nobody listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
 
 // Every command given bad flags, environment or arguments: one line naming
 // the fix, exit 2, and nothing started: no state directory created, no
@@ -62,7 +51,7 @@ func TestBadInputStartsNothing(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			stateDir := filepath.Join(base, strings.ReplaceAll(tc.name, " ", "-"))
-			mqttAddr, httpsAddr := freeAddr(t), freeAddr(t)
+			mqttAddr, httpsAddr := testnet.ClosedAddr(t), testnet.ClosedAddr(t)
 			env := map[string]string{"DMFLOW_LOCALHUB_STATE_DIR": stateDir, "DMFLOW_LOCALHUB_MQTT_ADDR": mqttAddr, "DMFLOW_LOCALHUB_HTTPS_ADDR": httpsAddr}
 			for k, v := range tc.env {
 				env[k] = v

@@ -2,27 +2,15 @@ package main
 
 import (
 	"bytes"
-	"net"
 	"strings"
 	"testing"
 
 	"github.com/dmflow/dmflow/internal/cli"
+	"github.com/dmflow/dmflow/internal/testnet"
 )
 
-// closedPort returns a loopback address nobody listens on.
-func closedPort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
 func TestExecuteErrors(t *testing.T) {
-	unreachable := closedPort(t)
+	unreachable := testnet.ClosedAddr(t)
 	for _, tc := range []struct {
 		name     string
 		args     []string

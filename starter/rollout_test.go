@@ -13,6 +13,7 @@ import (
 
 	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/cli/clitest"
+	"github.com/dmflow/dmflow/internal/testnet"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -165,7 +166,7 @@ func TestRolloutUsageErrors(t *testing.T) {
 
 // An unreachable Temporal fails with the Dial error, which names the fix.
 func TestRolloutUnreachableTemporal(t *testing.T) {
-	addr := closedPort(t)
+	addr := testnet.ClosedAddr(t)
 	for _, args := range [][]string{
 		{"rollout", "status", "fw-2.0"},
 		{"rollout", "start", "--name", "fw-2.0", "--reboot", "--devices", "a"},

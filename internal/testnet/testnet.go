@@ -32,3 +32,16 @@ func CountingListener(t testing.TB) (addr string, accepted func() int32) {
 	t.Cleanup(func() { l.Close(); <-done })
 	return l.Addr().String(), n.Load
 }
+
+// ClosedAddr returns a loopback address nobody listens on: a port that was free a moment ago. It
+// stands in for a server that is down.
+func ClosedAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
