@@ -59,14 +59,8 @@ type bulkError struct {
 // fails on its own; with any failure the answer is 400 and lists them, as
 // on IoT Hub. Twin import modes are not supported.
 func (h *Hub) handleBulkDevices(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(w, r)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	req, err := parseBulkBody(body)
-	if err != nil {
-		h.fail(w, r, err)
+	req, ok := readRequest(h, w, r, parseBulkBody)
+	if !ok {
 		return
 	}
 	res, err := h.bulkDevices(req, time.Now())

@@ -211,6 +211,20 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	return body, nil
 }
 
+// readRequest reads the request's body and parses it with parse; where either fails it answers
+// with the error, and ok is false.
+func readRequest[T any](h *Hub, w http.ResponseWriter, r *http.Request, parse func([]byte) (T, error)) (v T, ok bool) {
+	body, err := readBody(w, r)
+	if err == nil {
+		v, err = parse(body)
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return v, false
+	}
+	return v, true
+}
+
 // decodeJSON parses one JSON value, keeping numbers as json.Number, and
 // refuses anything after it. Errors are ArgumentInvalid.
 func decodeJSON(body []byte, v any) error {
@@ -327,14 +341,8 @@ func parseDeviceBody(id string, body []byte) (deviceSpec, error) {
 
 func (h *Hub) handlePutDevice(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	body, err := readBody(w, r)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	spec, err := parseDeviceBody(id, body)
-	if err != nil {
-		h.fail(w, r, err)
+	spec, ok := readRequest(h, w, r, func(body []byte) (deviceSpec, error) { return parseDeviceBody(id, body) })
+	if !ok {
 		return
 	}
 	d, err := h.putDevice(spec, r.Header.Get("If-Match"), time.Now())
@@ -458,14 +466,8 @@ func (h *Hub) handleGetTwin(w http.ResponseWriter, r *http.Request) {
 // them back.
 func (h *Hub) handleUpdateTwin(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	body, err := readBody(w, r)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	u, err := parseTwinBody(id, body, r.Method == http.MethodPut)
-	if err != nil {
-		h.fail(w, r, err)
+	u, ok := readRequest(h, w, r, func(body []byte) (twinUpdate, error) { return parseTwinBody(id, body, r.Method == http.MethodPut) })
+	if !ok {
 		return
 	}
 	u.ifMatch = r.Header.Get("If-Match")
@@ -527,14 +529,8 @@ func parseTwinBody(id string, body []byte, replace bool) (twinUpdate, error) {
 
 func (h *Hub) handleInvokeMethod(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	body, err := readBody(w, r)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	call, err := parseMethodCall(body)
-	if err != nil {
-		h.fail(w, r, err)
+	call, ok := readRequest(h, w, r, parseMethodCall)
+	if !ok {
 		return
 	}
 	start := time.Now()

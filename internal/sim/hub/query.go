@@ -445,31 +445,25 @@ func (p *parser) acceptSymbol(sym string) bool {
 }
 
 func (p *parser) or() (expr, error) {
-	l, err := p.and()
-	if err != nil {
-		return nil, err
-	}
-	for p.acceptWord("OR") {
-		r, err := p.and()
-		if err != nil {
-			return nil, err
-		}
-		l = orExpr{l, r}
-	}
-	return l, nil
+	return p.chain("OR", p.and, func(l, r expr) expr { return orExpr{l, r} })
 }
 
 func (p *parser) and() (expr, error) {
-	l, err := p.not()
+	return p.chain("AND", p.not, func(l, r expr) expr { return andExpr{l, r} })
+}
+
+// chain parses operands joined by the keyword op, left-associative: a OP b OP c is (a OP b) OP c.
+func (p *parser) chain(op string, operand func() (expr, error), join func(l, r expr) expr) (expr, error) {
+	l, err := operand()
 	if err != nil {
 		return nil, err
 	}
-	for p.acceptWord("AND") {
-		r, err := p.not()
+	for p.acceptWord(op) {
+		r, err := operand()
 		if err != nil {
 			return nil, err
 		}
-		l = andExpr{l, r}
+		l = join(l, r)
 	}
 	return l, nil
 }
@@ -614,14 +608,8 @@ func parseQueryBody(body []byte) (query, error) {
 }
 
 func (h *Hub) handleQuery(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(w, r)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	q, err := parseQueryBody(body)
-	if err != nil {
-		h.fail(w, r, err)
+	q, ok := readRequest(h, w, r, parseQueryBody)
+	if !ok {
 		return
 	}
 	page := defaultQueryPage
