@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/deviceid"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/internal/sim/device"
 )
@@ -205,19 +206,15 @@ func planTutorial(members []Member, rng *rand.Rand, share float64) {
 	}
 }
 
-// validPrefix applies IoT Hub's device ID alphabet to the prefix.
+// validPrefix applies IoT Hub's device-ID rule to the prefix, leaving room for the index.
 func validPrefix(p string) error {
-	for _, r := range p {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', strings.ContainsRune("-.+%_#*?!(),:=@$'", r):
-		default:
-			return fmt.Errorf("prefix %q has the character %q: use ASCII letters, digits and -.+%%_#*?!(),:=@$'", p, r)
-		}
-	}
-	if len(p) > 100 {
+	switch {
+	case len(p) > 100:
 		return errors.New("prefix is longer than 100 characters: device IDs have at most 128")
+	case p == "":
+		return nil
 	}
-	return nil
+	return deviceid.CheckAs("prefix", p)
 }
 
 // ShareForm is the expected shape of a share, quoted in errors.
