@@ -302,8 +302,7 @@ type FirmwareInput struct {
 	Version string `json:"version"`
 	// UpdateID names the update for the device (the method's updateId; the device ignores a repeat
 	// and labels its reported status with it); optional, same characters as DeviceID (it is also the
-	// reboot's request ID). Default: the
-	// workflow ID.
+	// reboot's request ID). Default: the workflow ID.
 	UpdateID string `json:"updateId,omitempty"`
 	// StageTimeout is how long the device may take for each stage (to start downloading after
 	// accepting the update, to go from downloading to applying, from applying to completed);
