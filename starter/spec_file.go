@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/dmflow/dmflow/workflows"
 	"go.yaml.in/yaml/v3"
@@ -109,6 +110,17 @@ type specField struct {
 	decode func(v *yaml.Node, path string)
 }
 
+// pathKey is a key as an error's path shows it: as written, or quoted where it holds a character
+// a one-line message cannot show (a line break, a control character).
+func pathKey(key string) string {
+	for _, r := range key {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(key)
+		}
+	}
+	return key
+}
+
 // mapping decodes the fields of a mapping node; unknown and repeated keys are problems.
 func (d *specDecoder) mapping(n *yaml.Node, path string, fields []specField) {
 	n = resolve(n)
@@ -120,9 +132,9 @@ func (d *specDecoder) mapping(n *yaml.Node, path string, fields []specField) {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
 		key := k.Value
-		kpath := key
+		kpath := pathKey(key)
 		if path != "" {
-			kpath = path + "." + key
+			kpath = path + "." + kpath
 		}
 		if seen[key] {
 			d.fail(k, kpath, "repeated: give each field once")
