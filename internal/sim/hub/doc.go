@@ -77,7 +77,7 @@
 //
 // methodInvocations counts requests delivered to devices since start, by
 // device and method name; (*Hub).MethodInvocations returns one device's row.
-// throttled counts requests refused by the throttles, by Operation. These
+// throttled counts requests refused by the throttles, by operation (hubquota.Ops). These
 // counters start at zero with every start of the hub.
 //
 // GET /_localhub/methods?deviceId=&after=&limit= (iothubowner token
@@ -101,7 +101,7 @@
 //
 // Throttling follows IoT Hub's documented per-hub quotas for Options.Tier
 // (default S1) and Options.Units (default 1), one token bucket per
-// Operation (see DocumentedQuota), overridable per operation
+// operation (see hubquota.Documented), overridable per operation
 // (Options.Quotas) or off (Options.Unlimited). A bucket holds one metering
 // window's worth: a second, or a minute for queries and registry
 // operations. Direct methods cost one token per 4 KB of request payload; a
