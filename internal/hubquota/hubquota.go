@@ -176,7 +176,8 @@ func Parse(s string) (Op, float64, error) {
 		num, per = strings.TrimSuffix(val, "/min"), 60
 	}
 	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f <= 0 || math.IsInf(f, 0) || math.IsNaN(f) {
+	// f/per > 0 also refuses NaN, and a rate per minute too small to be one per second.
+	if err != nil || !(f/per > 0) || math.IsInf(f, 0) {
 		return "", 0, fmt.Errorf("quota %q: rate %q is not a positive number per /s or /min, or off", s, val)
 	}
 	return op, f / per, nil
