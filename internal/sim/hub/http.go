@@ -583,7 +583,3 @@ func (h *Hub) handleDeviceStats(w http.ResponseWriter, r *http.Request) {
 func (h *Hub) handleServiceStats(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]int{"connectedDeviceCount": h.conns.count()})
 }
-
-func (h *Hub) handleStats(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, h.Stats())
-}

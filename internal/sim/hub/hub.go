@@ -493,6 +493,11 @@ type Stats struct {
 	// unavailable", res/429) or telemetry dropped since start because an
 	// operation's quota was exceeded, by operation (hubquota.Ops).
 	Throttled map[string]int `json:"throttled"`
+	// PerSecond records, by operation, the requests admitted (not
+	// throttled) per whole second since start: the peak, its second and
+	// the total. GET /_localhub/stats?since= (PerSecondSince) narrows it
+	// to the seconds from a time on and lists them.
+	PerSecond map[string]PeakRecord `json:"perSecond"`
 }
 
 // Stats returns counters since Start.
@@ -516,6 +521,7 @@ func (h *Hub) Stats() Stats {
 		MethodInvocations: inv,
 		ServiceTwinReads:  reads,
 		Throttled:         h.limits.counts(),
+		PerSecond:         h.limits.admitted.sinceStart(),
 	}
 }
 

@@ -45,11 +45,13 @@ func (o *Options) quotas() (map[hubquota.Op]hubquota.Quota, error) {
 	return out, nil
 }
 
-// throttle holds a token bucket per operation and counts refusals.
+// throttle holds a token bucket per operation, counts refusals and counts
+// admissions per second.
 type throttle struct {
 	maxDelay time.Duration
 	buckets  map[hubquota.Op]*rate.Limiter // nil entry: no limit
 	burst    map[hubquota.Op]int
+	admitted *perSecond
 
 	mu        sync.Mutex
 	throttled map[hubquota.Op]int
@@ -61,6 +63,7 @@ func newThrottle(quotas map[hubquota.Op]hubquota.Quota, maxDelay time.Duration) 
 		buckets:   map[hubquota.Op]*rate.Limiter{},
 		burst:     map[hubquota.Op]int{},
 		throttled: map[hubquota.Op]int{},
+		admitted:  newPerSecond(time.Now()),
 	}
 	for op, q := range quotas {
 		if q.Unlimited() {
@@ -75,10 +78,12 @@ func newThrottle(quotas map[hubquota.Op]hubquota.Quota, maxDelay time.Duration) 
 // wait takes n tokens of op. Like IoT Hub's traffic shaping, a request
 // above the rate waits for its tokens if they come within maxDelay; if
 // not, it is refused at once with ThrottlingException and counted. A ctx
-// that ends while waiting returns its error and gives the tokens back.
+// that ends while waiting returns its error and gives the tokens back. An
+// admitted request counts once in its second, whatever n.
 func (t *throttle) wait(ctx context.Context, op hubquota.Op, n int) error {
 	b := t.buckets[op]
 	if b == nil {
+		t.admitted.add(op, time.Now())
 		return nil
 	}
 	// A request bigger than the bucket (a large method at a tiny quota)
@@ -93,12 +98,14 @@ func (t *throttle) wait(ctx context.Context, op hubquota.Op, n int) error {
 		return errorf(ErrThrottling, "%s quota of %v/s exceeded (localhub throttles like IoT Hub; raise it with --tier, --units or --quota %s=…)", op, float64(b.Limit()), op)
 	}
 	if delay <= 0 {
+		t.admitted.add(op, now)
 		return nil
 	}
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
 	select {
 	case <-timer.C:
+		t.admitted.add(op, time.Now())
 		return nil
 	case <-ctx.Done():
 		r.Cancel()
