@@ -11,6 +11,7 @@ import (
 	"github.com/dmflow/dmflow/internal/budget"
 	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/workflows"
+	"github.com/stretchr/testify/require"
 )
 
 // Two workers and two rollouts on one hub with a small budget, each rollout's own --rate far
@@ -28,7 +29,7 @@ func TestHubBudgetSharedByWorkersAndRollouts(t *testing.T) {
 	for i, name := range []string{"budget-a", "budget-b"} {
 		s := &chaosStack{name: name, temporalAddr: env.temporalAddr, hub: hub, queue: queue}
 		s.worker = startWorkerWith(t, s.env("DMFLOW_TASK_QUEUE="+queue, hubBudget))
-		if !strings.Contains(s.worker.output(), "hub_budget=methods=6/s") {
+		if !strings.Contains(s.worker.output(), `hub_budget="methods=6/s,`) {
 			t.Fatalf("worker ready line without the budget: %s", s.worker.tail(3))
 		}
 		stacks[i] = s
@@ -37,8 +38,19 @@ func TestHubBudgetSharedByWorkersAndRollouts(t *testing.T) {
 		stacks[0].startFleet(t, count, 21, fleet.Faults{}, "--stage-duration", "500ms"),
 		stacks[1].startFleet(t, count, 22, fleet.Faults{}, "--stage-duration", "500ms"),
 	}
+	// The devices' own traffic at start (a twin read and a report each) is over before the
+	// seconds counted begin: two whole seconds without either.
+	var since time.Time
+	require.Eventually(t, func() bool {
+		quiet := time.Now().Add(-2 * time.Second).Truncate(time.Second)
+		p := hub.perSecondSince(t, quiet)
+		if p["twinReads"].Total+p["twinUpdates"].Total == 0 {
+			since = time.Now()
+			return true
+		}
+		return false
+	}, time.Minute, 200*time.Millisecond, "the fleets' start-up traffic did not end")
 	before := hub.stats(t)
-	since := time.Now()
 	for _, s := range stacks {
 		s.startChaosRollout(t, "--canary", "10", "--growth", "3", "--max-concurrent", "30", "--rate", "200/s", "--stage-timeout", "30s")
 	}
