@@ -70,8 +70,9 @@ var _ Hub = (*hubconn.ServiceClient)(nil)
 type Activities struct {
 	Hub Hub
 
-	// rates holds the token buckets of the HubRate keys in use (rate.go); its zero value is ready.
-	rates hubRates
+	// Pacer paces the hub calls (rate.go): the worker's budget.Leaser. Nil paces by the rollouts'
+	// ceilings within this process alone, without a hub budget.
+	Pacer Pacer
 
 	// heartbeatInterval overrides how often InvokeMethod heartbeats while the call is in flight,
 	// and how often any activity heartbeats while it waits for a HubRate token; zero derives it

@@ -215,7 +215,7 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 		stop()
 		return result(InvokeMethodResult{Status: 200, AlreadyAccepted: true, AcceptedBy: "id"}), nil
 	}
-	if err := a.takeToken(ctx, in.Rate, nil); err != nil {
+	if err := a.takeToken(ctx, hubCall{op: opMethods, patches: devicePatches(in.Method)}, in.Rate, nil); err != nil {
 		stop()
 		return InvokeMethodResult{}, tokenError(ctx, logger, err)
 	}
@@ -347,7 +347,7 @@ const (
 // accepted reports whether the device already reports in.AcceptedWhen. A failed read is no answer:
 // the call goes ahead, and the device's own deduplication covers it.
 func (a *Activities) accepted(ctx context.Context, logger log.Logger, in InvokeMethodInput) bool {
-	if err := a.takeToken(ctx, in.Rate, nil); err != nil {
+	if err := a.takeToken(ctx, hubCall{op: opTwinReads}, in.Rate, nil); err != nil {
 		return false
 	}
 	reported, err := a.readReported(ctx, in.DeviceID)

@@ -91,7 +91,7 @@ func (a *Activities) runPoll(ctx context.Context, logger log.Logger, p twinPoll)
 			}
 		}
 
-		if err := a.takeToken(ctx, p.rate, func() { activity.RecordHeartbeat(ctx, p.progress()) }); err != nil {
+		if err := a.takeToken(ctx, hubCall{op: opTwinReads}, p.rate, func() { activity.RecordHeartbeat(ctx, p.progress()) }); err != nil {
 			// Retryable: the next attempt resumes from the progress heartbeated after the last read.
 			return tokenError(ctx, logger, err)
 		}

@@ -244,7 +244,7 @@ type readPage struct {
 // queryPage draws a token of r.rate (heartbeating with beat while it waits), requests the page
 // and turns its rows into devices, without repeats within the page. Errors come back classified.
 func (a *Activities) queryPage(ctx context.Context, logger log.Logger, r pageRequest, beat func()) (readPage, error) {
-	if err := a.takeToken(ctx, r.rate, beat); err != nil {
+	if err := a.takeToken(ctx, hubCall{op: opQueries}, r.rate, beat); err != nil {
 		return readPage{}, tokenError(ctx, logger, err)
 	}
 	page, err := a.Hub.QueryPage(ctx, r.query, r.size, r.token)

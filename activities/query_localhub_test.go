@@ -10,6 +10,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dmflow/dmflow/internal/budget"
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/testlog"
@@ -146,15 +148,18 @@ func TestQueryDevicesOnLocalhub(t *testing.T) {
 	})
 
 	t.Run("rate", func(t *testing.T) {
-		a := &Activities{Hub: h.svc}
+		// The worker's own pacer, on a ledger of its own: the page waits for its share of the
+		// hub's query budget and of the rollout's ceiling.
+		leaser := budget.New(budget.Config{Worker: "t", Budget: map[string]float64{opQueries: 5}})
+		defer leaser.Close()
+		a := &Activities{Hub: h.svc, Pacer: leaser}
 		res, _, err := queryOn(t, a, QueryDevicesInput{
 			Query: "SELECT * FROM devices WHERE tags.site = 'oslo'",
-			Rate:  slowRate("rollout/oslo", 10),
+			Rate:  &HubRate{Key: "rollout/oslo", PerSecond: 10},
 		})
 		require.NoError(t, err)
 		assert.Len(t, res.Devices, queryFleetSize/2)
 		assert.Equal(t, 1, res.Pages)
-		assertDrawn(t, a, "rollout/oslo", 1)
 	})
 }
 
@@ -162,7 +167,7 @@ func TestThrottledLocalhub(t *testing.T) {
 	// A hub with one query a minute and one twin read a second, which refuses at once what it
 	// cannot serve (no traffic shaping to hide the 429s).
 	h := startLocalhub(t, func(o *hub.Options) {
-		o.Quotas = map[hub.Operation]float64{hub.OpQueries: 1.0 / 60, hub.OpTwinReads: 1}
+		o.Quotas = map[hubquota.Op]float64{hubquota.Queries: 1.0 / 60, hubquota.TwinReads: 1}
 		o.MaxQueueDelay = time.Millisecond
 	})
 	const id = "dev-throttled"
@@ -179,16 +184,16 @@ func TestThrottledLocalhub(t *testing.T) {
 		for _, s := range []string{"HTTP 429", "429001", "ThrottlingException"} {
 			assert.Contains(t, err.Error(), s)
 		}
-		assert.Positive(t, h.Stats().Throttled[string(hub.OpQueries)])
+		assert.Positive(t, h.Stats().Throttled[string(hubquota.Queries)])
 
 		// A page alone meets the same throttle, and is as retryable.
-		before := h.Stats().Throttled[string(hub.OpQueries)]
+		before := h.Stats().Throttled[string(hubquota.Queries)]
 		_, err = queryPageOn(t, &Activities{Hub: h.svc}, QueryDevicesPageInput{Query: "SELECT * FROM devices"})
 		requireRetryable(t, err)
 		for _, s := range []string{"HTTP 429", "429001", "ThrottlingException"} {
 			assert.Contains(t, err.Error(), s)
 		}
-		assert.Equal(t, before+1, h.Stats().Throttled[string(hub.OpQueries)])
+		assert.Equal(t, before+1, h.Stats().Throttled[string(hubquota.Queries)])
 	})
 
 	t.Run("poll", func(t *testing.T) {
@@ -206,7 +211,7 @@ func TestThrottledLocalhub(t *testing.T) {
 			}
 		}
 		require.True(t, drained, "the hub throttles twin reads")
-		before := h.Stats().Throttled[string(hub.OpTwinReads)]
+		before := h.Stats().Throttled[string(hubquota.TwinReads)]
 
 		res, err := waitOn(t, h.svc, WaitForReportedInput{
 			DeviceID:        id,
@@ -218,7 +223,7 @@ func TestThrottledLocalhub(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, "1.0.0", res.Value)
 		assert.GreaterOrEqual(t, res.Polls, 2, "throttled reads count as polls")
-		assert.Greater(t, h.Stats().Throttled[string(hub.OpTwinReads)], before, "the poll met the throttle")
+		assert.Greater(t, h.Stats().Throttled[string(hubquota.TwinReads)], before, "the poll met the throttle")
 	})
 }
 

@@ -110,23 +110,24 @@ func TestQueryDevicesRate(t *testing.T) {
 	// A token per page, drawn before the page is requested: with two in the bucket and none to
 	// come, the third page fails, retryably, without a request.
 	hub := &fakeHub{page: pagedQuery(pages...)}
-	a := &Activities{Hub: hub}
-	_, _, err := queryOn(t, a, QueryDevicesInput{Query: "SELECT * FROM devices", Rate: slowRate("rollout/q", 2)})
+	p := &countingPacer{}
+	a := &Activities{Hub: hub, Pacer: p}
+	_, _, err := queryOn(t, a, QueryDevicesInput{Query: "SELECT * FROM devices", Rate: slowRate(p, "rollout/q", 2)})
 	requireRateError(t, err, "rollout/q")
 	assert.Equal(t, 2, hub.queryCount())
 
 	// The bucket is empty: not even the first page is requested.
 	hub = &fakeHub{page: pagedQuery(pages...)}
 	a.Hub = hub
-	_, _, err = queryOn(t, a, QueryDevicesInput{Query: "SELECT * FROM devices", Rate: slowRate("rollout/q", 2)})
+	_, _, err = queryOn(t, a, QueryDevicesInput{Query: "SELECT * FROM devices", Rate: slowRate(p, "rollout/q", 2)})
 	requireRateError(t, err, "rollout/q")
 	assert.Zero(t, hub.queryCount())
 
 	// A bucket big enough: a token for each of the three pages.
-	res, _, err := queryOn(t, a, QueryDevicesInput{Query: "SELECT * FROM devices", Rate: slowRate("rollout/big", 10)})
+	res, _, err := queryOn(t, a, QueryDevicesInput{Query: "SELECT * FROM devices", Rate: slowRate(p, "rollout/big", 10)})
 	require.NoError(t, err)
 	assert.Equal(t, 3, res.Pages)
-	assertDrawn(t, a, "rollout/big", 3)
+	assertDrawn(t, p, "rollout/big", 3)
 }
 
 func TestQueryDevicesHubErrors(t *testing.T) {

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/dmflow/dmflow/internal/hubconn"
 	"math"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,22 +13,23 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/temporal"
+
+	"github.com/dmflow/dmflow/internal/budget"
+	"github.com/dmflow/dmflow/internal/hubconn"
 )
 
 func TestHubRateProblem(t *testing.T) {
 	tests := []struct {
-		name      string
-		rate      *HubRate
-		want      string // "" when the rate is usable
-		wantBurst int
+		name string
+		rate *HubRate
+		want string // "" when the rate is usable
 	}{
 		{name: "none", rate: nil},
 		{name: "no limit", rate: &HubRate{Key: "", PerSecond: 0}},
 		{name: "negative is no limit", rate: &HubRate{Key: "", PerSecond: -1}},
-		{name: "default burst, one second's worth", rate: &HubRate{Key: "r", PerSecond: 20}, wantBurst: 20},
-		{name: "default burst, whole calls", rate: &HubRate{Key: "r", PerSecond: 2.5}, wantBurst: 2},
-		{name: "default burst, at least one", rate: &HubRate{Key: "r", PerSecond: 0.1}, wantBurst: 1},
-		{name: "burst set", rate: &HubRate{Key: "r", PerSecond: 0.1, Burst: 5}, wantBurst: 5},
+		{name: "a limit", rate: &HubRate{Key: "r", PerSecond: 0.1}},
+		{name: "burst set, unused", rate: &HubRate{Key: "r", PerSecond: 0.1, Burst: 5}},
+		{name: "infinite", rate: &HubRate{Key: "r", PerSecond: math.Inf(1)}, want: "infinite"},
 		{name: "no key", rate: &HubRate{PerSecond: 10}, want: "key is empty"},
 		{name: "negative burst", rate: &HubRate{Key: "r", PerSecond: 10, Burst: -1}, want: "burst -1 is negative"},
 		{name: "not a number", rate: &HubRate{Key: "r", PerSecond: math.NaN()}, want: "not a number"},
@@ -43,141 +42,71 @@ func TestHubRateProblem(t *testing.T) {
 			} else {
 				assert.Contains(t, got, tc.want)
 			}
-			if tc.wantBurst != 0 {
-				assert.Equal(t, tc.wantBurst, tc.rate.burst())
-			}
 		})
 	}
 }
 
-func TestHubRatesSpacesCalls(t *testing.T) {
-	// The limiter's own arithmetic, at given times: a 20/s bucket of one spaces calls 50 ms
-	// apart, after the first, which the full bucket lets through at once.
-	var h hubRates
-	r := &HubRate{Key: "rollout/a", PerSecond: 20, Burst: 1}
-	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-	for i := range 5 {
-		res := h.reserve(r, t0)
-		require.True(t, res.OK())
-		assert.Equal(t, time.Duration(i)*50*time.Millisecond, res.DelayFrom(t0), "call %d", i+1)
+// countingPacer stands in for the worker's budget.Leaser: it records every take, lets allow[key]
+// tokens of a key through and then refuses as the leaser does when the next token comes after the
+// activity's deadline, and calls beat beats times a wait.
+type countingPacer struct {
+	mu       sync.Mutex
+	budgeted map[string]bool
+	allow    map[string]int
+	beats    int
+	taken    map[string]int
+	order    []budget.Take
+}
+
+func (p *countingPacer) Budgeted(op string) bool { return p.budgeted[op] }
+
+func (p *countingPacer) Wait(ctx context.Context, takes []budget.Take, _ time.Duration, beat func()) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.taken == nil {
+		p.taken = map[string]int{}
 	}
-	lim := h.limiter(r.Key)
-	require.NotNil(t, lim)
-	assert.InDelta(t, -4, lim.TokensAt(t0), 1e-9, "four calls are owed")
-	assert.InDelta(t, 1, lim.TokensAt(t0.Add(250*time.Millisecond)), 1e-9, "and paid back after 250 ms")
-
-	// Another key has its own bucket.
-	other := h.reserve(&HubRate{Key: "rollout/b", PerSecond: 20, Burst: 1}, t0)
-	assert.Zero(t, other.DelayFrom(t0))
-
-	// A rollout changing its rate changes the bucket.
-	h.reserve(&HubRate{Key: "rollout/a", PerSecond: 5, Burst: 3}, t0.Add(time.Second))
-	assert.InDelta(t, 5, float64(lim.Limit()), 1e-9)
-	assert.Equal(t, 3, lim.Burst())
-	assert.Same(t, lim, h.limiter(r.Key), "the bucket is updated, not replaced")
-}
-
-func TestHubRatesSweep(t *testing.T) {
-	var h hubRates
-	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-	done := &HubRate{Key: "finished", PerSecond: 10}
-	busy := &HubRate{Key: "running", PerSecond: 10}
-	// A bucket in debt for long: two calls at 1/1000 s, the second due in 1000 s.
-	slow := &HubRate{Key: "slow", PerSecond: 0.001, Burst: 1}
-
-	h.reserve(done, t0)
-	h.reserve(slow, t0)
-	h.reserve(slow, t0)
-	h.reserve(busy, t0.Add(5*time.Minute))
-	require.NotNil(t, h.limiter(done.Key), "idle for 5 minutes: kept")
-
-	h.reserve(busy, t0.Add(11*time.Minute))
-	assert.Nil(t, h.limiter(done.Key), "idle for 11 minutes and full: dropped")
-	assert.NotNil(t, h.limiter(busy.Key))
-	assert.NotNil(t, h.limiter(slow.Key), "a call is due in the future: kept")
-
-	// Ten minutes after its last call was due the slow bucket holds 0.6 of its token: dropping
-	// it would let a call through early.
-	due := t0.Add(1000 * time.Second)
-	h.reserve(busy, due.Add(10*time.Minute))
-	assert.NotNil(t, h.limiter(slow.Key), "idle but not full: kept")
-	h.reserve(busy, due.Add(1000*time.Second+time.Minute))
-	assert.Nil(t, h.limiter(slow.Key), "full again: dropped")
-
-	// Sweeps run at most once a minute, whatever the call rate.
-	h.reserve(done, t0.Add(2*time.Hour))
-	swept := h.swept
-	h.reserve(busy, swept.Add(30*time.Second))
-	assert.Equal(t, swept, h.swept)
-}
-
-func TestHubRatesWaitCancelled(t *testing.T) {
-	var h hubRates
-	r := &HubRate{Key: "rollout/c", PerSecond: 0.1, Burst: 1}
-	require.NoError(t, h.wait(context.Background(), r, 0, nil), "the first call finds a full bucket")
-
-	ctx, cancel := context.WithCancel(context.Background())
-	var beats atomic.Int32
-	go func() {
-		time.Sleep(100 * time.Millisecond)
-		cancel()
-	}()
-	begin := time.Now()
-	err := h.wait(ctx, r, 10*time.Millisecond, func() { beats.Add(1) })
-	require.ErrorIs(t, err, context.Canceled)
-	// The token was 10 s away; returning long before shows the wait followed ctx.
-	assert.Less(t, time.Since(begin), 5*time.Second)
-	assert.Positive(t, beats.Load(), "heartbeats while waiting")
-	assert.Greater(t, h.limiter(r.Key).Tokens(), -0.5, "the cancelled call gave its token back")
-}
-
-func TestHubRatesWaitPastDeadline(t *testing.T) {
-	var h hubRates
-	r := &HubRate{Key: "rollout/d", PerSecond: 0.1, Burst: 1}
-	require.NoError(t, h.wait(context.Background(), r, 0, nil))
-
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	err := h.wait(ctx, &HubRate{Key: "rollout/d", PerSecond: 0.01, Burst: 1}, 0, nil)
-	require.Error(t, err)
-	assert.NoError(t, ctx.Err(), "refused at once, not at the deadline")
-	for _, s := range []string{`"rollout/d"`, "0.01 calls/s", "burst 1", "after the activity's deadline", "raise the rate"} {
-		assert.Contains(t, err.Error(), s)
+	for _, t := range takes {
+		if limit, ok := p.allow[t.Key]; ok && p.taken[t.Key]+t.N > limit {
+			return fmt.Errorf("hub budget %s: the next call is due in 1h0m0s, after the activity's deadline in 10s", t.Key)
+		}
+		p.taken[t.Key] += t.N
+		p.order = append(p.order, t)
 	}
-	assert.Greater(t, h.limiter(r.Key).Tokens(), -0.5, "the refused call gave its token back")
+	for range p.beats {
+		if beat != nil {
+			beat()
+		}
+	}
+	return nil
 }
 
-func TestHubRatesConcurrent(t *testing.T) {
-	var h hubRates
-	var wg sync.WaitGroup
-	for i := range 40 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := &HubRate{Key: fmt.Sprintf("rollout/%d", i%4), PerSecond: 10000, Burst: 5}
-			for range 10 {
-				assert.NoError(t, h.wait(context.Background(), r, 0, nil))
-			}
-		}()
-	}
-	wg.Wait()
-	for i := range 4 {
-		assert.NotNil(t, h.limiter(fmt.Sprintf("rollout/%d", i)))
-	}
+func (p *countingPacer) count(key string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.taken[key]
 }
 
-// slowRate lets burst calls through and then none for 1000 s, longer than the test environment's
-// 10 minute activity timeout: the next call fails at once with the retryable rate error. That
-// shows, without timing anything, that an activity draws a token per hub call.
-func slowRate(key string, burst int) *HubRate {
-	return &HubRate{Key: key, PerSecond: 0.001, Burst: burst}
+// slowRate is a rollout ceiling of key whose pacer lets n calls through and no more.
+func slowRate(p *countingPacer, key string, n int) *HubRate {
+	if p.allow == nil {
+		p.allow = map[string]int{}
+	}
+	p.allow[budget.RolloutKeyPrefix+key] = n
+	return &HubRate{Key: key, PerSecond: 1}
 }
 
 func requireRateError(t *testing.T, err error, key string) {
 	t.Helper()
 	requireRetryable(t, err)
-	assert.Contains(t, err.Error(), fmt.Sprintf("hub rate %q", key))
+	assert.Contains(t, err.Error(), "hub budget "+budget.RolloutKeyPrefix+key)
 	assert.Contains(t, err.Error(), "after the activity's deadline")
+}
+
+// assertDrawn checks that n tokens of key's ceiling were drawn.
+func assertDrawn(t *testing.T, p *countingPacer, key string, n int) {
+	t.Helper()
+	assert.Equal(t, n, p.count(budget.RolloutKeyPrefix+key), "tokens of %s", key)
 }
 
 func TestActivitiesDrawTokens(t *testing.T) {
@@ -190,11 +119,12 @@ func TestActivitiesDrawTokens(t *testing.T) {
 			return hubconn.MethodAnswer{Status: 200}, nil
 		},
 	}
-	a := &Activities{Hub: hub}
+	p := &countingPacer{}
+	a := &Activities{Hub: hub, Pacer: p}
 	env, _ := newEnv(t, a)
 
 	t.Run("get twin", func(t *testing.T) {
-		in := GetTwinInput{DeviceID: "dev1", Properties: []string{"firmwareVersion"}, Rate: slowRate("twin", 2)}
+		in := GetTwinInput{DeviceID: "dev1", Properties: []string{"firmwareVersion"}, Rate: slowRate(p, "twin", 2)}
 		before := hub.readCount()
 		for range 2 {
 			_, err := env.ExecuteActivity(a.GetTwin, in)
@@ -207,7 +137,7 @@ func TestActivitiesDrawTokens(t *testing.T) {
 
 	t.Run("invoke method", func(t *testing.T) {
 		in := rebootInput()
-		in.Rate = slowRate("invoke", 1)
+		in.Rate = slowRate(p, "invoke", 1)
 		_, err := env.ExecuteActivity(a.InvokeMethod, in)
 		require.NoError(t, err)
 		_, err = env.ExecuteActivity(a.InvokeMethod, in)
@@ -218,8 +148,8 @@ func TestActivitiesDrawTokens(t *testing.T) {
 	t.Run("wait for reported", func(t *testing.T) {
 		// The property never comes: the third read has no token, and the retryable error leaves
 		// the progress of the two reads in the heartbeat details for the next attempt.
-		in := fastWait(WaitForReportedInput{Property: "rebootTime", Deadline: time.Now().Add(5 * time.Second), Rate: slowRate("wait", 2)})
-		env, rec := newEnv(t, &Activities{Hub: hub})
+		in := fastWait(WaitForReportedInput{Property: "rebootTime", Deadline: time.Now().Add(5 * time.Second), Rate: slowRate(p, "wait", 2)})
+		env, rec := newEnv(t, &Activities{Hub: hub, Pacer: p})
 		before := hub.readCount()
 		_, err := env.ExecuteActivity((&Activities{}).WaitForReported, in)
 		requireRateError(t, err, "wait")
@@ -231,9 +161,9 @@ func TestActivitiesDrawTokens(t *testing.T) {
 
 	t.Run("follow stages", func(t *testing.T) {
 		in := fastFollow(func(in *FollowStagesInput) { in.Deadline = time.Now().Add(5 * time.Second) })
-		in.Rate = slowRate("follow", 1)
+		in.Rate = slowRate(p, "follow", 1)
 		before := hub.readCount()
-		_, _, err := follow(t, &Activities{Hub: hub}, in)
+		_, _, err := follow(t, &Activities{Hub: hub, Pacer: p}, in)
 		requireRateError(t, err, "follow")
 		assert.Equal(t, before+1, hub.readCount())
 	})
@@ -251,29 +181,65 @@ func TestActivitiesDrawTokens(t *testing.T) {
 			require.NoError(t, err)
 		}
 		assert.Equal(t, before+5, hub.readCount())
-		assert.Nil(t, a.rates.limiter("free"), "no bucket for a rate without a limit")
+		assert.Zero(t, p.count(budget.RolloutKeyPrefix+"free"), "no token for a rate without a limit")
 	})
 }
 
+// Every hub call waits for a token of its operation's hub budget, and a firmware update's call
+// also for the three reports the device will send, before the rollout's ceiling.
+func TestActivitiesPayTheHubBudget(t *testing.T) {
+	hub := &fakeHub{
+		twin: func(context.Context, int) (*iotservice.Twin, error) {
+			return reportedTwin(1, map[string]any{"firmwareVersion": "1.0.0"}), nil
+		},
+		call: func(context.Context, int, hubconn.MethodCall) (hubconn.MethodAnswer, error) {
+			return hubconn.MethodAnswer{Status: 200}, nil
+		},
+		page: pagedQuery([]map[string]any{queryTwin("a", nil), queryTwin("b", nil)}),
+	}
+	p := &countingPacer{budgeted: map[string]bool{opMethods: true, opTwinReads: true, opTwinUpdates: true, opQueries: true}}
+	a := &Activities{Hub: hub, Pacer: p}
+	env, _ := newEnv(t, a)
+	rollout := &HubRate{Key: "rollout/r", PerSecond: 10}
+
+	_, err := env.ExecuteActivity(a.GetTwin, GetTwinInput{DeviceID: "dev1", Properties: []string{"firmwareVersion"}, Rate: rollout})
+	require.NoError(t, err)
+	fw := InvokeMethodInput{DeviceID: "dev1", Method: "firmwareUpdate", ResponseTimeout: 30 * time.Second, Rate: rollout,
+		Payload: map[string]any{"fwPackageUri": "https://fw.example/v2.bin"}}
+	_, err = env.ExecuteActivity(a.InvokeMethod, fw)
+	require.NoError(t, err)
+	reboot := rebootInput()
+	_, err = env.ExecuteActivity(a.InvokeMethod, reboot)
+	require.NoError(t, err)
+	_, _, err = queryOn(t, a, QueryDevicesInput{Query: "SELECT * FROM devices"})
+	require.NoError(t, err)
+
+	ceiling := budget.RolloutKeyPrefix + "rollout/r"
+	assert.Equal(t, []budget.Take{
+		{Key: opTwinReads, N: 1}, {Key: ceiling, Rate: 10, N: 1},
+		{Key: opMethods, N: 1}, {Key: opTwinUpdates, N: 3}, {Key: ceiling, Rate: 10, N: 1},
+		{Key: opMethods, N: 1}, {Key: opTwinUpdates, N: 1},
+		{Key: opQueries, N: 1},
+	}, p.order)
+}
+
 func TestWaitForReportedPacedByRate(t *testing.T) {
-	// Six reads at 20/s with a bucket of one take at least 250 ms; without the limit the 1–2 ms
-	// backoff would make them take about 10 ms. The heartbeat interval is short, so the waits for
-	// tokens heartbeat too, with the progress, never with empty details.
+	// Every read waits for a token first; the waits heartbeat with the progress, never with empty
+	// details.
 	hub := &fakeHub{twin: func(_ context.Context, n int) (*iotservice.Twin, error) {
 		if n < 6 {
 			return reportedTwin(n, nil), nil
 		}
 		return reportedTwin(n, map[string]any{"rebootTime": "2026-05-01T12:00:21Z"}), nil
 	}}
-	a := &Activities{Hub: hub, heartbeatInterval: 5 * time.Millisecond}
-	in := fastWait(WaitForReportedInput{Property: "rebootTime", Rate: &HubRate{Key: "rollout/paced", PerSecond: 20, Burst: 1}})
+	p := &countingPacer{beats: 2}
+	a := &Activities{Hub: hub, Pacer: p, heartbeatInterval: 5 * time.Millisecond}
+	in := fastWait(WaitForReportedInput{Property: "rebootTime", Rate: &HubRate{Key: "rollout/paced", PerSecond: 20}})
 
-	begin := time.Now()
 	res, rec, err := waitResult(t, a, in)
 	require.NoError(t, err)
-	assert.GreaterOrEqual(t, time.Since(begin), 200*time.Millisecond, "paced by the bucket")
 	assert.Equal(t, 6, res.Polls)
-	assert.NotNil(t, a.rates.limiter("rollout/paced"))
+	assertDrawn(t, p, "rollout/paced", 6)
 
 	beats := rec.recorded()
 	assert.Greater(t, len(beats), res.Polls, "heartbeats while waiting for tokens")
@@ -327,20 +293,9 @@ func TestPollsRideOutThrottling(t *testing.T) {
 		assert.GreaterOrEqual(t, hub.readCount(), 2)
 	})
 }
-
 func TestClassifyThrottledQuery(t *testing.T) {
 	err := classify(hubErr(429, 429001, "ThrottlingException"), "query", "devices")
 	var appErr *temporal.ApplicationError
 	assert.False(t, errors.As(err, &appErr), "a plain error, which Temporal retries: %v", err)
 	assert.Contains(t, err.Error(), "HTTP 429")
-}
-
-// assertDrawn checks that n tokens were drawn from the bucket of key. Use it with rates slow
-// enough that the bucket does not refill noticeably while the test runs.
-func assertDrawn(t *testing.T, a *Activities, key string, n int) {
-	t.Helper()
-	lim := a.rates.limiter(key)
-	if assert.NotNil(t, lim, "no bucket for %s", key) {
-		assert.InDelta(t, float64(lim.Burst()-n), lim.Tokens(), 0.1, "tokens left in the bucket of %s", key)
-	}
 }

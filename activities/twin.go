@@ -66,7 +66,7 @@ func (a *Activities) GetTwin(ctx context.Context, in GetTwinInput) (GetTwinResul
 
 	// GetTwin records no progress, so heartbeats without details are all a wait for a token
 	// needs; they matter only when the workflow set a heartbeat timeout.
-	if err := a.takeToken(ctx, in.Rate, func() { activity.RecordHeartbeat(ctx) }); err != nil {
+	if err := a.takeToken(ctx, hubCall{op: opTwinReads}, in.Rate, func() { activity.RecordHeartbeat(ctx) }); err != nil {
 		return GetTwinResult{}, tokenError(ctx, logger, err)
 	}
 	reported, err := a.readReported(ctx, in.DeviceID)

@@ -29,6 +29,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dmflow/dmflow/internal/cli"
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/internal/sim/hub/store"
@@ -158,7 +159,7 @@ func policyList() string {
 // quotaFlag is the repeatable --quota op=rate flag. The first use on the
 // command line replaces quotas from the environment; later ones add.
 type quotaFlag struct {
-	q   *map[hub.Operation]float64
+	q   *map[hubquota.Op]float64
 	set bool
 }
 
@@ -166,16 +167,16 @@ func (f *quotaFlag) String() string {
 	if f.q == nil || len(*f.q) == 0 {
 		return ""
 	}
-	return hub.FormatQuotas(*f.q)
+	return hubquota.FormatList(*f.q)
 }
 
 func (f *quotaFlag) Set(v string) error {
-	parsed, err := hub.ParseQuotas(v)
+	parsed, err := hubquota.ParseList(v)
 	if err != nil {
 		return err
 	}
 	if !f.set || *f.q == nil {
-		*f.q = map[hub.Operation]float64{}
+		*f.q = map[hubquota.Op]float64{}
 		f.set = true
 	}
 	for op, r := range parsed {
@@ -203,7 +204,7 @@ func serve(ctx context.Context, cfg hub.Config, stdout, stderr io.Writer) error 
 	if cfg.NoThrottle {
 		log.Info("throttling off")
 	} else {
-		log.Info("throttling as IoT Hub", "tier", cfg.Tier, "units", cfg.Units, "quotas", hub.FormatQuotas(cfg.Quotas))
+		log.Info("throttling as IoT Hub", "tier", cfg.Tier, "units", cfg.Units, "quotas", hubquota.FormatList(cfg.Quotas))
 	}
 	fmt.Fprintf(stdout, "localhub ready host=%s mqtt=%s https=%s ca=%s\n", h.HostName(), h.MQTTAddr(), h.HTTPSAddr(), h.CACertFile())
 	<-ctx.Done()

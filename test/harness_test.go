@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/amenzhinsky/iothub/common"
 	"github.com/dmflow/dmflow/internal/hubconn"
+	localhub "github.com/dmflow/dmflow/internal/sim/hub"
 	"go.temporal.io/sdk/client"
 )
 
@@ -399,6 +401,13 @@ func (h ownHub) stats(t *testing.T) hubStats {
 	return statsOf(t, h.cs, h.caFile, h.https)
 }
 
+// perSecondSince is, by operation, what the hub admitted per whole second from since on (see
+// perSecondSince).
+func (h ownHub) perSecondSince(t *testing.T, since time.Time) map[string]localhub.PeakRecord {
+	t.Helper()
+	return perSecondSince(t, h.cs, h.caFile, h.https, since)
+}
+
 func startDevice(t *testing.T, deviceID string, args ...string) *proc {
 	t.Helper()
 	p := startProc(t, "simdevice-"+deviceID, hubEnv(),
@@ -460,6 +469,10 @@ type hubStats struct {
 	// Throttled counts requests refused (429) by operation: methods,
 	// twinReads, twinUpdates, queries, registry, connections, telemetry.
 	Throttled map[string]int `json:"throttled"`
+	// PerSecond is, by operation, the requests admitted (not throttled) per whole second of the
+	// hub's clock: the peak, its second and the total since the hub started (see perSecondSince
+	// for a later start).
+	PerSecond map[string]localhub.PeakRecord `json:"perSecond"`
 }
 
 // stats reads the test localhub's stats endpoint with the service key.
@@ -472,7 +485,21 @@ func stats(t *testing.T) hubStats {
 // is cs and CA caFile.
 func statsOf(t *testing.T, cs, caFile, httpsAddr string) hubStats {
 	t.Helper()
-	body := hubGet(t, cs, caFile, httpsAddr, "/_localhub/stats")
+	return readStats(t, cs, caFile, httpsAddr, "/_localhub/stats")
+}
+
+// perSecondSince is, by operation, what the localhub at httpsAddr admitted per whole second from
+// since on (the second since falls in included), with the seconds listed: a test takes since
+// before the phase it checks and compares each Peak with the budget. A record's From is later
+// than since when since is beyond the ten minutes localhub keeps.
+func perSecondSince(t *testing.T, cs, caFile, httpsAddr string, since time.Time) map[string]localhub.PeakRecord {
+	t.Helper()
+	return readStats(t, cs, caFile, httpsAddr, "/_localhub/stats?since="+url.QueryEscape(since.Format(time.RFC3339Nano))).PerSecond
+}
+
+func readStats(t *testing.T, cs, caFile, httpsAddr, path string) hubStats {
+	t.Helper()
+	body := hubGet(t, cs, caFile, httpsAddr, path)
 	var st hubStats
 	if err := json.Unmarshal(body, &st); err != nil {
 		t.Fatalf("stats %s: %v", body, err)

@@ -18,8 +18,8 @@ import (
 	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/benchreport"
 	"github.com/dmflow/dmflow/internal/hubconn"
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/internal/protocol"
-	"github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/workflows"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/activity"
@@ -130,9 +130,9 @@ const quotaRate = "60"
 func defaultRegime(name string) (benchRegime, bool) {
 	switch name {
 	case "unbound":
-		return benchRegime{name: name, tier: hub.TierS3, throttle: true, server: serverSQLite}, true
+		return benchRegime{name: name, tier: hubquota.S3, throttle: true, server: serverSQLite}, true
 	case "quota":
-		return benchRegime{name: name, tier: hub.TierS1, throttle: true, quotas: []string{queryOverride}, server: serverMemory}, true
+		return benchRegime{name: name, tier: hubquota.S1, throttle: true, quotas: []string{queryOverride}, server: serverMemory}, true
 	}
 	return benchRegime{}, false
 }
@@ -196,11 +196,11 @@ func regimeFromEnv(t *testing.T, name string) benchRegime {
 	key := "DMFLOW_BENCH_ROLLOUT_" + strings.ToUpper(name) + "_"
 	get := func(suffix, def string) string { return envOr(key+suffix, def) }
 	if tier := strings.ToUpper(get("TIER", rg.tier)); tier == "OFF" {
-		rg.tier, rg.throttle = hub.TierS1, false
+		rg.tier, rg.throttle = hubquota.S1, false
 	} else {
 		rg.tier = tier
 	}
-	if _, err := hub.DocumentedQuota(rg.tier, 1, hub.OpMethods); err != nil {
+	if _, err := hubquota.Documented(rg.tier, 1, hubquota.Methods); err != nil {
 		t.Fatalf("%sTIER: %v", key, err)
 	}
 	defQuotas := strings.Join(rg.quotas, ",")
@@ -884,7 +884,7 @@ const deviceReportsPerUpdate = 3
 
 // quotaLine is one operation's share of the quota-bound minimum.
 type quotaLine struct {
-	op    hub.Operation
+	op    hubquota.Op
 	what  string
 	calls int
 	rate  float64 // per second
@@ -893,16 +893,16 @@ type quotaLine struct {
 func (q quotaLine) seconds() float64 { return float64(q.calls) / q.rate }
 
 func quotaLines(tier string, r rolloutBenchResult) []quotaLine {
-	rate := func(op hub.Operation) float64 {
-		q, _ := hub.DocumentedQuota(tier, 1, op) // the tier was checked at the start
+	rate := func(op hubquota.Op) float64 {
+		q, _ := hubquota.Documented(tier, 1, op) // the tier was checked at the start
 		return q.Rate
 	}
 	pages := queryPages(r.devices)
 	return []quotaLine{
-		{hub.OpMethods, "direct methods", r.methods, rate(hub.OpMethods)},
-		{hub.OpTwinReads, "service twin reads", r.twinReads, rate(hub.OpTwinReads)},
-		{hub.OpTwinUpdates, "device twin updates (3 reported patches per update)", deviceReportsPerUpdate * r.progress.Succeeded, rate(hub.OpTwinUpdates)},
-		{hub.OpQueries, "query pages (1,000 twins each)", pages, rate(hub.OpQueries)},
+		{hubquota.Methods, "direct methods", r.methods, rate(hubquota.Methods)},
+		{hubquota.TwinReads, "service twin reads", r.twinReads, rate(hubquota.TwinReads)},
+		{hubquota.TwinUpdates, "device twin updates (3 reported patches per update)", deviceReportsPerUpdate * r.progress.Succeeded, rate(hubquota.TwinUpdates)},
+		{hubquota.Queries, "query pages (1,000 twins each)", pages, rate(hubquota.Queries)},
 	}
 }
 
@@ -1077,7 +1077,7 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 			return "**0**"
 		}
 		var parts []string
-		for _, op := range hub.Operations {
+		for _, op := range hubquota.Ops {
 			if c := r.throttled[string(op)]; c > 0 {
 				parts = append(parts, fmt.Sprintf("%s %d", op, c))
 			}

@@ -4,11 +4,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/dmflow/dmflow/internal/hubconn"
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/internal/temporalconn"
@@ -23,6 +26,9 @@ const (
 	envTaskQueue           = settings.TaskQueue
 	envLogFormat           = settings.LogFormat
 	envMetricsAddress      = settings.MetricsAddress
+	envHubTier             = "DMFLOW_HUB_TIER"
+	envHubUnits            = "DMFLOW_HUB_UNITS"
+	envHubBudget           = "DMFLOW_HUB_BUDGET"
 )
 
 // Config is the worker's whole configuration. The hub connection string lives
@@ -38,6 +44,24 @@ type Config struct {
 	MetricsAddress string
 	Limits         Limits
 	Temporal       temporalconn.Config
+	// Budget is the hub's call budget in calls per second by operation, which every worker of
+	// the hub shares (internal/budget); empty for none.
+	Budget map[hubquota.Op]float64
+}
+
+// budgetOps are the operations dmflow's activities call the hub with, and so budget.
+var budgetOps = []hubquota.Op{hubquota.Methods, hubquota.TwinReads, hubquota.TwinUpdates, hubquota.Queries}
+
+// BudgetRates is the budget as the leaser takes it.
+func (c Config) BudgetRates() map[string]float64 {
+	if len(c.Budget) == 0 {
+		return nil
+	}
+	out := make(map[string]float64, len(c.Budget))
+	for op, r := range c.Budget {
+		out[string(op)] = r
+	}
+	return out
 }
 
 // Limits are the worker's concurrency settings; zero keeps the SDK's default.
@@ -101,6 +125,7 @@ var limits = []limit{
 // flagValues are the raw flag values; empty means "not given".
 type flagValues struct {
 	caFile, taskQueue, logFormat, address, namespace, metricsAddress string
+	hubTier, hubUnits, hubBudget                                     string
 	limits                                                           map[string]*string
 }
 
@@ -111,6 +136,9 @@ func (f *flagValues) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.address, "temporal-address", "", "Temporal frontend host:port (overrides TEMPORAL_ADDRESS)")
 	fs.StringVar(&f.namespace, "temporal-namespace", "", "Temporal namespace (overrides TEMPORAL_NAMESPACE)")
 	fs.StringVar(&f.metricsAddress, "metrics-address", "", "serve Prometheus metrics at http://ADDRESS/metrics and a health check at /healthz, e.g. 127.0.0.1:9464 or :9464 (env "+envMetricsAddress+"; default: no endpoint)")
+	fs.StringVar(&f.hubTier, "hub-tier", "", "the IoT Hub's tier, S1, S2 or S3 (F1 and B1 as S1), whose documented throttles make the hub budget every worker shares (env "+envHubTier+", default S1)")
+	fs.StringVar(&f.hubUnits, "hub-units", "", "the IoT Hub's units (env "+envHubUnits+", default 1)")
+	fs.StringVar(&f.hubBudget, "hub-budget", "", "override the budget of an operation, op=N/s or op=N/min or op=off, comma-separated (ops: methods, twinReads, twinUpdates, queries), or off for no hub budget (env "+envHubBudget+")")
 	f.limits = make(map[string]*string, len(limits))
 	for _, l := range limits {
 		least := ""
@@ -158,12 +186,52 @@ func (f flagValues) resolve(getenv func(string) string) (Config, error) {
 		}
 		*l.field(&cfg.Limits) = n
 	}
+	budget, err := resolveBudget(pick(f.hubTier, envHubTier, hubquota.S1), pick(f.hubUnits, envHubUnits, "1"), pick(f.hubBudget, envHubBudget, ""))
+	if err != nil {
+		return Config{}, err
+	}
+	cfg.Budget = budget
 	hub, err := hubconn.ParseService(envHubConnectionString, getenv(envHubConnectionString))
 	if err != nil {
 		return Config{}, err
 	}
 	cfg.Hub = hub
 	return cfg, nil
+}
+
+// resolveBudget is the hub budget of a hub of units units of tier, its documented throttles, with
+// the overrides of budget ("op=rate,…", or "off" for none) applied.
+func resolveBudget(tier, units, budget string) (map[hubquota.Op]float64, error) {
+	if strings.EqualFold(strings.TrimSpace(budget), "off") {
+		return nil, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(units))
+	if err != nil || n < 1 {
+		return nil, fmt.Errorf("%s (--hub-units) %q is not a number of units: set it to the hub's units, e.g. 1", envHubUnits, units)
+	}
+	out := map[hubquota.Op]float64{}
+	for _, op := range budgetOps {
+		q, err := hubquota.Documented(tier, n, op)
+		if err != nil {
+			return nil, fmt.Errorf("%s (--hub-tier): %w", envHubTier, err)
+		}
+		out[op] = q.Rate
+	}
+	overrides, err := hubquota.ParseList(budget)
+	if err != nil {
+		return nil, fmt.Errorf("%s (--hub-budget): %w; or off for no hub budget", envHubBudget, err)
+	}
+	for op, r := range overrides {
+		if !slices.Contains(budgetOps, op) {
+			return nil, fmt.Errorf("%s (--hub-budget): %s is not an operation dmflow calls the hub with: budget methods, twinReads, twinUpdates or queries", envHubBudget, op)
+		}
+		if math.IsInf(r, 1) {
+			delete(out, op)
+			continue
+		}
+		out[op] = r
+	}
+	return out, nil
 }
 
 // check reads the files the configuration names and checks what resolve

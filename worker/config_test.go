@@ -7,7 +7,10 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/workflows"
 )
 
@@ -163,5 +166,39 @@ func TestLimitFlags(t *testing.T) {
 	}
 	if want := (Limits{Activities: 10, WorkflowTasks: 11, ActivityPollers: 12, WorkflowPollers: 13, StickyCacheSize: 14}); c.Limits != want || c.MetricsAddress != ":9464" {
 		t.Errorf("got %+v, want limits %+v", c, want)
+	}
+}
+
+func TestResolveBudget(t *testing.T) {
+	for _, tc := range []struct {
+		name, tier, units, budget string
+		want                      map[hubquota.Op]float64
+		wantErr                   string
+	}{
+		{name: "S1, one unit", tier: "S1", units: "1",
+			want: map[hubquota.Op]float64{hubquota.Methods: 40, hubquota.TwinReads: 100, hubquota.TwinUpdates: 50, hubquota.Queries: 20.0 / 60}},
+		{name: "S3, two units", tier: "s3", units: "2",
+			want: map[hubquota.Op]float64{hubquota.Methods: 12000, hubquota.TwinReads: 1000, hubquota.TwinUpdates: 500, hubquota.Queries: 2000.0 / 60}},
+		{name: "overrides", tier: "S1", units: "1", budget: "methods=10/s, queries=off",
+			want: map[hubquota.Op]float64{hubquota.Methods: 10, hubquota.TwinReads: 100, hubquota.TwinUpdates: 50}},
+		{name: "off", tier: "S1", units: "1", budget: "OFF"},
+		{name: "bad units", tier: "S1", units: "two", wantErr: `DMFLOW_HUB_UNITS (--hub-units) "two" is not a number of units`},
+		{name: "bad tier", tier: "S9", units: "1", wantErr: `DMFLOW_HUB_TIER (--hub-tier): tier "S9" is not known`},
+		{name: "an operation not called", tier: "S1", units: "1", budget: "registry=5/s", wantErr: "registry is not an operation dmflow calls the hub with"},
+		{name: "bad override", tier: "S1", units: "1", budget: "methods=fast", wantErr: "DMFLOW_HUB_BUDGET (--hub-budget): quota \"methods=fast\""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := resolveBudget(tc.tier, tc.units, tc.budget)
+			if tc.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			require.Len(t, got, len(tc.want))
+			for op, r := range tc.want {
+				assert.InDelta(t, r, got[op], 1e-9, "%s", op)
+			}
+		})
 	}
 }

@@ -23,8 +23,10 @@ import (
 	_ "time/tzdata"
 
 	"github.com/dmflow/dmflow/activities"
+	"github.com/dmflow/dmflow/internal/budget"
 	"github.com/dmflow/dmflow/internal/cli"
 	"github.com/dmflow/dmflow/internal/hubconn"
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/internal/logging"
 	"github.com/dmflow/dmflow/internal/metrics"
 	"github.com/dmflow/dmflow/workflows"
@@ -168,12 +170,30 @@ func run(ctx context.Context, cfg Config) error {
 	w.RegisterWorkflow(workflows.Reboot)
 	w.RegisterWorkflow(workflows.FirmwareUpdate)
 	w.RegisterWorkflow(workflows.Rollout)
-	w.RegisterActivity(&activities.Activities{Hub: activities.MeteredHub(hub)})
+	// The hub budget's workflows run on a task queue of their own, which every worker polls. It
+	// starts first and stops last: the lease is given back through it.
+	bw := worker.New(tc, workflows.BudgetTaskQueue, worker.Options{})
+	bw.RegisterWorkflow(workflows.HubBudget)
+	if err := bw.Start(); err != nil {
+		return fmt.Errorf("start worker on task queue %s: %w", workflows.BudgetTaskQueue, err)
+	}
+	defer bw.Stop()
+	host, _ := os.Hostname()
+	leaser := budget.New(budget.Config{
+		// Unique while the process runs; a restart on the same host takes the old lease's place.
+		Worker:  fmt.Sprintf("%d@%s", os.Getpid(), host),
+		Budget:  cfg.BudgetRates(),
+		Granter: hubBudget{tc: tc, hub: hub.HostName()},
+		Logger:  logger,
+	})
+	// After w.Stop, when no activity draws on it any more: the shares go back to the other workers.
+	defer leaser.Close()
+	w.RegisterActivity(&activities.Activities{Hub: activities.MeteredHub(hub), Pacer: leaser})
 
 	if err := w.Start(); err != nil {
 		return fmt.Errorf("start worker on task queue %s: %w", cfg.TaskQueue, err)
 	}
-	ready := []any{"task_queue", cfg.TaskQueue, "hub", hub.HostName()}
+	ready := []any{"task_queue", cfg.TaskQueue, "hub", hub.HostName(), "hub_budget", budgetText(cfg.Budget)}
 	if endpoint != nil {
 		endpoint.SetReady(true)
 		ready = append(ready, "metrics", endpoint.URL())
@@ -196,4 +216,12 @@ func run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	return nil
+}
+
+// budgetText shows the hub budget in the ready line.
+func budgetText(b map[hubquota.Op]float64) string {
+	if len(b) == 0 {
+		return "off"
+	}
+	return hubquota.FormatList(b)
 }

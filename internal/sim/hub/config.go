@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/internal/sim/hub/sas"
 )
 
@@ -52,7 +53,7 @@ type Config struct {
 	// Options fields of the same names (NoThrottle is Unlimited).
 	Tier       string
 	Units      int
-	Quotas     map[Operation]float64
+	Quotas     map[hubquota.Op]float64
 	NoThrottle bool
 }
 
@@ -65,7 +66,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		MQTTAddr:  DefaultMQTTAddr,
 		HTTPSAddr: DefaultHTTPSAddr,
 		LogFormat: "text",
-		Tier:      TierS1,
+		Tier:      hubquota.S1,
 		Units:     1,
 	}
 	for env, dst := range map[string]*string{
@@ -87,7 +88,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		c.Units = n
 	}
 	if v := getenv(EnvQuotas); v != "" {
-		q, err := ParseQuotas(v)
+		q, err := hubquota.ParseList(v)
 		if err != nil {
 			return c, fmt.Errorf("%s: %w", EnvQuotas, err)
 		}
@@ -128,7 +129,7 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("--log-format %q is not known: use text or json (or set %s)", c.LogFormat, EnvLogFormat))
 	}
-	if _, err := normalTier(c.Tier); err != nil {
+	if _, err := hubquota.NormalTier(c.Tier); err != nil {
 		errs = append(errs, fmt.Errorf("--tier: %w (or set %s)", err, EnvTier))
 	}
 	if c.Units < 1 {

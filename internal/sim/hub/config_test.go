@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/dmflow/dmflow/internal/hubquota"
 )
 
 func TestConfigFromEnv(t *testing.T) {
@@ -28,7 +30,7 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = Config{StateDir: "/tmp/s", Host: "hub.local", MQTTAddr: ":1883", HTTPSAddr: "127.0.0.1:9443", LogFormat: "json",
-		Tier: "S3", Units: 2, Quotas: map[Operation]float64{OpMethods: 500, OpQueries: 1, OpTelemetry: math.Inf(1)}, NoThrottle: true}
+		Tier: "S3", Units: 2, Quotas: map[hubquota.Op]float64{hubquota.Methods: 500, hubquota.Queries: 1, hubquota.Telemetry: math.Inf(1)}, NoThrottle: true}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("from env = %+v", c)
 	}

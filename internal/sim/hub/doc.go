@@ -27,7 +27,7 @@
 //	POST   /twins/{id}/methods   ServiceConnect  invoke a direct method
 //	GET    /statistics/devices   RegistryRead    registry counts
 //	GET    /statistics/service   ServiceConnect  connected device count
-//	GET    /_localhub/stats      all (iothubowner) localhub counters (see Stats)
+//	GET    /_localhub/stats      all (iothubowner) localhub counters (see Stats; ?since= narrows perSecond)
 //	GET    /_localhub/methods    all (iothubowner) the method log (see MethodLog)
 //
 // If-Match accepts the wildcard bare (*) or quoted ("*", as Microsoft's
@@ -72,13 +72,35 @@
 //	  "telemetryMessages": 17,
 //	  "methodInvocations": {"dev-1": {"rebootDevice": 1}},
 //	  "serviceTwinReads": {"dev-1": 4},
-//	  "throttled": {"methods": 3}
+//	  "throttled": {"methods": 3},
+//	  "perSecond": {
+//	    "methods": {"peak": 40, "at": "2026-01-02T03:04:07Z", "total": 412, "from": "2026-01-02T03:04:00Z"},
+//	    "twinReads": {"peak": 0, "at": "0001-01-01T00:00:00Z", "total": 0, "from": "2026-01-02T03:04:00Z"},
+//	    …
+//	  }
 //	}
 //
 // methodInvocations counts requests delivered to devices since start, by
 // device and method name; (*Hub).MethodInvocations returns one device's row.
-// throttled counts requests refused by the throttles, by Operation. These
-// counters start at zero with every start of the hub.
+// throttled counts requests refused by the throttles, by operation
+// (hubquota.Ops). perSecond has a PeakRecord for every operation: of the
+// requests its throttle admitted (not refused; with Options.Unlimited,
+// all), counted in whole calendar seconds of the hub's clock, peak is the
+// most in one second, at the start of the first such second, total the sum
+// from "from" on. A direct method counts once whatever its 4 KB chunks, a
+// bulk registry request once, twin reads and updates from devices and
+// services alike, connections as attempts before authentication. These
+// counters start at zero with every start of the hub, and "from" is that
+// start.
+//
+// GET /_localhub/stats?since=2026-01-02T03:04:05Z (RFC 3339) answers the same
+// with perSecond narrowed to the seconds from since on, the second since
+// falls in included, and each record listing its seconds with requests,
+// oldest first: "seconds": [{"at": "2026-01-02T03:04:05Z", "count": 12}, …].
+// localhub keeps the last PerSecondWindow (600) seconds; "from" says where
+// a record starts when since is older (see (*Hub).PerSecondSince). A test
+// takes since before the phase it checks and compares each peak with its
+// budget.
 //
 // GET /_localhub/methods?deviceId=&after=&limit= (iothubowner token
 // required) pages through the method log: every direct-method invocation
@@ -101,7 +123,7 @@
 //
 // Throttling follows IoT Hub's documented per-hub quotas for Options.Tier
 // (default S1) and Options.Units (default 1), one token bucket per
-// Operation (see DocumentedQuota), overridable per operation
+// operation (see hubquota.Documented), overridable per operation
 // (Options.Quotas) or off (Options.Unlimited). A bucket holds one metering
 // window's worth: a second, or a minute for queries and registry
 // operations. Direct methods cost one token per 4 KB of request payload; a

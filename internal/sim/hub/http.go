@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/internal/sim/hub/sas"
 	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
@@ -28,21 +29,21 @@ const maxListTop = 1000
 // uses plus GET /_localhub/stats and GET /_localhub/methods.
 func (h *Hub) Handler() http.Handler {
 	mux := http.NewServeMux()
-	route := func(pattern string, need Permission, op Operation, handler http.HandlerFunc) {
+	route := func(pattern string, need Permission, op hubquota.Op, handler http.HandlerFunc) {
 		if op != "" {
 			handler = h.throttled(op, handler)
 		}
 		mux.HandleFunc(pattern, h.permitted(need, handler))
 	}
-	route("PUT /devices/{id}", RegistryWrite, OpRegistry, h.handlePutDevice)
-	route("GET /devices/{id}", RegistryRead, OpRegistry, h.handleGetDevice)
-	route("DELETE /devices/{id}", RegistryWrite, OpRegistry, h.handleDeleteDevice)
-	route("GET /devices", RegistryRead, OpRegistry, h.handleListDevices)
-	route("POST /devices", RegistryWrite, OpRegistry, h.handleBulkDevices) // one op per request
-	route("POST /devices/query", RegistryRead, OpQueries, h.handleQuery)
-	route("GET /twins/{id}", ServiceConnect, OpTwinReads, h.handleGetTwin)
-	route("PATCH /twins/{id}", ServiceConnect, OpTwinUpdates, h.handleUpdateTwin)
-	route("PUT /twins/{id}", ServiceConnect, OpTwinUpdates, h.handleUpdateTwin)
+	route("PUT /devices/{id}", RegistryWrite, hubquota.Registry, h.handlePutDevice)
+	route("GET /devices/{id}", RegistryRead, hubquota.Registry, h.handleGetDevice)
+	route("DELETE /devices/{id}", RegistryWrite, hubquota.Registry, h.handleDeleteDevice)
+	route("GET /devices", RegistryRead, hubquota.Registry, h.handleListDevices)
+	route("POST /devices", RegistryWrite, hubquota.Registry, h.handleBulkDevices) // one op per request
+	route("POST /devices/query", RegistryRead, hubquota.Queries, h.handleQuery)
+	route("GET /twins/{id}", ServiceConnect, hubquota.TwinReads, h.handleGetTwin)
+	route("PATCH /twins/{id}", ServiceConnect, hubquota.TwinUpdates, h.handleUpdateTwin)
+	route("PUT /twins/{id}", ServiceConnect, hubquota.TwinUpdates, h.handleUpdateTwin)
 	// Direct methods are metered by payload size in invokeMethod.
 	route("POST /twins/{id}/methods", ServiceConnect, "", h.handleInvokeMethod)
 	route("GET /statistics/devices", RegistryRead, "", h.handleDeviceStats)
@@ -83,7 +84,7 @@ func (h *Hub) permitted(need Permission, next http.HandlerFunc) http.HandlerFunc
 
 // throttled admits a request to next once op's quota allows it, or
 // answers 429 ThrottlingException (see throttle.wait).
-func (h *Hub) throttled(op Operation, next http.HandlerFunc) http.HandlerFunc {
+func (h *Hub) throttled(op hubquota.Op, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if err := h.limits.wait(r.Context(), op, 1); err != nil {
 			if r.Context().Err() == nil {
@@ -581,8 +582,4 @@ func (h *Hub) handleDeviceStats(w http.ResponseWriter, r *http.Request) {
 
 func (h *Hub) handleServiceStats(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]int{"connectedDeviceCount": h.conns.count()})
-}
-
-func (h *Hub) handleStats(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, h.Stats())
 }

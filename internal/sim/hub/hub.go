@@ -19,6 +19,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/internal/sim/hub/sas"
 	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
@@ -58,7 +59,7 @@ type Options struct {
 	// the limit. The bucket holds the same window's worth as the
 	// documented quota (a second, or a minute for queries and registry
 	// operations).
-	Quotas map[Operation]float64
+	Quotas map[hubquota.Op]float64
 	// Unlimited turns throttling off, for tests and benchmarks that must
 	// not meet IoT Hub's quotas.
 	Unlimited bool
@@ -88,7 +89,7 @@ func (o *Options) fill() error {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if o.Tier == "" {
-		o.Tier = TierS1
+		o.Tier = hubquota.S1
 	}
 	if o.Units == 0 {
 		o.Units = 1
@@ -490,8 +491,13 @@ type Stats struct {
 	ServiceTwinReads map[string]int `json:"serviceTwinReads"`
 	// Throttled counts requests refused (429, CONNACK "server
 	// unavailable", res/429) or telemetry dropped since start because an
-	// operation's quota was exceeded, by Operation.
+	// operation's quota was exceeded, by operation (hubquota.Ops).
 	Throttled map[string]int `json:"throttled"`
+	// PerSecond records, by operation, the requests admitted (not
+	// throttled) per whole second since start: the peak, its second and
+	// the total. GET /_localhub/stats?since= (PerSecondSince) narrows it
+	// to the seconds from a time on and lists them.
+	PerSecond map[string]PeakRecord `json:"perSecond"`
 }
 
 // Stats returns counters since Start.
@@ -515,6 +521,7 @@ func (h *Hub) Stats() Stats {
 		MethodInvocations: inv,
 		ServiceTwinReads:  reads,
 		Throttled:         h.limits.counts(),
+		PerSecond:         h.limits.admitted.sinceStart(),
 	}
 }
 

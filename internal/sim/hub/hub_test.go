@@ -44,6 +44,12 @@ func TestTelemetryAndStats(t *testing.T) {
 	if res.StatusCode != http.StatusOK || json.Unmarshal(raw, &st) != nil {
 		t.Fatalf("stats = %d %s", res.StatusCode, raw)
 	}
+	for op, want := range map[string]int64{"telemetry": 3, "methods": 1, "connections": 1, "registry": 1} {
+		if got := st.PerSecond[op]; got.Total != want || got.Peak < 1 {
+			t.Errorf("stats perSecond[%s] = %+v, want a total of %d", op, got, want)
+		}
+	}
+	st.PerSecond = nil // checked above; its seconds depend on the clock
 	want := Stats{ConnectedDevices: 1, TelemetryMessages: 3, MethodInvocations: map[string]map[string]int{"tele": {"m": 1}},
 		ServiceTwinReads: map[string]int{}, Throttled: map[string]int{}}
 	if !reflect.DeepEqual(st, want) {

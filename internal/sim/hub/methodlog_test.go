@@ -14,6 +14,8 @@ import (
 
 	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dmflow/dmflow/internal/hubquota"
 )
 
 // methodLogPage reads GET /_localhub/methods with query q through the REST API.
@@ -148,7 +150,7 @@ func TestMethodLogOutcomes(t *testing.T) {
 func TestMethodLogThrottled(t *testing.T) {
 	h := startHub(t, "", func(o *Options) {
 		o.Unlimited = false
-		o.Quotas = map[Operation]float64{OpMethods: 1}
+		o.Quotas = map[hubquota.Op]float64{hubquota.Methods: 1}
 		o.MaxQueueDelay = 10 * time.Millisecond
 	})
 	svc := serviceClient(t, h, "")

@@ -13,6 +13,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
 
@@ -100,7 +101,7 @@ func (h *Hub) invokeMethod(ctx context.Context, deviceID string, call methodCall
 	defer func() { h.logMethod(deviceID, call, start, delivered, res, err) }()
 	// IoT Hub meters the request payload in 4 KB chunks; the answer's size
 	// is not known before the call is admitted, so it is not metered.
-	if err := h.limits.wait(ctx, OpMethods, methodCost(len(call.payload))); err != nil {
+	if err := h.limits.wait(ctx, hubquota.Methods, hubquota.MethodCost(len(call.payload))); err != nil {
 		return methodResult{}, err
 	}
 	err = h.store.View(func(tx *store.Tx) error {

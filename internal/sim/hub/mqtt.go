@@ -14,6 +14,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/internal/sim/hub/sas"
 	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
@@ -83,7 +84,7 @@ func (k *deviceHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	h := k.hub
 	// New connections are metered before authentication: IoT Hub limits
 	// the rate of connection attempts, and a refused device retries.
-	if err := h.limits.wait(h.ctx, OpConnections, 1); err != nil {
+	if err := h.limits.wait(h.ctx, hubquota.Connections, 1); err != nil {
 		h.log.Warn("device connection refused", "device", pk.Connect.ClientIdentifier, "remote", cl.Net.Remote, "reason", "new connection rate exceeded")
 		if err := k.broker.SendConnack(cl, connackThrottled, false, nil); err != nil {
 			return fmt.Errorf("send connack: %w", err)
@@ -316,7 +317,7 @@ func (k *deviceHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	default:
 		// Telemetry above the quota is acknowledged and dropped, counted in
 		// Stats.Throttled; the device learns nothing, as with a full queue.
-		if err := h.limits.wait(h.ctx, OpTelemetry, 1); err == nil {
+		if err := h.limits.wait(h.ctx, hubquota.Telemetry, 1); err == nil {
 			h.telemetry.Add(1)
 		}
 	}

@@ -11,110 +11,12 @@ import (
 
 	"github.com/amenzhinsky/iothub/iotservice"
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/dmflow/dmflow/internal/hubquota"
 )
 
-func TestDocumentedQuota(t *testing.T) {
-	tests := []struct {
-		tier  string
-		units int
-		op    Operation
-		rate  float64 // per second
-		burst int
-	}{
-		{"S1", 1, OpMethods, 40, 40},
-		{"S1", 3, OpMethods, 120, 120},
-		{"S2", 2, OpMethods, 240, 240},
-		{"S3", 1, OpMethods, 6000, 6000},
-		{"S1", 1, OpTwinReads, 100, 100},
-		{"S1", 5, OpTwinReads, 100, 100}, // not per unit on S1
-		{"S2", 5, OpTwinReads, 100, 100}, // max(100, 10/unit)
-		{"S2", 20, OpTwinReads, 200, 200},
-		{"S3", 2, OpTwinReads, 1000, 1000},
-		{"S1", 1, OpTwinUpdates, 50, 50},
-		{"S2", 20, OpTwinUpdates, 100, 100},
-		{"S3", 1, OpTwinUpdates, 250, 250},
-		{"S1", 1, OpQueries, 20.0 / 60, 20}, // a minute's worth in the bucket
-		{"S1", 2, OpQueries, 40.0 / 60, 40},
-		{"S3", 1, OpQueries, 1000.0 / 60, 1000},
-		{"S1", 1, OpRegistry, 100.0 / 60, 100},
-		{"S2", 1, OpRegistry, 100.0 / 60, 100},
-		{"S3", 2, OpRegistry, 10000.0 / 60, 10000},
-		{"S1", 1, OpConnections, 100, 100},
-		{"S1", 9, OpConnections, 108, 108}, // max(100, 12/unit)
-		{"S2", 1, OpConnections, 120, 120},
-		{"S3", 1, OpConnections, 6000, 6000},
-		{"S1", 1, OpTelemetry, 100, 100},
-		{"S1", 10, OpTelemetry, 120, 120},
-		{"F1", 1, OpTwinReads, 100, 100},
-		{"b1", 1, OpMethods, 40, 40},
-		{"B3", 1, OpMethods, 6000, 6000},
-	}
-	for _, tc := range tests {
-		t.Run(tc.tier+"x"+string(rune('0'+tc.units))+"/"+string(tc.op), func(t *testing.T) {
-			q, err := DocumentedQuota(tc.tier, tc.units, tc.op)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if math.Abs(q.Rate-tc.rate) > 1e-9 || q.Burst != tc.burst {
-				t.Errorf("quota = %+v, want rate %v burst %d", q, tc.rate, tc.burst)
-			}
-		})
-	}
-	for _, bad := range []struct {
-		tier  string
-		units int
-		op    Operation
-	}{{"S4", 1, OpMethods}, {"S1", 0, OpMethods}, {"S1", 1, "jobs"}} {
-		if _, err := DocumentedQuota(bad.tier, bad.units, bad.op); err == nil {
-			t.Errorf("DocumentedQuota(%q, %d, %q) accepted", bad.tier, bad.units, bad.op)
-		}
-	}
-}
-
-func TestMethodCost(t *testing.T) {
-	for n, want := range map[int]int{0: 1, 4: 1, 4096: 1, 4097: 2, 8192: 2, 9 * 1024: 3, 128 * 1024: 32} {
-		if got := methodCost(n); got != want {
-			t.Errorf("methodCost(%d) = %d, want %d", n, got, want)
-		}
-	}
-}
-
-func TestParseQuota(t *testing.T) {
-	tests := []struct {
-		in   string
-		op   Operation
-		rate float64
-		ok   bool
-	}{
-		{"methods=500/s", OpMethods, 500, true},
-		{"twinReads=1000", OpTwinReads, 1000, true},
-		{"queries=120/min", OpQueries, 2, true},
-		{" registry = 0.5/s ", OpRegistry, 0.5, true},
-		{"telemetry=off", OpTelemetry, math.Inf(1), true},
-		{"methods", "", 0, false},
-		{"methods=0/s", "", 0, false},
-		{"methods=-1", "", 0, false},
-		{"methods=fast", "", 0, false},
-		{"methods=5/h", "", 0, false},
-		{"jobs=5/s", "", 0, false},
-	}
-	for _, tc := range tests {
-		op, rate, err := ParseQuota(tc.in)
-		if (err == nil) != tc.ok || op != tc.op || rate != tc.rate {
-			t.Errorf("ParseQuota(%q) = %q, %v, %v", tc.in, op, rate, err)
-		}
-	}
-	q, err := ParseQuotas("methods=500/s,,twinReads=1000/s")
-	if err != nil || len(q) != 2 || q[OpMethods] != 500 || q[OpTwinReads] != 1000 {
-		t.Errorf("ParseQuotas = %v, %v", q, err)
-	}
-	if got := FormatQuotas(map[Operation]float64{OpTwinReads: 1000, OpMethods: math.Inf(1)}); got != "methods=off,twinReads=1000/s" {
-		t.Errorf("FormatQuotas = %q", got)
-	}
-}
-
 func TestOptionsQuotas(t *testing.T) {
-	o := Options{StateDir: "x", Tier: "S3", Units: 2, Quotas: map[Operation]float64{OpMethods: 10, OpQueries: 1, OpTelemetry: math.Inf(1)}}
+	o := Options{StateDir: "x", Tier: "S3", Units: 2, Quotas: map[hubquota.Op]float64{hubquota.Methods: 10, hubquota.Queries: 1, hubquota.Telemetry: math.Inf(1)}}
 	if err := o.fill(); err != nil {
 		t.Fatal(err)
 	}
@@ -122,13 +24,13 @@ func TestOptionsQuotas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[Operation]Quota{
-		OpMethods:     {Rate: 10, Burst: 10}, // a second's worth
-		OpQueries:     {Rate: 1, Burst: 60},  // a minute's worth
-		OpRegistry:    {Rate: 10000.0 / 60, Burst: 10000},
-		OpTwinReads:   {Rate: 1000, Burst: 1000},
-		OpTelemetry:   {Rate: math.Inf(1)},
-		OpConnections: {Rate: 12000, Burst: 12000},
+	want := map[hubquota.Op]hubquota.Quota{
+		hubquota.Methods:     {Rate: 10, Burst: 10}, // a second's worth
+		hubquota.Queries:     {Rate: 1, Burst: 60},  // a minute's worth
+		hubquota.Registry:    {Rate: 10000.0 / 60, Burst: 10000},
+		hubquota.TwinReads:   {Rate: 1000, Burst: 1000},
+		hubquota.Telemetry:   {Rate: math.Inf(1)},
+		hubquota.Connections: {Rate: 12000, Burst: 12000},
 	}
 	for op, w := range want {
 		if got := q[op]; math.Abs(got.Rate-w.Rate) > 1e-9 && !(got.Unlimited() && w.Unlimited()) || got.Burst != w.Burst {
@@ -136,10 +38,10 @@ func TestOptionsQuotas(t *testing.T) {
 		}
 	}
 	o.Unlimited = true
-	if q, _ := o.quotas(); !q[OpMethods].Unlimited() || !q[OpRegistry].Unlimited() {
+	if q, _ := o.quotas(); !q[hubquota.Methods].Unlimited() || !q[hubquota.Registry].Unlimited() {
 		t.Errorf("Unlimited quotas = %+v", q)
 	}
-	for _, bad := range []map[Operation]float64{{"jobs": 1}, {OpMethods: 0}, {OpMethods: math.NaN()}} {
+	for _, bad := range []map[hubquota.Op]float64{{"jobs": 1}, {hubquota.Methods: 0}, {hubquota.Methods: math.NaN()}} {
 		o := Options{StateDir: "x", Quotas: bad}
 		if err := o.fill(); err != nil {
 			t.Fatal(err)
@@ -153,7 +55,7 @@ func TestOptionsQuotas(t *testing.T) {
 func TestThrottleShapesThenRefuses(t *testing.T) {
 	// 10/s with a burst of 10, fifteen at once: ten pass at once, the
 	// next two wait their 100 ms turns (under 250 ms), three are refused.
-	th := newThrottle(map[Operation]Quota{OpTwinReads: {Rate: 10, Burst: 10}, OpMethods: {Rate: math.Inf(1)}}, 250*time.Millisecond)
+	th := newThrottle(map[hubquota.Op]hubquota.Quota{hubquota.TwinReads: {Rate: 10, Burst: 10}, hubquota.Methods: {Rate: math.Inf(1)}}, 250*time.Millisecond)
 	ctx := context.Background()
 	start := time.Now()
 	var mu sync.Mutex
@@ -163,7 +65,7 @@ func TestThrottleShapesThenRefuses(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := th.wait(ctx, OpTwinReads, 1)
+			err := th.wait(ctx, hubquota.TwinReads, 1)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -186,15 +88,15 @@ func TestThrottleShapesThenRefuses(t *testing.T) {
 	if got := th.counts(); got["twinReads"] != 3 {
 		t.Errorf("counts = %v", got)
 	}
-	if err := th.wait(ctx, OpMethods, 1000); err != nil {
+	if err := th.wait(ctx, hubquota.Methods, 1000); err != nil {
 		t.Errorf("unlimited operation: %v", err)
 	}
 	// A wait ends with its context and gives its tokens back.
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	th2 := newThrottle(map[Operation]Quota{OpQueries: {Rate: 1, Burst: 1}}, time.Second)
-	_ = th2.wait(ctx, OpQueries, 1)
-	if err := th2.wait(cctx, OpQueries, 1); err != context.DeadlineExceeded {
+	th2 := newThrottle(map[hubquota.Op]hubquota.Quota{hubquota.Queries: {Rate: 1, Burst: 1}}, time.Second)
+	_ = th2.wait(ctx, hubquota.Queries, 1)
+	if err := th2.wait(cctx, hubquota.Queries, 1); err != context.DeadlineExceeded {
 		t.Errorf("wait after ctx end = %v", err)
 	}
 }
@@ -202,7 +104,7 @@ func TestThrottleShapesThenRefuses(t *testing.T) {
 func TestMethodsThrottled(t *testing.T) {
 	h := startHub(t, "", func(o *Options) {
 		o.Unlimited = false
-		o.Quotas = map[Operation]float64{OpMethods: 3}
+		o.Quotas = map[hubquota.Op]float64{hubquota.Methods: 3}
 		o.MaxQueueDelay = 100 * time.Millisecond
 	})
 	svc := serviceClient(t, h, "")
@@ -246,7 +148,7 @@ func TestMethodsThrottled(t *testing.T) {
 func TestServiceOperationsThrottled(t *testing.T) {
 	h := startHub(t, "", func(o *Options) {
 		o.Unlimited = false
-		o.Quotas = map[Operation]float64{OpTwinReads: 5, OpRegistry: 4.0 / 60}
+		o.Quotas = map[hubquota.Op]float64{hubquota.TwinReads: 5, hubquota.Registry: 4.0 / 60}
 		o.MaxQueueDelay = 50 * time.Millisecond
 	})
 	svc := serviceClient(t, h, "")
@@ -301,7 +203,7 @@ func TestServiceOperationsThrottled(t *testing.T) {
 func TestDeviceTwinThrottled(t *testing.T) {
 	h := startHub(t, "", func(o *Options) {
 		o.Unlimited = false
-		o.Quotas = map[Operation]float64{OpTwinReads: 1.0 / 60}
+		o.Quotas = map[hubquota.Op]float64{hubquota.TwinReads: 1.0 / 60}
 		o.MaxQueueDelay = 10 * time.Millisecond
 	})
 	svc := serviceClient(t, h, "")
@@ -335,7 +237,7 @@ func TestDeviceTwinThrottled(t *testing.T) {
 func TestDeviceConnectionsAndTelemetryThrottled(t *testing.T) {
 	h := startHub(t, "", func(o *Options) {
 		o.Unlimited = false
-		o.Quotas = map[Operation]float64{OpConnections: 1.0 / 60, OpTelemetry: 2.0 / 60}
+		o.Quotas = map[hubquota.Op]float64{hubquota.Connections: 1.0 / 60, hubquota.Telemetry: 2.0 / 60}
 		o.MaxQueueDelay = 10 * time.Millisecond
 	})
 	svc := serviceClient(t, h, "")

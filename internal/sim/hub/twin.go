@@ -14,6 +14,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"github.com/dmflow/dmflow/internal/hubquota"
 	"github.com/dmflow/dmflow/internal/sim/hub/store"
 )
 
@@ -306,7 +307,7 @@ func newTwin(now time.Time) store.Twin {
 // throttleDevice takes a token of op for a device's twin request and
 // reports whether the request was refused; a refused request is answered
 // with status 429 on the twin response topic, as IoT Hub does.
-func (h *Hub) throttleDevice(cl *mqtt.Client, op Operation, rid string) bool {
+func (h *Hub) throttleDevice(cl *mqtt.Client, op hubquota.Op, rid string) bool {
 	if err := h.limits.wait(h.ctx, op, 1); err != nil {
 		h.log.Debug("device twin request throttled", "device", cl.ID, "operation", op)
 		h.sendToClient(cl, topicTwinRes+"429/?$rid="+rid, nil)
@@ -318,7 +319,7 @@ func (h *Hub) throttleDevice(cl *mqtt.Client, op Operation, rid string) bool {
 // deviceGetTwin answers $iothub/twin/GET/?$rid={rid} with the desired and
 // reported sections (no metadata, as IoT Hub sends them to devices).
 func (h *Hub) deviceGetTwin(cl *mqtt.Client, rid string) {
-	if h.throttleDevice(cl, OpTwinReads, rid) {
+	if h.throttleDevice(cl, hubquota.TwinReads, rid) {
 		return
 	}
 	var tw store.Twin
@@ -353,7 +354,7 @@ func (h *Hub) deviceGetTwin(cl *mqtt.Client, rid string) {
 // and answers 204 with the new reported $version, or 400 for a patch that
 // is not a valid twin document.
 func (h *Hub) devicePatchReported(cl *mqtt.Client, rid string, payload []byte) {
-	if h.throttleDevice(cl, OpTwinUpdates, rid) {
+	if h.throttleDevice(cl, hubquota.TwinUpdates, rid) {
 		return
 	}
 	version, err := h.patchReported(cl.ID, payload, time.Now())
