@@ -27,16 +27,10 @@ const (
 // bulkDevice is one ExportImportDevice of POST /devices. JSON field names
 // match case-insensitively, so the SDK's "etag" fills ETag.
 type bulkDevice struct {
-	ID             string `json:"id"`
-	ETag           string `json:"eTag"`
-	ImportMode     string `json:"importMode"`
-	Status         string `json:"status"`
-	StatusReason   string `json:"statusReason"`
-	Authentication *struct {
-		SymmetricKey *symmetricKey `json:"symmetricKey"`
-		Type         string        `json:"type"`
-	} `json:"authentication"`
-	Capabilities *capabilities `json:"capabilities"`
+	ID         string `json:"id"`
+	ETag       string `json:"eTag"`
+	ImportMode string `json:"importMode"`
+	identityBody
 }
 
 // bulkResult is IoT Hub's BulkRegistryOperationResult.
@@ -141,19 +135,7 @@ func (h *Hub) bulkDevices(req []bulkDevice, now time.Time) (bulkResult, error) {
 }
 
 // bulkSpec is the identity a bulk request's device entry describes.
-func bulkSpec(d bulkDevice) deviceSpec {
-	spec := deviceSpec{ID: d.ID, Status: d.Status, StatusReason: d.StatusReason}
-	if a := d.Authentication; a != nil {
-		spec.AuthType = a.Type
-		if a.SymmetricKey != nil {
-			spec.PrimaryKey, spec.SecondaryKey = a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey
-		}
-	}
-	if d.Capabilities != nil {
-		spec.IoTEdge = d.Capabilities.IoTEdge
-	}
-	return spec
-}
+func bulkSpec(d bulkDevice) deviceSpec { return d.spec(d.ID) }
 
 // bulkOperation returns a device entry's import mode, lower-case, after
 // checking that the modes that compare etags have one.

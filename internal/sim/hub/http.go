@@ -306,9 +306,9 @@ func connectionState(connected bool) string {
 	return "Disconnected"
 }
 
-// deviceRequest is the body of PUT /devices/{id}.
-type deviceRequest struct {
-	DeviceID       string `json:"deviceId"`
+// identityBody is the writable part of an identity as a service sends it, in PUT /devices/{id}
+// and in each entry of a bulk POST /devices.
+type identityBody struct {
 	Status         string `json:"status"`
 	StatusReason   string `json:"statusReason"`
 	Authentication *struct {
@@ -316,6 +316,27 @@ type deviceRequest struct {
 		Type         string        `json:"type"`
 	} `json:"authentication"`
 	Capabilities *capabilities `json:"capabilities"`
+}
+
+// spec is the identity the body describes for the device id.
+func (b identityBody) spec(id string) deviceSpec {
+	spec := deviceSpec{ID: id, Status: b.Status, StatusReason: b.StatusReason}
+	if a := b.Authentication; a != nil {
+		spec.AuthType = a.Type
+		if a.SymmetricKey != nil {
+			spec.PrimaryKey, spec.SecondaryKey = a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey
+		}
+	}
+	if b.Capabilities != nil {
+		spec.IoTEdge = b.Capabilities.IoTEdge
+	}
+	return spec
+}
+
+// deviceRequest is the body of PUT /devices/{id}.
+type deviceRequest struct {
+	DeviceID string `json:"deviceId"`
+	identityBody
 }
 
 // parseDeviceBody decodes and checks the body of PUT /devices/{id}.
@@ -327,16 +348,7 @@ func parseDeviceBody(id string, body []byte) (deviceSpec, error) {
 	if req.DeviceID != "" && req.DeviceID != id {
 		return deviceSpec{}, errorf(ErrArgumentInvalid, "deviceId %q in the body does not match %q in the path", req.DeviceID, id)
 	}
-	spec := deviceSpec{ID: id, Status: req.Status, StatusReason: req.StatusReason}
-	if a := req.Authentication; a != nil {
-		spec.AuthType = a.Type
-		if a.SymmetricKey != nil {
-			spec.PrimaryKey, spec.SecondaryKey = a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey
-		}
-	}
-	if req.Capabilities != nil {
-		spec.IoTEdge = req.Capabilities.IoTEdge
-	}
+	spec := req.spec(id)
 	return spec, spec.validate()
 }
 
