@@ -61,10 +61,10 @@ chaos: build ## the chaos cases at full size, 500–1,000 devices each (~20 min)
 record-histories: build ## re-record workflows/testdata/*.json from the integration tests
 	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd|TestFirmwareEndToEnd|TestRolloutEndToEnd|TestRolloutWindows|TestDeviceContracts' ./test/...
 
-# How long each fuzz target runs: 10 s for make fuzz, 5 s within make test, which must stay within
+# How long each fuzz target runs: 10 s for make fuzz, 3 s within make test, which must stay within
 # CI's 25 minutes on two cores; FUZZTIME=1m make fuzz for a longer search.
 FUZZTIME ?= 10s
-fuzz: ## run every fuzz target for FUZZTIME (default 10s; 5s within make test) each
+fuzz: ## run every fuzz target for FUZZTIME (default 10s; 3s within make test) each
 	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
 # The benchmarks' results: bench-<name>.md (tables) and bench-<name>.json (figures) in .bin/.
@@ -108,7 +108,7 @@ bench-fleet: ## simdevice fleet of COUNT (default 10000) against its own localhu
 	mv $(BIN)/bench-fleet.md.tmp $(BIN)/bench-fleet.md
 	@cat $(BIN)/bench-fleet.md
 
-test: FUZZTIME = 5s
+test: FUZZTIME = 3s
 test: lint build test-unit fuzz test-integration ## everything CI runs; starts and stops what the tests need
 
 clean: down ## remove built binaries and local state
