@@ -19,12 +19,18 @@ const (
 	// MetricHubThrottled counts the calls the hub refused with 429 (ThrottlingException),
 	// labelled LabelCall: the signal that the hub's quota, not dmflow, sets the pace.
 	MetricHubThrottled = "dmflow_hub_throttled"
+	// MetricBudgetWait times how long a hub call waited for its tokens of the hub budget and the
+	// rollout's ceiling (a histogram in seconds), labelled LabelOp: the signal that the budget,
+	// not the hub, sets the pace.
+	MetricBudgetWait = "dmflow_hub_budget_wait"
 
 	// LabelCall names the hub call: CallInvokeMethod, CallGetTwin, CallQuery.
 	LabelCall = "call"
 	// LabelStatus is the HTTP status the hub answered ("200", "404", "429", "504", ...), or
 	// StatusTimeout, StatusCancelled or StatusError when no answer came.
 	LabelStatus = "status"
+	// LabelOp is the hub operation as IoT Hub meters it: methods, twinReads, queries.
+	LabelOp = "op"
 )
 
 // Values of LabelCall.

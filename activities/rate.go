@@ -122,7 +122,13 @@ func (a *Activities) takeToken(ctx context.Context, call hubCall, r *HubRate, be
 	if len(takes) == 0 {
 		return nil
 	}
-	return p.Wait(ctx, takes, a.beatInterval(ctx), beat)
+	start := time.Now()
+	err := p.Wait(ctx, takes, a.beatInterval(ctx), beat)
+	if err == nil {
+		activity.GetMetricsHandler(ctx).WithTags(map[string]string{LabelOp: call.op}).
+			Timer(MetricBudgetWait).Record(time.Since(start))
+	}
+	return err
 }
 
 // tokenError is what an activity returns when it got no rate token: the context's error when the

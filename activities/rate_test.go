@@ -12,7 +12,10 @@ import (
 	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/uber-go/tally/v4"
+	sdktally "go.temporal.io/sdk/contrib/tally"
 	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
 
 	"github.com/dmflow/dmflow/internal/budget"
 	"github.com/dmflow/dmflow/internal/hubconn"
@@ -298,4 +301,28 @@ func TestClassifyThrottledQuery(t *testing.T) {
 	var appErr *temporal.ApplicationError
 	assert.False(t, errors.As(err, &appErr), "a plain error, which Temporal retries: %v", err)
 	assert.Contains(t, err.Error(), "HTTP 429")
+}
+
+// Every call that waited for budget tokens records the wait, labelled with its operation.
+func TestBudgetWaitIsMetered(t *testing.T) {
+	hub := &fakeHub{twin: func(context.Context, int) (*iotservice.Twin, error) {
+		return reportedTwin(1, map[string]any{"firmwareVersion": "1.0.0"}), nil
+	}}
+	scope := tally.NewTestScope("", nil)
+	var s testsuite.WorkflowTestSuite
+	s.SetMetricsHandler(sdktally.NewMetricsHandler(scope))
+	env := s.NewTestActivityEnvironment()
+	a := &Activities{Hub: hub, Pacer: &countingPacer{budgeted: map[string]bool{opTwinReads: true}}}
+	env.RegisterActivity(a)
+	for range 2 {
+		_, err := env.ExecuteActivity(a.GetTwin, GetTwinInput{DeviceID: "dev1", Properties: []string{"firmwareVersion"}})
+		require.NoError(t, err)
+	}
+	var waits []string
+	for _, tm := range scope.Snapshot().Timers() {
+		if tm.Name() == MetricBudgetWait {
+			waits = append(waits, fmt.Sprintf("%s %s n=%d", tm.Tags()[LabelOp], tm.Tags()["activity_type"], len(tm.Values())))
+		}
+	}
+	assert.Equal(t, []string{"twinReads GetTwin n=2"}, waits)
 }

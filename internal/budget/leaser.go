@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -345,15 +346,7 @@ func (l *Leaser) wants(now time.Time) []Want {
 		}
 		out = append(out, b.want)
 	}
-	slices.SortFunc(out, func(a, b Want) int {
-		switch {
-		case a.Key < b.Key:
-			return -1
-		case a.Key > b.Key:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Want) int { return strings.Compare(a.Key, b.Key) })
 	return out
 }
 
