@@ -177,46 +177,20 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 
 	// The heartbeats cover the look for evidence and the wait for a rate token as well as the call.
 	stop := a.heartbeatWhile(ctx, box.get)
+	defer stop()
 	switch {
 	case lookFirst(in.Evidence, attempt, prevp):
-		// The whole window is looked through before a call: a device that took the call may
-		// show it only after its first stage. Where the window and a call do not both fit before
-		// the activity's deadline (the operation's), there is no call: the look goes on to the
-		// deadline and the attempt fails saying what the last call came to.
-		until := time.Now().Add(in.Evidence.Window)
-		canCall := true
-		if dl, ok := ctx.Deadline(); ok && until.Add(callTimeout).After(dl) {
-			until, canCall = dl.Add(-lookMargin), false
-		}
-		how, err := a.lookForEvidence(ctx, logger, in, box, until)
+		how, err := a.lookBeforeCall(ctx, logger, in, box, prevp, callTimeout, stop)
 		if err != nil {
-			stop()
 			return InvokeMethodResult{}, err
 		}
 		if how != "" {
-			stop()
 			return result(InvokeMethodResult{AlreadyAccepted: true, AcceptedBy: how}), nil
 		}
-		if !canCall {
-			last := box.get().(InvokeProgress).LastError
-			if prevp != nil && prevp.Outcome == OutcomeCalling {
-				last = "the worker of attempt " + strconv.Itoa(prevp.Attempt) + " stopped during its call, which may have reached the device"
-			} else if last == "" {
-				last = "the last call may have reached the device"
-			}
-			// Kept for an attempt after this one, should there be time for one.
-			box.update(func(p *InvokeProgress) { p.LastError = last })
-			stop()
-			activity.RecordHeartbeat(ctx, box.get())
-			return InvokeMethodResult{}, fmt.Errorf("%s; the twin showed no sign that it did up to the deadline, too close to look for %s and then call again",
-				last, in.Evidence.Window)
-		}
 	case in.Evidence == nil && attempt > 1 && in.AcceptedWhen != nil && a.accepted(ctx, logger, in):
-		stop()
 		return result(InvokeMethodResult{Status: 200, AlreadyAccepted: true, AcceptedBy: "id"}), nil
 	}
 	if err := a.takeToken(ctx, hubCall{op: opMethods, patches: devicePatches(in.Method)}, in.Rate, nil); err != nil {
-		stop()
 		return InvokeMethodResult{}, tokenError(ctx, logger, err)
 	}
 
@@ -228,6 +202,7 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 		"response_timeout_s", call.ResponseTimeout, "connect_timeout_s", call.ConnectTimeout)
 	res, err := a.Hub.CallMethod(callCtx, in.DeviceID, call)
 	cancel()
+	// Stopped first, so that the heartbeat below is the last one.
 	stop()
 	d := deliveryOf(err)
 	box.update(func(p *InvokeProgress) {
@@ -267,6 +242,38 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 	}
 	logger.Info("device answered", "status", res.Status)
 	return out, nil
+}
+
+// lookBeforeCall looks for evidence that an earlier attempt's call reached the device, and returns
+// how it found it ("id", "changed"), or "" when the attempt is to call.
+//
+// The whole window is looked through before a call: a device that took the call may show it only
+// after its first stage. Where the window and a call do not both fit before the activity's deadline
+// (the operation's), there is no call: the look goes on to the deadline and the attempt fails
+// saying what the last call came to, recorded (after stop, so that it is the last heartbeat) for
+// an attempt after this one, should there be time for one.
+func (a *Activities) lookBeforeCall(ctx context.Context, logger log.Logger, in InvokeMethodInput, box *progressBox,
+	prev *InvokeProgress, callTimeout time.Duration, stop func()) (string, error) {
+	until := time.Now().Add(in.Evidence.Window)
+	canCall := true
+	if dl, ok := ctx.Deadline(); ok && until.Add(callTimeout).After(dl) {
+		until, canCall = dl.Add(-lookMargin), false
+	}
+	how, err := a.lookForEvidence(ctx, logger, in, box, until)
+	if err != nil || how != "" || canCall {
+		return how, err
+	}
+	last := box.get().(InvokeProgress).LastError
+	if prev != nil && prev.Outcome == OutcomeCalling {
+		last = "the worker of attempt " + strconv.Itoa(prev.Attempt) + " stopped during its call, which may have reached the device"
+	} else if last == "" {
+		last = "the last call may have reached the device"
+	}
+	box.update(func(p *InvokeProgress) { p.LastError = last })
+	stop()
+	activity.RecordHeartbeat(ctx, box.get())
+	return "", fmt.Errorf("%s; the twin showed no sign that it did up to the deadline, too close to look for %s and then call again",
+		last, in.Evidence.Window)
 }
 
 // lookFirst reports whether an attempt must look for evidence of an earlier call before calling:
@@ -424,7 +431,8 @@ func ceilSeconds(d time.Duration) time.Duration {
 }
 
 // heartbeatWhile heartbeats in the background until the returned stop function is called. stop waits
-// for the goroutine, so that no heartbeat is recorded after the activity has returned.
+// for the goroutine, so that no heartbeat is recorded after the activity has returned; calls after
+// the first do nothing, so that a deferred stop can back up the ones that order heartbeats.
 func (a *Activities) heartbeatWhile(ctx context.Context, details func() any) (stop func()) {
 	interval := a.beatInterval(ctx)
 
@@ -447,10 +455,10 @@ func (a *Activities) heartbeatWhile(ctx context.Context, details func() any) (st
 			}
 		}
 	}()
-	return func() {
+	return sync.OnceFunc(func() {
 		close(done)
 		wg.Wait()
-	}
+	})
 }
 
 // asJSON keeps a payload that is JSON as it is and turns anything else (a hub that relayed a

@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"fmt"
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/log"
@@ -48,14 +49,8 @@ func (a *Activities) GetTwin(ctx context.Context, in GetTwinInput) (GetTwinResul
 	if in.DeviceID == "" {
 		return GetTwinResult{}, badRequest("read twin: device ID is empty")
 	}
-	if len(in.Properties) == 0 || len(in.Properties) > maxTwinProperties {
-		return GetTwinResult{}, badRequest("read twin of %s: ask for 1 to %d reported properties, not %d",
-			in.DeviceID, maxTwinProperties, len(in.Properties))
-	}
-	for _, path := range in.Properties {
-		if !validPath(path) {
-			return GetTwinResult{}, badRequest("read twin of %s: property path %q is not a dotted path such as firmware.status", in.DeviceID, path)
-		}
+	if problem := propertiesProblem(in.Properties); problem != "" {
+		return GetTwinResult{}, badRequest("read twin of %s: %s", in.DeviceID, problem)
 	}
 	if problem := in.Rate.problem(); problem != "" {
 		return GetTwinResult{}, badRequest("read twin of %s: %s", in.DeviceID, problem)
@@ -79,15 +74,36 @@ func (a *Activities) GetTwin(ctx context.Context, in GetTwinInput) (GetTwinResul
 		return GetTwinResult{}, err
 	}
 
-	out := GetTwinResult{Version: reportedVersion(reported), Attempt: int(activity.GetInfo(ctx).Attempt)}
-	for _, path := range in.Properties {
+	out := twinResult(reported, in.Properties, int(activity.GetInfo(ctx).Attempt))
+	logger.Info("read twin", "version", out.Version, "reported", out.Reported)
+	return out, nil
+}
+
+// propertiesProblem says what is wrong with the property paths asked of a twin read, or "".
+func propertiesProblem(paths []string) string {
+	if len(paths) == 0 || len(paths) > maxTwinProperties {
+		return fmt.Sprintf("ask for 1 to %d reported properties, not %d", maxTwinProperties, len(paths))
+	}
+	for _, path := range paths {
+		if !validPath(path) {
+			return fmt.Sprintf("property path %q is not a dotted path such as firmware.status", path)
+		}
+	}
+	return ""
+}
+
+// twinResult keeps of a twin's reported properties the paths asked for, with the hub's time of
+// each: what GetTwin returns, and InvokeMethod's ReadFirst.
+func twinResult(reported map[string]any, paths []string, attempt int) GetTwinResult {
+	out := GetTwinResult{Version: reportedVersion(reported), Attempt: attempt}
+	for _, path := range paths {
 		if v, ok := lookup(reported, path); ok {
 			if out.Reported == nil {
-				out.Reported = make(map[string]any, len(in.Properties))
+				out.Reported = make(map[string]any, len(paths))
 			}
 			out.Reported[path] = v
 			if out.LastUpdated == nil {
-				out.LastUpdated = make(map[string]string, len(in.Properties))
+				out.LastUpdated = make(map[string]string, len(paths))
 			}
 			t, ok := LastUpdated(reported, path)
 			if !ok {
@@ -96,6 +112,5 @@ func (a *Activities) GetTwin(ctx context.Context, in GetTwinInput) (GetTwinResul
 			out.LastUpdated[path] = t
 		}
 	}
-	logger.Info("read twin", "version", out.Version, "reported", out.Reported)
-	return out, nil
+	return out
 }
