@@ -112,6 +112,12 @@ func HubTimeAfter(t, before string) bool {
 	return at.After(bt)
 }
 
+// hubTimeLayout is how IoT Hub writes $lastUpdated times: UTC with seven fractional digits.
+const hubTimeLayout = "2006-01-02T15:04:05.0000000Z"
+
+// hubTime writes t as the hub writes its times, for an Evidence.Before that the worker makes.
+func hubTime(t time.Time) string { return t.UTC().Format(hubTimeLayout) }
+
 // delivery is what a direct-method call's outcome says about whether the device received it.
 type delivery int
 

@@ -54,6 +54,10 @@ type InvokeMethodInput struct {
 	// Evidence, when set, is how a retry tells that an earlier attempt's call reached the device
 	// (see InvokeMethod): on both device contracts, from the twin alone.
 	Evidence *Evidence `json:"evidence,omitempty"`
+	// ReadFirst, when set, makes the attempt read the device's twin before calling, within this
+	// activity, once for the operation rather than once per attempt; see ReadFirst. With it,
+	// Evidence.Before is taken from that read, whatever the input holds.
+	ReadFirst *ReadFirst `json:"readFirst,omitempty"`
 	// AcceptedWhen is the check of workflows started before Evidence existed, kept so that they
 	// run on as they began: every retry (attempt 2 on) reads the twin first and returns
 	// AlreadyAccepted when the device reports the property with the value. Ignored when Evidence
@@ -85,8 +89,18 @@ type InvokeMethodResult struct {
 	// or "changed" (the property the device writes changed after the read before the call).
 	AlreadyAccepted bool   `json:"alreadyAccepted,omitempty"`
 	AcceptedBy      string `json:"acceptedBy,omitempty"`
-	// TwinReads counts the twin reads made looking for evidence, over all attempts.
+	// TwinReads counts the twin reads made looking for evidence, and ReadFirst's, over all
+	// attempts.
 	TwinReads int `json:"twinReads,omitempty"`
+	// Skipped is set when the device reported ReadFirst.SkipIf and no call was made.
+	Skipped bool `json:"skipped,omitempty"`
+	// Read is ReadFirst's read, the one the operation's decisions were based on: the reported
+	// properties ReadFirst.Properties named, with the hub's times of them, as GetTwin returns them.
+	Read *GetTwinResult `json:"read,omitempty"`
+	// EvidenceBefore is the Evidence.Before that ReadFirst set: Read.LastUpdated[Evidence.Property],
+	// or, in ReadFirst's fallback, ScheduledAt less readFirstSlack. It is the "before" of what
+	// follows the call (FollowStages' StatusBefore, WaitForReported's Changed).
+	EvidenceBefore string `json:"evidenceBefore,omitempty"`
 }
 
 // InvokeProgress is what InvokeMethod records in its heartbeat details: which attempt it is and
@@ -96,13 +110,17 @@ type InvokeMethodResult struct {
 type InvokeProgress struct {
 	Attempt int `json:"attempt"`
 	// Outcome is OutcomeLooking, OutcomeCalling or a delivery ("not delivered", "maybe delivered",
-	// "delivered").
+	// "delivered"); "not delivered" also when ReadFirst's read failed before anything was called.
 	Outcome   string `json:"outcome"`
 	Calls     int    `json:"calls,omitempty"`
 	TwinReads int    `json:"twinReads,omitempty"`
 	// LastError is the failure of the last call, kept for the error of an attempt that finds no
 	// evidence and has no time left to call again.
 	LastError string `json:"lastError,omitempty"`
+	// Read and Before are ReadFirst's read and the Evidence.Before taken from it, carried by every
+	// attempt's details from the one that read on.
+	Read   *GetTwinResult `json:"read,omitempty"`
+	Before string         `json:"before,omitempty"`
 }
 
 // Outcomes in InvokeProgress besides the deliveries.
@@ -148,6 +166,12 @@ func (b *progressBox) update(fn func(p *InvokeProgress)) {
 // when it shows the device took the call; only then does it call again. An attempt after one that
 // was not delivered calls at once.
 //
+// With in.ReadFirst set, the operation's first attempt reads the twin before all that, and the
+// operation ends without a call when the read shows ReadFirst.SkipIf (Skipped) or this request's
+// ID (AlreadyAccepted); the read and the Evidence.Before it gives are kept for the retries, and a
+// retry that finds no record of them falls back on a read of its own and a look for evidence (see
+// ReadFirst).
+//
 // Errors: invalid input → ErrBadRequest; hub errors as classify decides; a device status outside
 // 200–299 → non-retryable ErrMethodFailed with the InvokeMethodResult as the error's details, since the
 // device has run the method and said no.
@@ -168,18 +192,35 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &prev) == nil {
 		prevp = &prev
 	}
-	box := &progressBox{p: InvokeProgress{Attempt: attempt, Outcome: OutcomeLooking, Calls: prev.Calls, TwinReads: prev.TwinReads, LastError: prev.LastError}}
+	box := &progressBox{p: InvokeProgress{Attempt: attempt, Outcome: OutcomeLooking, Calls: prev.Calls, TwinReads: prev.TwinReads,
+		LastError: prev.LastError, Read: prev.Read, Before: prev.Before}}
 	result := func(r InvokeMethodResult) InvokeMethodResult {
 		p := box.get().(InvokeProgress)
 		r.Attempt, r.Calls, r.TwinReads = attempt, p.Calls, p.TwinReads
+		r.Read, r.EvidenceBefore = p.Read, p.Before
 		return r
 	}
 
-	// The heartbeats cover the look for evidence and the wait for a rate token as well as the call.
+	// The heartbeats cover the read, the look for evidence and the wait for a rate token as well
+	// as the call.
 	stop := a.heartbeatWhile(ctx, box.get)
 	defer stop()
+	look := lookFirst(in.Evidence, attempt, prevp)
+	if in.ReadFirst != nil {
+		done, fallback, err := a.readFirst(ctx, logger, in, attempt, prevp, box, stop)
+		if err != nil {
+			return InvokeMethodResult{}, err
+		}
+		if done != nil {
+			return result(*done), nil
+		}
+		in.Evidence = withBefore(in.Evidence, box.get().(InvokeProgress).Before)
+		// lookFirst already holds for every fallback (readFallback asks what it asks); said
+		// here too, since a fallback that called without looking could deliver twice.
+		look = look || fallback && in.Evidence != nil
+	}
 	switch {
-	case lookFirst(in.Evidence, attempt, prevp):
+	case look:
 		how, err := a.lookBeforeCall(ctx, logger, in, box, prevp, callTimeout, stop)
 		if err != nil {
 			return InvokeMethodResult{}, err
@@ -402,6 +443,9 @@ func (in InvokeMethodInput) methodCall() (hubconn.MethodCall, time.Duration, err
 		payload = b
 	}
 	if problem := in.Evidence.problem(); problem != "" {
+		return hubconn.MethodCall{}, 0, badRequest("invoke %s on %s: %s", in.Method, in.DeviceID, problem)
+	}
+	if problem := in.ReadFirst.problem(in.Evidence); problem != "" {
 		return hubconn.MethodCall{}, 0, badRequest("invoke %s on %s: %s", in.Method, in.DeviceID, problem)
 	}
 	if b := payload; len(b) > maxPayloadBytes {
