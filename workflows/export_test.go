@@ -5,3 +5,6 @@ var (
 	PackRows   = packRows
 	UnpackRows = unpackRows
 )
+
+// ShardsChange is the change ID of sharded rollouts, for tests that pin the older shape.
+const ShardsChange = shardsChange

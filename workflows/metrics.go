@@ -74,7 +74,7 @@ func (r *rollout) observe(ctx workflow.Context) {
 	}
 	m := &r.metrics
 	ended := RolloutProgress{State: r.state}.Done()
-	step := max(1, len(r.st.Rows)/100)
+	step := max(1, r.total()/100)
 	if m.ended || (r.state == m.state && r.running > 0 && r.changes-m.changes < step && !ended) {
 		return
 	}

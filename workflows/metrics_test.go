@@ -205,6 +205,7 @@ func meteredRolloutEnv(t *testing.T, sim *fleetSim) (*testsuite.TestWorkflowEnvi
 	env, scope := meteredEnv(t, workflows.RolloutWorkflowID(rolloutName))
 	env.RegisterWorkflowWithOptions(sim.firmware, workflow.RegisterOptions{Name: "FirmwareUpdate"})
 	env.RegisterWorkflowWithOptions(sim.reboot, workflow.RegisterOptions{Name: "Reboot"})
+	env.OnGetVersion(workflows.ShardsChange, workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	return env, scope
 }
 

@@ -95,6 +95,9 @@ func Rollout(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
 	} else {
 		r.st = &RolloutState{Started: r.now, Runs: 1}
 		r.state = RolloutResolving
+		if workflow.GetVersion(ctx, shardsChange, workflow.DefaultVersion, 1) >= 1 {
+			r.startFleet()
+		}
 	}
 	if err := r.setHandlers(ctx); err != nil {
 		return RolloutProgress{}, err
@@ -116,6 +119,9 @@ func Rollout(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
 	}
 	r.publishedState = r.state
 
+	if r.fl != nil {
+		return r.runFleet(ctx, in.State == nil)
+	}
 	if in.State == nil {
 		if err := r.resolve(ctx); err != nil {
 			r.reason = fmt.Sprintf("resolving the targets failed: %v", err)
@@ -169,6 +175,15 @@ type rollout struct {
 	// metrics is what observe last emitted (metrics.go).
 	metrics rolloutMetrics
 
+	// fl is the state of a sharded rollout (nil for one that began before shards); agg its
+	// devices' counts, summed from the shards' tallies (sumShards).
+	fl  *fleet
+	agg Tally
+	// cancelResolve cancels the read of a page of targets in progress; resolveErr is the error
+	// that ended the resolution.
+	cancelResolve workflow.CancelFunc
+	resolveErr    error
+
 	// windowed is set when the rollout starts devices only in its maintenance windows.
 	windowed bool
 	// win is the window state last recorded, known once winKnown; it holds until its boundary.
@@ -185,6 +200,13 @@ type rollout struct {
 
 // restore takes over the state carried by continue-as-new.
 func (r *rollout) restore(st *RolloutState) error {
+	if st.Sharded {
+		r.fl = &fleet{}
+		if err := unpackJSON(st.PackedFleet, r.fl); err != nil {
+			return err
+		}
+		st.PackedFleet = nil
+	}
 	if st.PackedRows != nil {
 		rows, err := unpackRows(st.PackedRows)
 		if err != nil {
@@ -199,35 +221,48 @@ func (r *rollout) restore(st *RolloutState) error {
 		r.state = RolloutPaused
 		r.reason = st.PauseReason
 	}
-	r.countRows()
-	r.logger.Info("rollout continues", "run", st.Runs, "finished", r.finished, "total", len(st.Rows))
+	if r.fl != nil {
+		r.sumShards()
+	} else {
+		r.countRows()
+	}
+	r.logger.Info("rollout continues", "run", st.Runs, "finished", r.finished, "total", r.total())
 	return nil
 }
 
-// packRows compresses the rows for continue-as-new. The result depends only on the rows, and
-// replay does not compare a continue-as-new's input, so this is safe in workflow code.
+// packRows compresses the rows for continue-as-new.
 func packRows(rows []DeviceRow) ([]byte, error) {
+	return packJSON(rows)
+}
+
+func unpackRows(packed []byte) ([]DeviceRow, error) {
+	var rows []DeviceRow
+	return rows, unpackJSON(packed, &rows)
+}
+
+// packJSON compresses v's JSON for continue-as-new. The result depends only on v, and replay does
+// not compare a continue-as-new's input, so this is safe in workflow code.
+func packJSON(v any) ([]byte, error) {
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
-	if err := json.NewEncoder(zw).Encode(rows); err != nil {
-		return nil, fmt.Errorf("pack the rollout's rows: %w", err)
+	if err := json.NewEncoder(zw).Encode(v); err != nil {
+		return nil, fmt.Errorf("pack the rollout's state: %w", err)
 	}
 	if err := zw.Close(); err != nil {
-		return nil, fmt.Errorf("pack the rollout's rows: %w", err)
+		return nil, fmt.Errorf("pack the rollout's state: %w", err)
 	}
 	return buf.Bytes(), nil
 }
 
-func unpackRows(packed []byte) ([]DeviceRow, error) {
+func unpackJSON(packed []byte, v any) error {
 	zr, err := gzip.NewReader(bytes.NewReader(packed))
 	if err != nil {
-		return nil, fmt.Errorf("unpack the rollout's rows: %w", err)
+		return fmt.Errorf("unpack the rollout's state: %w", err)
 	}
-	var rows []DeviceRow
-	if err := json.NewDecoder(zr).Decode(&rows); err != nil {
-		return nil, fmt.Errorf("unpack the rollout's rows: %w", err)
+	if err := json.NewDecoder(zr).Decode(v); err != nil {
+		return fmt.Errorf("unpack the rollout's state: %w", err)
 	}
-	return rows, nil
+	return nil
 }
 
 // countRows derives the counters from the rows. Rows still running when a run ended (none, since

@@ -262,6 +262,11 @@ type RolloutState struct {
 	Runs int `json:"runs"`
 	// HubCalls sums the hub calls of the finished devices and the target resolution.
 	HubCalls int `json:"hubCalls"`
+
+	// Sharded is set for a rollout that runs its devices in RolloutShard workflows (shardsChange);
+	// PackedFleet then carries its fleet state, gzip-compressed JSON, instead of Rows.
+	Sharded     bool   `json:"sharded,omitempty"`
+	PackedFleet []byte `json:"packedFleet,omitempty"`
 }
 
 // DeviceRow is one target device of a rollout and its result: a line of the report.

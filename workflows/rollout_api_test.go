@@ -3,10 +3,11 @@ package workflows_test
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/dmflow/dmflow/activities"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dmflow/dmflow/activities"
 
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"

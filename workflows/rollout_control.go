@@ -2,7 +2,6 @@ package workflows
 
 import (
 	"fmt"
-	"slices"
 	"time"
 
 	"go.temporal.io/sdk/workflow"
@@ -18,6 +17,11 @@ func (r *rollout) setHandlers(ctx workflow.Context) error {
 	}
 	if err := workflow.SetQueryHandler(ctx, QueryReport, func(req ReportRequest) (ReportPage, error) {
 		return r.report(req)
+	}); err != nil {
+		return err
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryShards, func(req ShardsRequest) (ShardsPage, error) {
+		return r.shardsPage(req)
 	}); err != nil {
 		return err
 	}
@@ -121,6 +125,10 @@ func (r *rollout) resume(ctx workflow.Context, req ControlRequest) {
 func (r *rollout) cancel(_ workflow.Context, req ControlRequest) {
 	r.cancelRequested = true
 	r.reason = orDefault(req.Reason, "cancelled by an operator")
+	if r.cancelResolve != nil {
+		// Reading a page of targets: the read is not waited for.
+		r.cancelResolve()
+	}
 	r.logger.Info("rollout cancelled by update", "reason", r.reason, "running", r.running)
 }
 
@@ -138,7 +146,7 @@ func (r *rollout) progress() RolloutProgress {
 		Operation:     r.in.Operation,
 		State:         r.state,
 		Reason:        r.reason,
-		Total:         len(r.st.Rows),
+		Total:         r.total(),
 		Waves:         len(r.st.WaveSizes),
 		Retrying:      r.st.Retrying,
 		MaxFailures:   r.threshold.String(),
@@ -156,23 +164,12 @@ func (r *rollout) progress() RolloutProgress {
 	if r.abortReason != "" && p.Reason == "" {
 		p.Reason = r.abortReason
 	}
-	for _, row := range r.st.Rows {
-		switch row.Result {
-		case DeviceUpdated, DeviceRebooted:
-			p.Succeeded++
-		case DeviceSkipped:
-			p.Skipped++
-		case DeviceFailed:
-			p.Failed++
-		case DeviceCancelled:
-			p.Cancelled++
-		case DeviceNotStarted:
-			p.NotStarted++
-		case DeviceRunning:
-			p.Running++
-		default:
-			p.Pending++
-		}
+	c := r.counts()
+	p.Succeeded, p.Skipped, p.Failed, p.Cancelled = c.Succeeded, c.Skipped, c.Failed, c.Cancelled
+	p.NotStarted, p.Running, p.Pending = c.NotStarted, c.Running, c.Pending
+	if r.fl != nil {
+		// The shards count their devices' calls; the state, those of the target resolution.
+		p.HubCalls += c.HubCalls
 	}
 	if w := r.st.Wave; w < len(r.st.WaveSizes) {
 		p.Wave = w + 1
@@ -193,24 +190,36 @@ func (r *rollout) progress() RolloutProgress {
 	return p
 }
 
+// counts counts the devices by result: a sharded rollout's from its shards' tallies, an older
+// one's from its rows.
+func (r *rollout) counts() Tally {
+	if r.fl != nil {
+		return r.agg
+	}
+	var t Tally
+	for _, row := range r.st.Rows {
+		t.count(row)
+	}
+	return t
+}
+
+// total is the number of target devices resolved.
+func (r *rollout) total() int {
+	if r.fl == nil {
+		return len(r.st.Rows)
+	}
+	n := 0
+	for _, size := range r.fl.Sizes {
+		n += size
+	}
+	return n
+}
+
 // report answers a page of rows.
 func (r *rollout) report(req ReportRequest) (ReportPage, error) {
-	if req.Offset < 0 || req.Limit < 0 {
-		return ReportPage{}, fmt.Errorf("report offset and limit must not be negative")
+	if r.fl != nil {
+		return ReportPage{}, fmt.Errorf("rollout %s keeps its rows in its shard workflows: ask %s for them, then each shard for %s (starter rollout report does)",
+			r.in.Name, QueryShards, QueryReport)
 	}
-	limit := req.Limit
-	if limit == 0 || limit > MaxReportPage {
-		limit = MaxReportPage
-	}
-	total := len(r.st.Rows)
-	from := min(req.Offset, total)
-	to := min(from+limit, total)
-	page := ReportPage{Rows: slices.Clone(r.st.Rows[from:to]), Total: total}
-	if page.Rows == nil {
-		page.Rows = []DeviceRow{}
-	}
-	if to < total {
-		page.Next = to
-	}
-	return page, nil
+	return reportPage(r.st.Rows, req)
 }

@@ -152,6 +152,9 @@ func rolloutInput(n int) workflows.RolloutInput {
 	}
 }
 
+// newRolloutEnv runs rollouts as they ran before shards (a child workflow per device, the rows in
+// the rollout), the shape that rollouts started before shardsChange keep until they end; the
+// sharded shape has its own harness (shardSim).
 func newRolloutEnv(t *testing.T, sim *fleetSim) *testsuite.TestWorkflowEnvironment {
 	t.Helper()
 	var s testsuite.WorkflowTestSuite
@@ -161,6 +164,7 @@ func newRolloutEnv(t *testing.T, sim *fleetSim) *testsuite.TestWorkflowEnvironme
 	// so that they receive cancellation as real child workflows do.
 	env.RegisterWorkflowWithOptions(sim.firmware, workflow.RegisterOptions{Name: "FirmwareUpdate"})
 	env.RegisterWorkflowWithOptions(sim.reboot, workflow.RegisterOptions{Name: "Reboot"})
+	env.OnGetVersion(workflows.ShardsChange, workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	env.SetStartTime(start)
 	env.SetStartWorkflowOptions(client.StartWorkflowOptions{ID: workflows.RolloutWorkflowID(rolloutName), TaskQueue: workflows.TaskQueue})
 	return env

@@ -113,10 +113,13 @@ func (r *rollout) armWindowTimer(ctx workflow.Context, at time.Time, summary str
 // outOfWindows ends a rollout with devices left to start when no window opens any more: like an
 // abort, the devices in flight finish and the rest are not started.
 func (r *rollout) outOfWindows(ctx workflow.Context) {
-	left := 0
-	for _, row := range r.st.Rows[r.next:] {
-		if row.Result == DevicePending {
-			left++
+	left := r.agg.Pending
+	if r.fl == nil {
+		left = 0
+		for _, row := range r.st.Rows[r.next:] {
+			if row.Result == DevicePending {
+				left++
+			}
 		}
 	}
 	r.noWindow = true
