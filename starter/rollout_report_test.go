@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/csv"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -146,4 +147,51 @@ func TestWriteFileAtomicKeepsOldOnError(t *testing.T) {
 
 	err = writeFileAtomic(filepath.Join(t.TempDir(), "missing-dir", "r.txt"), func(io.Writer) error { return nil })
 	assert.Error(t, err)
+}
+
+// A sharded rollout's report is read shard by shard: each page stops at its shard's last row and
+// points at the next shard's first.
+func TestShardedReportPage(t *testing.T) {
+	shards := workflows.ShardsPage{Total: 5, Shards: []workflows.ShardRef{
+		{WorkflowID: "rollout/r/shard/0", Offset: 0, Devices: 3},
+		{WorkflowID: "rollout/r/shard/1", Offset: 3, Devices: 2},
+	}}
+	rows := map[string][]string{"rollout/r/shard/0": {"a", "b", "c"}, "rollout/r/shard/1": {"d", "e"}}
+	var asked []string
+	query := func(id string, req workflows.ReportRequest) (workflows.ReportPage, error) {
+		asked = append(asked, fmt.Sprintf("%s@%d/%d", id, req.Offset, req.Limit))
+		all := rows[id]
+		to := min(req.Offset+req.Limit, len(all))
+		page := workflows.ReportPage{Total: len(all)}
+		for _, d := range all[req.Offset:to] {
+			page.Rows = append(page.Rows, workflows.DeviceRow{DeviceID: d})
+		}
+		if to < len(all) {
+			page.Next = to
+		}
+		return page, nil
+	}
+	var got []string
+	for offset := 0; ; {
+		page, err := shardedReportPage(workflows.ReportRequest{Offset: offset, Limit: 2}, shards, query)
+		require.NoError(t, err)
+		assert.Equal(t, 5, page.Total)
+		for _, r := range page.Rows {
+			got = append(got, r.DeviceID)
+		}
+		if page.Next == 0 {
+			break
+		}
+		offset = page.Next
+	}
+	assert.Equal(t, []string{"a", "b", "c", "d", "e"}, got)
+	assert.Equal(t, []string{"rollout/r/shard/0@0/2", "rollout/r/shard/0@2/2", "rollout/r/shard/1@0/2"}, asked)
+
+	page, err := shardedReportPage(workflows.ReportRequest{Offset: 9}, shards, query)
+	require.NoError(t, err)
+	assert.Empty(t, page.Rows, "past the last row")
+	_, err = shardedReportPage(workflows.ReportRequest{}, shards, func(string, workflows.ReportRequest) (workflows.ReportPage, error) {
+		return workflows.ReportPage{}, errors.New("no worker")
+	})
+	assert.ErrorContains(t, err, "shard rollout/r/shard/0: no worker")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/dmflow/dmflow/activities"
@@ -78,10 +79,77 @@ func (t *temporalClient) Progress(ctx context.Context, name string) (workflows.R
 	return p, t.rolloutErr(name, err)
 }
 
+// Report reads a page of the report: from the rollout's shards (QueryShards, then the shard's
+// QueryReport) or, for a rollout begun before shards, from the rollout itself.
 func (t *temporalClient) Report(ctx context.Context, name string, req workflows.ReportRequest) (workflows.ReportPage, error) {
-	var page workflows.ReportPage
-	err := t.query(ctx, workflows.RolloutWorkflowID(name), "", workflows.QueryReport, &page, req)
-	return page, t.rolloutErr(name, err)
+	shards, ok := t.shards[name]
+	if !ok || req.Offset == 0 {
+		var err error
+		shards, ok, err = t.readShards(ctx, name)
+		if err != nil {
+			return workflows.ReportPage{}, t.rolloutErr(name, err)
+		}
+	}
+	if !ok {
+		var page workflows.ReportPage
+		err := t.query(ctx, workflows.RolloutWorkflowID(name), "", workflows.QueryReport, &page, req)
+		return page, t.rolloutErr(name, err)
+	}
+	if t.shards == nil {
+		t.shards = map[string]workflows.ShardsPage{}
+	}
+	t.shards[name] = shards
+	return shardedReportPage(req, shards, func(id string, req workflows.ReportRequest) (workflows.ReportPage, error) {
+		var page workflows.ReportPage
+		err := t.query(ctx, id, "", workflows.QueryReport, &page, req)
+		return page, err
+	})
+}
+
+// readShards lists a sharded rollout's shards, all pages of them; ok is false for a rollout that
+// keeps its rows itself (it began before shards, or its worker predates them).
+func (t *temporalClient) readShards(ctx context.Context, name string) (workflows.ShardsPage, bool, error) {
+	var all workflows.ShardsPage
+	for offset := 0; ; {
+		var page workflows.ShardsPage
+		err := t.query(ctx, workflows.RolloutWorkflowID(name), "", workflows.QueryShards, &page, workflows.ShardsRequest{Offset: offset})
+		var qf *serviceerror.QueryFailed
+		switch {
+		case errors.As(err, &qf):
+			// "keeps its rows itself", or a worker that knows no such query.
+			return all, false, nil
+		case err != nil:
+			return all, false, err
+		}
+		all.Shards, all.Total = append(all.Shards, page.Shards...), page.Total
+		if page.Next == 0 {
+			return all, true, nil
+		}
+		offset = page.Next
+	}
+}
+
+// shardedReportPage answers a report page from the shard that holds row req.Offset: its rows from
+// there to its last at most, with Next pointing past them (to the next shard's first row).
+func shardedReportPage(req workflows.ReportRequest, shards workflows.ShardsPage, query func(id string, req workflows.ReportRequest) (workflows.ReportPage, error)) (workflows.ReportPage, error) {
+	out := workflows.ReportPage{Rows: []workflows.DeviceRow{}, Total: shards.Total}
+	i := slices.IndexFunc(shards.Shards, func(s workflows.ShardRef) bool { return req.Offset < s.Offset+s.Devices })
+	if i < 0 {
+		return out, nil
+	}
+	ref := shards.Shards[i]
+	page, err := query(ref.WorkflowID, workflows.ReportRequest{Offset: req.Offset - ref.Offset, Limit: req.Limit})
+	if err != nil {
+		return out, fmt.Errorf("shard %s: %w", ref.WorkflowID, err)
+	}
+	out.Rows = page.Rows
+	switch {
+	case page.Next > 0:
+		out.Next = ref.Offset + page.Next
+	case i+1 < len(shards.Shards):
+		out.Next = shards.Shards[i+1].Offset
+	}
+	return out, nil
 }
 
 func (t *temporalClient) Outcome(ctx context.Context, name string) (workflows.RolloutProgress, error) {

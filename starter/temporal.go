@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/dmflow/dmflow/internal/temporalconn"
+	"github.com/dmflow/dmflow/workflows"
 	"github.com/spf13/cobra"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
@@ -24,6 +25,9 @@ type temporalClient struct {
 	sc        client.ScheduleClient
 	namespace string
 	uiURL     string
+	// shards caches, by rollout name, where a sharded rollout's rows are: read again by every
+	// report that starts from the first row.
+	shards map[string]workflows.ShardsPage
 }
 
 // dialTemporal connects with the globals' Temporal configuration; an unreachable server fails with
