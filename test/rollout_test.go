@@ -817,20 +817,29 @@ func TestRolloutEndToEnd(t *testing.T) {
 		t.Errorf("the first run's history ends in %s, want continue-as-new", last)
 	}
 	noSecrets(t, b)
-	replayer := worker.NewWorkflowReplayer()
-	replayer.RegisterWorkflow(workflows.Rollout)
-	file := filepath.Join(t.TempDir(), "rollout.json")
-	if err := os.WriteFile(file, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := replayer.ReplayWorkflowHistoryFromJSONFile(nil, file); err != nil {
-		t.Errorf("replay of the first run: %v", err)
-	}
-	if dir := os.Getenv("DMFLOW_RECORD_HISTORY"); dir != "" {
-		if err := os.WriteFile(filepath.Join(dir, "rollout.json"), b, 0o644); err != nil {
+	// The rollout's first run and its shard, replayed against today's code and, with
+	// DMFLOW_RECORD_HISTORY, recorded for the replay test.
+	sh, sb := runHistory(t, c, workflows.RolloutShardWorkflowID(name, 0), "")
+	noSecrets(t, sb)
+	perDevice := float64(len(sh.Events)) / count
+	t.Logf("history events: rollout's first run %d, its shard %d (%.1f per device)", len(h.Events), len(sh.Events), perDevice)
+	for file, history := range map[string][]byte{"rollout_sharded.json": b, "rollout_shard.json": sb} {
+		replayer := worker.NewWorkflowReplayer()
+		replayer.RegisterWorkflow(workflows.Rollout)
+		replayer.RegisterWorkflow(workflows.RolloutShard)
+		path := filepath.Join(t.TempDir(), file)
+		if err := os.WriteFile(path, history, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("recorded the first run of %s in %s", workflows.RolloutWorkflowID(name), filepath.Join(dir, "rollout.json"))
+		if err := replayer.ReplayWorkflowHistoryFromJSONFile(nil, path); err != nil {
+			t.Errorf("replay of %s: %v", file, err)
+		}
+		if dir := os.Getenv("DMFLOW_RECORD_HISTORY"); dir != "" {
+			if err := os.WriteFile(filepath.Join(dir, file), history, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("recorded %s", filepath.Join(dir, file))
+		}
 	}
 }
 

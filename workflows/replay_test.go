@@ -32,7 +32,13 @@ func TestReplay(t *testing.T) {
 		{"contract_tutorial-string_reboot.json", Reboot},
 		{"contract_tutorial-string_firmware.json", FirmwareUpdate},
 		{"contract_tutorial-string_firmware_reboot.json", FirmwareUpdate},
+		// A rollout begun before shards (GetVersion rollout-shards absent): a child workflow per
+		// device, the rows in its state.
 		{"rollout.json", Rollout},
+		// Sharded (test/rollout_test.go records them): the rollout's first run, which continues as
+		// new, and its shard.
+		{"rollout_sharded.json", Rollout},
+		{"rollout_shard.json", RolloutShard},
 		// Maintenance windows: the version marker, a recorded window state at each boundary, the
 		// timers to the openings and closes.
 		{"rollout_windows.json", Rollout},

@@ -183,6 +183,8 @@ type rollout struct {
 	// that ended the resolution.
 	cancelResolve workflow.CancelFunc
 	resolveErr    error
+	// signals are the commands sent to shards and not yet known delivered.
+	signals []workflow.Future
 
 	// windowed is set when the rollout starts devices only in its maintenance windows.
 	windowed bool

@@ -118,7 +118,8 @@ const (
 	// MaxConcurrentLimit bounds MaxConcurrent: each device in flight is a child workflow.
 	MaxConcurrentLimit = 2000
 	// DefaultDevicesPerRun is how many devices one run of the workflow starts before it continues
-	// as new: each device adds about six events to the rollout's history.
+	// as new: each device adds about six events to the history of a rollout begun before shards,
+	// and a tally or command per few devices to a sharded one's.
 	DefaultDevicesPerRun = 1000
 	// MaxNameLength bounds RolloutInput.Name.
 	MaxNameLength = 64

@@ -31,7 +31,8 @@ const shardsChange = "rollout-shards"
 const QueryShards = "shards"
 
 // continueAfterEvents is the history length at which a sharded rollout continues as new, well
-// under Temporal's warning at 10,240 events.
+// under Temporal's warning at 10,240 events. It also continues after granting DevicesPerRun
+// devices in a run, which bounds a run's tallies and commands as well.
 const continueAfterEvents = 8000
 
 // ShardsRequest asks QueryShards for a page of shards.
@@ -173,11 +174,14 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 					continue
 				}
 				r.command(ctx, func(c *ShardCommand) { c.Finish = true })
+				if err = r.awaitSignals(ctx); err != nil {
+					continue
+				}
 				return r.complete(ctx)
 			}
 		}
 		r.command(ctx, func(c *ShardCommand) { c.Hold = hold })
-		if r.historyIsLong(ctx) {
+		if r.historyIsLong(ctx) || r.startedThisRun >= r.in.DevicesPerRun {
 			return r.continueShardsAsNew(ctx)
 		}
 		err = r.awaitChange(ctx, seen)
@@ -244,6 +248,7 @@ func (r *rollout) grant(ctx workflow.Context) error {
 		if d > 0 {
 			r.plan(sh.Index, func(c *ShardCommand) { c.Quota += d; c.Wave = w })
 			r.fl.Granted[w] += d
+			r.startedThisRun += d
 			need -= d
 		}
 		if sh.Sent.Quota+d >= sh.Work {
@@ -317,6 +322,7 @@ func (r *rollout) command(ctx workflow.Context, change func(c *ShardCommand)) {
 // one sent. A lower concurrency alone is not sent: a shard's in flight never exceeds its
 // outstanding devices, which is what lowered it.
 func (r *rollout) flushCommands(ctx workflow.Context) {
+	r.signals = slices.DeleteFunc(r.signals, func(f workflow.Future) bool { return f.IsReady() })
 	for i := range r.fl.Shards {
 		sh := &r.fl.Shards[i]
 		want, sent := sh.Want, sh.Sent
@@ -327,7 +333,7 @@ func (r *rollout) flushCommands(ctx workflow.Context) {
 		sh.Want.Seq = sent.Seq + 1
 		sh.Sent = sh.Want
 		// A shard that closed meanwhile refuses the signal; its last tally tells the rest.
-		workflow.SignalExternalWorkflow(ctx, RolloutShardWorkflowID(r.in.Name, sh.Index), "", SignalShardCommand, sh.Sent)
+		r.signals = append(r.signals, workflow.SignalExternalWorkflow(ctx, RolloutShardWorkflowID(r.in.Name, sh.Index), "", SignalShardCommand, sh.Sent))
 	}
 }
 
@@ -519,6 +525,9 @@ func (r *rollout) historyIsLong(ctx workflow.Context) bool {
 
 // continueShardsAsNew ends this run and carries the fleet's state into the next.
 func (r *rollout) continueShardsAsNew(ctx workflow.Context) (RolloutProgress, error) {
+	if err := r.awaitSignals(ctx); err != nil {
+		return r.progress(), err
+	}
 	if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
 		return r.progress(), err
 	}
@@ -542,6 +551,18 @@ func (r *rollout) continueShardsAsNew(ctx workflow.Context) (RolloutProgress, er
 	next := r.in
 	next.State = &carry
 	return p, workflow.NewContinueAsNewError(ctx, Rollout, next)
+}
+
+// awaitSignals waits until the server has delivered (or refused) every command sent: a signal still
+// pending when the run closes, by continuing as new or ending, is dropped with it.
+func (r *rollout) awaitSignals(ctx workflow.Context) error {
+	for _, f := range r.signals {
+		if err := f.Get(ctx, nil); err != nil && ctx.Err() != nil {
+			return err
+		}
+	}
+	r.signals = nil
+	return nil
 }
 
 // windDownShards ends a sharded rollout that was cancelled, aborted or failed to resolve its
