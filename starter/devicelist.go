@@ -87,6 +87,7 @@ func parseDeviceList(r io.Reader, source string) ([]string, error) {
 	sc.Buffer(make([]byte, 0, 4096), maxDeviceLine)
 	var ids []string
 	seen := map[string]int{}
+	listBytes := 0
 	line := 0
 	for sc.Scan() {
 		line++
@@ -110,8 +111,11 @@ func parseDeviceList(r io.Reader, source string) ([]string, error) {
 		}
 		seen[id] = line
 		ids = append(ids, id)
-		if len(ids) > workflows.MaxRolloutDevices {
-			return nil, fmt.Errorf("%s line %d: more than %d devices, the most one rollout takes: split them into several rollouts", source, line, workflows.MaxRolloutDevices)
+		if listBytes += len(id) + 3; listBytes > workflows.MaxDeviceListBytes {
+			// Measured as the workflow measures it, once past the limit.
+			if err := workflows.CheckDeviceList(ids); err != nil {
+				return nil, fmt.Errorf("%s line %d: %w", source, line, err)
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {

@@ -93,8 +93,9 @@ var specHelp = `Targets, one of:
   --devices-file ids.txt
         one device ID per line; blank lines and lines starting with # are
         ignored, as is a # comment after the ID; "-" reads standard input
-The targets are resolved once, at the start, at most ` + strconv.Itoa(workflows.MaxRolloutDevices) + ` of them, and run in
-device-ID order.
+The targets are resolved a page of 1,000 at a time, as the waves need them, with
+no limit on their number (a device list: at most ` + strconv.Itoa(workflows.MaxDeviceListBytes/1024) + ` KB of IDs), and run
+in device-ID order within each page.
 
 Operation, one of:
   --firmware URI --version V [--reboot] [--stage-timeout D] [--deadline D]

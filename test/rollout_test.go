@@ -483,24 +483,26 @@ func TestRollout1000Devices(t *testing.T) {
 	t.Logf("throttled during the rollout (devices' own traffic included): %v → %v", before.Throttled, after.Throttled)
 
 	// The Temporal UI's search DmflowRollout = "<name>" lists the rollout
-	// and its 1,000 device workflows.
+	// and its shards, which run the 1,000 devices 250 at most each.
 	c := temporalClient(t)
 	q := fmt.Sprintf("DmflowRollout = %q", name)
-	if n := countVisible(t, c, q, count+1); n != count+1 {
-		t.Fatalf("visibility %s counts %d executions, want %d", q, n, count+1)
+	shards := int64(count+workflows.ShardSize-1) / workflows.ShardSize
+	if n := countVisible(t, c, q, shards+1); n != shards+1 {
+		t.Fatalf("visibility %s counts %d executions, want %d", q, n, shards+1)
 	}
 	byType := listVisible(t, c, q)
 	if got := byType["Rollout"]; len(got) != 1 || got[0] != workflows.RolloutWorkflowID(name) {
 		t.Errorf("Rollout executions %v, want [%s]", got, workflows.RolloutWorkflowID(name))
 	}
-	devs := byType["FirmwareUpdate"]
-	slices.Sort(devs)
-	want := make([]string, len(ids))
-	for i, id := range ids {
-		want[i] = workflows.RolloutDeviceWorkflowID(name, id)
+	got := byType["RolloutShard"]
+	slices.Sort(got)
+	var want []string
+	for i := range shards {
+		want = append(want, workflows.RolloutShardWorkflowID(name, int(i)))
 	}
-	if !slices.Equal(devs, want) {
-		t.Errorf("%d FirmwareUpdate executions listed, want the %d of rollout/%s/<device>", len(devs), len(want), name)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("RolloutShard executions %v, want %v", got, want)
 	}
 	if n := countVisible(t, c, q+` AND DmflowRolloutState = "completed"`, 1); n != 1 {
 		t.Errorf("DmflowRolloutState of the rollout: %d executions completed, want 1", n)

@@ -272,7 +272,9 @@ func TestNoSecretInHistory(t *testing.T) {
 	// visibility store catches up with the last closes.
 	type run struct{ typ, id, runID string }
 	var runs []run
-	want := map[string]int{"Reboot": 4, "FirmwareUpdate": 3, "Rollout": 2} // 1 + a firmware's child + 2 scheduled; 1 + 2 rolled out; 2
+	// Reboot: 1 + a firmware's child; FirmwareUpdate: 1; Rollout: 2; the rollouts' devices run
+	// in a shard each.
+	want := map[string]int{"Reboot": 2, "FirmwareUpdate": 1, "Rollout": 2, "RolloutShard": 2}
 	deadline := time.Now().Add(time.Minute)
 	for {
 		runs = runs[:0]

@@ -15,8 +15,9 @@ import (
 // an operator runs few rollouts and watches each.
 const (
 	// MetricDeviceOperations counts Reboot and FirmwareUpdate executions by LabelOperation and
-	// LabelResult, once each, when the workflow ends. A FirmwareUpdate with a reboot counts as a
-	// firmware operation and, through its Reboot child, as a reboot operation.
+	// LabelResult, once each, when the workflow ends, and the devices of rollout shards, once a
+	// run. A FirmwareUpdate with a reboot counts as a firmware operation and, through its Reboot
+	// child, as a reboot operation; a shard's firmware device with a reboot as a firmware one.
 	MetricDeviceOperations = "dmflow_device_operations"
 	// MetricRolloutDevices is a gauge per rollout (LabelRollout) and LabelState: how many of its
 	// devices are in each RolloutDeviceStates state, as the progress query counts them.
@@ -50,6 +51,11 @@ func countOperation(ctx workflow.Context, operation, ok string, err error) {
 	case err != nil:
 		result = DeviceFailed
 	}
+	countResult(ctx, operation, result)
+}
+
+// countResult counts one device operation that ended with result.
+func countResult(ctx workflow.Context, operation, result string) {
 	workflow.GetMetricsHandler(ctx).WithTags(map[string]string{
 		LabelOperation: operation,
 		LabelResult:    result,

@@ -111,10 +111,13 @@ const (
 	// finished (once DefaultMinDevices have), failed.
 	DefaultMaxFailures = "10%"
 	DefaultMinDevices  = 10
-	// MaxRolloutDevices bounds the targets of one rollout: every device has a row in the
-	// rollout's state, which travels through continue-as-new and must stay well below Temporal's
-	// 2 MB payload limit. Larger fleets are split into several rollouts (by tag or ID range).
+	// MaxRolloutDevices bounded the targets of a rollout begun before shards, whose rows travel
+	// through continue-as-new; its target query still refuses more. A sharded rollout has no cap.
 	MaxRolloutDevices = 20000
+	// MaxDeviceListBytes bounds a rollout's Devices, which travel in its input (and, less those
+	// placed in shards, through continue-as-new): their JSON stays under Temporal's 256 KB payload
+	// warning. About 10,000 IDs of 16 characters; larger fleets are targeted by query.
+	MaxDeviceListBytes = 192 * 1024
 	// MaxConcurrentLimit bounds MaxConcurrent: each device in flight is a child workflow.
 	MaxConcurrentLimit = 2000
 	// DefaultDevicesPerRun is how many devices one run of the workflow starts before it continues
@@ -514,8 +517,8 @@ func (in RolloutInput) Validate() error {
 		problems = append(problems, "no targets: give a device query (SELECT * FROM devices WHERE tags.ring = 'beta') or device IDs")
 	case in.Query != "" && !isDeviceQuery(in.Query):
 		problems = append(problems, "the target query must select whole twins: SELECT * FROM devices [WHERE …], e.g. SELECT * FROM devices WHERE tags.ring = 'beta'")
-	case len(in.Devices) > MaxRolloutDevices:
-		problems = append(problems, fmt.Sprintf("%d target devices are more than the %d one rollout takes: split them into several rollouts", len(in.Devices), MaxRolloutDevices))
+	case CheckDeviceList(in.Devices) != nil:
+		problems = append(problems, CheckDeviceList(in.Devices).Error())
 	default:
 		for _, id := range in.Devices {
 			if err := deviceid.Check(id); err != nil {
@@ -547,6 +550,19 @@ func (in RolloutInput) Validate() error {
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("invalid rollout input: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// CheckDeviceList reports a list of target device IDs too large for a rollout's input, or nil.
+func CheckDeviceList(ids []string) error {
+	size := 2
+	for _, id := range ids {
+		size += len(id) + 3 // quotes and comma
+	}
+	if size > MaxDeviceListBytes {
+		return fmt.Errorf("%d device IDs (%d KB) are more than a rollout takes as a list (%d KB): tag the devices and target them by query, e.g. SELECT * FROM devices WHERE tags.ring = 'beta', which has no limit",
+			len(ids), size/1024, MaxDeviceListBytes/1024)
 	}
 	return nil
 }

@@ -105,6 +105,7 @@ func (r *rollout) startFleet() {
 		slices.Sort(ids)
 		r.in.Devices = slices.Compact(ids)
 	}
+	r.sumShards()
 }
 
 // runFleet runs a sharded rollout: in its first run, the first page of targets is resolved before
@@ -181,7 +182,7 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 			}
 		}
 		r.command(ctx, func(c *ShardCommand) { c.Hold = hold })
-		if r.historyIsLong(ctx) || r.startedThisRun >= r.in.DevicesPerRun {
+		if r.historyIsLong(ctx) || r.startedThisRun >= r.in.DevicesPerRun && r.hasWork() {
 			return r.continueShardsAsNew(ctx)
 		}
 		err = r.awaitChange(ctx, seen)
@@ -450,6 +451,7 @@ func (r *rollout) takeTally(ctx workflow.Context, t ShardTally) {
 	if sh == nil || t.Seq <= sh.Last.Seq {
 		return
 	}
+	before := sh.Last.Waves
 	sh.Last = t
 	if t.Closed {
 		r.fl.Closed.add(t.Tally, 1)
@@ -457,8 +459,12 @@ func (r *rollout) takeTally(ctx workflow.Context, t ShardTally) {
 		r.fl.Shards = slices.DeleteFunc(r.fl.Shards, func(s ShardRecord) bool { return s.Index == t.Index })
 	}
 	r.sumShards()
+	// As when a device finishes in a rollout begun before shards: the waves whose devices
+	// finished since the shard's last tally are judged, not the others.
 	for _, w := range t.Waves {
-		r.checkThreshold(w.Wave, r.waveFailed[w.Wave] > 0)
+		if !slices.Contains(before, w) {
+			r.checkThreshold(w.Wave, r.waveFailed[w.Wave] > 0)
+		}
 	}
 	r.touch(ctx)
 }

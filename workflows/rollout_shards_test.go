@@ -2,6 +2,7 @@ package workflows_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
+	commonpb "go.temporal.io/api/common/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
@@ -40,6 +42,15 @@ type shardSim struct {
 	attempts map[string]int
 	running  int
 	peak     int
+	// instant makes the devices take no time at all (a fleet too large for timers).
+	instant bool
+}
+
+func (s *shardSim) defaultDuration() time.Duration {
+	if s.instant {
+		return 0
+	}
+	return 10 * time.Second
 }
 
 type simCall struct {
@@ -64,8 +75,8 @@ func (s *shardSim) install(t *testing.T, env *testsuite.TestWorkflowEnvironment)
 		env.OnActivity(a.WaitForReported, mock.Anything, mock.MatchedBy(func(in activities.WaitForReportedInput) bool { return in.DeviceID == id })).
 			After(d).Return(s.wait)
 	}
-	env.OnActivity(a.FollowStages, mock.Anything, mock.Anything).After(10 * time.Second).Return(s.follow)
-	env.OnActivity(a.WaitForReported, mock.Anything, mock.Anything).After(10 * time.Second).Return(s.wait)
+	env.OnActivity(a.FollowStages, mock.Anything, mock.Anything).After(s.defaultDuration()).Return(s.follow)
+	env.OnActivity(a.WaitForReported, mock.Anything, mock.Anything).After(s.defaultDuration()).Return(s.wait)
 	env.OnActivity(a.InvokeMethod, mock.Anything, mock.Anything).Return(s.invoke)
 	env.OnActivity(a.QueryDevicesPage, mock.Anything, mock.Anything).Return(s.page)
 	env.SetOnActivityStartedListener(func(info *activity.Info, _ context.Context, _ converter.EncodedValues) {
@@ -294,4 +305,427 @@ func TestShardedRolloutCanaryFailureAbortsBeforeWave2(t *testing.T) {
 	assert.Equal(t, 2+4, rows[0].HubCalls, "the read and the call, and four polls")
 	assert.Equal(t, 6, p.HubCalls)
 	assert.Equal(t, workflows.DeviceNotStarted, rows[1].Result)
+}
+
+func TestShardedRolloutThresholds(t *testing.T) {
+	tests := []struct {
+		name        string
+		maxFailures string
+		minDevices  int
+		fail        []string
+		fast        bool // failing devices fail after 1 s, the others take 10 s
+		aborted     bool
+		reason      string
+	}{
+		// 40 devices, waves 4, 8, 16, 12. Wave 3 (dev-012..027) allows 10% of 16 = 1 failure.
+		{name: "percent of a wave exceeded", maxFailures: "10%", fail: []string{"dev-012", "dev-013"}, aborted: true, reason: "wave 3"},
+		{name: "percent within every wave", maxFailures: "10%", fail: []string{"dev-012", "dev-030"}},
+		{name: "count exceeded overall", maxFailures: "2", fail: []string{"dev-005", "dev-006", "dev-015"}, aborted: true, reason: "3 devices failed, more than the 2 allowed"},
+		{name: "count reached, not exceeded", maxFailures: "2", fail: []string{"dev-005", "dev-030"}},
+		{name: "percent overall judged at the end of a wave", maxFailures: "25%", minDevices: 10, fail: []string{"dev-004", "dev-005", "dev-012", "dev-013"}, fast: true},
+		{name: "count exceeded by fast failures", maxFailures: "3", fail: []string{"dev-004", "dev-005", "dev-012", "dev-013"}, fast: true, aborted: true, reason: "4 devices failed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sim := newShardSim()
+			for _, id := range tc.fail {
+				sim.fail[id] = 1
+				if tc.fast {
+					sim.duration[id] = time.Second
+				}
+			}
+			env := newShardEnv(t, sim)
+			in := rolloutInput(40)
+			in.Canary, in.Growth, in.MaxConcurrent = 4, 2, 40
+			in.MaxFailures, in.MinDevices = tc.maxFailures, tc.minDevices
+			env.ExecuteWorkflow(workflows.Rollout, in)
+			require.True(t, env.IsWorkflowCompleted())
+			if !tc.aborted {
+				require.NoError(t, env.GetWorkflowError())
+				var p workflows.RolloutProgress
+				require.NoError(t, env.GetWorkflowResult(&p))
+				assert.Equal(t, workflows.RolloutCompleted, p.State)
+				assert.Equal(t, len(tc.fail), p.Failed)
+				assert.Equal(t, 40-len(tc.fail), p.Succeeded)
+				return
+			}
+			p := abortedProgress(t, env.GetWorkflowError())
+			assert.Contains(t, p.Reason, tc.reason)
+			assert.Positive(t, p.NotStarted)
+			assert.Zero(t, p.Running+p.Pending)
+			assert.Equal(t, p.Total, p.Succeeded+p.Failed+p.NotStarted)
+		})
+	}
+}
+
+func TestShardedRolloutPauseHoldsStartsAndResumeContinues(t *testing.T) {
+	sim := newShardSim()
+	env := newShardEnv(t, sim)
+	in := rolloutInput(6)
+	in.Canary, in.Growth, in.MaxConcurrent = 6, 1, 2
+
+	var paused, afterPause workflows.RolloutProgress
+	var early, pause, resume *updateOutcome
+	env.RegisterDelayedCallback(func() { early = sendUpdate(t, env, workflows.UpdateResume, "") }, 2*time.Second)
+	env.RegisterDelayedCallback(func() { pause = sendUpdate(t, env, workflows.UpdatePause, "maintenance window") }, 5*time.Second)
+	env.RegisterDelayedCallback(func() { paused = rolloutProgress(t, env) }, 7*time.Second)
+	env.RegisterDelayedCallback(func() { afterPause = rolloutProgress(t, env) }, 50*time.Second)
+	env.RegisterDelayedCallback(func() { resume = sendUpdate(t, env, workflows.UpdateResume, "") }, 60*time.Second)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	require.Error(t, early.rejected, "a running rollout refuses resume")
+	require.NoError(t, pause.rejected)
+	assert.Equal(t, workflows.RolloutPaused, pause.result.State)
+	assert.Equal(t, workflows.RolloutPaused, paused.State)
+	assert.Equal(t, 2, paused.Running, "in-flight devices go on")
+	assert.Equal(t, 2, afterPause.Succeeded, "the two in flight finished")
+	assert.Zero(t, afterPause.Running, "no device started while paused")
+	require.NoError(t, resume.rejected)
+
+	assert.Equal(t, start.Add(60*time.Second), sim.startedAt("dev-002"), "the third device starts at the resume")
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, 6, p.Succeeded)
+	assert.Equal(t, start.Add(80*time.Second), p.Finished)
+	assert.Equal(t, 25*time.Second, p.Active)
+}
+
+// A paused rollout whose devices in flight cross the threshold aborts: it neither stays paused
+// nor refuses resume and cancel forever as "aborting" (as rollouts begun before shards did).
+func TestShardedRolloutPausedCrossingThresholdAborts(t *testing.T) {
+	sim := newShardSim()
+	for _, id := range devices(3) {
+		sim.fail[id] = 1
+	}
+	env := newShardEnv(t, sim)
+	in := rolloutInput(10)
+	in.Canary, in.Growth, in.MaxConcurrent, in.MaxFailures = 10, 1, 3, "2"
+	var pause *updateOutcome
+	env.RegisterDelayedCallback(func() { pause = sendUpdate(t, env, workflows.UpdatePause, "") }, 5*time.Second)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, pause.rejected)
+	p := abortedProgress(t, env.GetWorkflowError())
+	assert.Equal(t, workflows.RolloutAborted, p.State)
+	assert.Equal(t, 3, p.Failed)
+	assert.Equal(t, 7, p.NotStarted)
+	assert.Equal(t, start.Add(10*time.Second), p.Finished, "aborted when the third failed, though paused")
+}
+
+func TestShardedRolloutCancelCancelsInFlightAndLeavesTheRestUntouched(t *testing.T) {
+	sim := newShardSim()
+	env := newShardEnv(t, sim)
+	in := rolloutInput(10)
+	in.Canary, in.Growth, in.MaxConcurrent = 10, 1, 3
+
+	var cancel, pauseAfter *updateOutcome
+	env.RegisterDelayedCallback(func() {
+		cancel = sendUpdate(t, env, workflows.UpdateCancel, "wrong image")
+		pauseAfter = sendUpdate(t, env, workflows.UpdatePause, "")
+	}, 15*time.Second)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	require.NoError(t, cancel.rejected)
+	require.Error(t, pauseAfter.rejected)
+	assert.Contains(t, pauseAfter.rejected.Error(), "being cancelled")
+
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, workflows.RolloutCancelled, p.State)
+	assert.Equal(t, "wrong image", p.Reason)
+	assert.Equal(t, 3, p.Succeeded, "the first three finished at 10 s")
+	assert.Equal(t, 3, p.Cancelled, "the next three were in flight")
+	assert.Equal(t, 4, p.NotStarted)
+	assert.Len(t, sim.starts, 6)
+	rows := shardedReport(t, env)
+	assert.Equal(t, workflows.DeviceCancelled, rows[3].Result)
+	assert.Equal(t, workflows.DeviceNotStarted, rows[9].Result)
+}
+
+func TestShardedRolloutWorkflowCancellationEndsCancelled(t *testing.T) {
+	sim := newShardSim()
+	env := newShardEnv(t, sim)
+	in := rolloutInput(4)
+	in.Canary, in.Growth, in.MaxConcurrent = 4, 1, 2
+	env.RegisterDelayedCallback(env.CancelWorkflow, 5*time.Second)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	var canceled *temporal.CanceledError
+	require.ErrorAs(t, env.GetWorkflowError(), &canceled)
+	var p workflows.RolloutProgress
+	require.NoError(t, canceled.Details(&p))
+	assert.Equal(t, workflows.RolloutCancelled, p.State)
+	assert.Equal(t, 2, p.Cancelled)
+	assert.Equal(t, 2, p.NotStarted)
+}
+
+// The targets are read a page at a time, as the waves need them; each page in device-ID order
+// without repeats; devices already on the version are skipped without a call.
+func TestShardedRolloutReadsTheQueryPageByPage(t *testing.T) {
+	sim := newShardSim()
+	sim.pages = [][]activities.QueriedDevice{
+		{
+			{DeviceID: "b", Reported: map[string]any{"firmwareVersion": "1.0.0"}},
+			{DeviceID: "a", Reported: map[string]any{"firmwareVersion": fwVersion}},
+			{DeviceID: "c"},
+			{DeviceID: "b", Reported: map[string]any{"firmwareVersion": "1.0.0"}},
+		},
+		{{DeviceID: "d"}, {DeviceID: "e"}},
+	}
+	sim.onVer["c"] = true // updated between resolution and its turn
+	env := newShardEnv(t, sim)
+	const query = "SELECT * FROM devices WHERE tags.ring = 'beta'"
+	in := rolloutInput(0)
+	in.Devices, in.Query, in.Rate, in.Canary = nil, query, 10, 1
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	require.Len(t, sim.queries, 2)
+	assert.Equal(t, query, sim.queries[0].Query)
+	assert.Empty(t, sim.queries[0].Token)
+	assert.Equal(t, "1", sim.queries[1].Token, "the second page from the first's continuation token")
+	assert.Equal(t, []string{"firmwareVersion"}, sim.queries[0].Properties)
+	require.NotNil(t, sim.queries[0].Rate)
+
+	assert.Equal(t, []string{"b", "c", "d", "e"}, sim.startedDevices(), "a, already on the version, is never called")
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, 5, p.Total, "the repeat removed")
+	assert.Equal(t, 3, p.Succeeded)
+	assert.Equal(t, 2, p.Skipped)
+	rows := shardedReport(t, env)
+	assert.Equal(t, workflows.DeviceSkipped, rows[0].Result)
+	assert.Equal(t, -1, rows[0].Wave)
+	assert.Contains(t, rows[0].Note, "already on "+fwVersion)
+	assert.Equal(t, workflows.DeviceSkipped, rows[2].Result)
+	assert.Equal(t, "e", rows[4].DeviceID)
+}
+
+// A cancel while a page of targets is being read ends the rollout at once: the read (here held
+// up for 20 minutes, as a throttled hub can) is not waited for.
+func TestShardedRolloutCancelDuringResolution(t *testing.T) {
+	sim := newShardSim()
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	env.OnActivity(a.QueryDevicesPage, mock.Anything, mock.Anything).After(20*time.Minute).
+		Return(activities.QueryDevicesPageResult{Devices: []activities.QueriedDevice{{DeviceID: "a"}}}, nil)
+	sim.install(t, env)
+	in := rolloutInput(0)
+	in.Devices, in.Query = nil, "SELECT * FROM devices"
+	var cancel *updateOutcome
+	env.RegisterDelayedCallback(func() { cancel = sendUpdate(t, env, workflows.UpdateCancel, "wrong query") }, time.Minute)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	require.NoError(t, cancel.rejected)
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, workflows.RolloutCancelled, p.State)
+	assert.Equal(t, start.Add(time.Minute), p.Finished)
+	assert.Contains(t, p.Reason, "wrong query")
+	assert.Empty(t, sim.calls)
+}
+
+func TestShardedRolloutQueryFailureFailsTheRollout(t *testing.T) {
+	sim := newShardSim()
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	env.OnActivity(a.QueryDevicesPage, mock.Anything, mock.Anything).Return(activities.QueryDevicesPageResult{},
+		temporal.NewNonRetryableApplicationError("query devices: line 1, column 38: expected a value", activities.ErrBadRequest, nil))
+	sim.install(t, env)
+	in := rolloutInput(0)
+	in.Devices, in.Query = nil, "SELECT * FROM devices WHERE tags.ring ="
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	err := env.GetWorkflowError()
+	var appErr *temporal.ApplicationError
+	require.ErrorAs(t, err, &appErr)
+	assert.Equal(t, activities.ErrBadRequest, appErr.Type())
+	assert.Contains(t, err.Error(), "column 38")
+	assert.Empty(t, sim.calls)
+}
+
+func TestShardedRolloutRetriesFailedDevicesOnce(t *testing.T) {
+	sim := newShardSim()
+	sim.fail["dev-001"] = 1 // fails once, then succeeds
+	sim.fail["dev-003"] = 2 // fails both times
+	env := newShardEnv(t, sim)
+	in := rolloutInput(5)
+	in.Canary, in.Growth, in.MaxFailures, in.RetryFailed = 5, 1, "50%", true
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, 4, p.Succeeded)
+	assert.Equal(t, 1, p.Failed)
+	assert.Equal(t, 2, p.Waves, "the retry is one more wave")
+	assert.Equal(t, 2, sim.attempts["dev-001"])
+	assert.Equal(t, 2, sim.attempts["dev-003"])
+	assert.Equal(t, 1, sim.attempts["dev-000"])
+	last := sim.calls[len(sim.calls)-1]
+	assert.Equal(t, workflows.RolloutUpdateID(rolloutName, 2), last.requestID, "a retry is a new update for the device")
+	assert.Contains(t, sim.ids, "dev-001/firmwareUpdate#2")
+	rows := shardedReport(t, env)
+	assert.Equal(t, 2, rows[1].Attempts)
+	assert.Equal(t, workflows.DeviceUpdated, rows[1].Result)
+	assert.Equal(t, workflows.DeviceFailed, rows[3].Result)
+}
+
+func TestShardedRolloutRebootsDevices(t *testing.T) {
+	sim := newShardSim()
+	env := newShardEnv(t, sim)
+	in := workflows.RolloutInput{
+		Name: rolloutName, Operation: workflows.OperationReboot, Devices: devices(3),
+		Reboot: &workflows.RolloutReboot{Deadline: 10 * time.Minute}, Canary: 3,
+	}
+	env.ExecuteWorkflow(workflows.Rollout, in)
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, 3, p.Succeeded)
+	assert.Equal(t, 3*(2+2), p.HubCalls, "the read, the call and two polls each")
+	require.Len(t, sim.calls, 3)
+	assert.Equal(t, workflows.RebootMethod, sim.calls[0].method)
+	assert.Equal(t, "rollout:"+rolloutName, sim.calls[0].requestID)
+	assert.Nil(t, sim.calls[0].rate, "no rate, no ceiling")
+	assert.Contains(t, sim.ids, "dev-002/rebootDevice")
+	assert.Contains(t, sim.ids, "dev-002/rebootTime")
+	assert.Equal(t, workflows.DeviceRebooted, shardedReport(t, env)[2].Result)
+}
+
+// A shard cancelled from outside its rollout (the UI's Cancel on the shard workflow) fails its
+// devices in flight, which the threshold counts and the retry of failed devices runs again; the
+// shard goes on serving its rollout.
+func TestShardCancelledFromOutsideFailsItsDevicesInFlight(t *testing.T) {
+	sim := newShardSim()
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	sim.install(t, env)
+	env.SetStartWorkflowOptions(client.StartWorkflowOptions{ID: workflows.RolloutShardWorkflowID(rolloutName, 0), TaskQueue: workflows.TaskQueue})
+	parent := workflows.RolloutWorkflowID(rolloutName)
+	var tallies []workflows.ShardTally
+	env.OnSignalExternalWorkflow(mock.Anything, parent, "", workflows.SignalShardTally, mock.Anything).Return(
+		func(_, _, _, _ string, arg any) error {
+			tallies = append(tallies, arg.(workflows.ShardTally))
+			return nil
+		})
+	in := workflows.ShardInput{
+		Rollout: rolloutName, Parent: parent, Operation: workflows.OperationFirmware, RetryFailed: true,
+		Firmware: &workflows.RolloutFirmware{PackageURI: fwURI, Version: fwVersion},
+	}
+	for _, id := range devices(4) {
+		in.Devices = append(in.Devices, workflows.ShardDevice{ID: id})
+	}
+	command := func(at time.Duration, c workflows.ShardCommand) {
+		env.RegisterDelayedCallback(func() { env.SignalWorkflow(workflows.SignalShardCommand, c) }, at)
+	}
+	command(0, workflows.ShardCommand{Seq: 1, Quota: 4, Concurrency: 2})
+	env.RegisterDelayedCallback(env.CancelWorkflow, 5*time.Second)
+	// The rollout, told of two failures, retries them.
+	command(time.Minute, workflows.ShardCommand{Seq: 2, Quota: 4, Retry: 2, Wave: 1, Concurrency: 2})
+	env.ExecuteWorkflow(workflows.RolloutShard, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var last workflows.ShardTally
+	require.NoError(t, env.GetWorkflowResult(&last))
+	assert.True(t, last.Closed)
+	assert.Equal(t, 4, last.Succeeded, "two at once, two after their retry")
+	assert.Zero(t, last.Failed+last.Cancelled)
+	assert.Equal(t, 2, last.Retried)
+
+	require.NotEmpty(t, tallies)
+	var afterCancel *workflows.ShardTally
+	for i := range tallies {
+		if tallies[i].Failed == 2 {
+			afterCancel = &tallies[i]
+			break
+		}
+	}
+	require.NotNil(t, afterCancel, "the cancelled devices were told as failed")
+	assert.Equal(t, 2, afterCancel.Failed)
+	assert.Equal(t, []workflows.WaveTally{{Wave: 0, Done: 2, Failed: 2}}, afterCancel.Waves, "counted in their wave")
+	assert.Equal(t, 2, sim.attempts["dev-000"])
+	assert.Equal(t, 1, sim.attempts["dev-002"], "started after the cancel, once")
+}
+
+// sizeRecorder is a data converter that remembers the largest payload it wrote.
+type sizeRecorder struct {
+	converter.DataConverter
+	mu      sync.Mutex
+	largest int
+	what    string
+}
+
+func (r *sizeRecorder) ToPayloads(values ...any) (*commonpb.Payloads, error) {
+	ps, err := r.DataConverter.ToPayloads(values...)
+	if err == nil {
+		r.mu.Lock()
+		for i, p := range ps.GetPayloads() {
+			if n := len(p.GetData()); n > r.largest {
+				r.largest, r.what = n, fmt.Sprintf("%T", values[i])
+			}
+		}
+		r.mu.Unlock()
+	}
+	return ps, err
+}
+
+// A rollout of 50,000 devices: no payload (inputs, results, signals, query answers) comes near
+// Temporal's 256 KB warning, whatever the fleet's size, and every device runs once.
+func TestShardedRolloutOf50000Devices(t *testing.T) {
+	if testing.Short() {
+		t.Skip("about 20 s: 100,000 activities in the test environment")
+	}
+	const n, page = 50000, 1000
+	sim := newShardSim()
+	sim.instant = true
+	for p := range n / page {
+		var devs []activities.QueriedDevice
+		for i := range page {
+			devs = append(devs, activities.QueriedDevice{DeviceID: fmt.Sprintf("device-%06d", p*page+i)})
+		}
+		sim.pages = append(sim.pages, devs)
+	}
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	rec := &sizeRecorder{DataConverter: converter.GetDefaultDataConverter()}
+	env.SetDataConverter(rec)
+	sim.install(t, env)
+	in := workflows.RolloutInput{
+		Name: rolloutName, Operation: workflows.OperationReboot, Query: "SELECT * FROM devices",
+		Canary: 1000, Growth: 4, MaxConcurrent: workflows.MaxConcurrentLimit, DevicesPerRun: 1 << 30,
+	}
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, n, p.Total)
+	assert.Equal(t, n, p.Succeeded)
+	assert.Equal(t, 4, p.Waves, "1,000, 4,000, 16,000 and the rest")
+	assert.Len(t, sim.calls, n, "every device called once")
+	assert.Len(t, sim.queries, n/page)
+	t.Logf("largest payload: %d bytes (%s)", rec.largest, rec.what)
+	assert.Less(t, rec.largest, 128*1024, "largest payload %s", rec.what)
+
+	v, err := env.QueryWorkflow(workflows.QueryShards, workflows.ShardsRequest{})
+	require.NoError(t, err)
+	var shards workflows.ShardsPage
+	require.NoError(t, v.Get(&shards))
+	assert.Len(t, shards.Shards, n/workflows.ShardSize)
+	assert.Equal(t, n, shards.Total)
 }

@@ -251,6 +251,8 @@ type shard struct {
 	// unreported counts runs finished since the last tally, failedSince failures among them.
 	unreported, failedSince int
 	seq                     int
+	// seenSeq is the command the main loop last acted on.
+	seenSeq int
 	// cancelDevices cancels the devices in flight; cancelledByRollout is set once the rollout
 	// cancelled them, outside is set when the shard itself was cancelled from outside.
 	cancelDevices      workflow.CancelFunc
@@ -277,15 +279,22 @@ func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
 			s.cancelledByRollout = true
 			s.cancelDevices()
 		}
+		started := 0
 		for !c.Hold && !c.Stop && !c.Cancel && s.running < c.Concurrency {
 			i := s.nextToStart(c)
 			if i < 0 {
 				break
 			}
 			s.start(ctx, devCtx, i, c.Wave)
+			started++
 		}
 		if s.closing(c) {
 			return s.close(ctx)
+		}
+		if c.Seq != s.seenSeq {
+			// The devices a command started are told at once: the rollout counts them running.
+			s.seenSeq = c.Seq
+			s.unreported += started
 		}
 		s.maybeReport(ctx, c)
 		// A cancellation from outside ends the wait; the loop's top takes it.
@@ -372,6 +381,7 @@ func (s *shard) finish(ctx workflow.Context, i int, out deviceOutcome) {
 	row.Stages = out.stages
 	row.HubCalls = out.hubCalls
 	row.Duration = workflow.Now(ctx).Sub(row.Started)
+	countResult(ctx, s.in.Operation, out.result)
 	s.running--
 	s.runs++
 	s.unreported++
@@ -384,7 +394,7 @@ func (s *shard) finish(ctx workflow.Context, i int, out deviceOutcome) {
 
 // maybeReport sends a tally when the parent should hear of the finished runs: a failure at once
 // (the threshold may be crossed), a fifth of the concurrency at a time otherwise, and all that is
-// left once nothing runs.
+// left once nothing runs. Devices started by a new command count as unreported too.
 func (s *shard) maybeReport(ctx workflow.Context, c ShardCommand) {
 	if s.unreported == 0 {
 		return
