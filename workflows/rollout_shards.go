@@ -327,8 +327,9 @@ func (r *rollout) flushCommands(ctx workflow.Context) {
 	for i := range r.fl.Shards {
 		sh := &r.fl.Shards[i]
 		want, sent := sh.Want, sh.Sent
-		want.Seq, want.Concurrency = sent.Seq, min(want.Concurrency, sent.Concurrency)
-		if want == sent {
+		raised := want.Concurrency > sent.Concurrency
+		want.Seq, want.Concurrency = sent.Seq, sent.Concurrency
+		if want == sent && !raised {
 			continue
 		}
 		sh.Want.Seq = sent.Seq + 1
