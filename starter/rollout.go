@@ -47,11 +47,12 @@ flight and at most --rate IoT Hub calls per second. When more devices fail than
 --max-failures allows, the rollout aborts and leaves the devices not started
 untouched. A running rollout can be paused, resumed and cancelled.
 
-A rollout is the workflow rollout/<name>; each device runs as the workflow
-rollout/<name>/<device>, so a rollout never runs a device twice, across
-restarts too. List rollouts with
+A rollout is the workflow rollout/<name>; its devices run in shard workflows
+rollout/<name>/shard/<n> of up to 250 devices each, every device's calls as
+activities named after it (<device>/firmwareUpdate, <device>/stages), and a
+rollout never runs a device twice, across restarts too. List rollouts with
   ` + listRolloutsHint + `
-and see one with its device workflows in the Temporal UI with the query
+and see one with its shards in the Temporal UI with the query
   DmflowRollout = "<name>"
 
 status, watch and report ask the rollout's queries, which a running dmflow
@@ -77,8 +78,8 @@ rollout is running.`),
 		r.controlCommand(workflows.UpdateResume, "Start devices again after a pause",
 			`Resumes a paused rollout where it stopped. Refused unless the rollout is paused.`),
 		r.controlCommand(workflows.UpdateCancel, "Stop the rollout: no device starts any more, those in flight are cancelled",
-			`Cancels a rollout: no device starts any more, the device workflows in flight
-are cancelled, and the rollout ends as cancelled. Devices already updated stay
+			`Cancels a rollout: no device starts any more, the devices in flight are
+cancelled, and the rollout ends as cancelled. Devices already updated stay
 updated. Refused once the rollout has ended.`),
 		r.reportCommand())
 	return cmd
