@@ -74,11 +74,23 @@ type Activities struct {
 	// ceilings within this process alone, without a hub budget.
 	Pacer Pacer
 
+	// Heartbeats, when set, records heartbeat details synchronously: the worker's Temporal
+	// client. InvokeMethod's ReadFirst records its twin read through it before calling, so that an
+	// attempt that finds no read knows its predecessor never called (see ReadFirst). Nil falls back
+	// on the SDK's batched heartbeats and on ReadFirst's fallback.
+	Heartbeats HeartbeatRecorder
+
 	// heartbeatInterval overrides how often InvokeMethod heartbeats while the call is in flight,
 	// and how often any activity heartbeats while it waits for a HubRate token; zero derives it
 	// from the activity's heartbeat timeout. Only tests set it, to observe heartbeats without
 	// waiting seconds.
 	heartbeatInterval time.Duration
+}
+
+// HeartbeatRecorder records an activity's heartbeat details with the server and returns once it
+// has: client.Client does.
+type HeartbeatRecorder interface {
+	RecordActivityHeartbeat(ctx context.Context, taskToken []byte, details ...any) error
 }
 
 // errNoHub is returned when the worker registered Activities without a Hub. It is left retryable:

@@ -207,6 +207,7 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 	defer stop()
 	look := lookFirst(in.Evidence, attempt, prevp)
 	if in.ReadFirst != nil {
+		fresh := prevp == nil || prevp.Read == nil
 		done, fallback, err := a.readFirst(ctx, logger, in, attempt, prevp, box, stop)
 		if err != nil {
 			return InvokeMethodResult{}, err
@@ -215,9 +216,16 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 			return result(*done), nil
 		}
 		in.Evidence = withBefore(in.Evidence, box.get().(InvokeProgress).Before)
-		// lookFirst already holds for every fallback (readFallback asks what it asks); said
-		// here too, since a fallback that called without looking could deliver twice.
-		look = look || fallback && in.Evidence != nil
+		switch {
+		case fallback:
+			// lookFirst already holds for every fallback (readFallback asks what it asks); said
+			// here too, since a fallback that called without looking could deliver twice.
+			look = in.Evidence != nil
+		case fresh:
+			// No attempt before this one recorded a read, and none calls before recording it:
+			// nothing was called yet.
+			look = false
+		}
 	}
 	switch {
 	case look:

@@ -200,12 +200,18 @@ func (o *loserOutbound) RecordHeartbeat(ctx context.Context, details ...any) {
 // of the attempts lose names (nil loses none).
 func invokeLosing(t *testing.T, hub Hub, in InvokeMethodInput, lose func(attempt int32) bool) (InvokeMethodResult, error) {
 	t.Helper()
+	return invokeLosingWith(t, &Activities{Hub: hub}, in, lose)
+}
+
+// invokeLosingWith is invokeLosing with the worker's Activities as given.
+func invokeLosingWith(t *testing.T, acts *Activities, in InvokeMethodInput, lose func(attempt int32) bool) (InvokeMethodResult, error) {
+	t.Helper()
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestWorkflowEnvironment()
 	if lose != nil {
 		env.SetWorkerOptions(worker.Options{Interceptors: []interceptor.WorkerInterceptor{&heartbeatLoser{lose: lose}}})
 	}
-	env.RegisterActivity(&Activities{Hub: hub})
+	env.RegisterActivity(acts)
 	env.RegisterWorkflowWithOptions(func(ctx workflow.Context, in InvokeMethodInput) (InvokeMethodResult, error) {
 		ctx = workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: time.Minute,
@@ -589,4 +595,42 @@ func TestReadFirstValidation(t *testing.T) {
 	requireNonRetryable(t, err, ErrBadRequest)
 	assert.Equal(t, 0, hub.readCount())
 	assert.Equal(t, 0, hub.callCount())
+}
+
+// syncRecorder plays the worker's client recording heartbeats: it fails for the attempts fail
+// names, as a worker that died while recording (or could not reach the server) never called.
+type syncRecorder struct {
+	mu       sync.Mutex
+	recorded int
+	fail     func(details InvokeProgress) bool
+}
+
+func (r *syncRecorder) RecordActivityHeartbeat(_ context.Context, _ []byte, details ...any) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, _ := details[0].(InvokeProgress)
+	if r.fail != nil && r.fail(p) {
+		return errors.New("connection refused")
+	}
+	r.recorded++
+	return nil
+}
+
+// With the read recorded synchronously before every call, an attempt that finds no read knows its
+// predecessor never called: it reads and calls at once, without the fallback's look.
+func TestInvokeMethodReadFirstRecordedSynchronously(t *testing.T) {
+	d := newSimDevice(false)
+	hub := d.hub(answered, nil)
+	rec := &syncRecorder{fail: func(p InvokeProgress) bool { return p.Attempt == 1 }}
+	res, err := invokeLosingWith(t, &Activities{Hub: hub, Heartbeats: rec}, readFirstInput(), loseAttempt1)
+	require.NoError(t, err)
+
+	assert.Equal(t, 1, hub.callCount(), "attempt 1 could not record its read, so it did not call")
+	assert.Equal(t, 1, d.takenCount())
+	assert.Equal(t, 2, res.Attempt)
+	assert.Equal(t, 2, hub.readCount(), "a read each, no look for evidence")
+	require.NotNil(t, res.Read)
+	assert.Equal(t, 2, res.Read.Attempt)
+	assert.NotEqual(t, hubTime(scheduledAt.Add(-readFirstSlack)), res.EvidenceBefore, "the read's own time, not the fallback's")
+	assert.Equal(t, 1, rec.recorded)
 }

@@ -23,8 +23,12 @@ import (
 // may have reached the device would move Before past the device's report of it and hide the
 // evidence.
 //
-// The fallback. An attempt whose predecessor's details hold no read cannot tell whether that
-// predecessor called: it may have died after reading, with the heartbeat that recorded the read
+// A worker records the read synchronously through its client before it calls (Heartbeats), so an
+// attempt whose predecessor's details hold no read knows that predecessor never called, and reads
+// and calls as the first attempt does.
+//
+// The fallback, without Heartbeats (the SDK's test environments). An attempt whose
+// predecessor's details hold no read cannot tell whether that predecessor called: it may have died after reading, with the heartbeat that recorded the read
 // still in the SDK's batch (the SDK sends a heartbeat at once only when no batching window is
 // open, and a dead worker never sends the rest; a background heartbeat with details taken just
 // before the read can also land after it), then called. So it reads the twin again and, as
@@ -97,7 +101,9 @@ func (a *Activities) readFirst(ctx context.Context, logger log.Logger, in Invoke
 		// box started from prev, so its details carry the read on to the next attempt.
 		read = *prev.Read
 	} else {
-		fallback = readFallback(attempt, prev)
+		// A worker with a client records the read synchronously before calling (recordRead):
+		// no read recorded means no call was made.
+		fallback = readFallback(attempt, prev) && a.Heartbeats == nil
 		if fallback {
 			logger.Warn("no record of the twin read an earlier attempt made, which may have called since: reading again, taking reports since the activity was scheduled as evidence",
 				"scheduled_at", in.ReadFirst.ScheduledAt, "slack", readFirstSlack)
@@ -122,9 +128,26 @@ func (a *Activities) readFirst(ctx context.Context, logger log.Logger, in Invoke
 		}
 		box.update(func(p *InvokeProgress) { p.Read, p.Before = &read, before })
 		// Before any call: an attempt after this one must find the read, not make its own.
-		activity.RecordHeartbeat(ctx, box.get())
+		if err := a.recordRead(ctx, box.get()); err != nil {
+			logger.Warn("cannot record the twin read with Temporal: not calling", "error", err)
+			return nil, fallback, &hubCallError{msg: "record the twin read before the call: " + err.Error() + " (nothing was called)", err: err}
+		}
 	}
 	return in.readDecision(read), fallback, nil
+}
+
+// recordRead records details, which hold the operation's read, with the Temporal server before
+// the call. Through Heartbeats (the worker's client) it does so synchronously: once it returns, an
+// attempt after this one finds the read, so an attempt that finds none knows that its predecessor
+// never called (see readFallback). The SDK's own heartbeat is sent too, so that no detail batched
+// before the read can land after it. Without Heartbeats only the SDK's heartbeat goes, and the
+// fallback covers the rest.
+func (a *Activities) recordRead(ctx context.Context, details any) error {
+	activity.RecordHeartbeat(ctx, details)
+	if a.Heartbeats == nil {
+		return nil
+	}
+	return a.Heartbeats.RecordActivityHeartbeat(ctx, activity.GetInfo(ctx).TaskToken, details)
 }
 
 // readFallback reports whether an attempt whose predecessors' details hold no read is ReadFirst's
