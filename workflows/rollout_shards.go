@@ -205,9 +205,13 @@ func (r *rollout) resolveFailed(ctx workflow.Context, err error) error {
 	return nil
 }
 
-// hasWork reports whether devices are still to start: in shards, or in pages not yet read.
+// hasWork reports whether devices are still to start: in pages not yet read, in shards not yet
+// granted them, or granted and waiting in their shards (pending by the last tallies), or failed
+// devices of the retry wave not started again yet.
 func (r *rollout) hasWork() bool {
-	return !r.fl.Resolved || r.fl.Cursor < len(r.fl.Sizes) || r.st.Retrying && r.grantedIn(r.st.Wave) < r.st.WaveSizes[r.st.Wave]
+	w := r.st.Wave
+	return !r.fl.Resolved || r.fl.Cursor < len(r.fl.Sizes) || r.agg.Pending > 0 ||
+		r.st.Retrying && r.waveDone[w]+r.agg.Running < r.st.WaveSizes[w]
 }
 
 // allDone reports whether every device resolved has finished and no more are to come.
@@ -232,11 +236,12 @@ func (r *rollout) grant(ctx workflow.Context) error {
 		r.sumShards()
 		r.logger.Info("wave starts", "wave", w+1, "size", r.st.WaveSizes[w])
 	}
-	for need := r.st.WaveSizes[w] - r.grantedIn(w); need > 0 && !r.st.Retrying; {
+	// A run starts at most DevicesPerRun devices; the next run grants the rest.
+	for need := min(r.st.WaveSizes[w]-r.grantedIn(w), r.in.DevicesPerRun-r.startedThisRun); need > 0 && !r.st.Retrying; {
 		if r.fl.Cursor >= len(r.fl.Sizes) {
 			if r.fl.Resolved {
 				// Fewer devices than the wave's size are left: the wave is what is left.
-				r.st.WaveSizes[w] -= need
+				r.st.WaveSizes[w] = r.grantedIn(w)
 				break
 			}
 			if err := r.resolvePage(ctx); err != nil {
@@ -334,6 +339,7 @@ func (r *rollout) flushCommands(ctx workflow.Context) {
 		}
 		sh.Want.Seq = sent.Seq + 1
 		sh.Sent = sh.Want
+		r.logger.Debug("shard command", "shard", sh.Index, "command", sh.Sent)
 		// A shard that closed meanwhile refuses the signal; its last tally tells the rest.
 		r.signals = append(r.signals, workflow.SignalExternalWorkflow(ctx, RolloutShardWorkflowID(r.in.Name, sh.Index), "", SignalShardCommand, sh.Sent))
 	}

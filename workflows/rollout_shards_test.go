@@ -732,3 +732,48 @@ func TestShardedRolloutOf50000Devices(t *testing.T) {
 	assert.Len(t, shards.Shards, n/workflows.ShardSize)
 	assert.Equal(t, n, shards.Total)
 }
+
+// A sharded rollout over three daily windows of 20 minutes with devices of 12 minutes, as
+// TestRolloutSpansThreeWindows: the close holds the shards (devices in flight finish), the opening
+// lets them go on.
+func TestShardedRolloutSpansThreeWindows(t *testing.T) {
+	sim := newShardSim()
+	for _, id := range devices(12) {
+		sim.duration[id] = 12 * time.Minute
+	}
+	env := newShardEnv(t, sim)
+	in := rolloutInput(12)
+	in.Canary, in.Growth, in.MaxConcurrent = 2, 2, 3 // waves of 2, 4, 6
+	in.Windows = []workflows.Window{{Cron: "0 13,16,19 * * *", Duration: 20 * time.Minute}}
+
+	var before, afterClose workflows.RolloutProgress
+	env.RegisterDelayedCallback(func() { before = rolloutProgress(t, env) }, 30*time.Minute)
+	env.RegisterDelayedCallback(func() { afterClose = rolloutProgress(t, env) }, 82*time.Minute)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, workflows.RolloutCompleted, p.State)
+	assert.Equal(t, 12, p.Succeeded)
+	sim.mu.Lock()
+	for _, s := range sim.starts {
+		open, _, _, _ := workflows.WindowAt(in.Windows, s.at)
+		assert.True(t, open, "%s started at %s, outside the windows", s.device, s.at)
+	}
+	sim.mu.Unlock()
+
+	assert.Equal(t, workflows.RolloutWaiting, before.State)
+	assert.Equal(t, at(0, 13, 0), before.WindowOpens)
+	assert.Equal(t, workflows.RolloutWaiting, afterClose.State)
+	assert.Equal(t, 3, afterClose.Running, "wave 2 in flight across the close")
+
+	assert.Equal(t, at(0, 13, 0), sim.startedAt("dev-000"))
+	assert.Equal(t, at(0, 13, 12), sim.startedAt("dev-004"))
+	assert.Equal(t, at(0, 16, 0), sim.startedAt("dev-005"))
+	assert.Equal(t, at(0, 16, 12), sim.startedAt("dev-006"))
+	assert.Equal(t, at(0, 19, 0), sim.startedAt("dev-009"))
+	assert.Equal(t, at(0, 19, 12), p.Finished)
+	assert.Equal(t, 52*time.Minute, p.Active)
+}
