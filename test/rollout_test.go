@@ -21,6 +21,7 @@ import (
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/workflows"
+	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
@@ -857,6 +858,47 @@ func noSecrets(t *testing.T, b []byte) {
 	for _, secret := range []string{key, "SharedAccessKey=", "SharedAccessSignature", "sig="} {
 		if strings.Contains(string(b), secret) {
 			t.Errorf("history contains %q", secret)
+		}
+	}
+}
+
+// A rollout whose workflow was terminated leaves its shards running (they outlive its runs, so
+// they are abandoned, not closed with it). A new rollout of the same name must not take such a
+// shard for its own, nor report its devices as done: it fails at once, naming the shard and what
+// to do, and no device gets a second call.
+func TestRolloutRefusesARunningShardOfAnEarlierRollout(t *testing.T) {
+	const (
+		count  = 6
+		prefix = "rs-"
+		name   = "fw-shard-clash"
+	)
+	queue := "it-rollout-clash"
+	startWorker(t, queue)
+	startRolloutFleet(t, prefix, count, 1, 0, "--stage-duration", "20s", "--tags", "ring=clash")
+	args := []string{"--name", name, "--query", "SELECT * FROM devices WHERE tags.ring = 'clash'",
+		"--firmware", "https://fw.example/v2.bin", "--version", "2.0.0", "--canary", "6", "--task-queue", queue}
+	if _, stderr, code := startRollout(t, time.Minute, args...); code != 0 {
+		t.Fatalf("first rollout: exit %d: %s", code, stderr)
+	}
+	c := temporalClient(t)
+	shard := workflows.RolloutShardWorkflowID(name, 0)
+	require.Eventually(t, func() bool {
+		p, err := queryProgress(c, name)
+		return err == nil && p.Running == count
+	}, 30*time.Second, 200*time.Millisecond, "the shard running its devices")
+	if err := c.TerminateWorkflow(context.Background(), workflows.RolloutWorkflowID(name), "", "test: the rollout's workflow terminated"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.TerminateWorkflow(context.Background(), shard, "", "test cleanup") })
+
+	out, stderr, code := startRollout(t, time.Minute, append(args, "--wait")...)
+	if code != 1 || !strings.Contains(stderr, shard+" still runs") || !strings.Contains(stderr, "terminate it") {
+		t.Errorf("second rollout of the same name: exit %d, %+v, stderr %q: want 1 and the running shard named", code, out, stderr)
+	}
+	before := stats(t)
+	for _, id := range []string{prefix + "001", prefix + "006"} {
+		if n := before.MethodInvocations[id][protocol.MethodFirmwareUpdate]; n != 1 {
+			t.Errorf("%s got %d firmwareUpdate calls, want the first rollout's one", id, n)
 		}
 	}
 }

@@ -50,8 +50,10 @@ const (
 	// the busy workers get it.
 	idleAfter = 30 * time.Second
 	// burstShare is the part of a share a worker may spend at once after a pause; its bucket
-	// refills at the rest, so that in any one second its calls stay within its share.
-	burstShare = 0.2
+	// refills at the rest, so that in any one second its calls stay within its share. Small, so
+	// that a busy worker paces at nearly all of it (95%): calls book one token at a time, so a
+	// call of several tokens (a firmware update's patches) needs no larger burst.
+	burstShare = 0.05
 	// retryAfter is how soon a failed renewal is tried again.
 	retryAfter = time.Second
 )

@@ -28,8 +28,9 @@ func TestPace(t *testing.T) {
 		rate  rate.Limit
 		burst int
 	}{
-		{40, 32, 8},
-		{10, 8, 2},
+		{100, 95, 5},
+		{40, 38, 2},
+		{10, 9, 1},
 		{5, 4, 1},
 		{2, 1, 1},
 		{1, 1, 1},
@@ -58,8 +59,8 @@ func TestLeasersShareOneBudget(t *testing.T) {
 
 	require.NoError(t, w1.Wait(ctx, methods, 0, nil))
 	r, b := w1.limit("methods")
-	assert.Equal(t, rate.Limit(32), r)
-	assert.Equal(t, 8, b)
+	assert.Equal(t, rate.Limit(38), r)
+	assert.Equal(t, 2, b)
 
 	// w2 gets nothing while w1 holds it all: its call waits past a short deadline.
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
@@ -72,8 +73,8 @@ func TestLeasersShareOneBudget(t *testing.T) {
 	require.NoError(t, w2.Wait(ctx, methods, 0, nil))
 	for _, w := range []*Leaser{w1, w2} {
 		r, b := w.limit("methods")
-		assert.Equal(t, rate.Limit(16), r)
-		assert.Equal(t, 4, b)
+		assert.Equal(t, rate.Limit(19), r)
+		assert.Equal(t, 1, b)
 	}
 	granter.mu.Lock()
 	v := granter.ledger.View(time.Now())
