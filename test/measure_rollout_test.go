@@ -22,11 +22,8 @@ import (
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/workflows"
 	enumspb "go.temporal.io/api/enums/v1"
-	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
-	"go.temporal.io/sdk/worker"
-	"go.temporal.io/sdk/workflow"
 )
 
 // TestMeasureRollout measures firmware rollouts of 1,000 and 10,000 simulated devices with short
@@ -38,10 +35,10 @@ import (
 //   - quota: localhub at S1 with the rollout's --rate at the pace S1's quotas allow, on a dev
 //     server in memory, whose ceiling lies above that pace. Held to the quota-bound minimum.
 //
-// Beside each rollout, on the same dev server and before it, the raw Temporal ceiling: as many
-// trivial child workflows under one parent, each running three no-op activities as a firmware
-// update's device workflow runs GetTwin, InvokeMethod and FollowStages, at the rollout's
-// concurrency and continue-as-new cadence, on a worker in this process. Which bound a rollout is
+// Beside each rollout, on the same dev server and before it, Temporal's ceiling: trivial
+// stand-ins of the sharded shape (measure_ceiling_test.go), a parent with children of up to 250
+// devices, two no-op activities a device, at the rollout's concurrency and continue-as-new
+// cadence, on a worker in this process. Which bound a rollout is
 // held to follows from the measurements (benchreport.RolloutRun.QuotaBinds). `make bench-rollout`
 // runs it and writes the table to DMFLOW_BENCH_OUT and the figures beside it (.json).
 //
@@ -275,21 +272,6 @@ const (
 	procFleet    = "simdevice fleet"
 )
 
-// ceilingResult is one run of the trivial stand-in rollout.
-type ceilingResult struct {
-	wall         time.Duration
-	runs         int
-	parentEvents int
-	childEvents  float64
-}
-
-func (c ceilingResult) perMinute(n int) float64 { return float64(n) / c.wall.Minutes() }
-
-// eventsPerDevice is the parent's runs' events shared out over the n children, plus a child's.
-func (c ceilingResult) eventsPerDevice(n int) float64 {
-	return float64(c.parentEvents)/float64(n) + c.childEvents
-}
-
 func (r rolloutBenchResult) perMinute() float64 { return float64(r.devices) / r.wall.Minutes() }
 
 // quotaMin is the quota-bound minimum of the rollout at its regime's tier.
@@ -384,8 +366,8 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 
 	// The ceiling first, while nothing else runs: what Temporal alone allows on the server the
 	// rollout uses.
-	res.ceiling = measureCeiling(t, tc, cfg, n)
-	t.Logf("ceiling (%s dev server): %d trivial device workflows in %s", rg.server, n, res.ceiling.wall.Round(time.Second))
+	res.ceiling = measureCeiling(t, tc, cfg, n, 1)
+	t.Logf("ceiling (%s dev server): %d trivial devices, %d children, in %s", rg.server, n, res.ceiling.children, res.ceiling.wall.Round(time.Second))
 
 	lh := startBenchHub(t, rg)
 	setupStart := time.Now()
@@ -733,114 +715,6 @@ func startBenchHub(t *testing.T, rg benchRegime) ownHub {
 	return startOwnHub(t, "bench-localhub", args...)
 }
 
-// The ceiling: trivial stand-ins for Rollout, FirmwareUpdate and its three activities, on a worker
-// in this process with a task queue of its own.
-
-const (
-	ceilingParentName = "BenchCeilingRollout"
-	ceilingChildName  = "BenchCeilingDevice"
-)
-
-// ceilingActivities are the stand-ins for FirmwareUpdate's activities, in its order.
-var ceilingActivities = []string{"BenchGetTwin", "BenchInvokeMethod", "BenchFollowStages"}
-
-// ceilingInput is the stand-in rollout's input: Total children, at most Concurrency at a time,
-// PerRun per run before it continues as new; Next is where a continued run goes on.
-type ceilingInput struct {
-	Prefix      string `json:"prefix"`
-	Total       int    `json:"total"`
-	Concurrency int    `json:"concurrency"`
-	PerRun      int    `json:"perRun"`
-	Next        int    `json:"next"`
-	Failed      int    `json:"failed"`
-}
-
-func ceilingRollout(ctx workflow.Context, in ceilingInput) (int, error) {
-	running, started := 0, 0
-	for in.Next < in.Total && started < in.PerRun {
-		if err := workflow.Await(ctx, func() bool { return running < in.Concurrency }); err != nil {
-			return 0, err
-		}
-		cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
-			WorkflowID: fmt.Sprintf("%s/%05d", in.Prefix, in.Next),
-		})
-		f := workflow.ExecuteChildWorkflow(cctx, ceilingChildName)
-		running++
-		started++
-		in.Next++
-		workflow.Go(ctx, func(gctx workflow.Context) {
-			if err := f.Get(gctx, nil); err != nil {
-				in.Failed++
-			}
-			running--
-		})
-	}
-	if err := workflow.Await(ctx, func() bool { return running == 0 }); err != nil {
-		return 0, err
-	}
-	if in.Next < in.Total {
-		return 0, workflow.NewContinueAsNewError(ctx, ceilingParentName, in)
-	}
-	return in.Failed, nil
-}
-
-func ceilingDevice(ctx workflow.Context) error {
-	ctx = workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Minute})
-	for _, a := range ceilingActivities {
-		if err := workflow.ExecuteActivity(ctx, a).Get(ctx, nil); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func ceilingNoop(context.Context) error { return nil }
-
-// measureCeiling runs n trivial device workflows under one parent at the rollout's concurrency and
-// continue-as-new cadence.
-func measureCeiling(t *testing.T, tc client.Client, cfg rolloutBenchConfig, n int) ceilingResult {
-	t.Helper()
-	queue := fmt.Sprintf("bench-ceiling-%d-%d", n, time.Now().UnixNano())
-	w := worker.New(tc, queue, worker.Options{})
-	w.RegisterWorkflowWithOptions(ceilingRollout, workflow.RegisterOptions{Name: ceilingParentName})
-	w.RegisterWorkflowWithOptions(ceilingDevice, workflow.RegisterOptions{Name: ceilingChildName})
-	for _, a := range ceilingActivities {
-		w.RegisterActivityWithOptions(ceilingNoop, activity.RegisterOptions{Name: a})
-	}
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer w.Stop()
-
-	id := "bench-ceiling/" + queue
-	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
-	defer cancel()
-	start := time.Now()
-	run, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: queue}, ceilingParentName,
-		ceilingInput{Prefix: id, Total: n, Concurrency: cfg.maxConcurrent, PerRun: devicesPerRun})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var failed int
-	if err := run.Get(ctx, &failed); err != nil {
-		t.Fatalf("ceiling: %v", err)
-	}
-	wall := time.Since(start)
-	if failed > 0 {
-		t.Errorf("ceiling: %d of %d trivial device workflows failed", failed, n)
-	}
-	runs, events := countRunChain(t, tc, id, run.GetRunID())
-	// GetRunID is the first run's: the chain follows the continued runs from it.
-	childEvents := 0
-	samples := 0
-	for i := 0; i < n && samples < 10; i += max(1, n/10) {
-		_, ev := countRunChain(t, tc, fmt.Sprintf("%s/%05d", id, i), "")
-		childEvents += ev
-		samples++
-	}
-	return ceilingResult{wall: wall, runs: runs, parentEvents: events, childEvents: float64(childEvents) / float64(samples)}
-}
-
 // serverPID finds a dev server's process by the port of its address.
 func serverPID(t *testing.T, addr string) int {
 	t.Helper()
@@ -997,7 +871,7 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		return fmt.Sprintf("**%s** (%d waves)", fmtSecs(r.wall), r.progress.Waves)
 	})
 	row("**devices per minute**", func(r rolloutBenchResult) string { return fmt.Sprintf("**%.0f**", r.perMinute()) })
-	row("**Temporal ceiling**: trivial parent + children (3 no-op activities each), same concurrency and continue-as-new, same dev server", func(r rolloutBenchResult) string {
+	row(fmt.Sprintf("**Temporal ceiling**: trivial stand-ins of the sharded shape (a parent, children of %d devices, 2 no-op activities a device, the concurrency shared among the children, same continue-as-new), same dev server", workflows.ShardSize), func(r rolloutBenchResult) string {
 		return fmt.Sprintf("%s = **%.0f devices/min**", fmtSecs(r.ceiling.wall), r.ceiling.perMinute(r.devices))
 	})
 	row("**ratio to the ceiling** (rollout pace ÷ ceiling pace)", func(r rolloutBenchResult) string {
@@ -1052,8 +926,8 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 	})
 	row("history events per device, ceiling", func(r rolloutBenchResult) string {
 		c := r.ceiling
-		return fmt.Sprintf("%.1f = %d ÷ %d (%s) + %.1f", c.eventsPerDevice(r.devices),
-			c.parentEvents, r.devices, runs(c.runs), c.childEvents)
+		return fmt.Sprintf("%.1f = (%d in %s + %d in %d children) ÷ %d", c.eventsPerDevice(r.devices),
+			c.parentEvents, runs(c.runs), c.childEvents, c.children, r.devices)
 	})
 	row("**device's `completed` → the workflow sees it**, p50 / p95 (lastFirmwareUpdate → WorkflowTaskStarted after FollowStages)", func(r rolloutBenchResult) string {
 		return fmt.Sprintf("**%s** (%d devices)", fmtLag(r.completedLag), len(r.completedLag))
