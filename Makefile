@@ -75,7 +75,7 @@ BENCH_TEST := go test -tags 'integration bench' -count=1 -v ./test/
 # BENCH_SHOW keeps a benchmark's progress lines on the terminal; the whole log goes to .bin/.
 BENCH_SHOW := grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|measure[a-z_]*_test.go'
 
-bench: build ## every benchmark in one run, then BENCHMARKS.md rewritten from it (about 1½ h; settings in BENCHMARKS.md)
+bench: build ## every benchmark in one run, then BENCHMARKS.md rewritten from it (about 1¼ h; settings in BENCHMARKS.md)
 	rm -f $(BIN)/bench-*.md $(BIN)/bench-*.json $(BIN)/bench-started
 	echo "$$(date -u +%Y-%m-%dT%H:%M:%SZ) $$(cat /proc/loadavg)" > $(BIN)/bench-started
 	$(MAKE) --no-print-directory bench-firmware
@@ -97,7 +97,7 @@ bench-baseline: build ## the tutorials' sequential loop over 100 simulated devic
 		| tee $(BIN)/bench-baseline.log | $(BENCH_SHOW) ; exit $${PIPESTATUS[0]}
 	@cat $(BIN)/bench-baseline.md
 
-bench-rollout: build ## firmware rollouts of 1,000 and 10,000 simulated devices, quota-free (S3) and quota-bound (S1), against Temporal's own ceiling (~70 min)
+bench-rollout: build ## firmware rollouts of 1,000 and 10,000 simulated devices: unbound (S3, one worker) and quota-bound (S1, two workers, two rollouts, the hub budget pacing), against Temporal's ceiling for the shape (~1 h)
 	ulimit -n "$$(ulimit -Hn)"; DMFLOW_BENCH_OUT=$(BENCH_OUT)/bench-rollout.md $(BENCH_TEST) -timeout 240m -run '^TestMeasureRollout$$' 2>&1 \
 		| tee $(BIN)/bench-rollout.log | $(BENCH_SHOW) ; exit $${PIPESTATUS[0]}
 	@cat $(BIN)/bench-rollout.md

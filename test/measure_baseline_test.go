@@ -24,9 +24,10 @@ import (
 // firmware-update service app's loop (bench/tutorial: invoke firmwareUpdate, read the twin at a
 // fixed interval until the device reports completed, then the next device) over a fleet of
 // simulated devices, and a dmflow rollout over the same devices. Both use the rollout benchmark's
-// short stages (DMFLOW_BENCH_ROLLOUT_STAGE) and its rollout settings; the hub and the rollout's
-// --rate are the quota regime's (S1 at 60 hub calls/s by default; no quota overrides), on the dev
-// server as `make up` runs it. dmflow updates the devices to 2.0.0 first, then the loop to 3.0.0: a simulated device
+// short stages (DMFLOW_BENCH_ROLLOUT_STAGE) and its rollout settings; the hub, the worker's hub
+// budget and the rollout's --rate are the quota regime's (S1, paced by the budget, no --rate by
+// default; no quota overrides), with one worker and one rollout, on the dev server as `make up`
+// runs it. dmflow updates the devices to 2.0.0 first, then the loop to 3.0.0: a simulated device
 // takes a new update once the last one completed. `make bench-baseline` runs it and writes the
 // table to DMFLOW_BENCH_OUT and the figures beside it (.json).
 //
@@ -62,7 +63,7 @@ func TestMeasureBaseline(t *testing.T) {
 		t.Fatal(err)
 	}
 	queue := "bench-baseline"
-	w := startProc(t, "baseline-worker", lh.env("DMFLOW_TASK_QUEUE="+queue), filepath.Join(env.bin, "worker"))
+	w := startProc(t, "baseline-worker", lh.env(append([]string{"DMFLOW_TASK_QUEUE=" + queue}, rg.workerBudgetEnv()...)...), filepath.Join(env.bin, "worker"))
 	if err := w.waitFor("worker ready", 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -153,8 +154,12 @@ func TestMeasureBaseline(t *testing.T) {
 
 func baselineTable(f benchreport.BaselineFigures, rg benchRegime, cfg rolloutBenchConfig) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s simulated devices with %s firmware stages; localhub %s, 1 unit; dmflow: one rollout (--canary %d, --growth %g, --max-concurrent %d, --rate %s); the loop: twin every %s.\n\n",
-		benchreport.Count(f.Devices), cfg.stage, rg.tier, cfg.canary, cfg.growth, cfg.maxConcurrent, fmtRate(rg.rate),
+	rate := "no --rate"
+	if rg.rate > 0 {
+		rate = "--rate " + fmtRate(rg.rate)
+	}
+	fmt.Fprintf(&b, "%s simulated devices with %s firmware stages; localhub %s, 1 unit; dmflow: one worker with the hub budget %s, one rollout (--canary %d, --growth %g, --max-concurrent %d, %s); the loop: twin every %s.\n\n",
+		benchreport.Count(f.Devices), cfg.stage, rg.tier, rg.budgetLabel(), cfg.canary, cfg.growth, cfg.maxConcurrent, rate,
 		time.Duration(f.IntervalSeconds*float64(time.Second)))
 	b.WriteString("| measure | tutorial loop (one device after another) | dmflow rollout |\n|---|---|---|\n")
 	perDevice := func(calls int) string {

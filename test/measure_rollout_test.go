@@ -12,50 +12,54 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
-	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/benchreport"
+	"github.com/dmflow/dmflow/internal/budget"
 	"github.com/dmflow/dmflow/internal/hubconn"
 	"github.com/dmflow/dmflow/internal/hubquota"
-	"github.com/dmflow/dmflow/internal/protocol"
+	"github.com/dmflow/dmflow/internal/sim/fleet"
 	"github.com/dmflow/dmflow/workflows"
 	enumspb "go.temporal.io/api/enums/v1"
-	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/converter"
-	"go.temporal.io/sdk/worker"
-	"go.temporal.io/sdk/workflow"
 )
 
 // TestMeasureRollout measures firmware rollouts of 1,000 and 10,000 simulated devices with short
-// stages, in two regimes, each run on a localhub of its own and a dmflow worker of its own:
+// stages, in two regimes, each run on a localhub of its own and workers of its own:
 //
-//   - unbound: localhub at S3, whose quotas lie far above what Temporal allows here, no --rate,
-//     on the shared dev server with a SQLite file (as `make up` runs it). Held to Temporal's
-//     ceiling.
-//   - quota: localhub at S1 with the rollout's --rate at the pace S1's quotas allow, on a dev
-//     server in memory, whose ceiling lies above that pace. Held to the quota-bound minimum.
+//   - unbound: localhub at S3, whose quotas lie far above what Temporal allows here, one worker
+//     with the hub budget of S3, one rollout over the whole fleet, no --rate, on the shared dev
+//     server with a SQLite file (as `make up` runs it). Held to 1,000 devices a minute and to
+//     Temporal's ceiling.
+//   - quota: localhub at S1, two workers with DMFLOW_HUB_TIER=S1 (the hub budget, shared through
+//     the hub's HubBudget workflow, does the pacing), two rollouts started at once over the two
+//     halves of the fleet (device-ID ranges), no --rate, on a dev server in memory, whose ceiling
+//     lies above S1's pace. Held to the quota-bound minimum, to zero 429s, and to the budget in
+//     every second of localhub's per-second counts.
 //
-// Beside each rollout, on the same dev server and before it, the raw Temporal ceiling: as many
-// trivial child workflows under one parent, each running three no-op activities as a firmware
-// update's device workflow runs GetTwin, InvokeMethod and FollowStages, at the rollout's
-// concurrency and continue-as-new cadence, on a worker in this process. Which bound a rollout is
-// held to follows from the measurements (benchreport.RolloutRun.QuotaBinds). `make bench-rollout`
-// runs it and writes the table to DMFLOW_BENCH_OUT and the figures beside it (.json).
+// Beside each regime, on the same dev server and before it, Temporal's ceiling: trivial stand-ins
+// of the same shape (measure_ceiling_test.go), as many devices split over as many stand-in
+// rollouts, on a worker in this process. Which bound a run is held to follows from the
+// measurements (benchreport.RolloutRun.QuotaBinds). History events per device are those of all
+// the rollouts' runs and all their shards' histories; the completed lag is read from the shards'
+// histories (measure_shards_test.go). `make bench-rollout` runs it and writes the table to
+// DMFLOW_BENCH_OUT and the figures beside it (.json).
 //
-// Settings (environment): DMFLOW_BENCH_ROLLOUT_SIZES (default "1000,10000"),
-// DMFLOW_BENCH_ROLLOUT_REGIMES (default "unbound,quota"), and per regime, REGIME being UNBOUND or
-// QUOTA: DMFLOW_BENCH_ROLLOUT_REGIME_TIER (S1, S2, S3, or "off" for an unthrottled localhub, whose
-// quota-bound minimum is computed for S1; default S3 and S1), _QUOTAS (localhub --quota overrides,
-// comma-separated, "none" for none; default none and "queries=1000/min", see queryOverride), _RATE
-// (the rollout's --rate in hub calls per second, 0 for none; default 0 and 60, see quotaRate),
-// _SERVER ("sqlite" or "memory"; default sqlite and memory). For all: DMFLOW_BENCH_ROLLOUT_CONCURRENT
-// (--max-concurrent, default 200), DMFLOW_BENCH_ROLLOUT_STAGE (the devices' stage duration, default
-// 1s), DMFLOW_BENCH_ROLLOUT_CANARY and _GROWTH (default 10 and 2), DMFLOW_BENCH_ROLLOUT_SAMPLE (how
-// many device workflows' histories are read for the event count and the completed lag, default
-// 1000).
+// Settings (environment): DMFLOW_BENCH_ROLLOUT_SIZES (default "1000,10000", the devices of all a
+// regime's rollouts), DMFLOW_BENCH_ROLLOUT_REGIMES (default "unbound,quota"), and per regime,
+// REGIME being UNBOUND or QUOTA: DMFLOW_BENCH_ROLLOUT_REGIME_TIER (S1, S2, S3, or "off" for an
+// unthrottled localhub and workers without a hub budget, whose quota-bound minimum is computed for
+// S1; default S3 and S1), _QUOTAS (localhub --quota overrides, comma-separated, also given to the
+// workers' budget for the operations it covers; "none" for none, the default), _RATE (each
+// rollout's --rate in hub calls per second, 0 for none, the default), _SERVER ("sqlite" or
+// "memory"; default sqlite and memory), _WORKERS (worker processes; default 1 and 2) and
+// _ROLLOUTS (rollouts at once, each over its part of the fleet; default 1 and 2). For all:
+// DMFLOW_BENCH_ROLLOUT_CONCURRENT (each rollout's --max-concurrent, default 200),
+// DMFLOW_BENCH_ROLLOUT_STAGE (the devices' stage duration, default 1s), DMFLOW_BENCH_ROLLOUT_CANARY
+// and _GROWTH (default 10 and 2), DMFLOW_BENCH_ROLLOUT_SAMPLE (how many devices' completed lag is
+// read from the shards' histories, default 1000).
 func TestMeasureRollout(t *testing.T) {
 	cfg := rolloutBenchConfigFromEnv(t)
 	var results []rolloutBenchResult
@@ -64,7 +68,7 @@ func TestMeasureRollout(t *testing.T) {
 			t.Run(fmt.Sprintf("%d-%s", n, rg.name), func(t *testing.T) {
 				r := measureRolloutOf(t, cfg, rg, n)
 				results = append(results, r)
-				t.Logf("%d devices, %s: rollout %s (%.0f devices/min), ceiling %s (%.0f devices/min), quota-bound minimum %s",
+				t.Logf("%d devices, %s: rollouts %s (%.0f devices/min), ceiling %s (%.0f devices/min), quota-bound minimum %s",
 					n, rg.name, r.wall.Round(time.Second), r.perMinute(), r.ceiling.wall.Round(time.Second),
 					r.ceiling.perMinute(n), fmtSecs(r.quotaMin()))
 			})
@@ -100,14 +104,17 @@ type rolloutBenchConfig struct {
 	sample        int
 }
 
-// benchRegime is a configuration of hub, rollout and Temporal server that every size runs in.
+// benchRegime is a configuration of hub, workers, rollouts and Temporal server that every size
+// runs in.
 type benchRegime struct {
 	name     string
-	tier     string   // S1, S2, S3: localhub's, and the quota-bound minimum's
-	throttle bool     // false: localhub --no-throttle (the minimum is then computed for S1)
-	quotas   []string // localhub --quota overrides
-	rate     float64  // the rollout's --rate; 0 for none
+	tier     string   // S1, S2, S3: localhub's, the workers' budget's and the quota-bound minimum's
+	throttle bool     // false: localhub --no-throttle and no hub budget (the minimum is then computed for S1)
+	quotas   []string // localhub --quota overrides, and the budget's of the operations it covers
+	rate     float64  // each rollout's --rate; 0 for none
 	server   string   // serverSQLite or serverMemory
+	workers  int      // worker processes
+	rollouts int      // rollouts at once, each over its part of the fleet
 }
 
 // The Temporal dev servers a regime can run on.
@@ -119,20 +126,12 @@ const (
 	serverMemory = "memory"
 )
 
-// quotaRate is the quota regime's default --rate: the pace S1's quotas allow, in the rollout's
-// own hub calls. Each device costs one method call and, with 1 s stages, about 2.7 twin reads
-// (3.7 calls), and its device reports three stages (3 twin updates). S1's tightest quota for that
-// mix is the 50 twin updates/s: 16.7 devices/s, which is 62 calls/s. 60/s keeps the devices'
-// reports just under S1's quota; the method quota (40/s, 1 per device) and the twin reads' (100/s)
-// have room.
-const quotaRate = "60"
-
 func defaultRegime(name string) (benchRegime, bool) {
 	switch name {
 	case "unbound":
-		return benchRegime{name: name, tier: hubquota.S3, throttle: true, server: serverSQLite}, true
+		return benchRegime{name: name, tier: hubquota.S3, throttle: true, server: serverSQLite, workers: 1, rollouts: 1}, true
 	case "quota":
-		return benchRegime{name: name, tier: hubquota.S1, throttle: true, quotas: []string{queryOverride}, server: serverMemory}, true
+		return benchRegime{name: name, tier: hubquota.S1, throttle: true, server: serverMemory, workers: 2, rollouts: 2}, true
 	}
 	return benchRegime{}, false
 }
@@ -143,13 +142,20 @@ func rolloutBenchConfigFromEnv(t *testing.T) rolloutBenchConfig {
 	cfg := rolloutSettingsFromEnv(t)
 	for _, s := range strings.Split(envOr("DMFLOW_BENCH_ROLLOUT_SIZES", "1000,10000"), ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > workflows.MaxRolloutDevices {
-			t.Fatalf("DMFLOW_BENCH_ROLLOUT_SIZES: %q is not a device count from 1 to %d", s, workflows.MaxRolloutDevices)
+		if err != nil || n < 1 {
+			t.Fatalf("DMFLOW_BENCH_ROLLOUT_SIZES: %q is not a device count of 1 or more", s)
 		}
 		cfg.sizes = append(cfg.sizes, n)
 	}
 	for _, name := range strings.Split(envOr("DMFLOW_BENCH_ROLLOUT_REGIMES", "unbound,quota"), ",") {
 		cfg.regimes = append(cfg.regimes, regimeFromEnv(t, strings.ToLower(strings.TrimSpace(name))))
+	}
+	for _, n := range cfg.sizes {
+		for _, rg := range cfg.regimes {
+			if n < rg.rollouts {
+				t.Fatalf("%d devices cannot be split over the %s regime's %d rollouts", n, rg.name, rg.rollouts)
+			}
+		}
 	}
 	return cfg
 }
@@ -203,66 +209,125 @@ func regimeFromEnv(t *testing.T, name string) benchRegime {
 	if _, err := hubquota.Documented(rg.tier, 1, hubquota.Methods); err != nil {
 		t.Fatalf("%sTIER: %v", key, err)
 	}
-	defQuotas := strings.Join(rg.quotas, ",")
-	if defQuotas == "" {
-		defQuotas = "none"
-	}
-	rg.quotas = nil
-	if q := get("QUOTAS", defQuotas); q != "none" {
-		rg.quotas = strings.Split(q, ",")
-	}
-	defRate := "0"
-	if name == "quota" {
-		defRate = quotaRate
+	if q := get("QUOTAS", "none"); q != "none" {
+		for _, item := range strings.Split(q, ",") {
+			if _, _, err := hubquota.Parse(item); err != nil {
+				t.Fatalf("%sQUOTAS: %v", key, err)
+			}
+			rg.quotas = append(rg.quotas, strings.TrimSpace(item))
+		}
 	}
 	var err error
-	if rg.rate, err = strconv.ParseFloat(get("RATE", defRate), 64); err != nil || rg.rate < 0 || math.IsInf(rg.rate, 0) {
-		t.Fatalf("%sRATE=%q: give hub calls per second, or 0 for no --rate", key, get("RATE", defRate))
+	if rg.rate, err = strconv.ParseFloat(get("RATE", "0"), 64); err != nil || rg.rate < 0 || math.IsInf(rg.rate, 0) {
+		t.Fatalf("%sRATE=%q: give hub calls per second, or 0 for no --rate", key, get("RATE", "0"))
 	}
 	rg.server = strings.ToLower(get("SERVER", rg.server))
 	if rg.server != serverSQLite && rg.server != serverMemory {
 		t.Fatalf("%sSERVER=%q: give %s or %s", key, rg.server, serverSQLite, serverMemory)
 	}
+	count := func(suffix string, def int) int {
+		n, err := strconv.Atoi(get(suffix, strconv.Itoa(def)))
+		if err != nil || n < 1 {
+			t.Fatalf("%s%s=%q: give a count of 1 or more", key, suffix, get(suffix, strconv.Itoa(def)))
+		}
+		return n
+	}
+	rg.workers, rg.rollouts = count("WORKERS", rg.workers), count("ROLLOUTS", rg.rollouts)
 	return rg
 }
 
-// queryOverride is the localhub quota override the quota regime applies by default: queries at
-// S3's 1,000 a minute instead of S1's 20. It dates from QueryDevices reading 100 twins a page
-// through the pinned service client: the targets of 10,000 devices were 100 queries, and at 20 a
-// minute no attempt got past about 20 pages. QueryDevices now reads 1,000 twins a page, so the
-// same targets are 10 queries, within S1's minute; the override stays until a bench run measures
-// the regime without it, so that the results stay comparable. The other operations keep the
-// tier's quotas, and the quota-bound minimum counts the pages at the tier's documented query rate.
-const queryOverride = "queries=1000/min"
+// budgetOps are the operations a worker's hub budget covers (worker/config.go).
+var budgetOps = []hubquota.Op{hubquota.Methods, hubquota.TwinReads, hubquota.TwinUpdates, hubquota.Queries}
+
+// budget is the regime's hub budget in calls per second by operation, as its workers resolve it:
+// the tier's documented rates (localhub's throttles) with localhub's overrides of the operations
+// the budget covers; nil for an unthrottled hub.
+func (rg benchRegime) budget() map[hubquota.Op]float64 {
+	if !rg.throttle {
+		return nil
+	}
+	out := map[hubquota.Op]float64{}
+	for _, op := range budgetOps {
+		q, _ := hubquota.Documented(rg.tier, 1, op) // the tier was checked when read
+		out[op] = q.Rate
+	}
+	for _, op := range budgetOps {
+		for _, item := range rg.quotas {
+			if o, r, err := hubquota.Parse(item); err == nil && o == op {
+				if math.IsInf(r, 1) {
+					delete(out, op)
+				} else {
+					out[op] = r
+				}
+			}
+		}
+	}
+	return out
+}
+
+// budgetOverrides are localhub's overrides of the operations the hub budget covers.
+func (rg benchRegime) budgetOverrides() []string {
+	var out []string
+	for _, item := range rg.quotas {
+		if op, _, err := hubquota.Parse(item); err == nil && slices.Contains(budgetOps, op) {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// workerBudgetEnv is the environment that gives the regime's workers its hub budget.
+func (rg benchRegime) workerBudgetEnv() []string {
+	if !rg.throttle {
+		return []string{"DMFLOW_HUB_BUDGET=off"}
+	}
+	env := []string{"DMFLOW_HUB_TIER=" + rg.tier, "DMFLOW_HUB_UNITS=1"}
+	if o := rg.budgetOverrides(); len(o) > 0 {
+		env = append(env, "DMFLOW_HUB_BUDGET="+strings.Join(o, ","))
+	}
+	return env
+}
+
+// budgetLabel describes the workers' hub budget.
+func (rg benchRegime) budgetLabel() string {
+	if !rg.throttle {
+		return "off"
+	}
+	s := rg.tier
+	if o := rg.budgetOverrides(); len(o) > 0 {
+		s += ", " + strings.Join(o, ",")
+	}
+	return s
+}
 
 // rolloutBenchResult is what one size measured in one regime.
 type rolloutBenchResult struct {
 	regime  benchRegime
-	devices int
-	setup   time.Duration // fleet registered and connected
+	devices int   // of all the rollouts
+	parts   []int // devices of each rollout
+	setup   time.Duration
 
-	wall     time.Duration // rollout started → ended
-	progress workflows.RolloutProgress
+	wall     time.Duration   // the first rollout's start → the last one's end
+	walls    []time.Duration // each rollout's, from the same start
+	progress []workflows.RolloutProgress
 
-	methods, twinReads int            // delivered / answered by localhub during the rollout
-	throttled          map[string]int // 429s (and MQTT equivalents) during the rollout, by operation
-	setupThrottled     int            // while the fleet connected
+	// methods and twinReads: delivered / answered by localhub during the rollouts; queries the
+	// query pages it admitted (its per-second counts).
+	methods, twinReads, queries int
+	throttled                   map[string]int // 429s (and MQTT equivalents) during the rollouts, by operation
+	setupThrottled              int            // while the fleet connected
+	admitted                    []benchreport.Admitted
+	// shares is the hub budget's ledger, sampled while every rollout ran (the last such sample).
+	shares []budget.KeyView
 
-	rolloutRuns, rolloutEvents int     // all runs of the rollout workflow
-	deviceEvents               float64 // mean over the sampled device workflows
-	sampled                    int
+	rolloutRuns, rolloutEvents int // all runs of all the rollouts
+	maxRunEvents, maxRunInput  int // the most events, and bytes of input, of one rollout run
+	shards                     shardHistories
 
-	// completedLag is, per sampled device workflow, the time from the device's completed report
-	// to the workflow task that took FollowStages' result; pollLag its part up to the twin read
-	// that showed the report.
-	completedLag, pollLag []time.Duration
-
-	// rss and peak (VmHWM) in KB, by process: worker, localhub, simdevice fleet.
+	// rss and peak (VmHWM) in KB, by process: the workers (procWorker + " 1", …), localhub, the
+	// simdevice fleet.
 	rss, peak map[string]int64
-
-	meanDeviceDuration time.Duration      // of the device workflows, from the report
-	maxRunInput        int                // bytes: the largest input of a rollout run (its state after a continue-as-new)
-	cpu                map[string]float64 // CPU seconds during the rollout, by process
+	cpu       map[string]float64 // CPU seconds during the rollouts, by process
 
 	ceiling ceilingResult
 }
@@ -275,36 +340,56 @@ const (
 	procFleet    = "simdevice fleet"
 )
 
-// ceilingResult is one run of the trivial stand-in rollout.
-type ceilingResult struct {
-	wall         time.Duration
-	runs         int
-	parentEvents int
-	childEvents  float64
-}
-
-func (c ceilingResult) perMinute(n int) float64 { return float64(n) / c.wall.Minutes() }
-
-// eventsPerDevice is the parent's runs' events shared out over the n children, plus a child's.
-func (c ceilingResult) eventsPerDevice(n int) float64 {
-	return float64(c.parentEvents)/float64(n) + c.childEvents
-}
+// workerProc names worker i (from 1).
+func workerProc(i int) string { return procWorker + " " + strconv.Itoa(i) }
 
 func (r rolloutBenchResult) perMinute() float64 { return float64(r.devices) / r.wall.Minutes() }
 
-// quotaMin is the quota-bound minimum of the rollout at its regime's tier.
+// succeeded and failed sum the rollouts' devices.
+func (r rolloutBenchResult) succeeded() int {
+	n := 0
+	for _, p := range r.progress {
+		n += p.Succeeded
+	}
+	return n
+}
+
+func (r rolloutBenchResult) failed() int {
+	n := 0
+	for _, p := range r.progress {
+		n += p.Failed
+	}
+	return n
+}
+
+// workerPeak is the largest peak RSS of the workers, in KB.
+func (r rolloutBenchResult) workerPeak() int64 {
+	var m int64
+	for i := 1; i <= r.regime.workers; i++ {
+		m = max(m, r.peak[workerProc(i)])
+	}
+	return m
+}
+
+// quotaMin is the quota-bound minimum of the rollouts at their regime's tier.
 func (r rolloutBenchResult) quotaMin() time.Duration {
 	return time.Duration(quotaBound(quotaLines(r.regime.tier, r)).seconds() * float64(time.Second))
 }
 
-// hubCallsPerDevice counts localhub's methods and service twin reads and the query pages.
+// hubCalls counts localhub's methods, service twin reads and query pages.
+func (r rolloutBenchResult) hubCalls() int { return r.methods + r.twinReads + r.queries }
+
 func (r rolloutBenchResult) hubCallsPerDevice() float64 {
-	return float64(r.methods+r.twinReads+queryPages(r.devices)) / float64(r.devices)
+	return float64(r.hubCalls()) / float64(r.devices)
 }
 
-// eventsPerDevice is the rollout's runs' events shared out, plus a device workflow's.
+// eventsPerDevice is the rollouts' runs' and their shards' events shared out over the devices.
 func (r rolloutBenchResult) eventsPerDevice() float64 {
-	return float64(r.rolloutEvents)/float64(r.devices) + r.deviceEvents
+	return float64(r.rolloutEvents+r.shards.events) / float64(r.devices)
+}
+
+func (r rolloutBenchResult) shardEventsPerDevice() float64 {
+	return float64(r.shards.events) / float64(r.devices)
 }
 
 func (r rolloutBenchResult) figures() benchreport.RolloutRun {
@@ -315,17 +400,18 @@ func (r rolloutBenchResult) figures() benchreport.RolloutRun {
 	q := quotaBound(quotaLines(r.regime.tier, r))
 	return benchreport.RolloutRun{
 		Regime: r.regime.name, Devices: r.devices, Tier: tier, QuotaTier: r.regime.tier,
-		Rate: r.regime.rate, Server: r.regime.server,
-		Succeeded: r.progress.Succeeded, Failed: r.progress.Failed,
+		Rate: r.regime.rate, Budget: r.regime.budgetLabel(), Workers: r.regime.workers, Rollouts: r.regime.rollouts,
+		Server: r.regime.server, Succeeded: r.succeeded(), Failed: r.failed(),
 		Seconds: r.wall.Seconds(), CeilingSeconds: r.ceiling.wall.Seconds(),
 		QuotaMinSeconds: q.seconds(), QuotaOp: string(q.op),
-		HubCallsPerDevice: r.hubCallsPerDevice(), EventsPerDevice: r.eventsPerDevice(), DeviceEvents: r.deviceEvents,
+		HubCallsPerDevice: r.hubCallsPerDevice(), EventsPerDevice: r.eventsPerDevice(), ShardEvents: r.shardEventsPerDevice(),
 		CeilingEventsPerDevice: r.ceiling.eventsPerDevice(r.devices),
 		Throttled:              sumCounts(r.throttled),
-		CompletedLagP50:        percentile(r.completedLag, 50).Seconds(),
-		CompletedLagP95:        percentile(r.completedLag, 95).Seconds(),
-		Sampled:                len(r.completedLag),
-		WorkerPeakRSSKB:        r.peak[procWorker], LocalhubPeakRSSKB: r.peak[procLocalhub], FleetPeakRSSKB: r.peak[procFleet],
+		Admitted:               r.admitted,
+		CompletedLagP50:        percentile(r.shards.lag, 50).Seconds(),
+		CompletedLagP95:        percentile(r.shards.lag, 95).Seconds(),
+		Sampled:                len(r.shards.lag),
+		WorkerPeakRSSKB:        r.workerPeak(), LocalhubPeakRSSKB: r.peak[procLocalhub], FleetPeakRSSKB: r.peak[procFleet],
 	}
 }
 
@@ -377,78 +463,137 @@ func withTemporal(environ []string, addr string) []string {
 	return append(out, "TEMPORAL_ADDRESS="+addr)
 }
 
+// fleetPrefix names the benchmark's simulated devices: rb-00001 … rb-10000.
+const fleetPrefix = "rb-"
+
 func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n int) rolloutBenchResult {
-	res := rolloutBenchResult{regime: rg, devices: n}
+	res := rolloutBenchResult{regime: rg, devices: n, parts: splitCount(n, rg.rollouts)}
 	srv := serverFor(t, rg.server)
 	tc := srv.tc
 
 	// The ceiling first, while nothing else runs: what Temporal alone allows on the server the
-	// rollout uses.
-	res.ceiling = measureCeiling(t, tc, cfg, n)
-	t.Logf("ceiling (%s dev server): %d trivial device workflows in %s", rg.server, n, res.ceiling.wall.Round(time.Second))
+	// rollouts use, in as many stand-in rollouts.
+	res.ceiling = measureCeiling(t, tc, cfg, n, rg.rollouts)
+	t.Logf("ceiling (%s dev server): %d trivial devices in %d stand-in rollouts, %d children, in %s",
+		rg.server, n, rg.rollouts, res.ceiling.children, res.ceiling.wall.Round(time.Second))
 
 	lh := startBenchHub(t, rg)
 	setupStart := time.Now()
-	fleet := startProc(t, "bench-fleet", lh.env(),
-		filepath.Join(env.bin, "simdevice"), "fleet", "--count", strconv.Itoa(n), "--prefix", "rb-",
+	fl := startProc(t, "bench-fleet", lh.env(),
+		filepath.Join(env.bin, "simdevice"), "fleet", "--count", strconv.Itoa(n), "--prefix", fleetPrefix,
 		"--stage-duration", cfg.stage.String(), "--summary-interval", "30s",
 		// 32 at a time keeps the standBy reports of connecting devices within S1's 50 twin
 		// updates/s plus its one second of traffic shaping.
 		"--connect-concurrency", "32")
-	if err := fleet.waitFor(`msg="fleet started"`, 15*time.Minute); err != nil {
+	if err := fl.waitFor(`msg="fleet started"`, 15*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	res.setup = time.Since(setupStart)
+	t.Logf("fleet of %d connected in %s", n, res.setup.Round(time.Second))
+	waitHubQuiet(t, lh, 2*time.Minute)
 	before := lh.stats(t)
 	res.setupThrottled = sumCounts(before.Throttled)
-	t.Logf("fleet of %d connected in %s", n, res.setup.Round(time.Second))
 
 	queue := "bench-rollout-" + strconv.Itoa(n) + "-" + rg.name
-	w := startProc(t, "bench-worker", withTemporal(lh.env("DMFLOW_TASK_QUEUE="+queue), srv.addr), filepath.Join(env.bin, "worker"))
-	if err := w.waitFor("worker ready", 30*time.Second); err != nil {
-		t.Fatal(err)
+	pids := map[string]int{procTemporal: srv.pid, procLocalhub: lh.proc.cmd.Process.Pid, procFleet: fl.cmd.Process.Pid}
+	workerEnv := withTemporal(lh.env(append([]string{"DMFLOW_TASK_QUEUE=" + queue}, rg.workerBudgetEnv()...)...), srv.addr)
+	for i := 1; i <= rg.workers; i++ {
+		w := startProc(t, "bench-worker-"+strconv.Itoa(i), workerEnv, filepath.Join(env.bin, "worker"))
+		if err := w.waitFor("worker ready", 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		pids[workerProc(i)] = w.cmd.Process.Pid
 	}
-
-	pids := map[string]int{procTemporal: srv.pid, procWorker: w.cmd.Process.Pid,
-		procLocalhub: lh.proc.cmd.Process.Pid, procFleet: fleet.cmd.Process.Pid}
 	cpuBefore := map[string]float64{}
 	for k, pid := range pids {
 		cpuBefore[k] = procCPUSeconds(t, pid)
 	}
 
-	name := fmt.Sprintf("bench-%d-%s-%s", n, rg.name, time.Now().UTC().Format("150405"))
-	in := workflows.RolloutInput{
-		Name:          name,
-		Operation:     workflows.OperationFirmware,
-		Query:         "SELECT * FROM devices",
-		Firmware:      &workflows.RolloutFirmware{PackageURI: "https://fw.example/bench-2.0.0.bin", Version: "2.0.0"},
-		Canary:        cfg.canary,
-		Growth:        cfg.growth,
-		MaxConcurrent: cfg.maxConcurrent,
-		Rate:          rg.rate,
-		MaxFailures:   "1%",
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Hour)
+	stamp := time.Now().UTC().Format("150405")
+	queries := partQueries(fleetPrefix, res.parts)
+	names := make([]string, rg.rollouts)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Hour)
 	defer cancel()
 	start := time.Now()
-	run, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID: workflows.RolloutWorkflowID(name), TaskQueue: queue,
-	}, workflows.Rollout, in)
-	if err != nil {
-		t.Fatal(err)
+	admitted := newAdmittedSeconds(lh, start)
+	var started []client.WorkflowRun
+	for i := range names {
+		names[i] = fmt.Sprintf("bench-%d-%s-%s", n, rg.name, stamp)
+		if rg.rollouts > 1 {
+			names[i] += "-" + strconv.Itoa(i+1)
+		}
+		run, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+			ID: workflows.RolloutWorkflowID(names[i]), TaskQueue: queue,
+		}, workflows.Rollout, workflows.RolloutInput{
+			Name:          names[i],
+			Operation:     workflows.OperationFirmware,
+			Query:         queries[i],
+			Firmware:      &workflows.RolloutFirmware{PackageURI: "https://fw.example/bench-2.0.0.bin", Version: "2.0.0"},
+			Canary:        cfg.canary,
+			Growth:        cfg.growth,
+			MaxConcurrent: cfg.maxConcurrent,
+			Rate:          rg.rate,
+			MaxFailures:   "1%",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		started = append(started, run)
 	}
-	firstRun := run.GetRunID()
+	res.walls = make([]time.Duration, len(started))
+	res.progress = make([]workflows.RolloutProgress, len(started))
+	errs := make([]error, len(started))
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		ended int
+	)
+	for i, run := range started {
+		wg.Go(func() {
+			errs[i] = run.Get(ctx, &res.progress[i])
+			res.walls[i] = time.Since(start)
+			mu.Lock()
+			ended++
+			mu.Unlock()
+		})
+	}
 	done := make(chan struct{})
-	go logRolloutProgress(t, tc, name, start, done)
-	err = run.Get(ctx, &res.progress)
-	res.wall = time.Since(start)
-	close(done)
-	if err != nil {
-		t.Fatalf("rollout %s: %v", name, err)
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	// Every 30 s: localhub's per-second counts (it keeps ten minutes of them), the progress, and
+	// the budget's shares while every rollout runs.
+	tick := time.NewTicker(30 * time.Second)
+	for waiting := true; waiting; {
+		select {
+		case <-done:
+			waiting = false
+		case <-tick.C:
+			admitted.read(t)
+			logRolloutProgress(t, tc, names, start)
+			mu.Lock()
+			all := ended == 0
+			mu.Unlock()
+			if rg.throttle && all {
+				if keys := budgetShares(t, tc, lh); keys != nil {
+					res.shares = keys
+					t.Logf("hub budget: %s", fmtShares(keys))
+				}
+			}
+		}
 	}
-	p := res.progress
-	if p.State != workflows.RolloutCompleted || p.Succeeded != n {
-		t.Errorf("rollout %s: %s, %d of %d succeeded, %d failed: %s", name, p.State, p.Succeeded, n, p.Failed, p.Reason)
+	tick.Stop()
+	res.wall = slices.Max(res.walls)
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("rollout %s: %v", names[i], err)
+		}
+	}
+	for i, p := range res.progress {
+		if p.State != workflows.RolloutCompleted || p.Succeeded != res.parts[i] {
+			t.Errorf("rollout %s: %s, %d of %d succeeded, %d failed: %s", names[i], p.State, p.Succeeded, res.parts[i], p.Failed, p.Reason)
+		}
 	}
 
 	res.cpu = map[string]float64{}
@@ -456,12 +601,17 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 		res.cpu[k] = procCPUSeconds(t, pid) - cpuBefore[k]
 	}
 	res.rss, res.peak = map[string]int64{}, map[string]int64{}
-	for _, k := range []string{procWorker, procLocalhub, procFleet} {
-		res.rss[k], res.peak[k] = procMemKB(t, pids[k])
+	for k, pid := range pids {
+		if k != procTemporal {
+			res.rss[k], res.peak[k] = procMemKB(t, pid)
+		}
 	}
+	admitted.read(t)
 	after := lh.stats(t)
 	res.methods = sumNested(after.MethodInvocations) - sumNested(before.MethodInvocations)
 	res.twinReads = sumCounts(after.ServiceTwinReads) - sumCounts(before.ServiceTwinReads)
+	res.queries = admitted.total(hubquota.Queries)
+	res.admitted = admitted.figures(rg.budget())
 	res.throttled = map[string]int{}
 	for op, c := range after.Throttled {
 		if d := c - before.Throttled[op]; d > 0 {
@@ -469,35 +619,132 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 		}
 	}
 
-	var chain runChain
-	chain, res.rolloutEvents = countRunChainSizes(t, tc, workflows.RolloutWorkflowID(name), firstRun)
-	res.rolloutRuns, res.maxRunInput = chain.runs, chain.maxInput
-	rows := reportRows(t, tc, name)
-	s := sampleDevices(t, tc, name, rows, cfg.sample)
-	res.deviceEvents, res.sampled, res.completedLag, res.pollLag = s.meanEvents(), s.workflows, s.lag, s.poll
-	res.meanDeviceDuration = meanDeviceDuration(rows)
+	for i, name := range names {
+		// GetRunID is the first run's: the chain follows the continued runs from it.
+		chain, events := countRunChainSizes(t, tc, workflows.RolloutWorkflowID(name), started[i].GetRunID())
+		res.rolloutRuns += chain.runs
+		res.rolloutEvents += events
+		res.maxRunEvents = max(res.maxRunEvents, chain.maxEvents)
+		res.maxRunInput = max(res.maxRunInput, chain.maxInput)
+		refs := rolloutShards(t, tc, name)
+		res.shards.add(readShardHistories(t, tc, refs, res.parts[i], max(1, cfg.sample*res.parts[i]/n)))
+	}
 	return res
 }
 
-// meanDeviceDuration is the mean run time of the rollout's device workflows, from its report.
-func meanDeviceDuration(rows []workflows.DeviceRow) time.Duration {
-	var sum time.Duration
-	for _, r := range rows {
-		sum += r.Duration
+// partQueries are the target queries of rollouts over the parts of a fleet named by
+// fleet.DeviceID (parts: the devices of each, in index order): device-ID ranges, which sort as
+// the indexes do (the IDs are zero-padded), or the whole fleet for one part.
+func partQueries(prefix string, parts []int) []string {
+	const all = "SELECT * FROM devices"
+	if len(parts) == 1 {
+		return []string{all}
 	}
-	if len(rows) == 0 {
-		return 0
+	n := 0
+	for _, p := range parts {
+		n += p
 	}
-	return sum / time.Duration(len(rows))
+	var out []string
+	lo := 0 // devices in the parts before
+	for i, size := range parts {
+		var conds []string
+		if i > 0 {
+			conds = append(conds, fmt.Sprintf("deviceId > '%s'", fleet.DeviceID(prefix, lo, n)))
+		}
+		if i < len(parts)-1 {
+			conds = append(conds, fmt.Sprintf("deviceId <= '%s'", fleet.DeviceID(prefix, lo+size, n)))
+		}
+		out = append(out, all+" WHERE "+strings.Join(conds, " AND "))
+		lo += size
+	}
+	return out
+}
+
+// waitHubQuiet waits until the hub has admitted no twin reads or updates for two whole seconds,
+// so that the fleet's start-up traffic (a twin read and a report a device) is over before the
+// rollouts' seconds are counted. After timeout it goes on, and says so.
+func waitHubQuiet(t *testing.T, hub ownHub, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		p := hub.perSecondSince(t, time.Now().Add(-2*time.Second).Truncate(time.Second))
+		if p[string(hubquota.TwinReads)].Total+p[string(hubquota.TwinUpdates)].Total == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Logf("the fleet's start-up traffic did not end within %s: the per-second counts include some of it", timeout)
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// budgetShares reads the hub budget's ledger: each key's rate and the workers' shares of it; nil
+// when it cannot be read now.
+func budgetShares(t *testing.T, tc client.Client, hub ownHub) []budget.KeyView {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	v, err := tc.QueryWorkflow(ctx, workflows.HubBudgetWorkflowID(hubHost(t, hub)), "", workflows.QueryBudget)
+	var keys []budget.KeyView
+	if err == nil {
+		err = v.Get(&keys)
+	}
+	if err != nil {
+		t.Logf("hub budget: %v", err)
+		return nil
+	}
+	return keys
+}
+
+// fmtShares formats the budget's keys: "methods 40/s: 20 + 20".
+func fmtShares(keys []budget.KeyView) string {
+	var parts []string
+	for _, k := range keys {
+		holders := make([]string, 0, len(k.Shares))
+		for h := range k.Shares {
+			holders = append(holders, h)
+		}
+		slices.Sort(holders)
+		shares := make([]string, len(holders))
+		for i, h := range holders {
+			shares[i] = strconv.FormatFloat(math.Round(k.Shares[h]*100)/100, 'f', -1, 64)
+		}
+		parts = append(parts, fmt.Sprintf("%s %s: %s", k.Key, fmtRate(k.Rate), strings.Join(shares, " + ")))
+	}
+	if len(parts) == 0 {
+		return "no live lease"
+	}
+	return strings.Join(parts, "; ")
+}
+
+// logRolloutProgress logs each rollout's progress, so that a long run shows it is alive.
+func logRolloutProgress(t *testing.T, tc client.Client, names []string, start time.Time) {
+	for _, name := range names {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		v, err := tc.QueryWorkflow(ctx, workflows.RolloutWorkflowID(name), "", workflows.QueryProgress)
+		var p workflows.RolloutProgress
+		if err == nil {
+			err = v.Get(&p)
+		}
+		cancel()
+		if err != nil {
+			t.Logf("+%s %s progress: %v", time.Since(start).Round(time.Second), name, err)
+			continue
+		}
+		t.Logf("+%s %s wave %d/%d: %d succeeded, %d failed, %d running, %d pending, %d hub calls",
+			time.Since(start).Round(time.Second), name, p.Wave, p.Waves, p.Succeeded, p.Failed, p.Running, p.Pending, p.HubCalls)
+	}
 }
 
 // runChain describes the runs of a workflow that continued as new.
 type runChain struct {
-	runs     int
-	maxInput int // bytes of the largest run input
+	runs      int
+	maxInput  int // bytes of the largest run input
+	maxEvents int // the most events of one run
 }
 
-// countRunChainSizes is countRunChain that also measures each run's input.
+// countRunChainSizes is countRunChain that also measures each run's input and events.
 func countRunChainSizes(t *testing.T, tc client.Client, id, runID string) (runChain, int) {
 	t.Helper()
 	var c runChain
@@ -505,6 +752,7 @@ func countRunChainSizes(t *testing.T, tc client.Client, id, runID string) (runCh
 	for first := true; first || runID != ""; first = false {
 		c.runs++
 		next := ""
+		runEvents := 0
 		it := tc.GetWorkflowHistory(context.Background(), id, runID, false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		for it.HasNext() {
 			ev, err := it.Next()
@@ -512,6 +760,7 @@ func countRunChainSizes(t *testing.T, tc client.Client, id, runID string) (runCh
 				t.Fatalf("history of %s run %s: %v", id, runID, err)
 			}
 			events++
+			runEvents++
 			if a := ev.GetWorkflowExecutionStartedEventAttributes(); a != nil {
 				size := 0
 				for _, p := range a.GetInput().GetPayloads() {
@@ -523,36 +772,10 @@ func countRunChainSizes(t *testing.T, tc client.Client, id, runID string) (runCh
 				next = a.GetNewExecutionRunId()
 			}
 		}
+		c.maxEvents = max(c.maxEvents, runEvents)
 		runID = next
 	}
 	return c, events
-}
-
-// logRolloutProgress logs the rollout's progress every 30 s until done is closed, so that a long
-// run shows it is alive.
-func logRolloutProgress(t *testing.T, tc client.Client, name string, start time.Time, done <-chan struct{}) {
-	tick := time.NewTicker(30 * time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case <-tick.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		v, err := tc.QueryWorkflow(ctx, workflows.RolloutWorkflowID(name), "", workflows.QueryProgress)
-		var p workflows.RolloutProgress
-		if err == nil {
-			err = v.Get(&p)
-		}
-		cancel()
-		if err != nil {
-			t.Logf("+%s progress: %v", time.Since(start).Round(time.Second), err)
-			continue
-		}
-		t.Logf("+%s wave %d/%d: %d succeeded, %d failed, %d running, %d pending, %d hub calls",
-			time.Since(start).Round(time.Second), p.Wave, p.Waves, p.Succeeded, p.Failed, p.Running, p.Pending, p.HubCalls)
-	}
 }
 
 // countRunChain counts the runs of a workflow that continued as new, from its first run (an empty
@@ -564,77 +787,6 @@ func countRunChain(t *testing.T, tc client.Client, id, runID string) (runs, even
 	return c.runs, events
 }
 
-// deviceSample is what the histories of a sample of a rollout's device workflows say.
-type deviceSample struct {
-	workflows, events int
-	// lag and poll: see rolloutBenchResult.completedLag and pollLag; one per device workflow that
-	// followed an update to completed.
-	lag, poll []time.Duration
-}
-
-func (s deviceSample) meanEvents() float64 {
-	if s.workflows == 0 {
-		return 0
-	}
-	return float64(s.events) / float64(s.workflows)
-}
-
-// followStagesType is the activity type FollowStages runs under: the worker registers the
-// Activities struct's methods by their names.
-const followStagesType = "FollowStages"
-
-// sampleDevices reads the histories of up to size device workflows spread evenly over the report's
-// rows: their events, and when each saw its device complete.
-//
-// The completed lag runs from the device's own timestamp of completed (lastFirmwareUpdate, which
-// FollowStages returns as the stage's ReportedAt; simulated devices and the Temporal server share
-// this machine's clock) to the WorkflowTaskStarted event after FollowStages' ActivityTaskCompleted:
-// the moment the device workflow's code runs with the result, which is what "the workflow sees it"
-// means. Its parts: the twin poll (up to FollowStages' read that showed completed, its SeenAt) and
-// the way back through Temporal (activity completion recorded, workflow task dispatched).
-func sampleDevices(t *testing.T, tc client.Client, name string, rows []workflows.DeviceRow, size int) deviceSample {
-	t.Helper()
-	var s deviceSample
-	if len(rows) == 0 {
-		return s
-	}
-	step := max(1, len(rows)/size)
-	dc := converter.GetDefaultDataConverter()
-	for i := 0; i < len(rows) && s.workflows < size; i += step {
-		id := workflows.RolloutDeviceWorkflowID(name, rows[i].DeviceID)
-		it := tc.GetWorkflowHistory(context.Background(), id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-		var follow int64 // FollowStages' scheduled event
-		var completed activities.StageSeen
-		for it.HasNext() {
-			ev, err := it.Next()
-			if err != nil {
-				t.Fatalf("history of %s: %v", id, err)
-			}
-			s.events++
-			switch {
-			case ev.GetActivityTaskScheduledEventAttributes().GetActivityType().GetName() == followStagesType:
-				follow = ev.GetEventId()
-			case follow != 0 && ev.GetActivityTaskCompletedEventAttributes().GetScheduledEventId() == follow:
-				var res activities.FollowStagesResult
-				if err := dc.FromPayloads(ev.GetActivityTaskCompletedEventAttributes().GetResult(), &res); err != nil {
-					t.Fatalf("FollowStages result in %s: %v", id, err)
-				}
-				for _, st := range res.Stages {
-					if st.Status == protocol.StatusCompleted {
-						completed = st
-					}
-				}
-			case ev.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_STARTED && !completed.ReportedAt.IsZero():
-				s.lag = append(s.lag, ev.GetEventTime().AsTime().Sub(completed.ReportedAt))
-				s.poll = append(s.poll, completed.SeenAt.Sub(completed.ReportedAt))
-				completed = activities.StageSeen{}
-			}
-		}
-		s.workflows++
-	}
-	return s
-}
-
 // percentile is the p-th percentile (nearest rank) of ds, or 0 for none.
 func percentile(ds []time.Duration, p float64) time.Duration {
 	if len(ds) == 0 {
@@ -644,39 +796,6 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	slices.Sort(s)
 	i := int(math.Ceil(p/100*float64(len(s)))) - 1
 	return s[min(max(i, 0), len(s)-1)]
-}
-
-// reportRows reads the rollout's whole report, page by page. The worker answers the query by
-// replaying the rollout's last run when it is no longer cached, which takes a while on a busy
-// machine: each page gets two minutes and three tries.
-func reportRows(t *testing.T, tc client.Client, name string) []workflows.DeviceRow {
-	t.Helper()
-	var rows []workflows.DeviceRow
-	for off := 0; ; {
-		var page workflows.ReportPage
-		var err error
-		for try := 0; try < 3; try++ {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			var v converter.EncodedValue
-			v, err = tc.QueryWorkflow(ctx, workflows.RolloutWorkflowID(name), "", workflows.QueryReport,
-				workflows.ReportRequest{Offset: off, Limit: workflows.MaxReportPage})
-			if err == nil {
-				err = v.Get(&page)
-			}
-			cancel()
-			if err == nil {
-				break
-			}
-		}
-		if err != nil {
-			t.Fatalf("report of %s at row %d: %v", name, off, err)
-		}
-		rows = append(rows, page.Rows...)
-		if page.Next == 0 {
-			return rows
-		}
-		off = page.Next
-	}
 }
 
 // procMemKB returns a process's current and peak resident set size in KB.
@@ -731,114 +850,6 @@ func startBenchHub(t *testing.T, rg benchRegime) ownHub {
 		args = append(args, "--no-throttle")
 	}
 	return startOwnHub(t, "bench-localhub", args...)
-}
-
-// The ceiling: trivial stand-ins for Rollout, FirmwareUpdate and its three activities, on a worker
-// in this process with a task queue of its own.
-
-const (
-	ceilingParentName = "BenchCeilingRollout"
-	ceilingChildName  = "BenchCeilingDevice"
-)
-
-// ceilingActivities are the stand-ins for FirmwareUpdate's activities, in its order.
-var ceilingActivities = []string{"BenchGetTwin", "BenchInvokeMethod", "BenchFollowStages"}
-
-// ceilingInput is the stand-in rollout's input: Total children, at most Concurrency at a time,
-// PerRun per run before it continues as new; Next is where a continued run goes on.
-type ceilingInput struct {
-	Prefix      string `json:"prefix"`
-	Total       int    `json:"total"`
-	Concurrency int    `json:"concurrency"`
-	PerRun      int    `json:"perRun"`
-	Next        int    `json:"next"`
-	Failed      int    `json:"failed"`
-}
-
-func ceilingRollout(ctx workflow.Context, in ceilingInput) (int, error) {
-	running, started := 0, 0
-	for in.Next < in.Total && started < in.PerRun {
-		if err := workflow.Await(ctx, func() bool { return running < in.Concurrency }); err != nil {
-			return 0, err
-		}
-		cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
-			WorkflowID: fmt.Sprintf("%s/%05d", in.Prefix, in.Next),
-		})
-		f := workflow.ExecuteChildWorkflow(cctx, ceilingChildName)
-		running++
-		started++
-		in.Next++
-		workflow.Go(ctx, func(gctx workflow.Context) {
-			if err := f.Get(gctx, nil); err != nil {
-				in.Failed++
-			}
-			running--
-		})
-	}
-	if err := workflow.Await(ctx, func() bool { return running == 0 }); err != nil {
-		return 0, err
-	}
-	if in.Next < in.Total {
-		return 0, workflow.NewContinueAsNewError(ctx, ceilingParentName, in)
-	}
-	return in.Failed, nil
-}
-
-func ceilingDevice(ctx workflow.Context) error {
-	ctx = workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Minute})
-	for _, a := range ceilingActivities {
-		if err := workflow.ExecuteActivity(ctx, a).Get(ctx, nil); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func ceilingNoop(context.Context) error { return nil }
-
-// measureCeiling runs n trivial device workflows under one parent at the rollout's concurrency and
-// continue-as-new cadence.
-func measureCeiling(t *testing.T, tc client.Client, cfg rolloutBenchConfig, n int) ceilingResult {
-	t.Helper()
-	queue := fmt.Sprintf("bench-ceiling-%d-%d", n, time.Now().UnixNano())
-	w := worker.New(tc, queue, worker.Options{})
-	w.RegisterWorkflowWithOptions(ceilingRollout, workflow.RegisterOptions{Name: ceilingParentName})
-	w.RegisterWorkflowWithOptions(ceilingDevice, workflow.RegisterOptions{Name: ceilingChildName})
-	for _, a := range ceilingActivities {
-		w.RegisterActivityWithOptions(ceilingNoop, activity.RegisterOptions{Name: a})
-	}
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer w.Stop()
-
-	id := "bench-ceiling/" + queue
-	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
-	defer cancel()
-	start := time.Now()
-	run, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: queue}, ceilingParentName,
-		ceilingInput{Prefix: id, Total: n, Concurrency: cfg.maxConcurrent, PerRun: devicesPerRun})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var failed int
-	if err := run.Get(ctx, &failed); err != nil {
-		t.Fatalf("ceiling: %v", err)
-	}
-	wall := time.Since(start)
-	if failed > 0 {
-		t.Errorf("ceiling: %d of %d trivial device workflows failed", failed, n)
-	}
-	runs, events := countRunChain(t, tc, id, run.GetRunID())
-	// GetRunID is the first run's: the chain follows the continued runs from it.
-	childEvents := 0
-	samples := 0
-	for i := 0; i < n && samples < 10; i += max(1, n/10) {
-		_, ev := countRunChain(t, tc, fmt.Sprintf("%s/%05d", id, i), "")
-		childEvents += ev
-		samples++
-	}
-	return ceilingResult{wall: wall, runs: runs, parentEvents: events, childEvents: float64(childEvents) / float64(samples)}
 }
 
 // serverPID finds a dev server's process by the port of its address.
@@ -897,12 +908,11 @@ func quotaLines(tier string, r rolloutBenchResult) []quotaLine {
 		q, _ := hubquota.Documented(tier, 1, op) // the tier was checked at the start
 		return q.Rate
 	}
-	pages := queryPages(r.devices)
 	return []quotaLine{
 		{hubquota.Methods, "direct methods", r.methods, rate(hubquota.Methods)},
 		{hubquota.TwinReads, "service twin reads", r.twinReads, rate(hubquota.TwinReads)},
-		{hubquota.TwinUpdates, "device twin updates (3 reported patches per update)", deviceReportsPerUpdate * r.progress.Succeeded, rate(hubquota.TwinUpdates)},
-		{hubquota.Queries, "query pages (1,000 twins each)", pages, rate(hubquota.Queries)},
+		{hubquota.TwinUpdates, "device twin updates (3 reported patches per update)", deviceReportsPerUpdate * r.succeeded(), rate(hubquota.TwinUpdates)},
+		{hubquota.Queries, "query pages (1,000 twins each)", r.queries, rate(hubquota.Queries)},
 	}
 }
 
@@ -950,8 +960,8 @@ func fmtLag(ds []time.Duration) string {
 // rolloutBenchTable is the Markdown table of the results, one column per size and regime.
 func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Firmware rollouts: stages %s; --max-concurrent %d, --canary %d, --growth %g; %d devices per workflow run; histories of up to %d device workflows sampled per rollout.\n\n",
-		cfg.stage, cfg.maxConcurrent, cfg.canary, cfg.growth, devicesPerRun, cfg.sample)
+	fmt.Fprintf(&b, "Firmware rollouts: stages %s; each rollout --max-concurrent %d, --canary %d, --growth %g, continuing as new every %d devices; shards of up to %d devices; the completed lag of up to %d devices per column, from the shards' histories.\n\n",
+		cfg.stage, cfg.maxConcurrent, cfg.canary, cfg.growth, devicesPerRun, workflows.ShardSize, cfg.sample)
 	b.WriteString("| measure |")
 	for _, r := range rs {
 		fmt.Fprintf(&b, " %s devices, %s |", benchreport.Count(r.devices), r.regime.name)
@@ -968,6 +978,7 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		}
 		b.WriteString("\n")
 	}
+	secs := func(s float64) string { return fmtSecs(time.Duration(s * float64(time.Second))) }
 	row("localhub", func(r rolloutBenchResult) string {
 		if !r.regime.throttle {
 			return "unthrottled (--no-throttle)"
@@ -978,11 +989,27 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		}
 		return s
 	})
+	row("workers; their hub budget (DMFLOW_HUB_TIER, DMFLOW_HUB_BUDGET)", func(r rolloutBenchResult) string {
+		if !r.regime.throttle {
+			return fmt.Sprintf("%d; none (DMFLOW_HUB_BUDGET=off)", r.regime.workers)
+		}
+		return fmt.Sprintf("%d; %s's documented rates, 1 unit", r.regime.workers, r.regime.budgetLabel())
+	})
+	row("rollouts at once", func(r rolloutBenchResult) string {
+		if len(r.parts) == 1 {
+			return "1, over the whole fleet"
+		}
+		parts := make([]string, len(r.parts))
+		for i, p := range r.parts {
+			parts[i] = benchreport.Count(p)
+		}
+		return fmt.Sprintf("%d, over device-ID ranges of %s", len(r.parts), strings.Join(parts, " + "))
+	})
 	row("rollout --rate", func(r rolloutBenchResult) string {
 		if r.regime.rate == 0 {
 			return "none"
 		}
-		return fmtRate(r.regime.rate)
+		return fmtRate(r.regime.rate) + " each"
 	})
 	row("Temporal dev server", func(r rolloutBenchResult) string {
 		if r.regime.server == serverMemory {
@@ -991,13 +1018,29 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		return "SQLite file (as `make up`)"
 	})
 	row("result", func(r rolloutBenchResult) string {
-		return fmt.Sprintf("%s: %d updated, %d failed", r.progress.State, r.progress.Succeeded, r.progress.Failed)
+		parts := make([]string, len(r.progress))
+		for i, p := range r.progress {
+			parts[i] = fmt.Sprintf("%s: %d updated, %d failed", p.State, p.Succeeded, p.Failed)
+		}
+		return strings.Join(parts, "; ")
 	})
-	row("**rollout time** (start → completed)", func(r rolloutBenchResult) string {
-		return fmt.Sprintf("**%s** (%d waves)", fmtSecs(r.wall), r.progress.Waves)
+	row("**rollout time** (the first start → the last rollout completed)", func(r rolloutBenchResult) string {
+		waves := 0
+		for _, p := range r.progress {
+			waves = max(waves, p.Waves)
+		}
+		s := fmt.Sprintf("**%s** (%d waves)", fmtSecs(r.wall), waves)
+		if len(r.walls) > 1 {
+			each := make([]string, len(r.walls))
+			for i, w := range r.walls {
+				each[i] = fmtSecs(w)
+			}
+			s += "; each: " + strings.Join(each, ", ")
+		}
+		return s
 	})
 	row("**devices per minute**", func(r rolloutBenchResult) string { return fmt.Sprintf("**%.0f**", r.perMinute()) })
-	row("**Temporal ceiling**: trivial parent + children (3 no-op activities each), same concurrency and continue-as-new, same dev server", func(r rolloutBenchResult) string {
+	row(fmt.Sprintf("**Temporal ceiling**: trivial stand-ins of the same shape (a parent per rollout, children of %d devices, 2 no-op activities a device, the concurrency shared among the children, same continue-as-new), same dev server", workflows.ShardSize), func(r rolloutBenchResult) string {
 		return fmt.Sprintf("%s = **%.0f devices/min**", fmtSecs(r.ceiling.wall), r.ceiling.perMinute(r.devices))
 	})
 	row("**ratio to the ceiling** (rollout pace ÷ ceiling pace)", func(r rolloutBenchResult) string {
@@ -1023,56 +1066,103 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		var parts []string
 		for _, l := range lines {
 			if l.op != worst.op {
-				parts = append(parts, fmt.Sprintf("%s %d ÷ %s = %s", l.op, l.calls, fmtRate(l.rate), fmtSecs(time.Duration(l.seconds()*float64(time.Second)))))
+				parts = append(parts, fmt.Sprintf("%s %d ÷ %s = %s", l.op, l.calls, fmtRate(l.rate), secs(l.seconds())))
 			}
 		}
 		return strings.Join(parts, "; ")
 	})
-	row("rate-bound minimum (hub calls ÷ --rate)", func(r rolloutBenchResult) string {
+	row("rate-bound minimum (hub calls ÷ the rollouts' --rate)", func(r rolloutBenchResult) string {
 		if r.regime.rate == 0 {
 			return "—"
 		}
-		calls := r.methods + r.twinReads + queryPages(r.devices)
-		s := float64(calls) / r.regime.rate
-		return fmt.Sprintf("%s = %.0f devices/min", fmtSecs(time.Duration(s*float64(time.Second))), float64(r.devices)/s*60)
+		s := float64(r.hubCalls()) / (r.regime.rate * float64(len(r.parts)))
+		return fmt.Sprintf("%s = %.0f devices/min", secs(s), float64(r.devices)/s*60)
 	})
-	row(fmt.Sprintf("concurrency bound: --max-concurrent %d ÷ mean device workflow time", cfg.maxConcurrent), func(r rolloutBenchResult) string {
-		if r.meanDeviceDuration <= 0 {
+	row("**admitted by localhub, peak** per second (per minute for queries) **against the hub budget**", func(r rolloutBenchResult) string {
+		parts := make([]string, len(r.admitted))
+		for i, a := range r.admitted {
+			parts[i] = a.String()
+			if !a.Within() {
+				parts[i] = "**" + parts[i] + "**"
+			}
+		}
+		return strings.Join(parts, "; ")
+	})
+	row("— admitted on average over the rollout time", func(r rolloutBenchResult) string {
+		parts := make([]string, len(r.admitted))
+		for i, a := range r.admitted {
+			perSecond := float64(a.Total) / r.wall.Seconds()
+			if a.WindowSeconds == 60 {
+				parts[i] = fmt.Sprintf("%s %.1f/min", a.Op, perSecond*60)
+			} else {
+				parts[i] = fmt.Sprintf("%s %.1f/s", a.Op, perSecond)
+			}
+		}
+		return strings.Join(parts, "; ")
+	})
+	row("hub budget's shares by worker (its ledger, the last sample while every rollout ran)", func(r rolloutBenchResult) string {
+		if !r.regime.throttle {
 			return "—"
 		}
-		return fmt.Sprintf("%.0f devices/min (mean %.1f s)", float64(cfg.maxConcurrent)/r.meanDeviceDuration.Minutes(), r.meanDeviceDuration.Seconds())
+		if r.shares == nil {
+			return "not sampled"
+		}
+		return fmtShares(r.shares)
 	})
-	row("**hub calls per device** (localhub: methods + service twin reads, + query pages)", func(r rolloutBenchResult) string {
-		return fmt.Sprintf("**%.2f** (%d + %d + %d); the rollout counted %d", r.hubCallsPerDevice(), r.methods, r.twinReads,
-			queryPages(r.devices), r.progress.HubCalls)
+	row(fmt.Sprintf("concurrency bound: --max-concurrent %d × rollouts ÷ mean device time in its shard", cfg.maxConcurrent), func(r rolloutBenchResult) string {
+		mean := r.shards.meanDeviceDuration()
+		if mean <= 0 {
+			return "—"
+		}
+		return fmt.Sprintf("%.0f devices/min (mean %.1f s)", float64(cfg.maxConcurrent*len(r.parts))/mean.Minutes(), mean.Seconds())
 	})
-	row("**history events per device** (rollout runs ÷ devices + device workflow)", func(r rolloutBenchResult) string {
-		return fmt.Sprintf("**%.1f** = %d ÷ %d (%s) + %.1f (mean of %d)", r.eventsPerDevice(), r.rolloutEvents, r.devices,
-			runs(r.rolloutRuns), r.deviceEvents, r.sampled)
+	row("**hub calls per device** (localhub: methods + service twin reads + query pages)", func(r rolloutBenchResult) string {
+		counted := 0
+		for _, p := range r.progress {
+			counted += p.HubCalls
+		}
+		return fmt.Sprintf("**%.2f** (%d + %d + %d); the rollouts counted %d", r.hubCallsPerDevice(), r.methods, r.twinReads,
+			r.queries, counted)
+	})
+	row("**history events per device** ((the rollouts' runs + their shards) ÷ devices)", func(r rolloutBenchResult) string {
+		return fmt.Sprintf("**%.1f** = (%d in %s + %d in %d shards) ÷ %d: the rollouts' share %.2f, the shards' %.1f",
+			r.eventsPerDevice(), r.rolloutEvents, runs(r.rolloutRuns), r.shards.events, r.shards.shards, r.devices,
+			r.eventsPerDevice()-r.shardEventsPerDevice(), r.shardEventsPerDevice())
 	})
 	row("history events per device, ceiling", func(r rolloutBenchResult) string {
 		c := r.ceiling
-		return fmt.Sprintf("%.1f = %d ÷ %d (%s) + %.1f", c.eventsPerDevice(r.devices),
-			c.parentEvents, r.devices, runs(c.runs), c.childEvents)
+		return fmt.Sprintf("%.1f = (%d in %s + %d in %d children) ÷ %d", c.eventsPerDevice(r.devices),
+			c.parentEvents, runs(c.runs), c.childEvents, c.children, r.devices)
 	})
-	row("**device's `completed` → the workflow sees it**, p50 / p95 (lastFirmwareUpdate → WorkflowTaskStarted after FollowStages)", func(r rolloutBenchResult) string {
-		return fmt.Sprintf("**%s** (%d devices)", fmtLag(r.completedLag), len(r.completedLag))
+	row("most events in one history (Temporal warns at 10,240): a rollout run / a shard", func(r rolloutBenchResult) string {
+		return fmt.Sprintf("%d / %d", r.maxRunEvents, r.shards.maxEvents)
+	})
+	row("**device's `completed` → its shard sees it**, p50 / p95 (lastFirmwareUpdate → the WorkflowTaskStarted after FollowStages' completion)", func(r rolloutBenchResult) string {
+		return fmt.Sprintf("**%s** (%d devices)", fmtLag(r.shards.lag), len(r.shards.lag))
 	})
 	row("— of which the twin poll (→ the read that showed it), p50 / p95", func(r rolloutBenchResult) string {
-		return fmtLag(r.pollLag)
+		return fmtLag(r.shards.poll)
 	})
-	row("largest rollout run input (the state carried by continue-as-new; Temporal refuses payloads over 2 MB)", func(r rolloutBenchResult) string {
-		return fmt.Sprintf("%.0f KB", float64(r.maxRunInput)/1024)
+	row("largest input (Temporal warns at 256 KB): a rollout run (its state after a continue-as-new) / a shard (its devices)", func(r rolloutBenchResult) string {
+		return fmt.Sprintf("%.0f KB / %.0f KB", float64(r.maxRunInput)/1024, float64(r.shards.maxInput)/1024)
 	})
-	row("CPU during the rollout, s: Temporal dev server / worker / localhub / fleet", func(r rolloutBenchResult) string {
-		return fmt.Sprintf("%.0f / %.0f / %.0f / %.0f (of %.0f s × %d cores)", r.cpu[procTemporal], r.cpu[procWorker],
+	row("CPU during the rollouts, s: Temporal dev server / workers / localhub / fleet", func(r rolloutBenchResult) string {
+		workers := make([]string, r.regime.workers)
+		for i := range workers {
+			workers[i] = fmt.Sprintf("%.0f", r.cpu[workerProc(i+1)])
+		}
+		return fmt.Sprintf("%.0f / %s / %.0f / %.0f (of %.0f s × %d cores)", r.cpu[procTemporal], strings.Join(workers, " + "),
 			r.cpu[procLocalhub], r.cpu[procFleet], r.wall.Seconds(), runtime.NumCPU())
 	})
-	row("**RSS, peak** (VmHWM; at the end): **worker** / localhub / simdevice fleet", func(r rolloutBenchResult) string {
+	row("**RSS, peak** (VmHWM; at the end): **workers** / localhub / simdevice fleet", func(r rolloutBenchResult) string {
 		mb := func(k string) string { return fmt.Sprintf("%d MB (%d MB)", r.peak[k]/1024, r.rss[k]/1024) }
-		return fmt.Sprintf("**%s** / %s / %s", mb(procWorker), mb(procLocalhub), mb(procFleet))
+		workers := make([]string, r.regime.workers)
+		for i := range workers {
+			workers[i] = mb(workerProc(i + 1))
+		}
+		return fmt.Sprintf("**%s** / %s / %s", strings.Join(workers, " and "), mb(procLocalhub), mb(procFleet))
 	})
-	row("**429s during the rollout** (localhub throttled, by operation)", func(r rolloutBenchResult) string {
+	row("**429s during the rollouts** (localhub throttled, by operation)", func(r rolloutBenchResult) string {
 		if len(r.throttled) == 0 {
 			return "**0**"
 		}

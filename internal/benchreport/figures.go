@@ -1,6 +1,6 @@
 // Package benchreport assembles BENCHMARKS.md from what `make bench` measured. Each benchmark
 // writes into one directory a Markdown fragment with its tables (bench-<name>.md) and, where
-// issue 8 sets targets, the figures those targets are about (bench-<name>.json, the types below).
+// issue 16 sets targets, the figures those targets are about (bench-<name>.json, the types below).
 // Render puts the fragments into the template's prose under a header describing the machine, and
 // compares the figures with the targets in a table of its own.
 //
@@ -82,48 +82,97 @@ type RolloutFigures struct {
 	Runs []RolloutRun `json:"runs"`
 }
 
-// RolloutRun is one firmware rollout and the bounds it is compared with.
+// RolloutRun is one measurement of the rollout benchmark: one rollout, or several at once over
+// parts of one fleet, and the bounds they are compared with.
 type RolloutRun struct {
 	// Regime names the configuration: "unbound" (a tier whose quota is far above what Temporal
-	// allows, no --rate) or "quota" (a tier whose quota binds, --rate set to it).
+	// allows, no --rate) or "quota" (S1, whose quota binds, paced by the workers' hub budget).
 	Regime  string `json:"regime"`
-	Devices int    `json:"devices"`
+	Devices int    `json:"devices"` // of all the rollouts
 	// Tier is localhub's tier ("S1", "S2", "S3"), or "off" for --no-throttle.
 	Tier string `json:"tier"`
 	// QuotaTier is the tier the quota-bound minimum is computed for: Tier, or S1 when off.
 	QuotaTier string  `json:"quotaTier"`
-	Rate      float64 `json:"rate,omitempty"` // the rollout's --rate; 0 for none
-	// Server is the Temporal dev server the rollout and its ceiling ran on: "sqlite" (a database
+	Rate      float64 `json:"rate,omitempty"` // each rollout's --rate; 0 for none
+	// Budget describes the workers' hub budget (DMFLOW_HUB_TIER and DMFLOW_HUB_BUDGET), "off" for
+	// none.
+	Budget string `json:"budget,omitempty"`
+	// Workers and Rollouts count the worker processes and the rollouts run at once, each over its
+	// part of the fleet; 0 is read as 1.
+	Workers  int `json:"workers,omitempty"`
+	Rollouts int `json:"rollouts,omitempty"`
+	// Server is the Temporal dev server the rollouts and their ceiling ran on: "sqlite" (a database
 	// file, as `make up` runs it) or "memory".
 	Server    string `json:"server"`
 	Succeeded int    `json:"succeeded"`
 	Failed    int    `json:"failed"`
 
-	Seconds        float64 `json:"seconds"`        // rollout start → completed
-	CeilingSeconds float64 `json:"ceilingSeconds"` // the same number of trivial workflows, same server
+	Seconds float64 `json:"seconds"` // the first rollout's start → the last one's end
+	// CeilingSeconds is the time of Temporal's ceiling: trivial stand-ins of the same shape (a
+	// parent per rollout, children of 250 devices, two no-op activities a device, the concurrency
+	// shared among the children), as many devices, same server.
+	CeilingSeconds float64 `json:"ceilingSeconds"`
 	// QuotaMinSeconds is the quota-bound minimum: the largest of calls ÷ documented rate over the
-	// operations the rollout used, at QuotaTier; QuotaOp names that operation.
+	// operations the rollouts used, at QuotaTier; QuotaOp names that operation.
 	QuotaMinSeconds float64 `json:"quotaMinSeconds"`
 	QuotaOp         string  `json:"quotaOp"`
 
 	HubCallsPerDevice float64 `json:"hubCallsPerDevice"`
-	// EventsPerDevice is the events of all the rollout's runs shared out over the devices plus
-	// DeviceEvents, a device workflow's; CeilingEventsPerDevice the same of the ceiling's trivial
-	// workflows, Temporal's floor for this shape of rollout.
+	// EventsPerDevice is the events of all the rollouts' runs and of all their shard workflows
+	// over the devices; ShardEvents is the shards' part of it, the rest the rollouts' share.
+	// CeilingEventsPerDevice is the same of the ceiling's trivial workflows, Temporal's floor for
+	// this shape of rollout.
 	EventsPerDevice        float64 `json:"eventsPerDevice"`
-	DeviceEvents           float64 `json:"deviceEvents"`
+	ShardEvents            float64 `json:"shardEvents"`
 	CeilingEventsPerDevice float64 `json:"ceilingEventsPerDevice"`
-	Throttled              int     `json:"throttled"` // 429s localhub counted during the rollout
+	Throttled              int     `json:"throttled"` // 429s localhub counted during the rollouts
 
-	// CompletedLagP50 and P95: seconds from the device's completed report to the workflow seeing
-	// it, over Sampled device workflows.
+	// Admitted is, for each operation the hub budget covers, the most calls localhub admitted in
+	// one of its metering windows during the rollouts, against the budget.
+	Admitted []Admitted `json:"admitted,omitempty"`
+
+	// CompletedLagP50 and P95: seconds from the device's completed report to its shard seeing
+	// it, over Sampled devices.
 	CompletedLagP50 float64 `json:"completedLagP50"`
 	CompletedLagP95 float64 `json:"completedLagP95"`
 	Sampled         int     `json:"sampled"`
 
+	// WorkerPeakRSSKB is the largest peak of the workers.
 	WorkerPeakRSSKB   int64 `json:"workerPeakRssKb"`
 	LocalhubPeakRSSKB int64 `json:"localhubPeakRssKb"`
 	FleetPeakRSSKB    int64 `json:"fleetPeakRssKb"`
+}
+
+// Admitted is what localhub admitted of one operation during a run: the most calls in one
+// metering window, against the calls the workers' hub budget allows in it.
+type Admitted struct {
+	Op string `json:"op"`
+	// WindowSeconds is the window: 1 for the operations IoT Hub meters per second, 60 for
+	// queries, which it meters per minute (a sliding minute of whole seconds here).
+	WindowSeconds int `json:"windowSeconds"`
+	Peak          int `json:"peak"`
+	// Budget is the calls the hub budget allows in a window; 0 when it does not cover the
+	// operation.
+	Budget float64 `json:"budget"`
+	// Total is the calls admitted during the run.
+	Total int `json:"total"`
+}
+
+// Within reports whether the peak stayed within the budget (true without a budget).
+func (a Admitted) Within() bool { return a.Budget <= 0 || float64(a.Peak) <= a.Budget+1e-9 }
+
+// String is the peak against the budget: "twinUpdates 48/s of 50", "queries 7/min of 20".
+func (a Admitted) String() string {
+	unit := "/s"
+	if a.WindowSeconds == 60 {
+		unit = "/min"
+	} else if a.WindowSeconds != 1 {
+		unit = fmt.Sprintf(" in %d s", a.WindowSeconds)
+	}
+	if a.Budget <= 0 {
+		return fmt.Sprintf("%s %d%s (no budget)", a.Op, a.Peak, unit)
+	}
+	return fmt.Sprintf("%s %d%s of %g", a.Op, a.Peak, unit, a.Budget)
 }
 
 // PerMinute is the rollout's devices per minute.
@@ -157,12 +206,22 @@ func (r RolloutRun) QuotaBinds() bool { return r.QuotaMinSeconds > r.CeilingSeco
 
 // Label names the run in the targets table.
 func (r RolloutRun) Label() string {
-	s := fmt.Sprintf("rollout of %s devices, localhub %s", Count(r.Devices), r.Tier)
+	s := fmt.Sprintf("rollout of %s devices", Count(r.Devices))
+	if r.Rollouts > 1 {
+		s = fmt.Sprintf("%d rollouts of %s devices in all", r.Rollouts, Count(r.Devices))
+	}
+	s += ", localhub " + r.Tier
+	if r.Workers > 1 {
+		s += fmt.Sprintf(", %d workers", r.Workers)
+	}
 	if r.Rate > 0 {
 		s += fmt.Sprintf(", --rate %g/s", r.Rate)
 	}
 	return s + ", " + r.Server + " dev server"
 }
+
+// SingleWorker reports whether one worker served all the devices.
+func (r RolloutRun) SingleWorker() bool { return r.Workers <= 1 }
 
 func perMinute(n int, seconds float64) float64 {
 	if seconds <= 0 {

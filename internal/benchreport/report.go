@@ -134,7 +134,7 @@ func header(m Machine, r Results) string {
 
 func targetsTable(rows []TargetRow) string {
 	var b strings.Builder
-	b.WriteString("| target (issue 8) | run | measured | |\n|---|---|---|---|\n")
+	b.WriteString("| target (issue 16) | run | measured | |\n|---|---|---|---|\n")
 	for _, r := range rows {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.Target, r.Run, r.Measured, r.Verdict)
 	}

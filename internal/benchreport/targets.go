@@ -3,23 +3,32 @@ package benchreport
 import (
 	"fmt"
 	"math"
+	"strings"
 )
 
-// Issue 8's targets. They are reported against, not asserted: a benchmark that misses one still
+// Issue 16's targets. They are reported against, not asserted: a benchmark that misses one still
 // writes its figures.
 const (
-	// CeilingTarget: a rollout the hub's quota does not bind reaches at least this fraction of
-	// Temporal's own ceiling (trivial workflows with as many activities, same concurrency).
+	// TargetDevices is the rollout size the pace and memory targets are set at.
+	TargetDevices = 10000
+	// PerMinuteTarget: a rollout of TargetDevices the hub's quota does not bind (S3, no --rate)
+	// updates at least this many devices a minute (AWS IoT Jobs' top rollout rate)…
+	PerMinuteTarget = 1000
+	// CeilingTarget: … and reaches at least this fraction of Temporal's own ceiling (trivial
+	// workflows of the same shape: children of 250 devices, two no-op activities a device).
 	CeilingTarget = 0.5
-	// QuotaTarget: a rollout the quota binds takes at most this multiple of the quota-bound
-	// minimum, with zero 429s.
-	QuotaTarget = 1.25
-	// HubCallsTarget and EventsTarget bound a device's hub calls and history events.
+	// QuotaTarget: rollouts the quota binds (S1, two workers, two rollouts at once, paced by the
+	// hub budget) take at most this multiple of the quota-bound minimum, with zero 429s and no
+	// metering window in which the hub admitted more calls than the budget.
+	QuotaTarget = 1.1
+	// HubCallsTarget and EventsTarget bound a device's hub calls and its history events in a
+	// rollout (the rollout's runs and its shards, shared out over the devices).
 	HubCallsTarget = 8
-	EventsTarget   = 25
-	// WorkerRSSTargetMB bounds the worker's resident memory in a rollout of RSSTargetDevices.
+	EventsTarget   = 12
+	// WorkerRSSTargetMB bounds the resident memory of a worker that serves a rollout of
+	// RSSTargetDevices alone.
 	WorkerRSSTargetMB = 200
-	RSSTargetDevices  = 10000
+	RSSTargetDevices  = TargetDevices
 )
 
 // Verdicts of a TargetRow.
@@ -43,9 +52,9 @@ func verdict(ok bool) string {
 	return NotMet
 }
 
-// Targets compares the results with issue 8's targets. Which of the two pace targets a rollout is
-// held to follows from its measurements, not from its configuration: the quota binds when its
-// minimum is longer than Temporal's ceiling took on the same server (RolloutRun.QuotaBinds).
+// Targets compares the results with issue 16's targets. Which of the two kinds of pace target a
+// run is held to follows from its measurements, not from its configuration: the quota binds when
+// its minimum is longer than Temporal's ceiling took on the same server (RolloutRun.QuotaBinds).
 func Targets(r Results) []TargetRow {
 	var rows []TargetRow
 	var runs []RolloutRun
@@ -59,23 +68,42 @@ func Targets(r Results) []TargetRow {
 		return run.Label()
 	}
 
-	ceiling := fmt.Sprintf("≥ %.0f%% of Temporal's ceiling when the quota does not bind", CeilingTarget*100)
+	// Unbound by the quota, at TargetDevices: devices per minute and the ratio to the ceiling.
+	perMinute := fmt.Sprintf("≥ %s devices/min at %s devices when the quota does not bind", Count(PerMinuteTarget), Count(TargetDevices))
+	ceiling := fmt.Sprintf("≥ %.0f%% of Temporal's ceiling (trivial activities) at %s devices when the quota does not bind", CeilingTarget*100, Count(TargetDevices))
 	n := 0
-	for _, run := range runs {
+	largest := -1
+	for i, run := range runs {
 		if run.QuotaBinds() {
 			continue
 		}
+		if largest < 0 || run.Devices > runs[largest].Devices {
+			largest = i
+		}
+		if run.Devices < TargetDevices {
+			continue
+		}
 		n++
-		rows = append(rows, TargetRow{ceiling, label(run),
-			fmt.Sprintf("%.0f%% (%.0f vs %.0f devices/min)", run.CeilingRatio()*100, run.PerMinute(), run.CeilingPerMinute()),
-			verdict(run.CeilingRatio() >= CeilingTarget)})
+		rows = append(rows,
+			TargetRow{perMinute, label(run), fmt.Sprintf("%.0f devices/min (%s)", run.PerMinute(), Secs(run.Seconds)),
+				verdict(run.PerMinute() >= PerMinuteTarget)},
+			TargetRow{ceiling, label(run),
+				fmt.Sprintf("%.0f%% (%.0f vs %.0f devices/min)", run.CeilingRatio()*100, run.PerMinute(), run.CeilingPerMinute()),
+				verdict(run.CeilingRatio() >= CeilingTarget)})
 	}
 	if n == 0 {
-		rows = append(rows, TargetRow{ceiling, NoTarget, "no rollout ran unbound by the quota", NotMeasured})
+		why := "no rollout ran unbound by the quota"
+		if largest >= 0 {
+			run := runs[largest]
+			why = fmt.Sprintf("largest unbound run %s devices: %.0f devices/min, %.0f%% of the ceiling",
+				Count(run.Devices), run.PerMinute(), run.CeilingRatio()*100)
+		}
+		rows = append(rows, TargetRow{perMinute + "; " + ceiling, NoTarget, why, NotMeasured})
 	}
 
 	quota := fmt.Sprintf("≤ %g× the quota-bound minimum when the quota binds", QuotaTarget)
 	zero := "zero 429s when the quota binds"
+	budget := "no second (minute for queries) with more calls admitted than the hub budget when the quota binds"
 	n = 0
 	for _, run := range runs {
 		if !run.QuotaBinds() {
@@ -86,7 +114,8 @@ func Targets(r Results) []TargetRow {
 			TargetRow{quota, label(run),
 				fmt.Sprintf("%.2f× (%s vs %s: %s at %s)", run.QuotaRatio(), Secs(run.Seconds), Secs(run.QuotaMinSeconds), run.QuotaOp, run.QuotaTier),
 				verdict(run.QuotaRatio() <= QuotaTarget)},
-			TargetRow{zero, label(run), fmt.Sprint(run.Throttled), verdict(run.Throttled == 0)})
+			TargetRow{zero, label(run), fmt.Sprint(run.Throttled), verdict(run.Throttled == 0)},
+			budgetRow(budget, label(run), run))
 	}
 	if n == 0 {
 		why := "no rollout was bound by the quota"
@@ -97,11 +126,11 @@ func Targets(r Results) []TargetRow {
 				break
 			}
 		}
-		rows = append(rows, TargetRow{quota + ", with zero 429s", NoTarget, why, NotMeasured})
+		rows = append(rows, TargetRow{quota + ", with zero 429s and within the hub budget", NoTarget, why, NotMeasured})
 	}
 
 	calls := fmt.Sprintf("≤ %d hub calls per device", HubCallsTarget)
-	events := fmt.Sprintf("≤ %d history events per device", EventsTarget)
+	events := fmt.Sprintf("≤ %d history events per device in a rollout", EventsTarget)
 	var dm *FirmwareRun
 	if r.Firmware != nil {
 		for i := range r.Firmware.Runs {
@@ -118,23 +147,27 @@ func Targets(r Results) []TargetRow {
 	for _, run := range runs {
 		rows = append(rows, TargetRow{calls, label(run), fmt.Sprintf("%.2f", run.HubCallsPerDevice), verdict(run.HubCallsPerDevice <= HubCallsTarget)})
 	}
-	if dm != nil {
-		rows = append(rows, TargetRow{events, "one firmware update at the tutorial's 15 s stages", fmt.Sprint(dm.HistoryEvents), verdict(dm.HistoryEvents <= EventsTarget)})
-	}
 	for _, run := range runs {
 		rows = append(rows, TargetRow{events, label(run),
-			fmt.Sprintf("%.1f (device workflow %.1f + the rollout's share %.1f; trivial ceiling %.1f)", run.EventsPerDevice,
-				run.DeviceEvents, run.EventsPerDevice-run.DeviceEvents, run.CeilingEventsPerDevice),
+			fmt.Sprintf("%.1f (shards %.1f + the rollout's share %.1f; trivial ceiling %.1f)", run.EventsPerDevice,
+				run.ShardEvents, run.EventsPerDevice-run.ShardEvents, run.CeilingEventsPerDevice),
 			verdict(run.EventsPerDevice <= EventsTarget)})
 	}
-	if dm == nil && len(runs) == 0 {
-		rows = append(rows, TargetRow{calls + ", " + events, NoTarget, "no firmware update or rollout measured", NotMeasured})
+	if len(runs) == 0 {
+		what := calls + ", " + events
+		if dm != nil {
+			what = events
+		}
+		rows = append(rows, TargetRow{what, NoTarget, "no rollout measured", NotMeasured})
 	}
 
-	rss := fmt.Sprintf("worker RSS ≤ %d MB at %s devices", WorkerRSSTargetMB, Count(RSSTargetDevices))
+	rss := fmt.Sprintf("worker RSS ≤ %d MB at %s devices (one worker)", WorkerRSSTargetMB, Count(RSSTargetDevices))
 	n = 0
-	largest := -1
+	largest = -1
 	for i, run := range runs {
+		if !run.SingleWorker() {
+			continue
+		}
 		if largest < 0 || run.Devices > runs[largest].Devices {
 			largest = i
 		}
@@ -146,9 +179,9 @@ func Targets(r Results) []TargetRow {
 		rows = append(rows, TargetRow{rss, label(run), fmt.Sprintf("%.0f MB (peak)", mb), verdict(mb <= WorkerRSSTargetMB)})
 	}
 	if n == 0 {
-		why := "no rollout measured"
+		why := "no rollout measured with one worker"
 		if largest >= 0 {
-			why = fmt.Sprintf("largest rollout %s devices: %.0f MB peak", Count(runs[largest].Devices), float64(runs[largest].WorkerPeakRSSKB)/1024)
+			why = fmt.Sprintf("largest one-worker rollout %s devices: %.0f MB peak", Count(runs[largest].Devices), float64(runs[largest].WorkerPeakRSSKB)/1024)
 		}
 		rows = append(rows, TargetRow{rss, NoTarget, why, NotMeasured})
 	}
@@ -159,6 +192,25 @@ func Targets(r Results) []TargetRow {
 			fmt.Sprintf("%.1f× faster (%s vs %s)", b.Speedup(), Secs(b.DmflowSeconds), Secs(b.LoopSeconds)), NoTarget})
 	}
 	return rows
+}
+
+// budgetRow is the verdict on the calls localhub admitted per metering window against the hub
+// budget.
+func budgetRow(target, run string, r RolloutRun) TargetRow {
+	var parts []string
+	within, budgeted := true, 0
+	for _, a := range r.Admitted {
+		if a.Budget <= 0 {
+			continue
+		}
+		budgeted++
+		parts = append(parts, a.String())
+		within = within && a.Within()
+	}
+	if budgeted == 0 {
+		return TargetRow{target, run, "no hub budget, or no per-second counts", NotMeasured}
+	}
+	return TargetRow{target, run, "peaks: " + strings.Join(parts, ", "), verdict(within)}
 }
 
 // Secs formats seconds for people: "4.2 s", "3m26s", "1h02m".
