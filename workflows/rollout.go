@@ -440,15 +440,26 @@ func (r *rollout) run(ctx workflow.Context) (RolloutProgress, error) {
 		}
 	}
 	if r.cancelRequested {
-		r.end(ctx, RolloutCancelled)
-		p := r.progress()
-		r.logger.Info("rollout cancelled", "reason", r.reason, "succeeded", p.Succeeded, "cancelled", p.Cancelled, "not_started", p.NotStarted)
-		if cancelled {
-			return p, temporal.NewCanceledError(p)
-		}
-		return p, nil
+		return r.endCancelled(ctx, cancelled)
 	}
 	r.reason = r.abortReason
+	return r.endAborted(ctx)
+}
+
+// endCancelled ends a cancelled rollout; cancelled is set when the workflow itself was cancelled
+// in Temporal, which it then ends as.
+func (r *rollout) endCancelled(ctx workflow.Context, cancelled bool) (RolloutProgress, error) {
+	r.end(ctx, RolloutCancelled)
+	p := r.progress()
+	r.logger.Info("rollout cancelled", "reason", r.reason, "succeeded", p.Succeeded, "cancelled", p.Cancelled, "not_started", p.NotStarted)
+	if cancelled {
+		return p, temporal.NewCanceledError(p)
+	}
+	return p, nil
+}
+
+// endAborted ends an aborted rollout, failing with ErrRolloutNoWindow or ErrRolloutAborted.
+func (r *rollout) endAborted(ctx workflow.Context) (RolloutProgress, error) {
 	r.end(ctx, RolloutAborted)
 	p := r.progress()
 	if r.noWindow {

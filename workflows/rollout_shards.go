@@ -606,32 +606,15 @@ func (r *rollout) windDownShards(ctx workflow.Context, err error) (RolloutProgre
 	switch {
 	case r.cancelRequested:
 		r.reason += unread
-		r.end(ctx, RolloutCancelled)
-		p := r.progress()
-		r.logger.Info("rollout cancelled", "reason", r.reason, "succeeded", p.Succeeded, "cancelled", p.Cancelled, "not_started", p.NotStarted)
-		if cancelled {
-			return p, temporal.NewCanceledError(p)
-		}
-		return p, nil
+		return r.endCancelled(ctx, cancelled)
 	case r.resolveErr != nil:
 		r.reason = r.abortReason
 		r.end(ctx, RolloutFailed)
-		p := r.progress()
 		r.logger.Error("resolving the targets failed", "error", r.resolveErr)
-		return p, r.resolveErr
+		return r.progress(), r.resolveErr
 	}
 	r.reason = r.abortReason + unread
-	r.end(ctx, RolloutAborted)
-	p := r.progress()
-	if r.noWindow {
-		r.logger.Warn("rollout out of maintenance windows", "reason", r.reason, "not_started", p.NotStarted)
-		return p, temporal.NewNonRetryableApplicationError(
-			fmt.Sprintf("rollout %s aborted: %s", r.in.Name, r.reason), ErrRolloutNoWindow, nil, p)
-	}
-	r.logger.Error("rollout aborted", "reason", r.reason, "failed", p.Failed, "not_started", p.NotStarted)
-	return p, temporal.NewNonRetryableApplicationError(
-		fmt.Sprintf("rollout %s aborted: %s; %d devices were not started", r.in.Name, r.reason, p.NotStarted),
-		ErrRolloutAborted, nil, p)
+	return r.endAborted(ctx)
 }
 
 // shardsPage answers QueryShards.

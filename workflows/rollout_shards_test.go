@@ -310,24 +310,7 @@ func TestShardedRolloutCanaryFailureAbortsBeforeWave2(t *testing.T) {
 }
 
 func TestShardedRolloutThresholds(t *testing.T) {
-	tests := []struct {
-		name        string
-		maxFailures string
-		minDevices  int
-		fail        []string
-		fast        bool // failing devices fail after 1 s, the others take 10 s
-		aborted     bool
-		reason      string
-	}{
-		// 40 devices, waves 4, 8, 16, 12. Wave 3 (dev-012..027) allows 10% of 16 = 1 failure.
-		{name: "percent of a wave exceeded", maxFailures: "10%", fail: []string{"dev-012", "dev-013"}, aborted: true, reason: "wave 3"},
-		{name: "percent within every wave", maxFailures: "10%", fail: []string{"dev-012", "dev-030"}},
-		{name: "count exceeded overall", maxFailures: "2", fail: []string{"dev-005", "dev-006", "dev-015"}, aborted: true, reason: "3 devices failed, more than the 2 allowed"},
-		{name: "count reached, not exceeded", maxFailures: "2", fail: []string{"dev-005", "dev-030"}},
-		{name: "percent overall judged at the end of a wave", maxFailures: "25%", minDevices: 10, fail: []string{"dev-004", "dev-005", "dev-012", "dev-013"}, fast: true},
-		{name: "count exceeded by fast failures", maxFailures: "3", fail: []string{"dev-004", "dev-005", "dev-012", "dev-013"}, fast: true, aborted: true, reason: "4 devices failed"},
-	}
-	for _, tc := range tests {
+	for _, tc := range thresholdCases {
 		t.Run(tc.name, func(t *testing.T) {
 			sim := newShardSim()
 			for _, id := range tc.fail {
@@ -341,21 +324,7 @@ func TestShardedRolloutThresholds(t *testing.T) {
 			in.Canary, in.Growth, in.MaxConcurrent = 4, 2, 40
 			in.MaxFailures, in.MinDevices = tc.maxFailures, tc.minDevices
 			env.ExecuteWorkflow(workflows.Rollout, in)
-			require.True(t, env.IsWorkflowCompleted())
-			if !tc.aborted {
-				require.NoError(t, env.GetWorkflowError())
-				var p workflows.RolloutProgress
-				require.NoError(t, env.GetWorkflowResult(&p))
-				assert.Equal(t, workflows.RolloutCompleted, p.State)
-				assert.Equal(t, len(tc.fail), p.Failed)
-				assert.Equal(t, 40-len(tc.fail), p.Succeeded)
-				return
-			}
-			p := abortedProgress(t, env.GetWorkflowError())
-			assert.Contains(t, p.Reason, tc.reason)
-			assert.Positive(t, p.NotStarted)
-			assert.Zero(t, p.Running+p.Pending)
-			assert.Equal(t, p.Total, p.Succeeded+p.Failed+p.NotStarted)
+			checkThresholdOutcome(t, env, tc)
 		})
 	}
 }
