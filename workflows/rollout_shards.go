@@ -182,7 +182,7 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 			}
 		}
 		r.command(ctx, func(c *ShardCommand) { c.Hold = hold })
-		if r.historyIsLong(ctx) || r.startedThisRun >= r.in.DevicesPerRun && r.hasWork() {
+		if r.historyIsLong(ctx) || r.startedThisRun >= r.in.DevicesPerRun && r.moreToGrant() {
 			return r.continueShardsAsNew(ctx)
 		}
 		err = r.awaitChange(ctx, seen)
@@ -212,6 +212,13 @@ func (r *rollout) hasWork() bool {
 	w := r.st.Wave
 	return !r.fl.Resolved || r.fl.Cursor < len(r.fl.Sizes) || r.agg.Pending > 0 ||
 		r.st.Retrying && r.waveDone[w]+r.agg.Running < r.st.WaveSizes[w]
+}
+
+// moreToGrant reports whether devices are still to be granted to shards: a run that granted its
+// DevicesPerRun continues as new only then.
+func (r *rollout) moreToGrant() bool {
+	w := r.st.Wave
+	return !r.fl.Resolved || r.fl.Cursor < len(r.fl.Sizes) || !r.st.Retrying && r.grantedIn(w) < r.st.WaveSizes[w]
 }
 
 // allDone reports whether every device resolved has finished and no more are to come.
