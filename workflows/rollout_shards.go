@@ -182,6 +182,14 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 			}
 		}
 		r.command(ctx, func(c *ShardCommand) { c.Hold = hold })
+		if r.startedThisRun >= r.in.DevicesPerRun && !r.fl.Resolved && r.fl.Cursor >= len(r.fl.Sizes) {
+			// Whether devices are left for the next run depends on the next page (a full page
+			// comes with a token even when it was the last): read it now.
+			if rerr := r.resolvePage(ctx); rerr != nil {
+				err = r.resolveFailed(ctx, rerr)
+				continue
+			}
+		}
 		if r.historyIsLong(ctx) || r.startedThisRun >= r.in.DevicesPerRun && r.moreToGrant() {
 			return r.continueShardsAsNew(ctx)
 		}
