@@ -276,6 +276,11 @@ func (r *rollout) grant(ctx workflow.Context) error {
 			r.fl.Cursor++
 		}
 	}
+	if !r.st.Retrying && r.fl.Resolved && r.fl.Cursor >= len(r.fl.Sizes) {
+		// Every device is granted: the wave is what it was given, even where the run's share
+		// of devices ended the loop above before it ran out of them.
+		r.st.WaveSizes[w] = r.grantedIn(w)
+	}
 	r.shareConcurrency()
 	r.flushCommands(ctx)
 	return nil
