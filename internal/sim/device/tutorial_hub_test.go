@@ -246,9 +246,6 @@ func TestTutorialContractStringAnswer(t *testing.T) {
 // a process whose TZ is 5h30 east of UTC, where a UTC time would lie
 // outside the windows they check.
 func TestTutorialTimesAreLocal(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a child test process")
-	}
 	t.Parallel()
 	exe, err := os.Executable()
 	require.NoError(t, err)
