@@ -21,8 +21,9 @@ import (
 // Temporal's ceiling for a rollout: trivial stand-ins of the sharded shape (workflows.Rollout,
 // workflows.RolloutShard) on a worker in this process with a task queue of its own. A parent per
 // rollout starts children of up to workflows.ShardSize devices; each child runs every device as
-// two no-op activities in sequence, as a shard runs InvokeMethod (the twin read folded in) and
-// FollowStages; the parent shares the rollout's concurrency among its open children in index
+// no-op activities in sequence: one by default (issue 16's yardstick: one trivial activity a
+// device), or two, as a shard runs InvokeMethod (the twin read folded in) and FollowStages
+// (DMFLOW_BENCH_ROLLOUT_CEILING); the parent shares the rollout's concurrency among its open children in index
 // order, as the rollout does, and tells a child when its share grew (a signal); each child tells
 // the parent what finished (a signal) after a fifth of its concurrency finished, when nothing
 // runs, and when it closes, as a shard does; the parent continues as new after placing
@@ -46,6 +47,7 @@ type ceilingInput struct {
 	Total       int    `json:"total"`
 	ShardSize   int    `json:"shardSize"`
 	Concurrency int    `json:"concurrency"`
+	Activities  int    `json:"activities"`
 	PerRun      int    `json:"perRun"`
 	// Next is the first device not placed in a child yet, Children the children started.
 	Next     int `json:"next"`
@@ -71,6 +73,8 @@ type ceilingShardInput struct {
 	Index       int    `json:"index"`
 	Devices     int    `json:"devices"`
 	Concurrency int    `json:"concurrency"`
+	// Activities is how many of ceilingActivities each device runs.
+	Activities int `json:"activities"`
 }
 
 // ceilingOutcome is what a stand-in rollout returns.
@@ -134,7 +138,7 @@ func ceilingRollout(ctx workflow.Context, in ceilingInput) (ceilingOutcome, erro
 				ParentClosePolicy: enumspb.PARENT_CLOSE_POLICY_ABANDON,
 			})
 			f := workflow.ExecuteChildWorkflow(cctx, ceilingShardName,
-				ceilingShardInput{Parent: workflow.GetInfo(ctx).WorkflowExecution.ID, Index: in.Children, Devices: n, Concurrency: share})
+				ceilingShardInput{Parent: workflow.GetInfo(ctx).WorkflowExecution.ID, Index: in.Children, Devices: n, Concurrency: share, Activities: in.Activities})
 			if err := f.GetChildWorkflowExecution().Get(ctx, nil); err != nil {
 				return ceilingOutcome{}, err
 			}
@@ -197,7 +201,7 @@ func ceilingShard(ctx workflow.Context, in ceilingShardInput) (int, error) {
 			next++
 			running++
 			workflow.Go(ctx, func(gctx workflow.Context) {
-				for _, a := range ceilingActivities {
+				for _, a := range ceilingActivities[:in.Activities] {
 					if err := workflow.ExecuteActivity(gctx, a).Get(gctx, nil); err != nil {
 						failed++
 						break
@@ -272,7 +276,7 @@ func measureCeiling(t *testing.T, tc client.Client, cfg rolloutBenchConfig, n, p
 	for i, size := range splitCount(n, parts) {
 		id := fmt.Sprintf("bench-ceiling/%s/%d", queue, i)
 		run, err := tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: queue}, ceilingParentName,
-			ceilingInput{Prefix: id, Total: size, ShardSize: workflows.ShardSize, Concurrency: cfg.maxConcurrent, PerRun: devicesPerRun})
+			ceilingInput{Prefix: id, Total: size, ShardSize: workflows.ShardSize, Concurrency: cfg.maxConcurrent, PerRun: devicesPerRun, Activities: cfg.ceiling})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -59,7 +59,9 @@ import (
 // DMFLOW_BENCH_ROLLOUT_CONCURRENT (each rollout's --max-concurrent, default 200),
 // DMFLOW_BENCH_ROLLOUT_STAGE (the devices' stage duration, default 1s), DMFLOW_BENCH_ROLLOUT_CANARY
 // and _GROWTH (default 10 and 2), DMFLOW_BENCH_ROLLOUT_SAMPLE (how many devices' completed lag is
-// read from the shards' histories, default 1000).
+// read from the shards' histories, default 1000), DMFLOW_BENCH_ROLLOUT_CEILING (the no-op
+// activities a device of Temporal's ceiling runs: 1, the default and issue 16's yardstick, or 2,
+// as many as a shard's device; "off" measures no ceiling, as `make bench-scale` does).
 func TestMeasureRollout(t *testing.T) {
 	cfg := rolloutBenchConfigFromEnv(t)
 	var results []rolloutBenchResult
@@ -102,6 +104,16 @@ type rolloutBenchConfig struct {
 	canary        int
 	growth        float64
 	sample        int
+	// ceiling is how many no-op activities a device of Temporal's ceiling runs; 0 measures none.
+	ceiling int
+}
+
+// ceilingWhat describes a ceiling device of n no-op activities.
+func ceilingWhat(n int) string {
+	if n == 1 {
+		return "1 no-op activity"
+	}
+	return fmt.Sprintf("%d no-op activities", n)
 }
 
 // benchRegime is a configuration of hub, workers, rollouts and Temporal server that every size
@@ -146,6 +158,13 @@ func rolloutBenchConfigFromEnv(t *testing.T) rolloutBenchConfig {
 			t.Fatalf("DMFLOW_BENCH_ROLLOUT_SIZES: %q is not a device count of 1 or more", s)
 		}
 		cfg.sizes = append(cfg.sizes, n)
+	}
+	switch c := strings.ToLower(envOr("DMFLOW_BENCH_ROLLOUT_CEILING", "1")); c {
+	case "off":
+	case "1", "2":
+		cfg.ceiling = int(c[0] - '0')
+	default:
+		t.Fatalf("DMFLOW_BENCH_ROLLOUT_CEILING=%q: give 1 or 2 (no-op activities a device) or off", c)
 	}
 	for _, name := range strings.Split(envOr("DMFLOW_BENCH_ROLLOUT_REGIMES", "unbound,quota"), ",") {
 		cfg.regimes = append(cfg.regimes, regimeFromEnv(t, strings.ToLower(strings.TrimSpace(name))))
@@ -330,6 +349,8 @@ type rolloutBenchResult struct {
 	cpu       map[string]float64 // CPU seconds during the rollouts, by process
 
 	ceiling ceilingResult
+	// ceilingActivities is what a device of the ceiling ran (0: no ceiling measured).
+	ceilingActivities int
 }
 
 // Process names, for CPU and memory.
@@ -406,12 +427,16 @@ func (r rolloutBenchResult) figures() benchreport.RolloutRun {
 		QuotaMinSeconds: q.seconds(), QuotaOp: string(q.op),
 		HubCallsPerDevice: r.hubCallsPerDevice(), EventsPerDevice: r.eventsPerDevice(), ShardEvents: r.shardEventsPerDevice(),
 		CeilingEventsPerDevice: r.ceiling.eventsPerDevice(r.devices),
-		Throttled:              sumCounts(r.throttled),
-		Admitted:               r.admitted,
-		CompletedLagP50:        percentile(r.shards.lag, 50).Seconds(),
-		CompletedLagP95:        percentile(r.shards.lag, 95).Seconds(),
-		Sampled:                len(r.shards.lag),
-		WorkerPeakRSSKB:        r.workerPeak(), LocalhubPeakRSSKB: r.peak[procLocalhub], FleetPeakRSSKB: r.peak[procFleet],
+		CeilingActivities:      r.ceilingActivities,
+		RolloutRuns:            r.rolloutRuns, Shards: r.shards.shards,
+		MaxRunEvents: r.maxRunEvents, MaxShardEvents: r.shards.maxEvents,
+		MaxRunInputBytes: r.maxRunInput, MaxShardInputBytes: r.shards.maxInput,
+		Throttled:       sumCounts(r.throttled),
+		Admitted:        r.admitted,
+		CompletedLagP50: percentile(r.shards.lag, 50).Seconds(),
+		CompletedLagP95: percentile(r.shards.lag, 95).Seconds(),
+		Sampled:         len(r.shards.lag),
+		WorkerPeakRSSKB: r.workerPeak(), LocalhubPeakRSSKB: r.peak[procLocalhub], FleetPeakRSSKB: r.peak[procFleet],
 	}
 }
 
@@ -467,15 +492,17 @@ func withTemporal(environ []string, addr string) []string {
 const fleetPrefix = "rb-"
 
 func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n int) rolloutBenchResult {
-	res := rolloutBenchResult{regime: rg, devices: n, parts: splitCount(n, rg.rollouts)}
+	res := rolloutBenchResult{regime: rg, devices: n, parts: splitCount(n, rg.rollouts), ceilingActivities: cfg.ceiling}
 	srv := serverFor(t, rg.server)
 	tc := srv.tc
 
 	// The ceiling first, while nothing else runs: what Temporal alone allows on the server the
 	// rollouts use, in as many stand-in rollouts.
-	res.ceiling = measureCeiling(t, tc, cfg, n, rg.rollouts)
-	t.Logf("ceiling (%s dev server): %d trivial devices in %d stand-in rollouts, %d children, in %s",
-		rg.server, n, rg.rollouts, res.ceiling.children, res.ceiling.wall.Round(time.Second))
+	if cfg.ceiling > 0 {
+		res.ceiling = measureCeiling(t, tc, cfg, n, rg.rollouts)
+		t.Logf("ceiling (%s dev server): %d trivial devices in %d stand-in rollouts, %d children, in %s",
+			rg.server, n, rg.rollouts, res.ceiling.children, res.ceiling.wall.Round(time.Second))
+	}
 
 	lh := startBenchHub(t, rg)
 	setupStart := time.Now()
@@ -1040,10 +1067,16 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		return s
 	})
 	row("**devices per minute**", func(r rolloutBenchResult) string { return fmt.Sprintf("**%.0f**", r.perMinute()) })
-	row(fmt.Sprintf("**Temporal ceiling**: trivial stand-ins of the same shape (a parent per rollout, children of %d devices, 2 no-op activities a device, the concurrency shared among the children, same continue-as-new), same dev server", workflows.ShardSize), func(r rolloutBenchResult) string {
+	row(fmt.Sprintf("**Temporal ceiling**: trivial stand-ins of the same shape (a parent per rollout, children of %d devices, %s a device, the concurrency shared among the children, same continue-as-new), same dev server", workflows.ShardSize, ceilingWhat(cfg.ceiling)), func(r rolloutBenchResult) string {
+		if cfg.ceiling == 0 {
+			return "not measured (DMFLOW_BENCH_ROLLOUT_CEILING=off)"
+		}
 		return fmt.Sprintf("%s = **%.0f devices/min**", fmtSecs(r.ceiling.wall), r.ceiling.perMinute(r.devices))
 	})
 	row("**ratio to the ceiling** (rollout pace ÷ ceiling pace)", func(r rolloutBenchResult) string {
+		if cfg.ceiling == 0 {
+			return "—"
+		}
 		return fmt.Sprintf("**%.0f%%**", r.ceiling.wall.Seconds()/r.wall.Seconds()*100)
 	})
 	row("quota-bound minimum at the tier (calls ÷ documented limit, largest)", func(r rolloutBenchResult) string {
@@ -1055,6 +1088,9 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		return fmt.Sprintf("**%.2f×**", r.wall.Seconds()/r.quotaMin().Seconds())
 	})
 	row("bound that applies: the quota binds when its minimum exceeds the ceiling's time", func(r rolloutBenchResult) string {
+		if cfg.ceiling == 0 {
+			return "— (no ceiling measured)"
+		}
 		if r.quotaMin() > r.ceiling.wall {
 			return "quota"
 		}
@@ -1131,6 +1167,9 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 	})
 	row("history events per device, ceiling", func(r rolloutBenchResult) string {
 		c := r.ceiling
+		if cfg.ceiling == 0 {
+			return "—"
+		}
 		return fmt.Sprintf("%.1f = (%d in %s + %d in %d children) ÷ %d", c.eventsPerDevice(r.devices),
 			c.parentEvents, runs(c.runs), c.childEvents, c.children, r.devices)
 	})

@@ -2,7 +2,10 @@
 // the benchmarks wrote into a directory (default .bin), under a header describing this machine.
 // `make bench` runs it after the benchmarks; `make bench-report` runs it alone.
 //
-//	report [--dir .bin] [--out BENCHMARKS.md] [--started .bin/bench-started]
+//	report [--dir .bin] [--scale bench/scale] [--out BENCHMARKS.md] [--started .bin/bench-started]
+//
+// --scale names the directory `make bench-scale` keeps its results in (in the repository: it is
+// not part of `make bench`).
 //
 // --started names the file `make bench` writes when it starts (its time and load average), for
 // the header; without it the header gives no duration.
@@ -24,18 +27,22 @@ import (
 
 func main() {
 	dir := flag.String("dir", ".bin", "directory holding the benchmarks' bench-*.md and bench-*.json")
+	scale := flag.String("scale", benchreport.ScaleDir, "directory holding `make bench-scale`'s bench-scale.md and bench-scale.json")
 	out := flag.String("out", "BENCHMARKS.md", "file to write")
 	started := flag.String("started", "", "file with the start time and load average `make bench` recorded")
 	flag.Parse()
-	if err := run(*dir, *out, *started); err != nil {
+	if err := run(*dir, *scale, *out, *started); err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir, out, startedFile string) error {
+func run(dir, scaleDir, out, startedFile string) error {
 	res, err := benchreport.Load(dir)
 	if err != nil {
+		return err
+	}
+	if err := res.LoadScale(scaleDir); err != nil {
 		return err
 	}
 	if len(res.Fragments) == 0 {

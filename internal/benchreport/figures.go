@@ -23,6 +23,9 @@ const (
 	Fleet    = "fleet"    // make bench-fleet: simdevice fleet connect time and memory
 	Baseline = "baseline" // make bench-baseline: the tutorial's sequential loop over a fleet
 	Rollout  = "rollout"  // make bench-rollout: rollouts against Temporal's ceiling and the quota
+	// Scale is `make bench-scale`: one rollout of 100,000 devices. Not part of `make bench` (it
+	// takes about an hour), its results are kept in the repository (ScaleDir) and read from there.
+	Scale = "scale"
 )
 
 // Names lists the benchmarks in the order `make bench` runs them.
@@ -109,9 +112,11 @@ type RolloutRun struct {
 
 	Seconds float64 `json:"seconds"` // the first rollout's start → the last one's end
 	// CeilingSeconds is the time of Temporal's ceiling: trivial stand-ins of the same shape (a
-	// parent per rollout, children of 250 devices, two no-op activities a device, the concurrency
-	// shared among the children), as many devices, same server.
-	CeilingSeconds float64 `json:"ceilingSeconds"`
+	// parent per rollout, children of 250 devices, CeilingActivities no-op activities a device, the
+	// concurrency shared among the children), as many devices, same server; 0 when no ceiling was
+	// measured (CeilingActivities 0; figures written before it was recorded ran two).
+	CeilingSeconds    float64 `json:"ceilingSeconds"`
+	CeilingActivities int     `json:"ceilingActivities,omitempty"`
 	// QuotaMinSeconds is the quota-bound minimum: the largest of calls ÷ documented rate over the
 	// operations the rollouts used, at QuotaTier; QuotaOp names that operation.
 	QuotaMinSeconds float64 `json:"quotaMinSeconds"`
@@ -136,6 +141,17 @@ type RolloutRun struct {
 	CompletedLagP50 float64 `json:"completedLagP50"`
 	CompletedLagP95 float64 `json:"completedLagP95"`
 	Sampled         int     `json:"sampled"`
+
+	// RolloutRuns counts the rollouts' runs, Shards their shard workflows. MaxRunEvents and
+	// MaxShardEvents are the most events of one rollout run and of one shard; MaxRunInputBytes
+	// and MaxShardInputBytes the largest input of each (a run's: its state after continuing as
+	// new).
+	RolloutRuns        int `json:"rolloutRuns,omitempty"`
+	Shards             int `json:"shards,omitempty"`
+	MaxRunEvents       int `json:"maxRunEvents,omitempty"`
+	MaxShardEvents     int `json:"maxShardEvents,omitempty"`
+	MaxRunInputBytes   int `json:"maxRunInputBytes,omitempty"`
+	MaxShardInputBytes int `json:"maxShardInputBytes,omitempty"`
 
 	// WorkerPeakRSSKB is the largest peak of the workers.
 	WorkerPeakRSSKB   int64 `json:"workerPeakRssKb"`
@@ -186,7 +202,7 @@ func (r RolloutRun) QuotaPerMinute() float64 { return perMinute(r.Devices, r.Quo
 
 // CeilingRatio is the rollout's pace as a fraction of Temporal's ceiling.
 func (r RolloutRun) CeilingRatio() float64 {
-	if r.Seconds <= 0 {
+	if r.Seconds <= 0 || r.CeilingSeconds <= 0 {
 		return 0
 	}
 	return r.CeilingSeconds / r.Seconds
@@ -201,8 +217,14 @@ func (r RolloutRun) QuotaRatio() float64 {
 }
 
 // QuotaBinds reports whether the hub's quota, rather than Temporal, bounds the rollout: its
-// minimum is longer than Temporal's ceiling took for as many devices on the same server.
-func (r RolloutRun) QuotaBinds() bool { return r.QuotaMinSeconds > r.CeilingSeconds }
+// minimum is longer than Temporal's ceiling took for as many devices on the same server. Without
+// a ceiling measured, the regime says it.
+func (r RolloutRun) QuotaBinds() bool {
+	if r.CeilingSeconds <= 0 {
+		return r.Regime == "quota"
+	}
+	return r.QuotaMinSeconds > r.CeilingSeconds
+}
 
 // Label names the run in the targets table.
 func (r RolloutRun) Label() string {

@@ -19,6 +19,8 @@ type Results struct {
 	Firmware  *FirmwareFigures
 	Baseline  *BaselineFigures
 	Rollout   *RolloutFigures
+	// Scale is `make bench-scale`'s, read from the repository (LoadScale).
+	Scale *RolloutFigures
 }
 
 // Missing lists the benchmarks without a fragment, in Names order.
@@ -68,6 +70,33 @@ func Load(dir string) (Results, error) {
 	return r, nil
 }
 
+// ScaleDir is where `make bench-scale` keeps its fragment and figures: in the repository, since it
+// is not part of `make bench` (which starts from an empty result directory) and BENCHMARKS.md keeps
+// its latest figures.
+const ScaleDir = "bench/scale"
+
+// LoadScale reads `make bench-scale`'s fragment and figures from dir, when it ran.
+func (r *Results) LoadScale(dir string) error {
+	b, err := os.ReadFile(FragmentPath(dir, Scale))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var sc RolloutFigures
+	ok, err := readFigures(FiguresPath(dir, Scale), &sc)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%s has no figures beside it (%s): run `make bench-scale` again", FragmentPath(dir, Scale), FiguresPath(dir, Scale))
+	}
+	r.Fragments[Scale] = strings.TrimSpace(string(b))
+	r.Scale = &sc
+	return nil
+}
+
 //go:embed template.md
 var defaultTemplate string
 
@@ -84,8 +113,8 @@ func render(w io.Writer, text string, m Machine, r Results) error {
 		"header":  func() string { return header(m, r) },
 		"targets": func() string { return targetsTable(Targets(r)) },
 		"fragment": func(name string) (string, error) {
-			if !isName(name) {
-				return "", fmt.Errorf("template: no benchmark %q (known: %s)", name, strings.Join(Names, ", "))
+			if !isName(name) && name != Scale {
+				return "", fmt.Errorf("template: no benchmark %q (known: %s, %s)", name, strings.Join(Names, ", "), Scale)
 			}
 			if f, ok := r.Fragments[name]; ok {
 				return f, nil

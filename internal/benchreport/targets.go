@@ -29,6 +29,12 @@ const (
 	// RSSTargetDevices alone.
 	WorkerRSSTargetMB = 200
 	RSSTargetDevices  = TargetDevices
+	// ScaleDevices is the size `make bench-scale` runs, ExtrapolatedDevices the size its figures
+	// are worked out for; PayloadLimitBytes and EventsLimit are Temporal's warnings.
+	ScaleDevices        = 100000
+	ExtrapolatedDevices = 1000000
+	PayloadLimitBytes   = 256 * 1024
+	EventsLimit         = 10240
 )
 
 // Verdicts of a TargetRow.
@@ -186,6 +192,8 @@ func Targets(r Results) []TargetRow {
 		rows = append(rows, TargetRow{rss, NoTarget, why, NotMeasured})
 	}
 
+	rows = append(rows, scaleTargets(r.Scale)...)
+
 	if b := r.Baseline; b != nil && b.Speedup() > 0 {
 		rows = append(rows, TargetRow{"dmflow against the tutorials' sequential loop (no target)",
 			fmt.Sprintf("%s devices, %s stages", Count(b.Devices), Secs(b.StageSeconds)),
@@ -228,4 +236,52 @@ func Secs(s float64) string {
 		r := int(math.Round(s / 60))
 		return fmt.Sprintf("%dh%02dm", r/60, r%60)
 	}
+}
+
+// scaleTargets are the rows of `make bench-scale`: the largest rollout it ran, and the same worked
+// out for ExtrapolatedDevices from what it measured per device and per shard.
+func scaleTargets(sc *RolloutFigures) []TargetRow {
+	what := fmt.Sprintf("a rollout of %s devices: its time, largest input, most events in one run, worker RSS", Count(ScaleDevices))
+	if sc == nil || len(sc.Runs) == 0 {
+		return []TargetRow{{what, NoTarget, "`make bench-scale` has not run", NotMeasured}}
+	}
+	run := sc.Runs[0]
+	for _, r := range sc.Runs[1:] {
+		if r.Devices > run.Devices {
+			run = r
+		}
+	}
+	label := run.Label()
+	kb := func(b int) string { return fmt.Sprintf("%.0f KB", float64(b)/1024) }
+	mb := float64(run.WorkerPeakRSSKB) / 1024
+	rows := []TargetRow{
+		{what, label, fmt.Sprintf("%s (%.0f devices/min): %s updated, %s failed", Secs(run.Seconds), run.PerMinute(),
+			Count(run.Succeeded), Count(run.Failed)), verdict(run.Devices >= ScaleDevices && run.Succeeded+run.Failed == run.Devices)},
+		{fmt.Sprintf("no input over %s (Temporal's warning)", kb(PayloadLimitBytes)), label,
+			fmt.Sprintf("a rollout run %s, a shard %s", kb(run.MaxRunInputBytes), kb(run.MaxShardInputBytes)),
+			verdict(max(run.MaxRunInputBytes, run.MaxShardInputBytes) <= PayloadLimitBytes)},
+		{fmt.Sprintf("no run over %s events (Temporal's warning)", Count(EventsLimit)), label,
+			fmt.Sprintf("a rollout run %s, a shard %s", Count(run.MaxRunEvents), Count(run.MaxShardEvents)),
+			verdict(max(run.MaxRunEvents, run.MaxShardEvents) <= EventsLimit)},
+		{fmt.Sprintf("worker RSS ≤ %d MB", WorkerRSSTargetMB), label, fmt.Sprintf("%.0f MB (peak)", mb), verdict(mb <= WorkerRSSTargetMB)},
+	}
+	if run.Devices <= 0 || run.PerMinute() <= 0 {
+		return rows
+	}
+	// Worked out: what grows with the fleet grows linearly (the time at the pace measured, the
+	// rollout's runs, its state's record of every shard's size); what a shard or a run bounds
+	// (a shard's input and events, a run's events, the worker's memory, set by --max-concurrent)
+	// stays as measured.
+	f := float64(ExtrapolatedDevices) / float64(run.Devices)
+	input := int(math.Ceil(float64(run.MaxRunInputBytes) * f))
+	rows = append(rows, TargetRow{
+		fmt.Sprintf("the same for %s devices, worked out from the run above", Count(ExtrapolatedDevices)),
+		fmt.Sprintf("%s devices in %s shards, about %s rollout runs", Count(ExtrapolatedDevices),
+			Count((ExtrapolatedDevices+249)/250), Count(int(math.Ceil(float64(max(run.RolloutRuns, 1))*f)))),
+		fmt.Sprintf("%s at %.0f devices/min; input: a rollout run ≤ %s (its state grows with the shards), a shard %s; events: a rollout run %s, a shard %s (bounded by a run's devices and a shard's size); worker %.0f MB (bounded by --max-concurrent); %s history events in all",
+			Secs(float64(ExtrapolatedDevices)/run.PerMinute()*60), run.PerMinute(), kb(input), kb(run.MaxShardInputBytes),
+			Count(run.MaxRunEvents), Count(run.MaxShardEvents), mb, Count(int(run.EventsPerDevice*ExtrapolatedDevices))),
+		verdict(max(input, run.MaxShardInputBytes) <= PayloadLimitBytes && max(run.MaxRunEvents, run.MaxShardEvents) <= EventsLimit),
+	})
+	return rows
 }
