@@ -12,7 +12,7 @@ GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './.
 export DMFLOW_BIN_DIR := $(abspath $(BIN))
 export DMFLOW_TEMPORAL_BIN := $(abspath $(BIN)/temporal)
 
-.PHONY: help build temporal demo up down status test test-unit test-integration chaos fuzz record-histories lint clean bench bench-fleet bench-firmware bench-baseline bench-rollout bench-report
+.PHONY: help build temporal demo up down status test test-unit test-integration chaos fuzz record-histories lint clean bench bench-fleet bench-firmware bench-baseline bench-rollout bench-scale bench-report
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -101,6 +101,22 @@ bench-rollout: build ## firmware rollouts of 1,000 and 10,000 simulated devices:
 	ulimit -n "$$(ulimit -Hn)"; DMFLOW_BENCH_OUT=$(BENCH_OUT)/bench-rollout.md $(BENCH_TEST) -timeout 240m -run '^TestMeasureRollout$$' 2>&1 \
 		| tee $(BIN)/bench-rollout.log | $(BENCH_SHOW) ; exit $${PIPESTATUS[0]}
 	@cat $(BIN)/bench-rollout.md
+
+# bench-scale's size and each rollout's --max-concurrent; its results stay in the repository.
+SCALE_DEVICES ?= 100000
+SCALE_CONCURRENT ?= 400
+SCALE_OUT := $(CURDIR)/bench/scale
+
+bench-scale: build ## one rollout of SCALE_DEVICES (100,000) simulated devices, S3, no ceiling: time, largest input, most events in one run, memory; results kept in bench/scale/ (~1½ h, 16 GB of memory)
+	@mkdir -p $(SCALE_OUT)
+	ulimit -Hn 400000 2>/dev/null || true; \
+	if [ "$$(ulimit -Hn)" != unlimited ] && [ "$$(ulimit -Hn)" -lt $$(( $(SCALE_DEVICES) + 10000 )) ]; then \
+		echo "bench-scale: $(SCALE_DEVICES) devices need as many open files in localhub and in the fleet, the hard limit is $$(ulimit -Hn): raise it (as root: ulimit -Hn 400000) or give a smaller SCALE_DEVICES" >&2; exit 2; fi; \
+	ulimit -n "$$(ulimit -Hn)"; \
+	DMFLOW_BENCH_ROLLOUT_SIZES=$(SCALE_DEVICES) DMFLOW_BENCH_ROLLOUT_REGIMES=unbound DMFLOW_BENCH_ROLLOUT_CEILING=off \
+	DMFLOW_BENCH_ROLLOUT_CONCURRENT=$(SCALE_CONCURRENT) DMFLOW_BENCH_OUT=$(SCALE_OUT)/bench-scale.md \
+	$(BENCH_TEST) -timeout 300m -run '^TestMeasureRollout$$' 2>&1 | tee $(BIN)/bench-scale.log | $(BENCH_SHOW) ; exit $${PIPESTATUS[0]}
+	@cat $(SCALE_OUT)/bench-scale.md
 
 bench-fleet: ## simdevice fleet of COUNT (default 10000) against its own localhub: connect time, memory (~1 min)
 	@mkdir -p $(BIN)

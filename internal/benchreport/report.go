@@ -119,6 +119,9 @@ func render(w io.Writer, text string, m Machine, r Results) error {
 			if f, ok := r.Fragments[name]; ok {
 				return f, nil
 			}
+			if name == Scale {
+				return "*Not measured yet: `make bench-scale` measures it (it is not part of `make bench`).*", nil
+			}
 			return fmt.Sprintf("*Not measured in this run: `make bench-%s` measures it, `make bench` everything.*", name), nil
 		},
 	}).Parse(text)

@@ -1,6 +1,7 @@
 package benchreport
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -173,5 +174,86 @@ func TestSecsAndCount(t *testing.T) {
 		if got := Count(tc.n); got != tc.want {
 			t.Errorf("Count(%d) = %q, want %q", tc.n, got, tc.want)
 		}
+	}
+}
+
+// scale100k is a `make bench-scale` run: no ceiling beside it.
+var scale100k = RolloutRun{Regime: "unbound", Devices: 100000, Tier: "S3", QuotaTier: "S3", Budget: "S3", Server: "sqlite",
+	Succeeded: 100000, Seconds: 3000, QuotaMinSeconds: 1200, QuotaOp: "twinUpdates",
+	HubCallsPerDevice: 3.2, EventsPerDevice: 8, ShardEvents: 7.9, WorkerPeakRSSKB: 90 << 10,
+	RolloutRuns: 100, Shards: 400, MaxRunEvents: 1200, MaxShardEvents: 2400, MaxRunInputBytes: 3 << 10, MaxShardInputBytes: 8 << 10}
+
+func TestScaleTargets(t *testing.T) {
+	rows := scaleTargets(nil)
+	if len(rows) != 1 || rows[0].Verdict != NotMeasured || !strings.Contains(rows[0].Measured, "make bench-scale") {
+		t.Fatalf("without a scale run: %+v, want one row naming make bench-scale", rows)
+	}
+	if scale100k.QuotaBinds() || scale100k.CeilingRatio() != 0 {
+		t.Errorf("a run without a ceiling: QuotaBinds %v, CeilingRatio %v; want false, 0", scale100k.QuotaBinds(), scale100k.CeilingRatio())
+	}
+	rows = scaleTargets(&RolloutFigures{Runs: []RolloutRun{scale100k}})
+	if len(rows) != 5 {
+		t.Fatalf("scale rows: %d, want 5: %+v", len(rows), rows)
+	}
+	for _, r := range rows {
+		if r.Verdict != Met {
+			t.Errorf("%s: %s, want met (%s)", r.Target, r.Verdict, r.Measured)
+		}
+	}
+	if !strings.Contains(rows[0].Measured, "50m00s (2000 devices/min)") {
+		t.Errorf("time row: %q", rows[0].Measured)
+	}
+	// 1,000,000 devices at 2,000 a minute: 8h20m; the run's input ten times 3 KB; 1,000 runs.
+	x := rows[4]
+	for _, want := range []string{"8h20m at 2000 devices/min", "a rollout run ≤ 30 KB", "a shard 8 KB", "8,000,000 history events"} {
+		if !strings.Contains(x.Measured, want) {
+			t.Errorf("1,000,000 row lacks %q: %s", want, x.Measured)
+		}
+	}
+	if !strings.Contains(x.Run, "4,000 shards") || !strings.Contains(x.Run, "1,000 rollout runs") {
+		t.Errorf("1,000,000 row's run: %s", x.Run)
+	}
+
+	// An input that would pass Temporal's warning at 1,000,000 devices is not met.
+	big := scale100k
+	big.MaxRunInputBytes = 40 << 10
+	if rows := scaleTargets(&RolloutFigures{Runs: []RolloutRun{big}}); rows[4].Verdict != NotMet || rows[1].Verdict != Met {
+		t.Errorf("40 KB at 100,000 devices: %s now, %s worked out; want met, not met", rows[1].Verdict, rows[4].Verdict)
+	}
+	failed := scale100k
+	failed.Succeeded, failed.Devices = 1000, 100000
+	if rows := scaleTargets(&RolloutFigures{Runs: []RolloutRun{failed}}); rows[0].Verdict != NotMet {
+		t.Errorf("a rollout that did not finish its devices: %s, want not met", rows[0].Verdict)
+	}
+}
+
+func TestLoadScale(t *testing.T) {
+	dir := t.TempDir()
+	r := Results{Fragments: map[string]string{}}
+	if err := r.LoadScale(dir); err != nil || r.Scale != nil {
+		t.Fatalf("LoadScale of an empty directory: %v, %v; want nothing and no error", r.Scale, err)
+	}
+	if err := os.WriteFile(FragmentPath(dir, Scale), []byte("SCALE TABLE\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.LoadScale(dir); err == nil || !strings.Contains(err.Error(), "make bench-scale") {
+		t.Errorf("a fragment without figures: %v, want an error naming make bench-scale", err)
+	}
+	if err := WriteFigures(FiguresPath(dir, Scale), RolloutFigures{Runs: []RolloutRun{scale100k}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.LoadScale(dir); err != nil || r.Scale == nil || r.Fragments[Scale] != "SCALE TABLE" {
+		t.Fatalf("LoadScale: %v, %v, %q", err, r.Scale, r.Fragments[Scale])
+	}
+	var b strings.Builder
+	if err := render(&b, `{{fragment "scale"}} {{targets}}`, Machine{}, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "SCALE TABLE") || !strings.Contains(b.String(), "the same for 1,000,000 devices") {
+		t.Errorf("rendered: %s", b.String())
+	}
+	var none strings.Builder
+	if err := render(&none, `{{fragment "scale"}}`, Machine{}, Results{}); err != nil || !strings.Contains(none.String(), "not part of `make bench`") {
+		t.Errorf("scale not run: %q, %v", none.String(), err)
 	}
 }
