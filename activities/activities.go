@@ -80,6 +80,9 @@ type Activities struct {
 	// on the SDK's batched heartbeats and on ReadFirst's fallback.
 	Heartbeats HeartbeatRecorder
 
+	// Workflows describes workflow executions for EndedWorkflows: the worker's Temporal client.
+	Workflows WorkflowDescriber
+
 	// heartbeatInterval overrides how often InvokeMethod heartbeats while the call is in flight,
 	// and how often any activity heartbeats while it waits for a HubRate token; zero derives it
 	// from the activity's heartbeat timeout. Only tests set it, to observe heartbeats without

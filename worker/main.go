@@ -189,7 +189,7 @@ func run(ctx context.Context, cfg Config) error {
 	})
 	// After w.Stop, when no activity draws on it any more: the shares go back to the other workers.
 	defer leaser.Close()
-	w.RegisterActivity(&activities.Activities{Hub: activities.MeteredHub(hub), Pacer: leaser, Heartbeats: tc})
+	w.RegisterActivity(&activities.Activities{Hub: activities.MeteredHub(hub), Pacer: leaser, Heartbeats: tc, Workflows: tc})
 
 	if err := w.Start(); err != nil {
 		return fmt.Errorf("start worker on task queue %s: %w", cfg.TaskQueue, err)

@@ -185,6 +185,11 @@ type rollout struct {
 	resolveErr    error
 	// signals are the commands sent to shards and not yet known delivered.
 	signals []workflow.Future
+	// endChecks is set in rollouts that look for shards ended outside them (endChecksChange);
+	// shardsCheck is the timer of the next look.
+	endChecks      bool
+	shardsCheck    workflow.Future
+	checkingShards bool
 
 	// windowed is set when the rollout starts devices only in its maintenance windows.
 	windowed bool
@@ -477,7 +482,7 @@ func (r *rollout) endAborted(ctx workflow.Context) (RolloutProgress, error) {
 // a device finished, an update, the window timer fired.
 func (r *rollout) awaitChange(ctx workflow.Context, seen int) error {
 	return workflow.Await(ctx, func() bool {
-		return r.changes != seen || r.windowTimer != nil && r.windowTimer.IsReady()
+		return r.changes != seen || r.windowTimer != nil && r.windowTimer.IsReady() || r.shardsCheckDue()
 	})
 }
 

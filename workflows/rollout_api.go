@@ -240,6 +240,9 @@ type RolloutReboot struct {
 
 // RolloutState is what a rollout carries into its next run when it continues as new.
 type RolloutState struct {
+	// EndedShards names the shards that ended outside the rollout (terminated in the Temporal UI),
+	// whose devices in flight it counted as failed (shard_ends.go).
+	EndedShards []string `json:"endedShards,omitempty"`
 	// Rows are the target devices in device-ID order with their results so far. Between runs they
 	// travel as PackedRows instead: gzip-compressed JSON, since 20,000 rows of JSON (about 200
 	// bytes each) would pass Temporal's 2 MB payload limit, and compress about tenfold.

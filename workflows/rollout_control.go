@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"go.temporal.io/sdk/workflow"
@@ -163,6 +164,13 @@ func (r *rollout) progress() RolloutProgress {
 	}
 	if r.abortReason != "" && p.Reason == "" {
 		p.Reason = r.abortReason
+	}
+	if len(r.st.EndedShards) > 0 {
+		note := "shards ended outside the rollout, their devices in flight counted as failed: " + strings.Join(r.st.EndedShards, ", ")
+		if p.Reason != "" {
+			note = p.Reason + "; " + note
+		}
+		p.Reason = note
 	}
 	c := r.counts()
 	p.Succeeded, p.Skipped, p.Failed, p.Cancelled = c.Succeeded, c.Skipped, c.Failed, c.Cancelled

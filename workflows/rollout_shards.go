@@ -140,6 +140,7 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 		}
 	})
 	r.sumShards()
+	r.endChecks = workflow.GetVersion(ctx, endChecksChange, workflow.DefaultVersion, 1) == 1
 	for err == nil && !r.cancelRequested && r.abortReason == "" {
 		seen := r.changes
 		if r.windowTimer != nil && r.windowTimer.IsReady() {
@@ -193,7 +194,10 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 		if r.historyIsLong(ctx) || r.startedThisRun >= r.in.DevicesPerRun && r.moreToGrant() {
 			return r.continueShardsAsNew(ctx)
 		}
-		err = r.awaitChange(ctx, seen)
+		r.armShardsCheck(ctx)
+		if err = r.awaitChange(ctx, seen); err == nil && r.shardsCheckDue() {
+			r.checkShardsEnded(ctx)
+		}
 	}
 	return r.windDownShards(ctx, err)
 }
@@ -265,6 +269,11 @@ func (r *rollout) grant(ctx workflow.Context) error {
 			continue
 		}
 		sh := r.record(r.fl.Cursor)
+		if sh == nil {
+			// The shard ended outside the rollout before all its devices were granted.
+			r.fl.Cursor++
+			continue
+		}
 		d := min(need, sh.Work-sh.Sent.Quota)
 		if d > 0 {
 			r.plan(sh.Index, func(c *ShardCommand) { c.Quota += d; c.Wave = w })
@@ -446,7 +455,8 @@ func (r *rollout) startShard(ctx workflow.Context, devices []ShardDevice) error 
 	})
 	in := ShardInput{
 		Rollout: r.in.Name, Parent: workflow.GetInfo(ctx).WorkflowExecution.ID, Index: idx,
-		Operation: r.in.Operation, Firmware: r.in.Firmware, Reboot: r.in.Reboot, Rate: r.rate,
+		ParentFirstRun: workflow.GetInfo(ctx).FirstRunID,
+		Operation:      r.in.Operation, Firmware: r.in.Firmware, Reboot: r.in.Reboot, Rate: r.rate,
 		RetryFailed: r.in.RetryFailed, Devices: devices,
 	}
 	err := workflow.ExecuteChildWorkflow(cctx, RolloutShard, in).GetChildWorkflowExecution().Get(ctx, nil)
@@ -546,6 +556,8 @@ func (r *rollout) queueRetryShards() {
 			r.fl.Granted[w] += sh.Last.Failed
 		}
 	}
+	// The failed devices of shards that ended outside the rollout cannot run again.
+	r.st.WaveSizes[w] = r.fl.Granted[w]
 	r.sumShards()
 	r.logger.Info("retrying the failed devices", "devices", r.failed)
 }
@@ -616,8 +628,16 @@ func (r *rollout) windDownShards(ctx workflow.Context, err error) (RolloutProgre
 		r.logger.Warn("rollout aborting: letting the devices in flight finish", "reason", r.abortReason, "running", r.agg.Running)
 		r.command(ctx, func(c *ShardCommand) { c.Stop = true })
 	}
-	if err := workflow.Await(ctx, func() bool { return len(r.fl.Shards) == 0 }); err != nil {
-		return r.progress(), err
+	for len(r.fl.Shards) > 0 {
+		r.armShardsCheck(ctx)
+		if err := workflow.Await(ctx, func() bool {
+			return len(r.fl.Shards) == 0 || r.shardsCheckDue() || r.endChecks && r.shardsCheck == nil
+		}); err != nil {
+			return r.progress(), err
+		}
+		if r.shardsCheckDue() {
+			r.checkShardsEnded(ctx)
+		}
 	}
 	unread := ""
 	if !r.fl.Resolved {

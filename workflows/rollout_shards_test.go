@@ -46,6 +46,10 @@ type shardSim struct {
 	peak     int
 	// instant makes the devices take no time at all (a fleet too large for timers).
 	instant bool
+	// ended are the workflows EndedWorkflows reports ended (workflow ID → status); looks counts
+	// its calls.
+	ended map[string]string
+	looks int
 }
 
 func (s *shardSim) defaultDuration() time.Duration {
@@ -62,7 +66,21 @@ type simCall struct {
 
 func newShardSim() *shardSim {
 	return &shardSim{duration: map[string]time.Duration{}, fail: map[string]int{}, refuse: map[string]bool{},
-		onVer: map[string]bool{}, attempts: map[string]int{}}
+		onVer: map[string]bool{}, attempts: map[string]int{}, ended: map[string]string{}}
+}
+
+// endedWorkflows plays activities.EndedWorkflows on the workflows marked ended.
+func (s *shardSim) endedWorkflows(_ context.Context, refs []activities.WorkflowRef) ([]activities.WorkflowEnded, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.looks++
+	var out []activities.WorkflowEnded
+	for _, r := range refs {
+		if st, ok := s.ended[r.ID]; ok {
+			out = append(out, activities.WorkflowEnded{ID: r.ID, Status: st})
+		}
+	}
+	return out, nil
 }
 
 // install registers the activities' mocks and the listeners that follow the devices in flight.
@@ -81,6 +99,7 @@ func (s *shardSim) install(t *testing.T, env *testsuite.TestWorkflowEnvironment)
 	env.OnActivity(a.WaitForReported, mock.Anything, mock.Anything).After(s.defaultDuration()).Return(s.wait)
 	env.OnActivity(a.InvokeMethod, mock.Anything, mock.Anything).Return(s.invoke)
 	env.OnActivity(a.QueryDevicesPage, mock.Anything, mock.Anything).Return(s.page)
+	env.OnActivity(a.EndedWorkflows, mock.Anything, mock.Anything).Return(s.endedWorkflows)
 	env.SetOnActivityStartedListener(func(info *activity.Info, _ context.Context, _ converter.EncodedValues) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -745,4 +764,84 @@ func TestShardedRolloutSpansThreeWindows(t *testing.T) {
 	assert.Equal(t, at(0, 19, 0), sim.startedAt("dev-009"))
 	assert.Equal(t, at(0, 19, 12), p.Finished)
 	assert.Equal(t, 52*time.Minute, p.Active)
+}
+
+// A shard terminated outside the rollout (the UI's Terminate) sends no last tally: the rollout finds
+// it ended at its next look (endCheckEvery), counts its devices in flight as failed, and ends
+// instead of waiting for ever. The devices here take five hours; the shard is terminated at 30
+// minutes, the look comes at one hour.
+func TestShardedRolloutCountsATerminatedShardsDevicesFailed(t *testing.T) {
+	sim := newShardSim()
+	for _, id := range devices(4) {
+		sim.duration[id] = 5 * time.Hour
+	}
+	env := newShardEnv(t, sim)
+	in := rolloutInput(4)
+	in.Canary, in.Growth, in.MaxConcurrent, in.MaxFailures = 4, 1, 4, "100%"
+	shard := workflows.RolloutShardWorkflowID(rolloutName, 0)
+	var before workflows.RolloutProgress
+	env.RegisterDelayedCallback(func() {
+		before = rolloutProgress(t, env)
+		sim.mu.Lock()
+		sim.ended[shard] = "Terminated"
+		sim.mu.Unlock()
+	}, 30*time.Minute)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, 4, before.Running)
+	assert.Equal(t, workflows.RolloutCompleted, p.State)
+	assert.Equal(t, 4, p.Failed, "the devices in flight in the terminated shard")
+	assert.Zero(t, p.Running+p.Pending)
+	assert.Equal(t, start.Add(time.Hour), p.Finished, "found at the first look")
+	assert.Contains(t, p.Reason, shard+" (Terminated)")
+	sim.mu.Lock()
+	assert.Equal(t, 4, len(sim.starts), "each device started once")
+	sim.mu.Unlock()
+}
+
+// A rollout terminated outside dmflow leaves its shards without commands: a shard with nothing in
+// flight looks every endCheckEvery whether its rollout still runs, and once it does not, marks its
+// devices not started and closes. Here the rollout is paused after the canary; its ending is played
+// by EndedWorkflows, and the shard closes at its first look after that.
+func TestShardClosesWhenItsRolloutEnded(t *testing.T) {
+	sim := newShardSim()
+	env := newShardEnv(t, sim)
+	in := rolloutInput(6)
+	in.Canary, in.Growth, in.MaxConcurrent = 2, 2, 2
+	var pause, resume *updateOutcome
+	var rows []workflows.DeviceRow
+	env.RegisterDelayedCallback(func() { pause = sendUpdate(t, env, workflows.UpdatePause, "") }, 5*time.Second)
+	env.RegisterDelayedCallback(func() {
+		sim.mu.Lock()
+		sim.ended[workflows.RolloutWorkflowID(rolloutName)] = "Terminated"
+		sim.mu.Unlock()
+	}, 10*time.Minute)
+	env.RegisterDelayedCallback(func() {
+		rows = shardedReport(t, env)
+		resume = sendUpdate(t, env, workflows.UpdateResume, "")
+	}, 3*time.Hour)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	require.NoError(t, pause.rejected)
+	require.NoError(t, resume.rejected)
+	require.Len(t, rows, 6)
+	for _, r := range rows[:2] {
+		assert.Equal(t, workflows.DeviceUpdated, r.Result, r.DeviceID)
+	}
+	for _, r := range rows[2:] {
+		assert.Equal(t, workflows.DeviceNotStarted, r.Result, r.DeviceID)
+		assert.Contains(t, r.Note, "ended (Terminated) without closing its shard", r.DeviceID)
+	}
+	// The rollout (still running here, as the test plays only its ending) took the shard's last
+	// tally and ends with the two devices updated and the rest not started.
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, 2, p.Succeeded)
+	assert.Equal(t, 4, p.NotStarted)
 }

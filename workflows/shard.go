@@ -42,6 +42,7 @@ func RolloutShard(ctx workflow.Context, in ShardInput) (ShardTally, error) {
 		return ShardTally{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrInvalidInput, nil)
 	}
 	s := &shard{in: in, logger: logger, id: info.WorkflowExecution.ID}
+	s.endChecks = workflow.GetVersion(ctx, endChecksChange, workflow.DefaultVersion, 1) == 1
 	s.rows = make([]DeviceRow, len(in.Devices))
 	for i, d := range in.Devices {
 		s.rows[i] = DeviceRow{DeviceID: d.ID, Result: DevicePending, FromVersion: d.FromVersion}
@@ -108,6 +109,9 @@ type ShardInput struct {
 	Rollout string `json:"rollout"`
 	Parent  string `json:"parent"`
 	Index   int    `json:"index"`
+	// ParentFirstRun is the run ID that began the rollout's chain of runs: a later rollout of the
+	// same name is another chain (empty in shards begun before it was passed).
+	ParentFirstRun string `json:"parentFirstRun,omitempty"`
 	// Operation, Firmware and Reboot are the rollout's.
 	Operation string           `json:"operation"`
 	Firmware  *RolloutFirmware `json:"firmware,omitempty"`
@@ -258,6 +262,10 @@ type shard struct {
 	cancelDevices      workflow.CancelFunc
 	cancelledByRollout bool
 	outside            bool
+	// endChecks is set in shards that look whether their rollout still runs (endChecksChange);
+	// endCheck is the timer of the next look.
+	endChecks bool
+	endCheck  workflow.Future
 }
 
 func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
@@ -297,8 +305,14 @@ func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
 			s.unreported += started
 		}
 		s.maybeReport(ctx, c)
+		s.armEndCheck(ctx)
 		// A cancellation from outside ends the wait; the loop's top takes it.
-		_ = workflow.Await(ctx, func() bool { return s.changes != seen })
+		_ = workflow.Await(ctx, func() bool { return s.changes != seen || s.endCheckDue() })
+		if s.endCheckDue() {
+			if status := s.rolloutEnded(ctx); status != "" {
+				return s.closeOrphaned(ctx, status)
+			}
+		}
 	}
 }
 
