@@ -506,6 +506,18 @@ func (r *rollout) takeTally(ctx workflow.Context, t ShardTally) {
 	r.touch(ctx)
 }
 
+// takePendingTallies takes the tallies received but not taken yet.
+func (r *rollout) takePendingTallies(ctx workflow.Context) {
+	tallies := workflow.GetSignalChannel(ctx, SignalShardTally)
+	for {
+		var t ShardTally
+		if !tallies.ReceiveAsync(&t) {
+			return
+		}
+		r.takeTally(ctx, t)
+	}
+}
+
 // addWaves adds the wave tallies more to sum, by wave.
 func addWaves(sum, more []WaveTally) []WaveTally {
 	for _, w := range more {
@@ -577,14 +589,7 @@ func (r *rollout) continueShardsAsNew(ctx workflow.Context) (RolloutProgress, er
 		return r.progress(), err
 	}
 	// Tallies that came while this run ends belong to it: taken now, they travel on.
-	tallies := workflow.GetSignalChannel(ctx, SignalShardTally)
-	for {
-		var t ShardTally
-		if !tallies.ReceiveAsync(&t) {
-			break
-		}
-		r.takeTally(ctx, t)
-	}
+	r.takePendingTallies(ctx)
 	p := r.progress()
 	r.logger.Info("continuing as new", "run", r.st.Runs, "shards", len(r.fl.Sizes), "open", len(r.fl.Shards))
 	packed, err := packJSON(r.fl)

@@ -69,6 +69,13 @@ func newShardSim() *shardSim {
 		onVer: map[string]bool{}, attempts: map[string]int{}, ended: map[string]string{}}
 }
 
+// end marks workflow id ended with status, for EndedWorkflows.
+func (s *shardSim) end(id, status string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ended[id] = status
+}
+
 // endedWorkflows plays activities.EndedWorkflows on the workflows marked ended.
 func (s *shardSim) endedWorkflows(_ context.Context, refs []activities.WorkflowRef) ([]activities.WorkflowEnded, error) {
 	s.mu.Lock()
@@ -782,9 +789,7 @@ func TestShardedRolloutCountsATerminatedShardsDevicesFailed(t *testing.T) {
 	var before workflows.RolloutProgress
 	env.RegisterDelayedCallback(func() {
 		before = rolloutProgress(t, env)
-		sim.mu.Lock()
-		sim.ended[shard] = "Terminated"
-		sim.mu.Unlock()
+		sim.end(shard, "Terminated")
 	}, 30*time.Minute)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
@@ -815,11 +820,7 @@ func TestShardClosesWhenItsRolloutEnded(t *testing.T) {
 	var pause, resume *updateOutcome
 	var rows []workflows.DeviceRow
 	env.RegisterDelayedCallback(func() { pause = sendUpdate(t, env, workflows.UpdatePause, "") }, 5*time.Second)
-	env.RegisterDelayedCallback(func() {
-		sim.mu.Lock()
-		sim.ended[workflows.RolloutWorkflowID(rolloutName)] = "Terminated"
-		sim.mu.Unlock()
-	}, 10*time.Minute)
+	env.RegisterDelayedCallback(func() { sim.end(workflows.RolloutWorkflowID(rolloutName), "Terminated") }, 10*time.Minute)
 	env.RegisterDelayedCallback(func() {
 		rows = shardedReport(t, env)
 		resume = sendUpdate(t, env, workflows.UpdateResume, "")

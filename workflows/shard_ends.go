@@ -129,14 +129,7 @@ func (r *rollout) checkShardsEnded(ctx workflow.Context) {
 			return
 		}
 		// A shard sends its last tally before it closes: tallies that came meanwhile go first.
-		tallies := workflow.GetSignalChannel(gctx, SignalShardTally)
-		for {
-			var t ShardTally
-			if !tallies.ReceiveAsync(&t) {
-				break
-			}
-			r.takeTally(gctx, t)
-		}
+		r.takePendingTallies(gctx)
 		for _, e := range ended {
 			if sh := r.record(r.shardIndex(e.ID)); sh != nil {
 				r.shardEnded(gctx, sh, e.Status)
