@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,10 +71,13 @@ func TestFleetSpreadOverAddresses(t *testing.T) {
 	require.True(t, errors.As(err, &hostErr), "dialling 127.0.0.2 without a server name: %v", err)
 
 	addrs := []string{net.JoinHostPort("127.0.0.1", port), net.JoinHostPort("127.0.0.2", port)}
+	brokers, err := LoopbackBrokers(h.MQTTAddr(), 6, 3)
+	require.NoError(t, err)
+	require.Equal(t, []string{"tls://" + addrs[0], "tls://" + addrs[1]}, brokers)
 	logs, logger := testlog.New(t, slog.LevelInfo)
 	f, err := New(Config{
 		Count: 6, Prefix: "sp-", Service: service, CAFile: h.CACertFile(),
-		Brokers:       []string{"tls://" + addrs[0], "tls://" + addrs[1]},
+		Brokers:       brokers,
 		StageDuration: 200 * time.Millisecond, Logger: logger,
 	})
 	require.NoError(t, err)
@@ -93,5 +98,40 @@ func TestFleetSpreadOverAddresses(t *testing.T) {
 	}
 	for _, a := range addrs {
 		assert.Contains(t, logs.String(), `msg="fleet broker" broker=tls://`+a+" devices=3")
+	}
+}
+
+func TestLoopbackBrokers(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		addr              string
+		count, perAddress int
+		want              []string
+		wantErr           string
+	}{
+		{name: "one address", addr: "127.0.0.1:8883", count: 20000, perAddress: 20000, want: []string{"tls://127.0.0.1:8883"}},
+		{name: "one more device", addr: "127.0.0.1:8883", count: 20001, perAddress: 20000, want: []string{"tls://127.0.0.1:8883", "tls://127.0.0.2:8883"}},
+		{name: "100,000", addr: "127.0.0.1:41234", count: 100_000, perAddress: 20000, want: []string{
+			"tls://127.0.0.1:41234", "tls://127.0.0.2:41234", "tls://127.0.0.3:41234", "tls://127.0.0.4:41234", "tls://127.0.0.5:41234"}},
+		{name: "the port of a wildcard", addr: "0.0.0.0:8883", count: 3, perAddress: 2, want: []string{"tls://127.0.0.1:8883", "tls://127.0.0.2:8883"}},
+		{name: "the last address", addr: "127.0.0.1:1", count: 254, perAddress: 1},
+		{name: "too many addresses", addr: "127.0.0.1:1", count: 1_000_000, perAddress: 1000, wantErr: "need 1000 addresses, more than the 254 of 127.0.0.1 to 127.0.0.254: put 3938 or more on each"},
+		{name: "no port", addr: "127.0.0.1", count: 1, perAddress: 1, wantErr: "not host:port"},
+		{name: "no devices an address", addr: "127.0.0.1:1", count: 1, perAddress: 0, wantErr: "1 or more"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := LoopbackBrokers(tc.addr, tc.count, tc.perAddress)
+			if tc.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			if tc.want != nil {
+				assert.Equal(t, tc.want, got)
+			}
+			assert.Equal(t, (tc.count+tc.perAddress-1)/tc.perAddress, len(got))
+			assert.Equal(t, "tls://127.0.0."+strconv.Itoa(len(got))+":"+tc.addr[strings.LastIndex(tc.addr, ":")+1:], got[len(got)-1])
+		})
 	}
 }
