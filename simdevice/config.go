@@ -79,7 +79,7 @@ func (f *flagValues) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.connectionString, "connection-string", "", "device connection string "+hubconn.DeviceForm+" (env "+envDeviceConnectionString+"); prefer the env: flags show in ps")
 	fs.StringVar(&f.deviceID, "device-id", "", "device ID, registered through "+envHubConnectionString+" if new (env "+envDeviceID+"); used when no device connection string is given")
 	fs.StringVar(&f.caFile, "ca-file", "", "PEM file of extra CA roots for the hub, e.g. localhub's ca.pem (env "+envHubCAFile+")")
-	fs.StringVar(&f.broker, "broker", "", "MQTT broker URL, e.g. tls://127.0.0.1:8883; for a fleet a comma-separated list, device i dialling URL i mod N, to spread it over addresses (env "+envBroker+", default tls://<HostName>:8883)")
+	fs.StringVar(&f.broker, "broker", "", "MQTT broker URL, e.g. tls://127.0.0.1:8883; for a fleet a comma-separated list the devices take in turn, to spread it over addresses (env "+envBroker+", default tls://<HostName>:8883)")
 	fs.StringVar(&f.rebootDuration, "reboot-duration", "", "how long a reboot takes (env "+envRebootDuration+", default 20s)")
 	fs.StringVar(&f.rebootStyle, "reboot-style", "", "rebootDevice behaviour "+device.Styles+": tutorial answers after the reboot, realistic answers at once and goes offline (env "+envRebootStyle+", default tutorial)")
 	fs.StringVar(&f.stageDuration, "stage-duration", "", "how long each firmware-update stage (downloading, applying, completed) takes (env "+envStageDuration+", default 15s)")

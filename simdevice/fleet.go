@@ -93,7 +93,7 @@ digits): dev-001 … dev-100. Missing identities are registered through
 IOTHUB_CONNECTION_STRING (the service connection string), in bulk; existing
 ones keep their keys. Devices connect --connect-concurrency at a time.
 
---broker may list several URLs, comma-separated: device i dials URL i mod N.
+--broker may list K URLs, comma-separated: device i dials URL i mod K.
 Linux gives one source address some 28,000 ephemeral ports towards one
 address and port (net.ipv4.ip_local_port_range), so a fleet of more devices
 spreads over several addresses of the hub; localhub listening on 0.0.0.0

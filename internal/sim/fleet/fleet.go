@@ -70,7 +70,7 @@ type Config struct {
 	CAFile string
 	// Brokers override the devices' MQTT broker URL (default
 	// tls://<HostName>:8883): device i (its index in Members) dials
-	// Brokers[i mod len(Brokers)]. Several spread a large fleet over
+	// Brokers[i mod len(Brokers)]. A list spreads a large fleet over
 	// several addresses of one hub, e.g. tls://127.0.0.1:8883 and
 	// tls://127.0.0.2:8883 for a localhub listening on 0.0.0.0: Linux
 	// gives connections from one source address to one address and port
