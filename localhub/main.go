@@ -84,7 +84,7 @@ func newCommand(getenv func(string) string, stdout, stderr io.Writer, started fu
 	pf.StringVar(&cfg.Host, "host", cfg.Host, "host name clients use for the hub (env "+hub.EnvHost+")")
 	pf.StringVar(&cfg.HTTPSAddr, "https-addr", cfg.HTTPSAddr, "listen address of the service REST API (env "+hub.EnvHTTPSAddr+")")
 	f := root.Flags()
-	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", cfg.MQTTAddr, "listen address of the device MQTT endpoint (env "+hub.EnvMQTTAddr+")")
+	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", cfg.MQTTAddr, "listen address of the device MQTT endpoint; 0.0.0.0:PORT also accepts on 127.0.0.2, 127.0.0.3, …, for fleets larger than one address's ephemeral ports allow (env "+hub.EnvMQTTAddr+")")
 	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format, "+logging.Formats+" (env "+hub.EnvLogFormat+")")
 	f.StringVar(&cfg.Tier, "tier", cfg.Tier, "IoT Hub tier whose documented throttles apply: S1, S2 or S3; F1 and B1 throttle as S1 (env "+hub.EnvTier+")")
 	f.IntVar(&cfg.Units, "units", cfg.Units, "units of the tier, scaling the per-unit quotas (env "+hub.EnvUnits+")")

@@ -49,6 +49,8 @@ func TestBadInputStartsNothing(t *testing.T) {
 		{"fleet: bad tutorial share", []string{"fleet", "--count", "3", "--tutorial", "50"}, env(envHubConnectionString, svc), []string{"--tutorial", "50%"}},
 		{"fleet: tutorial and failing over 1", []string{"fleet", "--count", "3", "--tutorial", "60%", "--failing", "0.5"}, env(envHubConnectionString, svc), []string{"tutorial share", "no error state"}},
 		{"fleet: contract flag", []string{"fleet", "--count", "3", "--contract", "tutorial"}, env(envHubConnectionString, svc), []string{"--contract", "--tutorial"}},
+		{"run: broker list", []string{"run", "--broker", "tls://127.0.0.1:8883,tls://127.0.0.2:8883"}, env(envDeviceConnectionString, dev), []string{"--broker", "one device dials one broker"}},
+		{"fleet: bad broker in a list", []string{"fleet", "--count", "3", "--broker", "tls://127.0.0.1:8883,tls://127.0.0.2"}, env(envHubConnectionString, svc), []string{"--broker", "URL 2 of 2", "e.g. tls://127.0.0.1:8883,tls://127.0.0.2:8883"}},
 		{"fleet: bad tags", []string{"fleet", "--count", "3", "--tags", "ring"}, env(envHubConnectionString, svc), []string{"--tags"}},
 		{"fleet: bad log level", []string{"fleet", "--count", "3", "--device-log-level", "loud"}, env(envHubConnectionString, svc), []string{"--device-log-level"}},
 		{"fleet: an argument", []string{"fleet", "--count", "3", "extra"}, env(envHubConnectionString, svc), []string{`unknown command "extra"`, "simdevice --help"}},

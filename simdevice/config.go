@@ -79,7 +79,7 @@ func (f *flagValues) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.connectionString, "connection-string", "", "device connection string "+hubconn.DeviceForm+" (env "+envDeviceConnectionString+"); prefer the env: flags show in ps")
 	fs.StringVar(&f.deviceID, "device-id", "", "device ID, registered through "+envHubConnectionString+" if new (env "+envDeviceID+"); used when no device connection string is given")
 	fs.StringVar(&f.caFile, "ca-file", "", "PEM file of extra CA roots for the hub, e.g. localhub's ca.pem (env "+envHubCAFile+")")
-	fs.StringVar(&f.broker, "broker", "", "MQTT broker URL, e.g. tls://127.0.0.1:8883 (env "+envBroker+", default tls://<HostName>:8883)")
+	fs.StringVar(&f.broker, "broker", "", "MQTT broker URL, e.g. tls://127.0.0.1:8883; for a fleet a comma-separated list the devices take in turn, to spread it over addresses (env "+envBroker+", default tls://<HostName>:8883)")
 	fs.StringVar(&f.rebootDuration, "reboot-duration", "", "how long a reboot takes (env "+envRebootDuration+", default 20s)")
 	fs.StringVar(&f.rebootStyle, "reboot-style", "", "rebootDevice behaviour "+device.Styles+": tutorial answers after the reboot, realistic answers at once and goes offline (env "+envRebootStyle+", default tutorial)")
 	fs.StringVar(&f.stageDuration, "stage-duration", "", "how long each firmware-update stage (downloading, applying, completed) takes (env "+envStageDuration+", default 15s)")
@@ -150,6 +150,9 @@ func (c Config) Validate() error {
 	if err := c.validateContract(); err != nil {
 		return err
 	}
+	if strings.Contains(c.Broker, ",") {
+		return fmt.Errorf("--broker (%s) %q is a list: one device dials one broker, e.g. tls://127.0.0.1:8883; lists spread a fleet (simdevice fleet) over addresses", envBroker, c.Broker)
+	}
 	return validateCommon(c.CAFile, c.Broker, c.RebootDuration, c.RebootStyle, c.StageDuration, c.FirmwareVersion, c.LogFormat)
 }
 
@@ -199,10 +202,8 @@ func validateCommon(caFile, broker string, rebootDuration time.Duration, rebootS
 			return fmt.Errorf("--ca-file (%s): %w", envHubCAFile, err)
 		}
 	}
-	if broker != "" {
-		if err := checkBroker(broker); err != nil {
-			return fmt.Errorf("--broker (%s) %q %v: expected tls://<host>:<port>, e.g. tls://127.0.0.1:8883", envBroker, broker, err)
-		}
+	if _, err := parseBrokers(broker); err != nil {
+		return err
 	}
 	if rebootDuration <= 0 {
 		return fmt.Errorf("--reboot-duration (%s) %s is not positive: use a duration such as 20s", envRebootDuration, rebootDuration)
@@ -248,6 +249,32 @@ func (c Config) validateIdentity() error {
 	}
 	_, err := hubconn.ParseService(envHubConnectionString, c.ServiceConnectionString)
 	return err
+}
+
+// parseBrokers splits --broker at commas into its URLs: none when it is
+// empty (the hub's own broker), else one for a device and one or more for
+// a fleet, which spreads its devices over them (fleet.Config.Brokers).
+func parseBrokers(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	parts := strings.Split(s, ",")
+	brokers := make([]string, 0, len(parts))
+	for i, b := range parts {
+		b = strings.TrimSpace(b)
+		err := fmt.Errorf("is empty")
+		if b != "" {
+			err = checkBroker(b)
+		}
+		if err != nil {
+			if len(parts) == 1 {
+				return nil, fmt.Errorf("--broker (%s) %q %v: expected tls://<host>:<port>, e.g. tls://127.0.0.1:8883", envBroker, s, err)
+			}
+			return nil, fmt.Errorf("--broker (%s) %q: URL %d of %d %q %v: expected comma-separated tls://<host>:<port>, e.g. tls://127.0.0.1:8883,tls://127.0.0.2:8883", envBroker, s, i+1, len(parts), b, err)
+		}
+		brokers = append(brokers, b)
+	}
+	return brokers, nil
 }
 
 func checkBroker(s string) error {

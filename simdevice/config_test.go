@@ -15,9 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/deviceid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/dmflow/dmflow/internal/deviceid"
 )
 
 // Keys in these tests are base64 and must never show up in an error.
@@ -187,6 +188,12 @@ func TestResolve(t *testing.T) {
 			name:    "broker without scheme",
 			env:     env(envDeviceConnectionString, deviceCS, envBroker, "127.0.0.1:8883"),
 			wantErr: []string{"--broker", envBroker, "tls://"},
+		},
+		{
+			name:    "broker list for one device",
+			flags:   flagValues{broker: "tls://127.0.0.1:8883,tls://127.0.0.2:8883"},
+			env:     env(envDeviceConnectionString, deviceCS),
+			wantErr: []string{"--broker", envBroker, "is a list", "one device dials one broker", "simdevice fleet"},
 		},
 		{
 			name:    "unparsable duration",
@@ -391,4 +398,37 @@ func FuzzResolve(f *testing.F) {
 			t.Errorf("accepted device ID %q", c.DeviceID)
 		}
 	})
+}
+
+func TestParseBrokers(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     []string
+		wantErr  []string
+	}{
+		{name: "none", in: ""},
+		{name: "one", in: "tls://127.0.0.1:8883", want: []string{"tls://127.0.0.1:8883"}},
+		{name: "list", in: "tls://127.0.0.1:8883,tls://127.0.0.2:8883", want: []string{"tls://127.0.0.1:8883", "tls://127.0.0.2:8883"}},
+		{name: "spaces", in: " tls://127.0.0.1:8883 , mqtts://127.0.0.2:8883 ", want: []string{"tls://127.0.0.1:8883", "mqtts://127.0.0.2:8883"}},
+		{name: "one without port", in: "tls://127.0.0.1", wantErr: []string{"--broker", envBroker, `"tls://127.0.0.1" has no host:port`, "e.g. tls://127.0.0.1:8883"}},
+		{name: "blank", in: " ", wantErr: []string{"--broker", `" " is empty`}},
+		{name: "trailing comma", in: "tls://127.0.0.1:8883,", wantErr: []string{"--broker", `URL 2 of 2 "" is empty`, "comma-separated"}},
+		{name: "empty in between", in: "tls://127.0.0.1:8883,,tls://127.0.0.3:8883", wantErr: []string{"URL 2 of 3"}},
+		{name: "not a URL in a list", in: "tls://127.0.0.1:8883,127.0.0.2:8883", wantErr: []string{`URL 2 of 2 "127.0.0.2:8883" is not a URL`, "e.g. tls://127.0.0.1:8883,tls://127.0.0.2:8883"}},
+		{name: "unknown scheme in a list", in: "tls://127.0.0.1:8883,http://127.0.0.2:8883", wantErr: []string{`URL 2 of 2 "http://127.0.0.2:8883" has no known scheme`}},
+		{name: "no port in a list", in: "tls://127.0.0.1:8883,tls://127.0.0.2", wantErr: []string{`URL 2 of 2 "tls://127.0.0.2" has no host:port`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseBrokers(tc.in)
+			if tc.wantErr != nil {
+				require.Error(t, err)
+				for _, s := range tc.wantErr {
+					assert.Contains(t, err.Error(), s)
+				}
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
 }

@@ -29,6 +29,9 @@ const envFleetPrefix = "DMFLOW_FLEET_"
 // FleetConfig is `simdevice fleet`'s configuration.
 type FleetConfig struct {
 	deviceSettings
+	// Brokers is --broker split at commas: device i dials Brokers[i mod
+	// len(Brokers)]; none dial the hub's own broker.
+	Brokers []string
 
 	Count              int
 	Prefix             string
@@ -89,6 +92,15 @@ func newFleetCommand(flags *flagValues, getenv func(string) string, stderr io.Wr
 digits): dev-001 … dev-100. Missing identities are registered through
 IOTHUB_CONNECTION_STRING (the service connection string), in bulk; existing
 ones keep their keys. Devices connect --connect-concurrency at a time.
+
+--broker may list K URLs, comma-separated: device i dials URL i mod K.
+Linux gives one source address some 28,000 ephemeral ports towards one
+address and port (net.ipv4.ip_local_port_range), so a fleet of more devices
+spreads over several addresses of the hub; localhub listening on 0.0.0.0
+is reached on 127.0.0.1, 127.0.0.2, … alike:
+  --broker tls://127.0.0.1:8883,tls://127.0.0.2:8883,tls://127.0.0.3:8883
+Devices check the hub's certificate against the HostName of their
+connection string, whichever address they dial.
 
 Every device serves rebootDevice and firmwareUpdate as "simdevice run" does,
 with --reboot-duration, --reboot-style, --stage-duration and
@@ -156,6 +168,9 @@ func resolveFleet(f flagValues, ff fleetFlags, getenv func(string) string) (Flee
 		return FleetConfig{}, err
 	}
 	cfg := FleetConfig{deviceSettings: shared}
+	if cfg.Brokers, err = parseBrokers(cfg.Broker); err != nil {
+		return FleetConfig{}, err
+	}
 	pick := func(flag, env, def string) string { return settings.Pick(getenv, flag, env, def) }
 
 	vals := map[string]string{}
@@ -242,7 +257,7 @@ func (c FleetConfig) newFleet(logger, deviceLogger *slog.Logger) (*fleet.Fleet, 
 		Tags:               c.Tags,
 		Service:            svc,
 		CAFile:             c.CAFile,
-		Broker:             c.Broker,
+		Brokers:            c.Brokers,
 		RebootDuration:     c.RebootDuration,
 		RebootStyle:        c.RebootStyle,
 		StageDuration:      c.StageDuration,

@@ -124,6 +124,40 @@ func TestResolveFleet(t *testing.T) {
 			},
 		},
 		{name: "bad tags", ff: fleetArgs("count", "5", "tags", "ring:10%"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--tags", "DMFLOW_FLEET_TAGS", "key=value[:N%]"}},
+		{
+			name:  "broker list",
+			flags: flagValues{broker: "tls://127.0.0.1:18883, tls://127.0.0.2:18883"},
+			ff:    fleetArgs("count", "5"),
+			env:   env(envHubConnectionString, serviceCS, envBroker, "tls://127.0.0.9:8883"),
+			want: func(t *testing.T, c FleetConfig) {
+				assert.Equal(t, []string{"tls://127.0.0.1:18883", "tls://127.0.0.2:18883"}, c.Brokers)
+			},
+		},
+		{
+			name: "broker list from env",
+			ff:   fleetArgs("count", "5"),
+			env:  env(envHubConnectionString, serviceCS, envBroker, "tls://127.0.0.1:8883,tls://127.0.0.2:8883,tls://127.0.0.3:8883"),
+			want: func(t *testing.T, c FleetConfig) { assert.Len(t, c.Brokers, 3) },
+		},
+		{
+			name: "one broker",
+			ff:   fleetArgs("count", "5"),
+			env:  env(envHubConnectionString, serviceCS, envBroker, "tls://127.0.0.1:8883"),
+			want: func(t *testing.T, c FleetConfig) { assert.Equal(t, []string{"tls://127.0.0.1:8883"}, c.Brokers) },
+		},
+		{
+			name: "no broker",
+			ff:   fleetArgs("count", "5"),
+			env:  env(envHubConnectionString, serviceCS),
+			want: func(t *testing.T, c FleetConfig) { assert.Empty(t, c.Brokers) },
+		},
+		{
+			name:    "bad broker in a list",
+			flags:   flagValues{broker: "tls://127.0.0.1:8883,127.0.0.2:8883"},
+			ff:      fleetArgs("count", "5"),
+			env:     env(envHubConnectionString, serviceCS),
+			wantErr: []string{"--broker", envBroker, `URL 2 of 2 "127.0.0.2:8883" is not a URL`, "tls://127.0.0.1:8883,tls://127.0.0.2:8883"},
+		},
 		{name: "bad seed", ff: fleetArgs("count", "5", "seed", "x"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--seed", "integer"}},
 		{name: "bad slow factor", ff: fleetArgs("count", "5", "slow-factor", "0.5"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--slow-factor"}},
 		{name: "bad flap interval", ff: fleetArgs("count", "5", "flap-interval", "0s"), env: env(envHubConnectionString, serviceCS), wantErr: []string{"--flap-interval"}},

@@ -330,7 +330,10 @@ func metricsURL(t *testing.T, p *proc) string {
 // ownHub is a localhub of a test's own: fresh state, free ports, flags (throttles) of its own.
 type ownHub struct {
 	cs, caFile, https, mqtt string
-	proc                    *proc
+	// mqttHost is the host its MQTT listener binds: 127.0.0.1, or 0.0.0.0 to accept on every
+	// loopback address (fleet.LoopbackBrokers); empty: the host of mqtt.
+	mqttHost string
+	proc     *proc
 	// name, state and args (the flags beyond state and addresses) start it again (restartHub).
 	name, state string
 	args        []string
@@ -341,11 +344,19 @@ var localhubReady = regexp.MustCompile(`localhub ready host=\S+ mqtt=(\S+) https
 // startOwnHub starts a localhub with args added to its state directory and ports.
 func startOwnHub(t *testing.T, name string, args ...string) ownHub {
 	t.Helper()
+	return startOwnHubOn(t, name, "127.0.0.1", args...)
+}
+
+// startOwnHubOn is startOwnHub with its MQTT listener on mqttHost: 0.0.0.0 accepts on every
+// loopback address, for a fleet spread over them (fleet.LoopbackBrokers). localhub's ready line,
+// and so the hub's mqtt, still name 127.0.0.1.
+func startOwnHubOn(t *testing.T, name, mqttHost string, args ...string) ownHub {
+	t.Helper()
 	state, err := os.MkdirTemp(env.dir, name+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := runHub(t, ownHub{name: name, state: state, args: args, mqtt: "127.0.0.1:0", https: "127.0.0.1:0"})
+	h := runHub(t, ownHub{name: name, state: state, args: args, mqttHost: mqttHost, mqtt: net.JoinHostPort(mqttHost, "0"), https: "127.0.0.1:0"})
 	out, err := exec.Command(filepath.Join(env.bin, "localhub"), "connection-string", "--state-dir", state).Output()
 	if err != nil {
 		t.Fatalf("localhub connection-string: %v", err)
@@ -354,11 +365,16 @@ func startOwnHub(t *testing.T, name string, args ...string) ownHub {
 	return h
 }
 
-// runHub starts localhub h on h.mqtt and h.https (port 0: free ones) and returns h with the
-// process and the addresses it listens on.
+// runHub starts localhub h on h.mqtt (bound to h.mqttHost when set) and h.https (port 0: free
+// ones) and returns h with the process and the addresses it listens on.
 func runHub(t *testing.T, h ownHub) ownHub {
 	t.Helper()
-	args := append([]string{"--state-dir", h.state, "--mqtt-addr", h.mqtt, "--https-addr", h.https, "--log-format", "text"}, h.args...)
+	mqttAddr := h.mqtt
+	if _, port, err := net.SplitHostPort(h.mqtt); err == nil && h.mqttHost != "" {
+		// A restart binds the wildcard again, not the loopback address the ready line named.
+		mqttAddr = net.JoinHostPort(h.mqttHost, port)
+	}
+	args := append([]string{"--state-dir", h.state, "--mqtt-addr", mqttAddr, "--https-addr", h.https, "--log-format", "text"}, h.args...)
 	p := startProc(t, h.name, nil, filepath.Join(env.bin, "localhub"), args...)
 	if err := p.waitFor("localhub ready", 30*time.Second); err != nil {
 		t.Fatal(err)

@@ -54,11 +54,11 @@ func TestMeasureBaseline(t *testing.T) {
 		t.Fatalf("build bench/tutorial: %v\n%s", err, out)
 	}
 
-	lh := startBenchHub(t, rg)
+	lh, brokerArgs := startBenchHub(t, rg, n)
 	const prefix = "tb-"
-	fleet := startProc(t, "baseline-fleet", lh.env(), filepath.Join(env.bin, "simdevice"), "fleet",
+	fleet := startProc(t, "baseline-fleet", lh.env(), filepath.Join(env.bin, "simdevice"), append([]string{"fleet",
 		"--count", strconv.Itoa(n), "--prefix", prefix, "--stage-duration", cfg.stage.String(),
-		"--summary-interval", "30s", "--connect-concurrency", "32")
+		"--summary-interval", "30s", "--connect-concurrency", "32"}, brokerArgs...)...)
 	if err := fleet.waitFor(`msg="fleet started"`, 5*time.Minute); err != nil {
 		t.Fatal(err)
 	}

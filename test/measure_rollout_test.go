@@ -62,6 +62,9 @@ import (
 // read from the shards' histories, default 1000), DMFLOW_BENCH_ROLLOUT_CEILING (the no-op
 // activities a device of Temporal's ceiling runs: 1, the default and issue 16's yardstick, or 2,
 // as many as a shard's device; "off" measures no ceiling, as `make bench-scale` does).
+// DMFLOW_BENCH_FLEET_PER_ADDRESS (default 20000, also the baseline's): a fleet larger than that
+// dials several loopback addresses of localhub, 127.0.0.1, 127.0.0.2, …, that many devices each,
+// since one source address has only some 28,000 ephemeral ports towards one address and port.
 func TestMeasureRollout(t *testing.T) {
 	cfg := rolloutBenchConfigFromEnv(t)
 	var results []rolloutBenchResult
@@ -504,14 +507,14 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 			rg.server, n, rg.rollouts, res.ceiling.children, res.ceiling.wall.Round(time.Second))
 	}
 
-	lh := startBenchHub(t, rg)
+	lh, brokerArgs := startBenchHub(t, rg, n)
 	setupStart := time.Now()
 	fl := startProc(t, "bench-fleet", lh.env(),
-		filepath.Join(env.bin, "simdevice"), "fleet", "--count", strconv.Itoa(n), "--prefix", fleetPrefix,
-		"--stage-duration", cfg.stage.String(), "--summary-interval", "30s",
-		// 32 at a time keeps the standBy reports of connecting devices within S1's 50 twin
-		// updates/s plus its one second of traffic shaping.
-		"--connect-concurrency", "32")
+		filepath.Join(env.bin, "simdevice"), append([]string{"fleet", "--count", strconv.Itoa(n), "--prefix", fleetPrefix,
+			"--stage-duration", cfg.stage.String(), "--summary-interval", "30s",
+			// 32 at a time keeps the standBy reports of connecting devices within S1's 50 twin
+			// updates/s plus its one second of traffic shaping.
+			"--connect-concurrency", "32"}, brokerArgs...)...)
 	if err := fl.waitFor(`msg="fleet started"`, 15*time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -864,8 +867,11 @@ func sumNested(m map[string]map[string]int) int {
 	return s
 }
 
-// startBenchHub starts a localhub of the benchmark's own at the regime's throttles.
-func startBenchHub(t *testing.T, rg benchRegime) ownHub {
+// startBenchHub starts a localhub of the benchmark's own at the regime's throttles for a fleet of
+// n devices, and returns it with the fleet's --broker flag: none when one address of localhub
+// serves the fleet, else localhub listens on 0.0.0.0 and the flag spreads the fleet over
+// 127.0.0.1, 127.0.0.2, … (fleet.LoopbackBrokers).
+func startBenchHub(t *testing.T, rg benchRegime, n int) (ownHub, []string) {
 	t.Helper()
 	var args []string
 	if rg.throttle {
@@ -876,7 +882,37 @@ func startBenchHub(t *testing.T, rg benchRegime) ownHub {
 	} else {
 		args = append(args, "--no-throttle")
 	}
-	return startOwnHub(t, "bench-localhub", args...)
+	perAddress := fleetPerAddress(t)
+	if n <= perAddress {
+		return startOwnHub(t, "bench-localhub", args...), nil
+	}
+	// On 0.0.0.0 localhub's MQTT port is open to the network too for the benchmark's length;
+	// devices still need their keys.
+	lh := startOwnHubOn(t, "bench-localhub", "0.0.0.0", args...)
+	brokers, err := fleet.LoopbackBrokers(lh.mqtt, n, perAddress)
+	if err != nil {
+		t.Fatalf("DMFLOW_BENCH_FLEET_PER_ADDRESS=%d: %v", perAddress, err)
+	}
+	t.Logf("fleet of %d spread over %d addresses of localhub, %d devices or fewer each", n, len(brokers), (n+len(brokers)-1)/len(brokers))
+	return lh, []string{"--broker", strings.Join(brokers, ",")}
+}
+
+// defaultFleetPerAddress is how many devices of a benchmark's fleet dial one address of localhub
+// by default: all dial from 127.0.0.1, and Linux gives one source address 28,232 ephemeral ports
+// towards one address and port (net.ipv4.ip_local_port_range 32768–60999); 20,000 leaves room
+// for flapping devices' reconnects while their old connections linger in TIME_WAIT.
+const defaultFleetPerAddress = 20000
+
+// fleetPerAddress reads DMFLOW_BENCH_FLEET_PER_ADDRESS, the devices a benchmark's fleet puts
+// on one address of localhub.
+func fleetPerAddress(t *testing.T) int {
+	t.Helper()
+	v := envOr("DMFLOW_BENCH_FLEET_PER_ADDRESS", strconv.Itoa(defaultFleetPerAddress))
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("DMFLOW_BENCH_FLEET_PER_ADDRESS=%q: give a device count of 1 or more, e.g. %d (below the 28,232 ephemeral ports one source address has towards one address)", v, defaultFleetPerAddress)
+	}
+	return n
 }
 
 // serverPID finds a dev server's process by the port of its address.

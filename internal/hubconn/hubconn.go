@@ -182,7 +182,8 @@ type DeviceOptions struct {
 	// copies the system root pool, some 30 KB a client.
 	TLSConfig *tls.Config
 	// Broker overrides the MQTT broker URL (default tls://<HostName>:8883),
-	// e.g. tls://127.0.0.1:18883 for a localhub on another port.
+	// e.g. tls://127.0.0.1:18883 for a localhub on another port. The TLS
+	// handshake still expects the certificate of HostName.
 	Broker string
 	// OnConnect and OnConnectionLost observe the MQTT session.
 	OnConnect        func()
@@ -218,6 +219,10 @@ func NewDeviceClientTransport(d Device, o DeviceOptions) (*iotdevice.Client, *mq
 			return nil, nil, err
 		}
 	}
+	// The hub's certificate is checked against the connection string's
+	// host, never the broker dialled: a fleet spread over loopback
+	// addresses dials 127.0.0.2, which localhub's certificate does not
+	// name, and Azure's brokers are named by the hub's host name anyway.
 	host := d.HostName
 	if h, _, ok := strings.Cut(host, ":"); ok {
 		host = h

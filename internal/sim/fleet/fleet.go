@@ -68,8 +68,17 @@ type Config struct {
 	// CAFile is a PEM file of extra trusted roots (localhub's ca.pem),
 	// for the service and the devices.
 	CAFile string
-	// Broker overrides the devices' MQTT broker URL.
-	Broker string
+	// Brokers override the devices' MQTT broker URL (default
+	// tls://<HostName>:8883): device i (its index in Members) dials
+	// Brokers[i mod len(Brokers)]. A list spreads a large fleet over
+	// several addresses of one hub, e.g. tls://127.0.0.1:8883 and
+	// tls://127.0.0.2:8883 for a localhub listening on 0.0.0.0: Linux
+	// gives connections from one source address to one address and port
+	// some 28,000 ephemeral ports (net.ipv4.ip_local_port_range), fewer
+	// than a fleet of 100,000 needs. Devices still check the hub's
+	// certificate against the connection string's HostName, not the
+	// address they dial (see hubconn.DeviceOptions.Broker).
+	Brokers []string
 
 	// RebootDuration, RebootStyle, StageDuration and FirmwareVersion are
 	// every device's (see device.Config); slow devices multiply the
@@ -149,6 +158,11 @@ func New(cfg Config) (*Fleet, error) {
 	if cfg.RegisterConcurrency <= 0 {
 		cfg.RegisterConcurrency = DefaultRegisterConcurrency
 	}
+	for i, b := range cfg.Brokers {
+		if strings.TrimSpace(b) == "" {
+			return nil, fmt.Errorf("broker %d of %d is empty: give broker URLs such as tls://127.0.0.1:8883, or none for tls://<HostName>:8883", i+1, len(cfg.Brokers))
+		}
+	}
 	if cfg.SummaryInterval < 0 {
 		return nil, fmt.Errorf("summary interval %s is negative: use e.g. 10s, or 0 for none", cfg.SummaryInterval)
 	}
@@ -167,6 +181,10 @@ func New(cfg Config) (*Fleet, error) {
 	// default, and a shared session cache lets every device after the
 	// first resume a session (no certificate chain to verify, no server
 	// signature): the MQTT CONNECT, not TLS, authenticates the device.
+	// One configuration serves every broker of Brokers: each device's
+	// client sets ServerName to the hub's host name, which also keys the
+	// session cache, so a session from one address of the hub resumes on
+	// the others.
 	tlsCfg.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
 	tlsCfg.ClientSessionCache = tls.NewLRUClientSessionCache(0)
 	f := &Fleet{
@@ -183,7 +201,7 @@ func New(cfg Config) (*Fleet, error) {
 	}
 	// Fail now, not per device in Run, on a setting every device shares
 	// (style, version).
-	if _, err := device.New(f.deviceConfig(Member{ID: "check", Profile: Healthy}, hubconn.Device{HostName: "check", DeviceID: "check"})); err != nil {
+	if _, err := device.New(f.deviceConfig(0, Member{ID: "check", Profile: Healthy}, hubconn.Device{HostName: "check", DeviceID: "check"})); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -330,7 +348,7 @@ func (f *Fleet) start(ctx context.Context, conns []hubconn.Device, wg *sync.Wait
 // startOne runs member i and waits until it is ready, stopped or late.
 func (f *Fleet) startOne(ctx context.Context, i int, conn hubconn.Device, wg *sync.WaitGroup) {
 	m := f.members[i]
-	d, err := device.New(f.deviceConfig(m, conn))
+	d, err := device.New(f.deviceConfig(i, m, conn))
 	if err != nil {
 		f.connectFailed.Add(1)
 		f.log.Error("device not started", "device", m.ID, "error", err)
@@ -360,12 +378,12 @@ func (f *Fleet) startOne(ctx context.Context, i int, conn hubconn.Device, wg *sy
 	}
 }
 
-// deviceConfig is member m's device configuration.
-func (f *Fleet) deviceConfig(m Member, conn hubconn.Device) device.Config {
+// deviceConfig is the device configuration of member m, the i-th.
+func (f *Fleet) deviceConfig(i int, m Member, conn hubconn.Device) device.Config {
 	c := device.Config{
 		ConnectionString: conn,
 		TLSConfig:        f.tls,
-		Broker:           f.cfg.Broker,
+		Broker:           f.broker(i),
 		RebootDuration:   f.cfg.RebootDuration,
 		RebootStyle:      f.cfg.RebootStyle,
 		StageDuration:    f.cfg.StageDuration,
@@ -390,6 +408,15 @@ func (f *Fleet) deviceConfig(m Member, conn hubconn.Device) device.Config {
 		c.Answer, c.RebootStyle = m.Answer, device.StyleTutorial
 	}
 	return c
+}
+
+// broker is the broker URL member i dials: Brokers round robin, so that
+// every address carries an equal share; empty for the hub's own.
+func (f *Fleet) broker(i int) string {
+	if len(f.cfg.Brokers) == 0 {
+		return ""
+	}
+	return f.cfg.Brokers[i%len(f.cfg.Brokers)]
 }
 
 func scale(d time.Duration, k float64) time.Duration {
@@ -417,6 +444,24 @@ func (f *Fleet) logProfiles() {
 		}
 	}
 	f.logContracts()
+	f.logBrokers()
+}
+
+// logBrokers logs, for a fleet spread over several brokers, how many
+// devices dial each.
+func (f *Fleet) logBrokers() {
+	if len(f.cfg.Brokers) < 2 {
+		return
+	}
+	counts := make([]int, len(f.cfg.Brokers))
+	for i, m := range f.members {
+		if m.Profile != Offline {
+			counts[i%len(counts)]++
+		}
+	}
+	for i, b := range f.cfg.Brokers {
+		f.log.Info("fleet broker", "broker", b, "devices", counts[i])
+	}
 }
 
 // logContracts logs one line per contract and answer form with its count

@@ -3,7 +3,6 @@ package fleet
 import (
 	"context"
 	"fmt"
-	"github.com/dmflow/dmflow/internal/testlog"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/internal/sim/device"
 	"github.com/dmflow/dmflow/internal/sim/hub"
+	"github.com/dmflow/dmflow/internal/testlog"
 )
 
 // These tests run fleets against a real localhub started in-process, with
@@ -117,7 +117,7 @@ func TestFleetFaultProfiles(t *testing.T) {
 		Count:   50,
 		Seed:    7,
 		Faults:  Faults{Offline: 0.1, Flapping: 0.1, Slow: 0.1, Failing: 0.1, Unresponsive: 0.1, SlowFactor: 2, FlapInterval: time.Second},
-		Service: h.service, CAFile: h.CACertFile(), Broker: "tls://" + h.MQTTAddr(),
+		Service: h.service, CAFile: h.CACertFile(), Brokers: []string{"tls://" + h.MQTTAddr()},
 		StageDuration:   stage,
 		RebootDuration:  time.Second,
 		SummaryInterval: 300 * time.Millisecond,
@@ -271,7 +271,7 @@ func TestFleetRestart(t *testing.T) {
 	run := func() *testlog.Sink {
 		logs, logger := testlog.New(t, slog.LevelInfo)
 		f, err := New(Config{Count: 5, Prefix: "re-", Service: h.service, CAFile: h.CACertFile(),
-			Broker: "tls://" + h.MQTTAddr(), StageDuration: 200 * time.Millisecond, Logger: logger})
+			Brokers: []string{"tls://" + h.MQTTAddr()}, StageDuration: 200 * time.Millisecond, Logger: logger})
 		require.NoError(t, err)
 		stop := runUntilReady(t, f, 30*time.Second)
 		assert.Equal(t, 5, f.Stats().Connected)
@@ -292,15 +292,15 @@ func TestFleetTutorialContract(t *testing.T) {
 	const reboot = 300 * time.Millisecond
 	f, err := New(Config{
 		Count: 8, Seed: 3, Faults: Faults{Tutorial: 0.5},
-		Service: h.service, CAFile: h.CACertFile(), Broker: "tls://" + h.MQTTAddr(),
+		Service: h.service, CAFile: h.CACertFile(), Brokers: []string{"tls://" + h.MQTTAddr()},
 		RebootStyle: device.StyleRealistic, RebootDuration: reboot, StageDuration: 100 * time.Millisecond,
 		Logger: logger,
 	})
 	require.NoError(t, err)
 	byForm := map[string][]Member{}
-	for _, m := range f.Members() {
+	for i, m := range f.Members() {
 		byForm[m.Contract+"/"+m.Answer] = append(byForm[m.Contract+"/"+m.Answer], m)
-		c := f.deviceConfig(m, hubconn.Device{})
+		c := f.deviceConfig(i, m, hubconn.Device{})
 		assert.Equal(t, m.Contract, c.Contract, m.ID)
 		if m.Contract == device.ContractTutorial {
 			assert.Equal(t, device.StyleTutorial, c.RebootStyle, m.ID)

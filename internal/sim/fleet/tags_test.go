@@ -123,7 +123,7 @@ func TestFleetTags(t *testing.T) {
 		f, err := New(Config{
 			Count: 10, Prefix: "tag-", Seed: 3, Tags: rules,
 			Faults:  Faults{Offline: 1}, // tags need no connection
-			Service: h.service, CAFile: h.CACertFile(), Broker: "tls://" + h.MQTTAddr(),
+			Service: h.service, CAFile: h.CACertFile(), Brokers: []string{"tls://" + h.MQTTAddr()},
 		})
 		require.NoError(t, err)
 		runUntilReady(t, f, 30*time.Second)()

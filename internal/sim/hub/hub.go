@@ -41,7 +41,13 @@ type Options struct {
 	// Default "localhost".
 	HostName string
 	// MQTTAddr is the device-side listen address (MQTT over TLS). Default
-	// ":8883"; ":0" picks a free port (see MQTTAddr).
+	// ":8883"; ":0" picks a free port (see MQTTAddr). A wildcard host
+	// (0.0.0.0, or none) also accepts on 127.0.0.2, 127.0.0.3, …, which
+	// Linux routes to lo: a fleet of more devices than one source address
+	// has ephemeral ports towards one address:port (some 28,000) spreads
+	// over them (fleet.Config.Brokers). One listener serves them all, so
+	// MQTTAddr stays one address and devices verify the certificate by
+	// HostName, whichever address they dial.
 	MQTTAddr string
 	// HTTPSAddr is the service-side listen address (REST over TLS). Default
 	// ":8443"; ":0" picks a free port (see HTTPSAddr).

@@ -237,7 +237,14 @@ func (k *deviceHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		})
 	}
 	h.conns.connected(deviceID, cl, timer, time.Now())
-	h.log.Info("device connected", "device", deviceID, "remote", cl.Net.Remote)
+	// local is the address the device dialled: a hub listening on
+	// 0.0.0.0 is reached on 127.0.0.1, 127.0.0.2, … by a fleet spread over
+	// them (fleet.Config.Brokers), and this shows which.
+	local := ""
+	if cl.Net.Conn != nil {
+		local = cl.Net.Conn.LocalAddr().String()
+	}
+	h.log.Info("device connected", "device", deviceID, "remote", cl.Net.Remote, "local", local)
 }
 
 // OnDisconnect records the device as disconnected unless a newer connection
