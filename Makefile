@@ -102,19 +102,22 @@ bench-rollout: build ## firmware rollouts of 1,000 and 10,000 simulated devices:
 		| tee $(BIN)/bench-rollout.log | $(BENCH_SHOW) ; exit $${PIPESTATUS[0]}
 	@cat $(BIN)/bench-rollout.md
 
-# bench-scale's size and each rollout's --max-concurrent; its results stay in the repository.
+# bench-scale's size, its rollout's --max-concurrent and its Temporal dev server (memory or
+# sqlite); its results stay in the repository.
 SCALE_DEVICES ?= 100000
-SCALE_CONCURRENT ?= 400
+SCALE_CONCURRENT ?= 200
+SCALE_SERVER ?= memory
 SCALE_OUT := $(CURDIR)/bench/scale
 
-bench-scale: build ## one rollout of SCALE_DEVICES (100,000) simulated devices, S3, no ceiling: time, largest input, most events in one run, memory; results kept in bench/scale/ (~1½ h, 16 GB of memory)
+bench-scale: build ## one rollout of SCALE_DEVICES (100,000) simulated devices, S3, no ceiling: time, largest input, most events in one run, memory; results kept in bench/scale/ (~1 h, 16 GB of memory)
 	@mkdir -p $(SCALE_OUT)
 	ulimit -Hn 400000 2>/dev/null || true; \
 	if [ "$$(ulimit -Hn)" != unlimited ] && [ "$$(ulimit -Hn)" -lt $$(( $(SCALE_DEVICES) + 10000 )) ]; then \
 		echo "bench-scale: $(SCALE_DEVICES) devices need as many open files in localhub and in the fleet, the hard limit is $$(ulimit -Hn): raise it (as root: ulimit -Hn 400000) or give a smaller SCALE_DEVICES" >&2; exit 2; fi; \
 	ulimit -n "$$(ulimit -Hn)"; \
 	DMFLOW_BENCH_ROLLOUT_SIZES=$(SCALE_DEVICES) DMFLOW_BENCH_ROLLOUT_REGIMES=unbound DMFLOW_BENCH_ROLLOUT_CEILING=off \
-	DMFLOW_BENCH_ROLLOUT_CONCURRENT=$(SCALE_CONCURRENT) DMFLOW_BENCH_OUT=$(SCALE_OUT)/bench-scale.md \
+	DMFLOW_BENCH_ROLLOUT_CONCURRENT=$(SCALE_CONCURRENT) DMFLOW_BENCH_ROLLOUT_UNBOUND_SERVER=$(SCALE_SERVER) \
+	DMFLOW_BENCH_OUT=$(SCALE_OUT)/bench-scale.md \
 	$(BENCH_TEST) -timeout 300m -run '^TestMeasureRollout$$' 2>&1 | tee $(BIN)/bench-scale.log | $(BENCH_SHOW) ; exit $${PIPESTATUS[0]}
 	@cat $(SCALE_OUT)/bench-scale.md
 

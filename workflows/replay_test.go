@@ -36,7 +36,9 @@ func TestReplay(t *testing.T) {
 		// device, the rows in its state.
 		{"rollout.json", Rollout},
 		// Sharded (test/rollout_test.go records them): the rollout's first run, which continues as
-		// new, and its shard.
+		// new, and its shard; _v1 before the end checks (shard-end-checks), the others with them.
+		{"rollout_sharded_v1.json", Rollout},
+		{"rollout_shard_v1.json", RolloutShard},
 		{"rollout_sharded.json", Rollout},
 		{"rollout_shard.json", RolloutShard},
 		// Maintenance windows: the version marker, a recorded window state at each boundary, the
