@@ -89,6 +89,8 @@ func newCommand(getenv func(string) string, stdout, stderr io.Writer, started fu
 	f.StringVar(&cfg.Tier, "tier", cfg.Tier, "IoT Hub tier whose documented throttles apply: S1, S2 or S3; F1 and B1 throttle as S1 (env "+hub.EnvTier+")")
 	f.IntVar(&cfg.Units, "units", cfg.Units, "units of the tier, scaling the per-unit quotas (env "+hub.EnvUnits+")")
 	f.Var(&quotaFlag{q: &cfg.Quotas}, "quota", "override an operation's rate, op=N/s, op=N/min or op=off; repeatable; ops: methods (4 KB chunks), twinReads, twinUpdates, queries, registry, connections, telemetry (env "+hub.EnvQuotas+", comma-separated)")
+	f.StringVar(&cfg.StandIns, "stand-ins", cfg.StandIns, "device ID prefix of stand-in devices, which localhub plays itself without a connection (firmwareUpdate and rebootDevice as the tutorials' devices), for fleets larger than this machine can connect (env "+hub.EnvStandIns+")")
+	f.DurationVar(&cfg.StandInStage, "stand-in-stage", cfg.StandInStage, "how long a stand-in device's firmware stage and reboot take (env "+hub.EnvStandInStage+")")
 	f.BoolVar(&cfg.NoThrottle, "no-throttle", cfg.NoThrottle, "turn throttling off, for tests and benchmarks (env "+hub.EnvNoThrottle+")")
 
 	var device, policy string

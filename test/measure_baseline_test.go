@@ -54,7 +54,7 @@ func TestMeasureBaseline(t *testing.T) {
 		t.Fatalf("build bench/tutorial: %v\n%s", err, out)
 	}
 
-	lh, brokerArgs := startBenchHub(t, rg, n)
+	lh, brokerArgs := startBenchHub(t, rg, n, false, 0)
 	const prefix = "tb-"
 	fleet := startProc(t, "baseline-fleet", lh.env(), filepath.Join(env.bin, "simdevice"), append([]string{"fleet",
 		"--count", strconv.Itoa(n), "--prefix", prefix, "--stage-duration", cfg.stage.String(),

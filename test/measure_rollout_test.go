@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -113,7 +114,10 @@ type rolloutBenchConfig struct {
 
 // ceilingWhat describes a ceiling device of n no-op activities.
 func ceilingWhat(n int) string {
-	if n == 1 {
+	switch n {
+	case 0:
+		return "no-op activities"
+	case 1:
 		return "1 no-op activity"
 	}
 	return fmt.Sprintf("%d no-op activities", n)
@@ -352,6 +356,8 @@ type rolloutBenchResult struct {
 	cpu       map[string]float64 // CPU seconds during the rollouts, by process
 
 	ceiling ceilingResult
+	// standIns is set when localhub played the devices (standInFleet).
+	standIns bool
 	// ceilingActivities is what a device of the ceiling ran (0: no ceiling measured).
 	ceilingActivities int
 }
@@ -431,6 +437,7 @@ func (r rolloutBenchResult) figures() benchreport.RolloutRun {
 		HubCallsPerDevice: r.hubCallsPerDevice(), EventsPerDevice: r.eventsPerDevice(), ShardEvents: r.shardEventsPerDevice(),
 		CeilingEventsPerDevice: r.ceiling.eventsPerDevice(r.devices),
 		CeilingActivities:      r.ceilingActivities,
+		StandIns:               r.standIns,
 		RolloutRuns:            r.rolloutRuns, Shards: r.shards.shards,
 		MaxRunEvents: r.maxRunEvents, MaxShardEvents: r.shards.maxEvents,
 		MaxRunInputBytes: r.maxRunInput, MaxShardInputBytes: r.shards.maxInput,
@@ -507,25 +514,32 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 			rg.server, n, rg.rollouts, res.ceiling.children, res.ceiling.wall.Round(time.Second))
 	}
 
-	lh, brokerArgs := startBenchHub(t, rg, n)
+	res.standIns = standInFleet(t, n)
+	lh, brokerArgs := startBenchHub(t, rg, n, res.standIns, cfg.stage)
 	setupStart := time.Now()
-	fl := startProc(t, "bench-fleet", lh.env(),
-		filepath.Join(env.bin, "simdevice"), append([]string{"fleet", "--count", strconv.Itoa(n), "--prefix", fleetPrefix,
-			"--stage-duration", cfg.stage.String(), "--summary-interval", "30s",
-			// 32 at a time keeps the standBy reports of connecting devices within S1's 50 twin
-			// updates/s plus its one second of traffic shaping.
-			"--connect-concurrency", "32"}, brokerArgs...)...)
-	if err := fl.waitFor(`msg="fleet started"`, 15*time.Minute); err != nil {
-		t.Fatal(err)
+	pids := map[string]int{procTemporal: srv.pid, procLocalhub: lh.proc.cmd.Process.Pid}
+	if res.standIns {
+		registerStandIns(t, lh, n)
+		t.Logf("%d stand-in devices registered in %s: localhub plays them", n, time.Since(setupStart).Round(time.Second))
+	} else {
+		fl := startProc(t, "bench-fleet", lh.env(),
+			filepath.Join(env.bin, "simdevice"), append([]string{"fleet", "--count", strconv.Itoa(n), "--prefix", fleetPrefix,
+				"--stage-duration", cfg.stage.String(), "--summary-interval", "30s",
+				// 32 at a time keeps the standBy reports of connecting devices within S1's 50 twin
+				// updates/s plus its one second of traffic shaping.
+				"--connect-concurrency", "32"}, brokerArgs...)...)
+		if err := fl.waitFor(`msg="fleet started"`, 15*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		pids[procFleet] = fl.cmd.Process.Pid
+		t.Logf("fleet of %d connected in %s", n, time.Since(setupStart).Round(time.Second))
 	}
 	res.setup = time.Since(setupStart)
-	t.Logf("fleet of %d connected in %s", n, res.setup.Round(time.Second))
 	waitHubQuiet(t, lh, 2*time.Minute)
 	before := lh.stats(t)
 	res.setupThrottled = sumCounts(before.Throttled)
 
 	queue := "bench-rollout-" + strconv.Itoa(n) + "-" + rg.name
-	pids := map[string]int{procTemporal: srv.pid, procLocalhub: lh.proc.cmd.Process.Pid, procFleet: fl.cmd.Process.Pid}
 	workerEnv := withTemporal(lh.env(append([]string{"DMFLOW_TASK_QUEUE=" + queue}, rg.workerBudgetEnv()...)...), srv.addr)
 	for i := 1; i <= rg.workers; i++ {
 		w := startProc(t, "bench-worker-"+strconv.Itoa(i), workerEnv, filepath.Join(env.bin, "worker"))
@@ -871,7 +885,7 @@ func sumNested(m map[string]map[string]int) int {
 // n devices, and returns it with the fleet's --broker flag: none when one address of localhub
 // serves the fleet, else localhub listens on 0.0.0.0 and the flag spreads the fleet over
 // 127.0.0.1, 127.0.0.2, … (fleet.LoopbackBrokers).
-func startBenchHub(t *testing.T, rg benchRegime, n int) (ownHub, []string) {
+func startBenchHub(t *testing.T, rg benchRegime, n int, standIns bool, stage time.Duration) (ownHub, []string) {
 	t.Helper()
 	var args []string
 	if rg.throttle {
@@ -881,6 +895,10 @@ func startBenchHub(t *testing.T, rg benchRegime, n int) (ownHub, []string) {
 		}
 	} else {
 		args = append(args, "--no-throttle")
+	}
+	if standIns {
+		// localhub plays the devices: no connections, no fleet, no addresses to spread over.
+		return startOwnHub(t, "bench-localhub", append(args, "--stand-ins", fleetPrefix, "--stand-in-stage", stage.String())...), nil
 	}
 	perAddress := fleetPerAddress(t)
 	if n <= perAddress {
@@ -895,6 +913,45 @@ func startBenchHub(t *testing.T, rg benchRegime, n int) (ownHub, []string) {
 	}
 	t.Logf("fleet of %d spread over %d addresses of localhub, %d devices or fewer each", n, len(brokers), (n+len(brokers)-1)/len(brokers))
 	return lh, []string{"--broker", strings.Join(brokers, ",")}
+}
+
+// standInFleet reports whether the benchmark's n devices are stand-ins that localhub plays
+// (internal/sim/hub/standin.go) rather than a simdevice fleet: DMFLOW_BENCH_FLEET_STAND_INS on,
+// off, or auto (the default), which takes stand-ins when n connections would not fit the
+// open-files limit of one process (localhub holds every device's connection, the fleet as many).
+func standInFleet(t *testing.T, n int) bool {
+	t.Helper()
+	switch v := strings.ToLower(envOr("DMFLOW_BENCH_FLEET_STAND_INS", "auto")); v {
+	case "on":
+		return true
+	case "off":
+		return false
+	case "auto":
+		var lim syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			t.Fatalf("open-files limit: %v", err)
+		}
+		// Room for the process's own files, the HTTPS clients and TIME_WAIT reconnects.
+		return uint64(n)+5000 > lim.Max
+	default:
+		t.Fatalf("DMFLOW_BENCH_FLEET_STAND_INS=%q: give on, off or auto", v)
+		return false
+	}
+}
+
+// registerStandIns registers the benchmark's n devices in localhub, as the fleet names them, for
+// localhub to play.
+func registerStandIns(t *testing.T, lh ownHub, n int) {
+	t.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fleet.DeviceID(fleetPrefix, i+1, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	if _, err := fleet.Register(ctx, serviceClientOf(t, lh.cs, lh.caFile), ids, 4, nil); err != nil {
+		t.Fatalf("registering %d stand-in devices: %v", n, err)
+	}
 }
 
 // defaultFleetPerAddress is how many devices of a benchmark's fleet dial one address of localhub
@@ -1051,6 +1108,12 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 			s += ", --quota " + strings.Join(r.regime.quotas, " --quota ")
 		}
 		return s
+	})
+	row("devices", func(r rolloutBenchResult) string {
+		if r.standIns {
+			return "stand-ins played by localhub (`--stand-ins`: no connections, no device processes; its reports metered as the devices' twin updates)"
+		}
+		return "a simdevice fleet, one MQTT connection each"
 	})
 	row("workers; their hub budget (DMFLOW_HUB_TIER, DMFLOW_HUB_BUDGET)", func(r rolloutBenchResult) string {
 		if !r.regime.throttle {
@@ -1226,8 +1289,12 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		for i := range workers {
 			workers[i] = fmt.Sprintf("%.0f", r.cpu[workerProc(i+1)])
 		}
-		return fmt.Sprintf("%.0f / %s / %.0f / %.0f (of %.0f s × %d cores)", r.cpu[procTemporal], strings.Join(workers, " + "),
-			r.cpu[procLocalhub], r.cpu[procFleet], r.wall.Seconds(), runtime.NumCPU())
+		fleetCPU := fmt.Sprintf("%.0f", r.cpu[procFleet])
+		if r.standIns {
+			fleetCPU = "—"
+		}
+		return fmt.Sprintf("%.0f / %s / %.0f / %s (of %.0f s × %d cores)", r.cpu[procTemporal], strings.Join(workers, " + "),
+			r.cpu[procLocalhub], fleetCPU, r.wall.Seconds(), runtime.NumCPU())
 	})
 	row("**RSS, peak** (VmHWM; at the end): **workers** / localhub / simdevice fleet", func(r rolloutBenchResult) string {
 		mb := func(k string) string { return fmt.Sprintf("%d MB (%d MB)", r.peak[k]/1024, r.rss[k]/1024) }
@@ -1235,7 +1302,11 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		for i := range workers {
 			workers[i] = mb(workerProc(i + 1))
 		}
-		return fmt.Sprintf("**%s** / %s / %s", strings.Join(workers, " and "), mb(procLocalhub), mb(procFleet))
+		fleetMB := mb(procFleet)
+		if r.standIns {
+			fleetMB = "—"
+		}
+		return fmt.Sprintf("**%s** / %s / %s", strings.Join(workers, " and "), mb(procLocalhub), fleetMB)
 	})
 	row("**429s during the rollouts** (localhub throttled, by operation)", func(r rolloutBenchResult) string {
 		if len(r.throttled) == 0 {

@@ -142,6 +142,9 @@ type RolloutRun struct {
 	CompletedLagP95 float64 `json:"completedLagP95"`
 	Sampled         int     `json:"sampled"`
 
+	// StandIns is set when localhub played the devices (no simdevice fleet): where one process
+	// cannot hold a connection per device.
+	StandIns bool `json:"standIns,omitempty"`
 	// RolloutRuns counts the rollouts' runs, Shards their shard workflows. MaxRunEvents and
 	// MaxShardEvents are the most events of one rollout run and of one shard; MaxRunInputBytes
 	// and MaxShardInputBytes the largest input of each (a run's: its state after continuing as

@@ -252,6 +252,9 @@ func scaleTargets(sc *RolloutFigures) []TargetRow {
 		}
 	}
 	label := run.Label()
+	if run.StandIns {
+		label += ", stand-in devices played by localhub"
+	}
 	kb := func(b int) string { return fmt.Sprintf("%.0f KB", float64(b)/1024) }
 	mb := float64(run.WorkerPeakRSSKB) / 1024
 	rows := []TargetRow{

@@ -27,15 +27,17 @@ import (
 // Environment variables read by ConfigFromEnv; each backs the flag of the
 // same name in the localhub command.
 const (
-	EnvStateDir   = "DMFLOW_LOCALHUB_STATE_DIR"
-	EnvHost       = "DMFLOW_LOCALHUB_HOST"
-	EnvMQTTAddr   = "DMFLOW_LOCALHUB_MQTT_ADDR"
-	EnvHTTPSAddr  = "DMFLOW_LOCALHUB_HTTPS_ADDR"
-	EnvLogFormat  = "DMFLOW_LOCALHUB_LOG_FORMAT"
-	EnvTier       = "DMFLOW_LOCALHUB_TIER"
-	EnvUnits      = "DMFLOW_LOCALHUB_UNITS"
-	EnvQuotas     = "DMFLOW_LOCALHUB_QUOTAS"      // e.g. methods=500/s,twinReads=1000/s
-	EnvNoThrottle = "DMFLOW_LOCALHUB_NO_THROTTLE" // true or 1
+	EnvStateDir     = "DMFLOW_LOCALHUB_STATE_DIR"
+	EnvHost         = "DMFLOW_LOCALHUB_HOST"
+	EnvMQTTAddr     = "DMFLOW_LOCALHUB_MQTT_ADDR"
+	EnvHTTPSAddr    = "DMFLOW_LOCALHUB_HTTPS_ADDR"
+	EnvLogFormat    = "DMFLOW_LOCALHUB_LOG_FORMAT"
+	EnvTier         = "DMFLOW_LOCALHUB_TIER"
+	EnvUnits        = "DMFLOW_LOCALHUB_UNITS"
+	EnvQuotas       = "DMFLOW_LOCALHUB_QUOTAS"         // e.g. methods=500/s,twinReads=1000/s
+	EnvNoThrottle   = "DMFLOW_LOCALHUB_NO_THROTTLE"    // true or 1
+	EnvStandIns     = "DMFLOW_LOCALHUB_STAND_INS"      // a device ID prefix
+	EnvStandInStage = "DMFLOW_LOCALHUB_STAND_IN_STAGE" // e.g. 1s
 )
 
 // DefaultStateDir is where localhub keeps its state unless told otherwise.
@@ -55,6 +57,9 @@ type Config struct {
 	Units      int
 	Quotas     map[hubquota.Op]float64
 	NoThrottle bool
+	// StandIns and StandInStage: see the Options fields of the same names.
+	StandIns     string
+	StandInStage time.Duration
 }
 
 // ConfigFromEnv returns the defaults overridden by the environment, read
@@ -94,6 +99,15 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		}
 		c.Quotas = q
 	}
+	c.StandIns = getenv(EnvStandIns)
+	c.StandInStage = DefaultStandInStage
+	if v := getenv(EnvStandInStage); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return c, fmt.Errorf("%s=%q is not a duration: set it to how long a stand-in device's stage takes, e.g. 1s, or unset it", EnvStandInStage, v)
+		}
+		c.StandInStage = d
+	}
 	if v := getenv(EnvNoThrottle); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
@@ -132,6 +146,9 @@ func (c Config) Validate() error {
 	if _, err := hubquota.NormalTier(c.Tier); err != nil {
 		errs = append(errs, fmt.Errorf("--tier: %w (or set %s)", err, EnvTier))
 	}
+	if c.StandInStage <= 0 {
+		errs = append(errs, fmt.Errorf("--stand-in-stage %v: give a positive duration, e.g. 1s (or set %s)", c.StandInStage, EnvStandInStage))
+	}
 	if c.Units < 1 {
 		errs = append(errs, fmt.Errorf("--units %d: a hub has at least 1 unit (or set %s)", c.Units, EnvUnits))
 	}
@@ -163,15 +180,17 @@ func validListenAddr(a string) error {
 // Options turns the configuration into hub options.
 func (c Config) Options(log *slog.Logger) Options {
 	return Options{
-		StateDir:  c.StateDir,
-		HostName:  c.Host,
-		MQTTAddr:  c.MQTTAddr,
-		HTTPSAddr: c.HTTPSAddr,
-		Logger:    log,
-		Tier:      c.Tier,
-		Units:     c.Units,
-		Quotas:    c.Quotas,
-		Unlimited: c.NoThrottle,
+		StateDir:     c.StateDir,
+		HostName:     c.Host,
+		MQTTAddr:     c.MQTTAddr,
+		HTTPSAddr:    c.HTTPSAddr,
+		Logger:       log,
+		Tier:         c.Tier,
+		Units:        c.Units,
+		Quotas:       c.Quotas,
+		Unlimited:    c.NoThrottle,
+		StandIns:     c.StandIns,
+		StandInStage: c.StandInStage,
 	}
 }
 

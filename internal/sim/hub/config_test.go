@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dmflow/dmflow/internal/hubquota"
 )
@@ -16,25 +17,27 @@ func TestConfigFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{StateDir: ".dmflow/localhub", Host: "localhost", MQTTAddr: ":8883", HTTPSAddr: ":8443", LogFormat: "text", Tier: "S1", Units: 1}
+	want := Config{StateDir: ".dmflow/localhub", Host: "localhost", MQTTAddr: ":8883", HTTPSAddr: ":8443", LogFormat: "text", Tier: "S1", Units: 1,
+		StandInStage: DefaultStandInStage}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults = %+v", c)
 	}
 	env := map[string]string{
 		EnvStateDir: "/tmp/s", EnvHost: "hub.local", EnvMQTTAddr: ":1883", EnvHTTPSAddr: "127.0.0.1:9443",
 		EnvLogFormat: "json", EnvTier: "S3", EnvUnits: "2", EnvQuotas: "methods=500/s, queries=60/min,telemetry=off",
-		EnvNoThrottle: "true",
+		EnvNoThrottle: "true", EnvStandIns: "big-", EnvStandInStage: "250ms",
 	}
 	c, err = ConfigFromEnv(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
 	want = Config{StateDir: "/tmp/s", Host: "hub.local", MQTTAddr: ":1883", HTTPSAddr: "127.0.0.1:9443", LogFormat: "json",
-		Tier: "S3", Units: 2, Quotas: map[hubquota.Op]float64{hubquota.Methods: 500, hubquota.Queries: 1, hubquota.Telemetry: math.Inf(1)}, NoThrottle: true}
+		Tier: "S3", Units: 2, Quotas: map[hubquota.Op]float64{hubquota.Methods: 500, hubquota.Queries: 1, hubquota.Telemetry: math.Inf(1)}, NoThrottle: true,
+		StandIns: "big-", StandInStage: 250 * time.Millisecond}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("from env = %+v", c)
 	}
-	for k, v := range map[string]string{EnvUnits: "two", EnvQuotas: "methods=fast", EnvNoThrottle: "maybe"} {
+	for k, v := range map[string]string{EnvUnits: "two", EnvQuotas: "methods=fast", EnvNoThrottle: "maybe", EnvStandInStage: "soon"} {
 		bad := map[string]string{k: v}
 		if _, err := ConfigFromEnv(func(k string) string { return bad[k] }); err == nil || !strings.Contains(err.Error(), k) {
 			t.Errorf("%s=%s: error = %v", k, v, err)
@@ -43,7 +46,8 @@ func TestConfigFromEnv(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	good := Config{StateDir: "s", Host: "localhost", MQTTAddr: ":8883", HTTPSAddr: "127.0.0.1:0", LogFormat: "text", Tier: "S1", Units: 1}
+	good := Config{StateDir: "s", Host: "localhost", MQTTAddr: ":8883", HTTPSAddr: "127.0.0.1:0", LogFormat: "text", Tier: "S1", Units: 1,
+		StandInStage: time.Second}
 	tests := []struct {
 		name    string
 		change  func(*Config)
@@ -61,6 +65,8 @@ func TestConfigValidate(t *testing.T) {
 		{name: "free tier", change: func(c *Config) { c.Tier = "f1" }},
 		{name: "unknown tier", change: func(c *Config) { c.Tier = "S4" }, wantErr: "--tier"},
 		{name: "zero units", change: func(c *Config) { c.Units = 0 }, wantErr: EnvUnits},
+		{name: "stand-ins", change: func(c *Config) { c.StandIns = "big-" }},
+		{name: "stand-in stage", change: func(c *Config) { c.StandInStage = 0 }, wantErr: "--stand-in-stage"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -76,6 +76,12 @@ type Options struct {
 	// MethodLogSize is how many entries the method log keeps, the newest over all devices (see
 	// MethodLog). Default DefaultMethodLogSize.
 	MethodLogSize int
+	// StandIns, when set, is the device ID prefix of stand-in devices: registered devices that
+	// localhub plays itself, without a connection (standin.go), for fleets larger than one machine
+	// can connect. StandInStage is how long their firmware stages and reboots take (default
+	// DefaultStandInStage).
+	StandIns     string
+	StandInStage time.Duration
 }
 
 func (o *Options) fill() error {
@@ -105,6 +111,12 @@ func (o *Options) fill() error {
 	}
 	if o.MaxQueueDelay < 0 {
 		return fmt.Errorf("hub: Options.MaxQueueDelay %v is negative", o.MaxQueueDelay)
+	}
+	if o.StandInStage == 0 {
+		o.StandInStage = DefaultStandInStage
+	}
+	if o.StandInStage < 0 {
+		return fmt.Errorf("hub: Options.StandInStage %v is negative", o.StandInStage)
 	}
 	if o.MethodLogSize == 0 {
 		o.MethodLogSize = DefaultMethodLogSize
@@ -141,6 +153,8 @@ type Hub struct {
 	// methodLog records every direct-method invocation; it is saved in the store on Close and
 	// read back by New.
 	methodLog *methodLog
+	// standIns plays the stand-in devices (Options.StandIns); nil without them.
+	standIns *standIns
 
 	statsMu     sync.Mutex
 	invocations map[string]map[string]int
@@ -200,6 +214,7 @@ func New(opts Options) (*Hub, error) {
 		invocations: map[string]map[string]int{},
 		twinReads:   map[string]int{},
 		methodLog:   newMethodLog(opts.MethodLogSize),
+		standIns:    newStandIns(opts.StandIns, opts.StandInStage),
 	}
 	h.limits = newThrottle(quotas, opts.MaxQueueDelay)
 	if err := h.loadMethodLog(); err != nil {
@@ -371,6 +386,10 @@ func (h *Hub) Close() error {
 		if err := os.Remove(filepath.Join(h.opts.StateDir, runtimeFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
+	}
+	if h.standIns != nil {
+		// The stand-ins' reports end with h.ctx; they write to the store, closed below.
+		h.standIns.wg.Wait()
 	}
 	// After the HTTPS server drained: the calls it ended are in the log.
 	if err := h.saveMethodLog(); err != nil {
