@@ -312,8 +312,9 @@ func measureCeiling(t *testing.T, tc client.Client, cfg rolloutBenchConfig, n, p
 		t.Errorf("ceiling: %d of %d trivial devices failed", res.failed, n)
 	}
 	for i, id := range ids {
-		// GetRunID is the first run's: the chain follows the continued runs from it.
-		r, events := countRunChain(t, tc, id, started[i].GetRunID())
+		// The chain follows the continued runs from the first (GetRunID is the last run's once Get
+		// has followed them).
+		r, events := countRunChain(t, tc, id, started[i].GetFirstExecutionRunID())
 		res.runs += r
 		res.parentEvents += events
 		for c := range children[i] {

@@ -664,8 +664,9 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 	}
 
 	for i, name := range names {
-		// GetRunID is the first run's: the chain follows the continued runs from it.
-		chain, events := countRunChainSizes(t, tc, workflows.RolloutWorkflowID(name), started[i].GetRunID())
+		// The chain follows the continued runs from the first (GetRunID is the last run's once Get
+		// has followed them).
+		chain, events := countRunChainSizes(t, tc, workflows.RolloutWorkflowID(name), started[i].GetFirstExecutionRunID())
 		res.rolloutRuns += chain.runs
 		res.rolloutEvents += events
 		res.maxRunEvents = max(res.maxRunEvents, chain.maxEvents)
