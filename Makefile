@@ -105,7 +105,7 @@ bench-rollout: build ## firmware rollouts of 1,000 and 10,000 simulated devices:
 # bench-scale's size, its rollout's --max-concurrent and its Temporal dev server (memory or
 # sqlite); its results stay in the repository.
 SCALE_DEVICES ?= 100000
-SCALE_CONCURRENT ?= 200
+SCALE_CONCURRENT ?= 400
 SCALE_SERVER ?= memory
 SCALE_OUT := $(CURDIR)/bench/scale
 

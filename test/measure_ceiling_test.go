@@ -269,8 +269,9 @@ func measureCeiling(t *testing.T, tc client.Client, cfg rolloutBenchConfig, n, p
 	defer cancel()
 	var res ceilingResult
 	var (
-		started []client.WorkflowRun
-		ids     []string
+		started   []client.WorkflowRun
+		firstRuns []string
+		ids       []string
 	)
 	start := time.Now()
 	for i, size := range splitCount(n, parts) {
@@ -281,6 +282,8 @@ func measureCeiling(t *testing.T, tc client.Client, cfg rolloutBenchConfig, n, p
 			t.Fatal(err)
 		}
 		started = append(started, run)
+		// Get follows the continued runs and GetRunID then names the last one: keep the first.
+		firstRuns = append(firstRuns, run.GetRunID())
 		ids = append(ids, id)
 	}
 	var (
@@ -312,9 +315,8 @@ func measureCeiling(t *testing.T, tc client.Client, cfg rolloutBenchConfig, n, p
 		t.Errorf("ceiling: %d of %d trivial devices failed", res.failed, n)
 	}
 	for i, id := range ids {
-		// The chain follows the continued runs from the first (GetRunID is the last run's once Get
-		// has followed them).
-		r, events := countRunChain(t, tc, id, started[i].GetFirstExecutionRunID())
+		// The chain follows the continued runs from the first.
+		r, events := countRunChain(t, tc, id, firstRuns[i])
 		res.runs += r
 		res.parentEvents += events
 		for c := range children[i] {

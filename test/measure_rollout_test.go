@@ -560,7 +560,10 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 	defer cancel()
 	start := time.Now()
 	admitted := newAdmittedSeconds(lh, start)
-	var started []client.WorkflowRun
+	var (
+		started   []client.WorkflowRun
+		firstRuns []string
+	)
 	for i := range names {
 		names[i] = fmt.Sprintf("bench-%d-%s-%s", n, rg.name, stamp)
 		if rg.rollouts > 1 {
@@ -583,6 +586,8 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 			t.Fatal(err)
 		}
 		started = append(started, run)
+		// Get follows the continued runs and GetRunID then names the last one: keep the first.
+		firstRuns = append(firstRuns, run.GetRunID())
 	}
 	res.walls = make([]time.Duration, len(started))
 	res.progress = make([]workflows.RolloutProgress, len(started))
@@ -664,9 +669,8 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 	}
 
 	for i, name := range names {
-		// The chain follows the continued runs from the first (GetRunID is the last run's once Get
-		// has followed them).
-		chain, events := countRunChainSizes(t, tc, workflows.RolloutWorkflowID(name), started[i].GetFirstExecutionRunID())
+		// The chain follows the continued runs from the first.
+		chain, events := countRunChainSizes(t, tc, workflows.RolloutWorkflowID(name), firstRuns[i])
 		res.rolloutRuns += chain.runs
 		res.rolloutEvents += events
 		res.maxRunEvents = max(res.maxRunEvents, chain.maxEvents)

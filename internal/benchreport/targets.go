@@ -181,13 +181,13 @@ func Targets(r Results) []TargetRow {
 			continue
 		}
 		n++
-		mb := float64(run.WorkerPeakRSSKB) / 1024
+		mb := wholeMB(run.WorkerPeakRSSKB)
 		rows = append(rows, TargetRow{rss, label(run), fmt.Sprintf("%.0f MB (peak)", mb), verdict(mb <= WorkerRSSTargetMB)})
 	}
 	if n == 0 {
 		why := "no rollout measured with one worker"
 		if largest >= 0 {
-			why = fmt.Sprintf("largest one-worker rollout %s devices: %.0f MB peak", Count(runs[largest].Devices), float64(runs[largest].WorkerPeakRSSKB)/1024)
+			why = fmt.Sprintf("largest one-worker rollout %s devices: %.0f MB peak", Count(runs[largest].Devices), wholeMB(runs[largest].WorkerPeakRSSKB))
 		}
 		rows = append(rows, TargetRow{rss, NoTarget, why, NotMeasured})
 	}
@@ -256,7 +256,7 @@ func scaleTargets(sc *RolloutFigures) []TargetRow {
 		label += ", stand-in devices played by localhub"
 	}
 	kb := func(b int) string { return fmt.Sprintf("%.0f KB", float64(b)/1024) }
-	mb := float64(run.WorkerPeakRSSKB) / 1024
+	mb := wholeMB(run.WorkerPeakRSSKB)
 	rows := []TargetRow{
 		{what, label, fmt.Sprintf("%s (%.0f devices/min): %s updated, %s failed", Secs(run.Seconds), run.PerMinute(),
 			Count(run.Succeeded), Count(run.Failed)), verdict(run.Devices >= ScaleDevices && run.Succeeded+run.Failed == run.Devices)},
@@ -288,3 +288,6 @@ func scaleTargets(sc *RolloutFigures) []TargetRow {
 	})
 	return rows
 }
+
+// wholeMB is kb in whole megabytes (MiB), cut as the benchmarks' tables print them.
+func wholeMB(kb int64) float64 { return float64(kb / 1024) }
