@@ -131,12 +131,12 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 	tallies := workflow.GetSignalChannel(ctx, SignalShardTally)
 	rctx, _ := workflow.NewDisconnectedContext(ctx)
 	workflow.Go(rctx, func(gctx workflow.Context) {
-		for {
-			var t ShardTally
-			if !tallies.Receive(gctx, &t) {
-				return
-			}
-			r.takeTally(gctx, t)
+		// Waits for tallies without taking one: a blocking Receive would hold a tally delivered
+		// with the task until this coroutine runs, after the main one, which may continue as new
+		// in that task and carry its state without the tally. Left in the channel, the tally is
+		// taken by whichever coroutine runs first: the main one's takePendingTallies, or this.
+		for workflow.Await(gctx, func() bool { return tallies.Len() > 0 }) == nil {
+			r.takePendingTallies(gctx)
 		}
 	})
 	r.sumShards()
