@@ -12,7 +12,7 @@ GO_SOURCES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './.
 export DMFLOW_BIN_DIR := $(abspath $(BIN))
 export DMFLOW_TEMPORAL_BIN := $(abspath $(BIN)/temporal)
 
-.PHONY: help build temporal demo up down status test test-unit test-integration chaos fuzz record-histories lint clean bench bench-fleet bench-firmware bench-baseline bench-rollout bench-scale bench-report
+.PHONY: help build temporal cluster-build demo up up-cluster down status test test-unit test-integration chaos fuzz record-histories lint clean bench bench-fleet bench-firmware bench-baseline bench-rollout bench-cluster bench-scale bench-report
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,6 +24,22 @@ $(BIN)/temporal: tools/go.mod tools/go.sum
 
 temporal: $(BIN)/temporal ## build the pinned Temporal CLI
 
+# The production shape without Docker (make up-cluster): the Temporal server,
+# its SQL schema tool and schema files, and the Web UI server, at the versions
+# tools/cluster/go.mod pins (the ones deploy/cluster.env names), built once.
+CLUSTER_MOD = cd tools/cluster && go list -m -f '{{.Dir}}'
+$(BIN)/.cluster: tools/cluster/go.mod tools/cluster/go.sum
+	@echo "building Temporal server, temporal-sql-tool and the Temporal UI server into $(BIN)/ (first time only, a few minutes)"
+	cd tools/cluster && go build -o ../../$(BIN)/temporal-server go.temporal.io/server/cmd/server
+	cd tools/cluster && go build -o ../../$(BIN)/temporal-sql-tool go.temporal.io/server/cmd/tools/sql
+	cd tools/cluster && go build -o ../../$(BIN)/temporal-ui-server github.com/temporalio/ui-server/v2/cmd/server
+	rm -rf $(BIN)/temporal-schema
+	cp -R "$$($(CLUSTER_MOD) go.temporal.io/server)/schema" $(BIN)/temporal-schema
+	chmod -R u+w $(BIN)/temporal-schema
+	@touch $@
+
+cluster-build: $(BIN)/.cluster ## build the Temporal server, its schema tool and the Web UI server of make up-cluster
+
 $(BIN)/.cmds: $(GO_SOURCES)
 	go build -o $(BIN)/ $(addprefix ./,$(CMDS))
 	@touch $@
@@ -33,7 +49,10 @@ build: $(BIN)/temporal $(BIN)/.cmds ## build the Temporal CLI and dmflow's comma
 up: build ## start Temporal dev server, localhub and worker in the background
 	scripts/stack.sh up
 
-down: ## stop everything `make up` / `make demo` started
+up-cluster: build cluster-build ## the production shape without Docker: PostgreSQL, Temporal server, Web UI (:8080), localhub, two workers
+	scripts/stack.sh up-cluster
+
+down: ## stop everything `make up`, `make up-cluster` or `make demo` started
 	scripts/stack.sh down
 
 status: ## show which stack processes run
@@ -52,7 +71,7 @@ lint: ## gofmt and go vet
 test-unit: ## unit and in-process localhub tests
 	go test -count=1 ./...
 
-test-integration: build ## real processes: Temporal dev server, localhub, simdevice, worker (the chaos cases short)
+test-integration: build cluster-build ## real processes: Temporal dev server, localhub, simdevice, worker (the chaos cases short); the up-cluster stack on PostgreSQL
 	go test -tags integration -count=1 -timeout 30m -v ./test/... 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 chaos: build ## the chaos cases at full size, 500–1,000 devices each (~20 min): kills and restarts mid-rollout, a 429 storm, faulty devices
@@ -82,6 +101,7 @@ bench: build ## every benchmark in one run, then BENCHMARKS.md rewritten from it
 	$(MAKE) --no-print-directory bench-fleet
 	$(MAKE) --no-print-directory bench-baseline
 	$(MAKE) --no-print-directory bench-rollout
+	$(MAKE) --no-print-directory bench-cluster
 	go run ./bench/report --dir $(BIN) --out $(BENCH_REPORT) --started $(BIN)/bench-started
 
 bench-report: ## BENCHMARKS.md from the results in .bin/ of the bench-* targets run so far (BENCH_REPORT= to write elsewhere)
@@ -102,6 +122,12 @@ bench-rollout: build ## firmware rollouts of 1,000 and 10,000 simulated devices:
 		| tee $(BIN)/bench-rollout.log | $(BENCH_SHOW) ; exit $${PIPESTATUS[0]}
 	@cat $(BIN)/bench-rollout.md
 
+bench-cluster: build cluster-build ## the 10,000-device unbound rollout and its ceiling on make up-cluster's Temporal server on PostgreSQL (~20 min)
+	ulimit -n "$$(ulimit -Hn)"; DMFLOW_BENCH_ROLLOUT_SIZES=10000 DMFLOW_BENCH_ROLLOUT_REGIMES=cluster DMFLOW_BENCH_ROLLOUT_CONCURRENT=400 \
+		DMFLOW_BENCH_OUT=$(BENCH_OUT)/bench-cluster.md $(BENCH_TEST) -timeout 120m -run '^TestMeasureRollout$$' 2>&1 \
+		| tee $(BIN)/bench-cluster.log | $(BENCH_SHOW) ; exit $${PIPESTATUS[0]}
+	@cat $(BIN)/bench-cluster.md
+
 # bench-scale's size, its rollout's --max-concurrent and its Temporal dev server (memory or
 # sqlite); its results stay in the repository.
 SCALE_DEVICES ?= 100000
@@ -109,7 +135,7 @@ SCALE_CONCURRENT ?= 400
 SCALE_SERVER ?= memory
 SCALE_OUT := $(CURDIR)/bench/scale
 
-bench-scale: build ## one rollout of SCALE_DEVICES (100,000) devices, S3, no ceiling: time, largest input, most events in one run, memory; a simdevice fleet where the open-files limit allows as many connections, else stand-ins played by localhub; results kept in bench/scale/ (~1 h)
+bench-scale: build ## one rollout of SCALE_DEVICES (100,000) devices, S3, no ceiling: time, largest input, most events in one run, memory; a simdevice fleet where the open-files limit allows as many connections, else stand-ins played by localhub; results kept in bench/scale/ (~40 min)
 	@mkdir -p $(SCALE_OUT)
 	ulimit -Hn 400000 2>/dev/null || true; ulimit -n "$$(ulimit -Hn)"; \
 	DMFLOW_BENCH_ROLLOUT_SIZES=$(SCALE_DEVICES) DMFLOW_BENCH_ROLLOUT_REGIMES=unbound DMFLOW_BENCH_ROLLOUT_CEILING=off \
@@ -125,7 +151,7 @@ bench-fleet: ## simdevice fleet of COUNT (default 10000) against its own localhu
 	@cat $(BIN)/bench-fleet.md
 
 test: FUZZTIME = 3s
-test: lint build test-unit fuzz test-integration ## everything CI runs; starts and stops what the tests need
+test: lint build cluster-build test-unit fuzz test-integration ## everything CI runs; starts and stops what the tests need
 
 clean: down ## remove built binaries and local state
 	rm -rf $(BIN) .dmflow
