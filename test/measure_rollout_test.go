@@ -49,13 +49,14 @@ import (
 // DMFLOW_BENCH_OUT and the figures beside it (.json).
 //
 // Settings (environment): DMFLOW_BENCH_ROLLOUT_SIZES (default "1000,10000", the devices of all a
-// regime's rollouts), DMFLOW_BENCH_ROLLOUT_REGIMES (default "unbound,quota"), and per regime,
-// REGIME being UNBOUND or QUOTA: DMFLOW_BENCH_ROLLOUT_REGIME_TIER (S1, S2, S3, or "off" for an
+// regime's rollouts), DMFLOW_BENCH_ROLLOUT_REGIMES (default "unbound,quota"; "cluster" is the
+// unbound regime on the Temporal server on PostgreSQL of `make up-cluster`, brought up for the
+// run), and per regime, REGIME being UNBOUND, QUOTA or CLUSTER: DMFLOW_BENCH_ROLLOUT_REGIME_TIER (S1, S2, S3, or "off" for an
 // unthrottled localhub and workers without a hub budget, whose quota-bound minimum is computed for
 // S1; default S3 and S1), _QUOTAS (localhub --quota overrides, comma-separated, also given to the
 // workers' budget for the operations it covers; "none" for none, the default), _RATE (each
-// rollout's --rate in hub calls per second, 0 for none, the default), _SERVER ("sqlite" or
-// "memory"; default sqlite and memory), _WORKERS (worker processes; default 1 and 2) and
+// rollout's --rate in hub calls per second, 0 for none, the default), _SERVER ("sqlite",
+// "memory" or "cluster"; default sqlite, memory and cluster), _WORKERS (worker processes; default 1 and 2) and
 // _ROLLOUTS (rollouts at once, each over its part of the fleet; default 1 and 2). For all:
 // DMFLOW_BENCH_ROLLOUT_CONCURRENT (each rollout's --max-concurrent, default 200),
 // DMFLOW_BENCH_ROLLOUT_STAGE (the devices' stage duration, default 1s), DMFLOW_BENCH_ROLLOUT_CANARY
@@ -131,7 +132,7 @@ type benchRegime struct {
 	throttle bool     // false: localhub --no-throttle and no hub budget (the minimum is then computed for S1)
 	quotas   []string // localhub --quota overrides, and the budget's of the operations it covers
 	rate     float64  // each rollout's --rate; 0 for none
-	server   string   // serverSQLite or serverMemory
+	server   string   // serverSQLite, serverMemory or serverCluster
 	workers  int      // worker processes
 	rollouts int      // rollouts at once, each over its part of the fleet
 }
@@ -143,6 +144,9 @@ const (
 	// serverMemory is a dev server of the run's own without a database file: several times the
 	// SQLite server's ceiling on this kind of machine, which persists every event to one file.
 	serverMemory = "memory"
+	// serverCluster is the Temporal server on PostgreSQL that `make up-cluster` runs, brought up
+	// for the run (upCluster): the production shape.
+	serverCluster = "cluster"
 )
 
 func defaultRegime(name string) (benchRegime, bool) {
@@ -151,6 +155,9 @@ func defaultRegime(name string) (benchRegime, bool) {
 		return benchRegime{name: name, tier: hubquota.S3, throttle: true, server: serverSQLite, workers: 1, rollouts: 1}, true
 	case "quota":
 		return benchRegime{name: name, tier: hubquota.S1, throttle: true, server: serverMemory, workers: 2, rollouts: 2}, true
+	case "cluster":
+		// The unbound regime on the production shape, to set beside it.
+		return benchRegime{name: name, tier: hubquota.S3, throttle: true, server: serverCluster, workers: 1, rollouts: 1}, true
 	}
 	return benchRegime{}, false
 }
@@ -223,7 +230,7 @@ func regimeFromEnv(t *testing.T, name string) benchRegime {
 	t.Helper()
 	rg, ok := defaultRegime(name)
 	if !ok {
-		t.Fatalf("DMFLOW_BENCH_ROLLOUT_REGIMES: no regime %q: give unbound, quota or both, comma-separated", name)
+		t.Fatalf("DMFLOW_BENCH_ROLLOUT_REGIMES: no regime %q: give unbound, quota or cluster, comma-separated", name)
 	}
 	key := "DMFLOW_BENCH_ROLLOUT_" + strings.ToUpper(name) + "_"
 	get := func(suffix, def string) string { return envOr(key+suffix, def) }
@@ -248,8 +255,8 @@ func regimeFromEnv(t *testing.T, name string) benchRegime {
 		t.Fatalf("%sRATE=%q: give hub calls per second, or 0 for no --rate", key, get("RATE", "0"))
 	}
 	rg.server = strings.ToLower(get("SERVER", rg.server))
-	if rg.server != serverSQLite && rg.server != serverMemory {
-		t.Fatalf("%sSERVER=%q: give %s or %s", key, rg.server, serverSQLite, serverMemory)
+	if rg.server != serverSQLite && rg.server != serverMemory && rg.server != serverCluster {
+		t.Fatalf("%sSERVER=%q: give %s, %s or %s", key, rg.server, serverSQLite, serverMemory, serverCluster)
 	}
 	count := func(suffix string, def int) int {
 		n, err := strconv.Atoi(get(suffix, strconv.Itoa(def)))
@@ -365,6 +372,7 @@ type rolloutBenchResult struct {
 // Process names, for CPU and memory.
 const (
 	procTemporal = "Temporal dev server"
+	procPostgres = "PostgreSQL"
 	procWorker   = "worker"
 	procLocalhub = "localhub"
 	procFleet    = "simdevice fleet"
@@ -453,18 +461,24 @@ func (r rolloutBenchResult) figures() benchreport.RolloutRun {
 // devicesPerRun is the rollout's continue-as-new cadence, which the ceiling's parent copies.
 const devicesPerRun = workflows.DefaultDevicesPerRun
 
-// benchServer is the Temporal dev server a regime runs on.
+// benchServer is the Temporal server a regime runs on.
 type benchServer struct {
 	addr string
 	tc   client.Client
 	pid  int
+	// db is PostgreSQL's postmaster on the cluster, 0 elsewhere.
+	db int
 }
 
 // serverFor returns the shared dev server, or starts one in memory for this (sub)test.
 func serverFor(t *testing.T, kind string) benchServer {
 	t.Helper()
-	if kind == serverSQLite {
+	switch kind {
+	case serverSQLite:
 		return benchServer{addr: env.temporalAddr, tc: temporalClient(t), pid: serverPID(t, env.temporalAddr)}
+	case serverCluster:
+		cs := upCluster(t)
+		return benchServer{addr: cs.addr, tc: temporalClientAt(t, cs.addr), pid: cs.pid(t, "temporal-server"), db: cs.pid(t, "postgresql")}
 	}
 	port := freePort()
 	addr := "127.0.0.1:" + strconv.Itoa(port)
@@ -518,6 +532,9 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 	lh, brokerArgs := startBenchHub(t, rg, n, res.standIns, cfg.stage)
 	setupStart := time.Now()
 	pids := map[string]int{procTemporal: srv.pid, procLocalhub: lh.proc.cmd.Process.Pid}
+	if srv.db != 0 {
+		pids[procPostgres] = srv.db
+	}
 	if res.standIns {
 		registerStandIns(t, lh, n)
 		t.Logf("%d stand-in devices registered in %s: localhub plays them", n, time.Since(setupStart).Round(time.Second))
@@ -550,7 +567,7 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 	}
 	cpuBefore := map[string]float64{}
 	for k, pid := range pids {
-		cpuBefore[k] = procCPUSeconds(t, pid)
+		cpuBefore[k] = cpuOf(t, k, pid)
 	}
 
 	stamp := time.Now().UTC().Format("150405")
@@ -647,11 +664,13 @@ func measureRolloutOf(t *testing.T, cfg rolloutBenchConfig, rg benchRegime, n in
 
 	res.cpu = map[string]float64{}
 	for k, pid := range pids {
-		res.cpu[k] = procCPUSeconds(t, pid) - cpuBefore[k]
+		res.cpu[k] = cpuOf(t, k, pid) - cpuBefore[k]
 	}
 	res.rss, res.peak = map[string]int64{}, map[string]int64{}
 	for k, pid := range pids {
-		if k != procTemporal {
+		// The shared dev server's memory holds every earlier test's too; PostgreSQL's
+		// processes share their buffers, which a sum of RSS would count many times.
+		if (k != procTemporal || rg.server != serverSQLite) && k != procPostgres {
 			res.rss[k], res.peak[k] = procMemKB(t, pid)
 		}
 	}
@@ -1014,6 +1033,30 @@ func procCPUSeconds(t *testing.T, pid int) float64 {
 	return (utime + stime) / 100
 }
 
+// cpuOf is the CPU seconds of the benchmark's process name: PostgreSQL's are its postmaster's and
+// every backend's (each connection is a process of its own).
+func cpuOf(t *testing.T, name string, pid int) float64 {
+	t.Helper()
+	if name != procPostgres {
+		return procCPUSeconds(t, pid)
+	}
+	sum := procCPUSeconds(t, pid)
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		b, err := os.ReadFile(d + "/stat")
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 12 && f[1] == strconv.Itoa(pid) {
+			u, _ := strconv.ParseFloat(f[11], 64)
+			s, _ := strconv.ParseFloat(f[12], 64)
+			sum += (u + s) / 100
+		}
+	}
+	return sum
+}
+
 // Device-side twin updates: a simulated device reports downloading, applying and completed, one
 // reported-property patch each (internal/sim/device/firmware.go); localhub does not count them.
 const deviceReportsPerUpdate = 3
@@ -1142,9 +1185,13 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		}
 		return fmtRate(r.regime.rate) + " each"
 	})
+	// The row keeps its name (reports merge tables by row); a cluster is named in the value.
 	row("Temporal dev server", func(r rolloutBenchResult) string {
-		if r.regime.server == serverMemory {
+		switch r.regime.server {
+		case serverMemory:
 			return "in memory"
+		case serverCluster:
+			return "none: the Temporal server on PostgreSQL (as `make up-cluster`)"
 		}
 		return "SQLite file (as `make up`)"
 	})
@@ -1298,7 +1345,11 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		if r.standIns {
 			fleetCPU = "—"
 		}
-		return fmt.Sprintf("%.0f / %s / %.0f / %s (of %.0f s × %d cores)", r.cpu[procTemporal], strings.Join(workers, " + "),
+		server := fmt.Sprintf("%.0f", r.cpu[procTemporal])
+		if r.regime.server == serverCluster {
+			server = fmt.Sprintf("server %.0f + PostgreSQL %.0f", r.cpu[procTemporal], r.cpu[procPostgres])
+		}
+		return fmt.Sprintf("%s / %s / %.0f / %s (of %.0f s × %d cores)", server, strings.Join(workers, " + "),
 			r.cpu[procLocalhub], fleetCPU, r.wall.Seconds(), runtime.NumCPU())
 	})
 	row("**RSS, peak** (VmHWM; at the end): **workers** / localhub / simdevice fleet", func(r rolloutBenchResult) string {
@@ -1311,7 +1362,11 @@ func rolloutBenchTable(cfg rolloutBenchConfig, rs []rolloutBenchResult) string {
 		if r.standIns {
 			fleetMB = "—"
 		}
-		return fmt.Sprintf("**%s** / %s / %s", strings.Join(workers, " and "), mb(procLocalhub), fleetMB)
+		out := fmt.Sprintf("**%s** / %s / %s", strings.Join(workers, " and "), mb(procLocalhub), fleetMB)
+		if r.regime.server == serverCluster {
+			out += "; Temporal server " + mb(procTemporal)
+		}
+		return out
 	})
 	row("**429s during the rollouts** (localhub throttled, by operation)", func(r rolloutBenchResult) string {
 		if len(r.throttled) == 0 {

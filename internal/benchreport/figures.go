@@ -23,13 +23,14 @@ const (
 	Fleet    = "fleet"    // make bench-fleet: simdevice fleet connect time and memory
 	Baseline = "baseline" // make bench-baseline: the tutorial's sequential loop over a fleet
 	Rollout  = "rollout"  // make bench-rollout: rollouts against Temporal's ceiling and the quota
+	Cluster  = "cluster"  // make bench-cluster: the 10,000-device rollout on make up-cluster's Temporal
 	// Scale is `make bench-scale`: one rollout of 100,000 devices. Not part of `make bench` (it
 	// takes about an hour), its results are kept in the repository (ScaleDir) and read from there.
 	Scale = "scale"
 )
 
 // Names lists the benchmarks in the order `make bench` runs them.
-var Names = []string{Firmware, Fleet, Baseline, Rollout}
+var Names = []string{Firmware, Fleet, Baseline, Rollout, Cluster}
 
 // FragmentPath is where benchmark name writes its Markdown fragment in dir.
 func FragmentPath(dir, name string) string { return filepath.Join(dir, "bench-"+name+".md") }

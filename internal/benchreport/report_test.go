@@ -31,8 +31,8 @@ func TestLoadAndRender(t *testing.T) {
 	if res.Firmware == nil || res.Rollout == nil || res.Baseline != nil {
 		t.Fatalf("Load: firmware %v, rollout %v, baseline %v; want the first two only", res.Firmware, res.Rollout, res.Baseline)
 	}
-	if got := strings.Join(res.Missing(), ","); got != "fleet,baseline" {
-		t.Errorf("Missing = %s, want fleet,baseline", got)
+	if got := strings.Join(res.Missing(), ","); got != "fleet,baseline,cluster" {
+		t.Errorf("Missing = %s, want fleet,baseline,cluster", got)
 	}
 
 	now := time.Date(2026, 11, 23, 19, 30, 0, 0, time.UTC)
@@ -51,7 +51,8 @@ func TestLoadAndRender(t *testing.T) {
 		"| CPU | Xeon |",
 		"| Go | go1.26.8 |",
 		"| `make bench` took | 1h00m |",
-		"| not measured in this run | `make bench-fleet`, `make bench-baseline` |",
+		"| not measured in this run | `make bench-fleet`, `make bench-baseline`, `make bench-cluster` |",
+		"*Not measured in this run: `make bench-cluster` measures it",
 		"| dmflow FirmwareUpdate | 8 |",
 		"ROLLOUT TABLE",
 		"*Not measured in this run: `make bench-baseline` measures it",
