@@ -290,7 +290,7 @@ func TestCluster(t *testing.T) {
 		fl := s.startFleet(t, count, 17, fleet.Faults{}, "--stage-duration", "500ms")
 		// A call in flight when the server goes down looks for the device's
 		// first stage for a stage timeout before calling again: 15 s.
-		s.startChaosRollout(t, "--canary", "10", "--growth", "2", "--max-concurrent", "20", "--stage-timeout", "15s")
+		s.startChaosRollout(t, "--canary", "10", "--growth", "2", "--max-concurrent", "40", "--stage-timeout", "15s")
 		name := s.name
 		q := fmt.Sprintf("DmflowRollout = %q", name)
 
