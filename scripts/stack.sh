@@ -16,13 +16,25 @@ METRICS_PORT=${DMFLOW_METRICS_PORT:-9464}
 # What the production-shaped stacks share (make up-cluster, docker-compose.yml).
 CLUSTER_ENV=deploy/cluster.env
 
-# cluster_env KEY: KEY's value in CLUSTER_ENV.
+# load_cluster_env: every KEY=value of CLUSTER_ENV into the environment,
+# unless the environment already has KEY.
+load_cluster_env() {
+  local line k v
+  while IFS= read -r line || [ -n "$line" ]; do
+    case $line in '' | '#'*) continue ;; esac
+    k=${line%%=*} v=${line#*=}
+    v=${v#\"} v=${v%\"}
+    [ -n "${!k+set}" ] || export "$k=$v"
+  done <"$CLUSTER_ENV"
+}
+
+# cluster_env KEY: KEY's value in CLUSTER_ENV, as load_cluster_env reads it.
 cluster_env() {
-  local line
-  line=$(grep -E "^$1=" "$CLUSTER_ENV" | tail -n 1) || { printf 'stack: %s has no %s\n' "$CLUSTER_ENV" "$1" >&2; return 1; }
-  line=${line#*=}
-  line=${line#\"}
-  printf '%s\n' "${line%\"}"
+  (
+    unset "$1"
+    load_cluster_env
+    printf '%s\n' "${!1:?$CLUSTER_ENV has no $1}"
+  )
 }
 
 # Search attributes dmflow's workflows upsert (deploy/cluster.env; a test
@@ -185,18 +197,6 @@ up() {
 # and namespace set up by the same scripts the compose stack runs), its Web
 # UI, localhub and two workers. Values shared with docker-compose.yml come
 # from deploy/cluster.env; the environment overrides them.
-
-# load_cluster_env: every KEY=value of CLUSTER_ENV into the environment,
-# unless the environment already has KEY.
-load_cluster_env() {
-  local line k v
-  while IFS= read -r line || [ -n "$line" ]; do
-    case $line in '' | '#'*) continue ;; esac
-    k=${line%%=*} v=${line#*=}
-    v=${v#\"} v=${v%\"}
-    [ -n "${!k+set}" ] || export "$k=$v"
-  done <"$CLUSTER_ENV"
-}
 
 # pg_bindir: the directory of PostgreSQL's initdb and postgres.
 pg_bindir() {
