@@ -4,6 +4,7 @@ package test
 
 import (
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -81,6 +82,23 @@ func TestFleetVersions(t *testing.T) {
 		}
 		if !regexp.MustCompile(`^fleet-versions/\d{8}T\d{6}Z-[0-9a-f]{8}$`).MatchString(all.WorkflowID) {
 			t.Errorf("workflow ID %q", all.WorkflowID)
+		}
+	})
+
+	// The history holds the query and the counts, not the hub's credentials; with
+	// DMFLOW_RECORD_HISTORY=dir it is saved for workflows' replay test.
+	t.Run("history", func(t *testing.T) {
+		h, raw := runHistory(t, temporalClient(t), all.WorkflowID, "")
+		sc := newSecretScanner()
+		sc.addLiteral("the service connection string", hub.cs)
+		sc.addKey("the service key", csKey(t, hub.cs))
+		if found := sc.scan(historyText(t, h)); len(found) > 0 {
+			t.Errorf("history of %s holds %s", all.WorkflowID, strings.Join(found, ", "))
+		}
+		if dir := os.Getenv("DMFLOW_RECORD_HISTORY"); dir != "" {
+			if err := os.WriteFile(filepath.Join(dir, "fleet_versions.json"), raw, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 	})
 
