@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/dmflow/dmflow/internal/protocol"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/temporal"
 )
 
 // The compliance view: how many devices report each firmwareVersion, from one grouped query.
@@ -212,7 +214,7 @@ func (a *Activities) CountVersions(ctx context.Context, in CountVersionsInput) (
 			return VersionCounts{}, ctx.Err()
 		}
 		if err != nil {
-			err = classifyQuery(err, token)
+			err = conditionColumn(classifyQuery(err, token), query)
 			logger.Warn("count versions failed", "error", err, "pages", out.Pages)
 			return VersionCounts{}, err
 		}
@@ -242,6 +244,19 @@ func (a *Activities) CountVersions(ctx context.Context, in CountVersionsInput) (
 	SortVersions(out.Versions)
 	logger.Info("versions counted", "versions", len(out.Versions), "none", out.None, "devices", out.Total, "pages", out.Pages)
 	return out, nil
+}
+
+// conditionColumn adds to a query the hub refused where the condition starts in it: the hub's
+// line and column are the whole query's, and the condition is all the caller wrote.
+func conditionColumn(err error, query string) error {
+	var appErr *temporal.ApplicationError
+	i := strings.Index(query, " WHERE ")
+	if i < 0 || !errors.As(err, &appErr) || appErr.Type() != ErrBadRequest {
+		return err
+	}
+	return temporal.NewNonRetryableApplicationError(
+		fmt.Sprintf("%s (the condition starts at line 1, column %d of the query)", appErr.Message(), i+len(" WHERE ")+1),
+		ErrBadRequest, appErr.Unwrap())
 }
 
 // versionRow reads a row of the grouped query: the version (reported false for the devices that

@@ -186,6 +186,11 @@ func TestCountVersionsErrors(t *testing.T) {
 	_, _, err = countOn(t, &Activities{Hub: hub}, CountVersionsInput{Condition: "tags.ring == 'beta'"})
 	requireNonRetryable(t, err, ErrBadRequest)
 	assert.Contains(t, err.Error(), "HTTP 400")
+	assert.Contains(t, err.Error(), "(the condition starts at line 1, column 82 of the query)")
+	// Without a condition there is none to place.
+	_, _, err = countOn(t, &Activities{Hub: hub}, CountVersionsInput{})
+	requireNonRetryable(t, err, ErrBadRequest)
+	assert.NotContains(t, err.Error(), "the condition starts")
 
 	// A condition refused before any call.
 	hub = &fakeHub{}

@@ -229,7 +229,7 @@ func countVersions(ctx context.Context, api fleetAPI, id string, f versionsFlags
 func versionsError(err error, id string) error {
 	var appErr *temporal.ApplicationError
 	if errors.As(err, &appErr) && (appErr.Type() == activities.ErrBadRequest || appErr.Type() == workflows.ErrInvalidInput) {
-		return fmt.Errorf("count firmware versions (workflow %s): IoT Hub refused the query: %s: fix --query, e.g. --query \"tags.ring = 'beta'\"",
+		return fmt.Errorf("count firmware versions (workflow %s): %s: fix --query, e.g. --query \"tags.ring = 'beta'\"",
 			id, oneLine(appErr.Message()))
 	}
 	return fmt.Errorf("count firmware versions (workflow %s): %w", id, err)

@@ -146,7 +146,7 @@ func TestFleetVersionsErrors(t *testing.T) {
 	code, stdout, stderr := runFleetCLI(t, api, "fleet", "versions", "-q", "tags.ring == 'beta'")
 	assert.Equal(t, cli.ExitFailed, code)
 	assert.Empty(t, stdout)
-	for _, s := range []string{"count firmware versions (workflow fleet-versions/", "IoT Hub refused the query", "column 97", "fix --query"} {
+	for _, s := range []string{"count firmware versions (workflow fleet-versions/", "IoT Hub rejected the request", "column 97", "fix --query"} {
 		assert.Contains(t, stderr, s)
 	}
 	assert.Equal(t, 1, strings.Count(stderr, "\n"), "one line")

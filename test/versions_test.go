@@ -134,8 +134,8 @@ $`)
 
 	t.Run("a condition the hub refuses", func(t *testing.T) {
 		stdout, stderr, code := versions(t, "-q", "tags.ring == 'beta'")
-		if code != 1 || stdout != "" || !strings.Contains(stderr, "IoT Hub refused the query") ||
-			!strings.Contains(stderr, "syntax error at line 1, column") || !strings.Contains(stderr, "fix --query") {
+		if code != 1 || stdout != "" || !strings.Contains(stderr, "IoT Hub rejected the request (HTTP 400") ||
+			!strings.Contains(stderr, "syntax error at line 1, column 93") || !strings.Contains(stderr, "the condition starts at line 1, column 82") || !strings.Contains(stderr, "fix --query") {
 			t.Errorf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
 		}
 	})
