@@ -96,6 +96,8 @@ func (c clock) Loc() *time.Location {
 type backends struct {
 	rollouts  connector[rolloutAPI]
 	schedules connector[scheduleAPI]
+	// fleet: the compliance view (fleet versions).
+	fleet connector[fleetAPI]
 	// triggerWait and triggerPoll bound how long schedule trigger looks for its run (zero: the
 	// defaults).
 	triggerWait, triggerPoll time.Duration
@@ -135,5 +137,6 @@ Web UI base URL used in links (default ` + temporalconn.DefaultUIURL + `).`,
 	pf.StringVar(&g.temporal.Namespace, "temporal-namespace", "", "Temporal namespace (overrides TEMPORAL_NAMESPACE)")
 	pf.StringVar(&g.temporal.UIURL, "ui-url", "", "Temporal Web UI base URL for links (env DMFLOW_TEMPORAL_UI)")
 	root.AddCommand(newRebootCommand(g), newFirmwareCommand(g), newRolloutCommand(g, b.rollouts), newScheduleCommand(g, b.schedules, b.triggerWait, b.triggerPoll))
+	root.AddCommand(newFleetCommand(g, b.fleet)) // compliance: fleet versions
 	return root
 }

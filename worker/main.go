@@ -171,6 +171,7 @@ func run(ctx context.Context, cfg Config) error {
 	w.RegisterWorkflow(workflows.FirmwareUpdate)
 	w.RegisterWorkflow(workflows.Rollout)
 	w.RegisterWorkflow(workflows.RolloutShard)
+	w.RegisterWorkflow(workflows.FleetVersions) // compliance: starter fleet versions
 	// The hub budget's workflows run on a task queue of their own, which every worker polls. It
 	// starts first and stops last: the lease is given back through it.
 	bw := worker.New(tc, workflows.BudgetTaskQueue, worker.Options{})

@@ -15,10 +15,11 @@ import (
 )
 
 // Device queries (POST /devices/query) support the subset of IoT Hub's query
-// language that selects twins:
+// language that selects twins and aggregates them:
 //
 //	SELECT * FROM devices [WHERE condition]
-//	SELECT COUNT() [AS alias] FROM devices [WHERE condition]
+//	SELECT aggregate [AS alias], … FROM devices [WHERE condition]
+//	SELECT path [AS alias], aggregate [AS alias], … FROM devices [WHERE condition] GROUP BY path
 //
 // where a condition combines, with AND, OR, NOT and parentheses,
 // comparisons of a twin path (deviceId, status, connectionState,
@@ -29,13 +30,17 @@ import (
 // JSON escapes (\' \" \\ \/ \b \f \n \r \t \uNNNN). Comparing values of
 // different types, or a missing property, is false.
 //
-// COUNT() answers one row, [{"alias": n}], whatever the page size; without AS
-// the column is named "$1", as SQL engines of IoT Hub's lineage (Cosmos DB)
-// name an unnamed projection.
+// The aggregates are IoT Hub's: COUNT(), AVG(path), SUM(path), MIN(path) and
+// MAX(path); GROUP BY takes one path (query_group.go has the rules and
+// the refusals). Without GROUP BY an aggregate query answers one row,
+// [{"alias": n}], whatever the page size; a column without AS is named "$1",
+// "$2", … as SQL engines of IoT Hub's lineage (Cosmos DB) name unnamed
+// projections. With GROUP BY it answers a row per value of the path, paged
+// like twins.
 //
 // A query that does not parse is refused with the 1-based line and column of
 // the offending token and the reason.
-// Pages hold x-ms-max-item-count twins (default 100, at most 1000); a
+// Pages hold x-ms-max-item-count twins or groups (default 100, at most 1000); a
 // response with more to come carries an x-ms-continuation header to send
 // back with the same query.
 
@@ -47,12 +52,12 @@ const (
 
 // query is a parsed device query.
 type query struct {
-	where expr   // nil selects every twin
-	count string // "" for SELECT *, else the COUNT() column name
+	where expr // nil selects every twin
+	// cols are the columns of an aggregate query (query_group.go); nil for SELECT *.
+	cols []column
+	// group is the GROUP BY path; nil without GROUP BY.
+	group []string
 }
-
-// defaultCountAlias names the COUNT() column of a query without AS.
-const defaultCountAlias = "$1"
 
 // queryError is a syntax error at a byte offset of the query text.
 type queryError struct {
@@ -219,23 +224,10 @@ func parseQuery(s string) (query, error) {
 	if err := p.expectWord("SELECT"); err != nil {
 		return query{}, err
 	}
-	switch {
-	case p.acceptSymbol("*"):
-	case p.acceptWord("COUNT"):
-		if !p.acceptSymbol("(") || !p.acceptSymbol(")") {
-			return query{}, p.errorf("expected COUNT(), found %s", p.found())
+	if !p.acceptSymbol("*") {
+		if q.cols, err = p.selectList(); err != nil {
+			return query{}, err
 		}
-		q.count = defaultCountAlias
-		if p.acceptWord("AS") {
-			t := p.peek()
-			if p.done() || t.kind != tokWord || isKeyword(t.text) {
-				return query{}, p.errorf("expected an alias after AS, found %s", p.found())
-			}
-			p.i++
-			q.count = t.text
-		}
-	default:
-		return query{}, p.errorf("expected * or COUNT(), found %s (localhub supports SELECT * and SELECT COUNT() [AS alias])", p.found())
 	}
 	if err := p.expectWord("FROM"); err != nil {
 		return query{}, err
@@ -248,8 +240,17 @@ func parseQuery(s string) (query, error) {
 			return query{}, err
 		}
 	}
+	groupPos := p.peek().pos
+	if p.acceptWord("GROUP") {
+		if q.group, err = p.groupBy(); err != nil {
+			return query{}, err
+		}
+	}
 	if !p.done() {
 		return query{}, p.errorf("unexpected %s", p.found())
+	}
+	if err := q.check(s, groupPos); err != nil {
+		return query{}, err
 	}
 	return q, nil
 }
@@ -630,15 +631,8 @@ func (h *Hub) handleQuery(w http.ResponseWriter, r *http.Request) {
 		}
 		after = string(b)
 	}
-	if q.count != "" {
-		// An aggregate is one row: IoT Hub answers it in a single page
-		// without a continuation, whatever x-ms-max-item-count says.
-		n, err := h.runCount(q)
-		if err != nil {
-			h.fail(w, r, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, []map[string]int{{q.count: n}})
+	if q.cols != nil {
+		h.serveAggregate(w, r, q, after, page)
 		return
 	}
 	twins, next, err := h.runQuery(q, after, page)
@@ -683,35 +677,6 @@ func (h *Hub) runQuery(q query, after string, page int) ([]map[string]any, strin
 		return nil, "", fmt.Errorf("run query: %w", err)
 	}
 	return out, next, nil
-}
-
-// runCount counts the twins that match q.
-func (h *Hub) runCount(q query) (int, error) {
-	n := 0
-	err := h.store.View(func(tx *store.Tx) error {
-		return tx.Devices("", func(d store.Device) (bool, error) {
-			if q.where == nil {
-				n++
-				return true, nil
-			}
-			tw, err := tx.Twin(d.ID)
-			if err != nil {
-				return false, fmt.Errorf("twin %s: %w", d.ID, err)
-			}
-			doc, err := asDocument(h.twinView(d, tw))
-			if err != nil {
-				return false, err
-			}
-			if q.where.eval(doc) {
-				n++
-			}
-			return true, nil
-		})
-	})
-	if err != nil {
-		return 0, fmt.Errorf("run count query: %w", err)
-	}
-	return n, nil
 }
 
 // asDocument turns a view into the generic JSON document queries see.

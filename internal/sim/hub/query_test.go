@@ -19,10 +19,28 @@ import (
 	"github.com/dmflow/dmflow/workflows"
 )
 
+// shape describes a parsed query's columns and grouping: "" for SELECT *, else each column as
+// name=element, then GROUP BY path.
+func shape(q query) string {
+	var cols []string
+	for _, c := range q.cols {
+		el := strings.Join(c.path, ".")
+		if c.fn != "" {
+			el = c.fn + "(" + el + ")"
+		}
+		cols = append(cols, c.name+"="+el)
+	}
+	s := strings.Join(cols, ",")
+	if q.group != nil {
+		s += " GROUP BY " + strings.Join(q.group, ".")
+	}
+	return s
+}
+
 func TestParseQuery(t *testing.T) {
 	tests := []struct {
 		q     string
-		count string // the COUNT() alias the query should parse to
+		shape string // the columns and grouping the query should parse to (see shape)
 	}{
 		{"SELECT * FROM devices", ""},
 		{"select * from DEVICES", ""},
@@ -37,9 +55,23 @@ func TestParseQuery(t *testing.T) {
 		{"SELECT * FROM devices WHERE deviceId = 'it\\'s'", ""},
 		{"SELECT * FROM devices WHERE tags.from = 1 AND tags.in.select = 2", ""},
 		{"SELECT * FROM devices\nWHERE\ttags.a = 1", ""},
-		{"SELECT COUNT() AS n FROM devices", "n"},
-		{"select count() as numberOfDevices from devices where tags.ring = 'beta'", "numberOfDevices"},
-		{"SELECT COUNT() FROM devices", "$1"},
+		{"SELECT COUNT() AS n FROM devices", "n=COUNT()"},
+		{"select count() as numberOfDevices from devices where tags.ring = 'beta'", "numberOfDevices=COUNT()"},
+		{"SELECT COUNT() FROM devices", "$1=COUNT()"},
+		// IoT Hub's example of GROUP BY, and the query fleet versions sends.
+		{"SELECT properties.reported.telemetryConfig.status AS status,\n    COUNT() AS numberOfDevices\n  FROM devices\n  GROUP BY properties.reported.telemetryConfig.status",
+			"status=properties.reported.telemetryConfig.status,numberOfDevices=COUNT() GROUP BY properties.reported.telemetryConfig.status"},
+		{"SELECT properties.reported.firmwareVersion AS v, COUNT() AS n FROM devices WHERE tags.ring = 'beta' GROUP BY properties.reported.firmwareVersion",
+			"v=properties.reported.firmwareVersion,n=COUNT() GROUP BY properties.reported.firmwareVersion"},
+		{"select count() as n, properties.reported.firmwareVersion from devices group by properties.reported.firmwareVersion",
+			"n=COUNT(),firmwareVersion=properties.reported.firmwareVersion GROUP BY properties.reported.firmwareVersion"},
+		{"SELECT COUNT() AS n FROM devices GROUP BY tags.ring", "n=COUNT() GROUP BY tags.ring"},
+		{"SELECT tags.ring AS ring FROM devices GROUP BY tags.ring", "ring=tags.ring GROUP BY tags.ring"},
+		{"SELECT AVG(tags.n) AS a, SUM(tags.n) AS s, min(tags.n) AS lo, Max(tags.n) AS hi FROM devices",
+			"a=AVG(tags.n),s=SUM(tags.n),lo=MIN(tags.n),hi=MAX(tags.n)"},
+		{"SELECT COUNT(), MAX(tags.n), COUNT() AS n FROM devices", "$1=COUNT(),$2=MAX(tags.n),n=COUNT()"},
+		{"SELECT tags.site.city, COUNT() AS n FROM devices WHERE NOT IS_DEFINED(tags.x) GROUP BY tags.site.city",
+			"city=tags.site.city,n=COUNT() GROUP BY tags.site.city"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.q, func(t *testing.T) {
@@ -47,8 +79,8 @@ func TestParseQuery(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parseQuery: %v", err)
 			}
-			if q.count != tc.count {
-				t.Errorf("count alias = %q, want %q", q.count, tc.count)
+			if got := shape(q); got != tc.shape {
+				t.Errorf("parsed to %q, want %q", got, tc.shape)
 			}
 		})
 	}
@@ -60,7 +92,7 @@ func TestParseQueryErrors(t *testing.T) {
 		want string // the whole error: position and reason
 	}{
 		{"", `syntax error at line 1, column 1: expected SELECT, found the end of the query`},
-		{"SELECT deviceId FROM devices", `syntax error at line 1, column 8: expected * or COUNT(), found "deviceId" (localhub supports SELECT * and SELECT COUNT() [AS alias])`},
+		{"SELECT deviceId FROM devices", `syntax error at line 1, column 8: localhub does not support projections (SELECT deviceId): select *, or aggregates (COUNT(), AVG, SUM, MIN, MAX) with or without GROUP BY`},
 		{"SELECT * FROM devices.modules", `syntax error at line 1, column 22: unexpected "."`},
 		{"SELECT * FROM jobs", `syntax error at line 1, column 15: expected DEVICES, found "jobs"`},
 		{"SELECT * FROM devices WHERE", `syntax error at line 1, column 28: expected a property name, found the end of the query`},
@@ -86,7 +118,28 @@ func TestParseQueryErrors(t *testing.T) {
 		{"SELECT * FROM devices WHERE a = 'x' OR b", `syntax error at line 1, column 41: expected a comparison after b, found the end of the query`},
 		{"SELECT * FROM devices\nWHERE deviceId = 'a' !", `syntax error at line 2, column 22: unexpected character '!'`},
 		{"SELECT * FROM devices WHERE tags.é = 1", `syntax error at line 1, column 34: unexpected character 'é'`},
-		{"SELECT COUNT FROM devices", `syntax error at line 1, column 14: expected COUNT(), found "FROM"`},
+		{"SELECT COUNT FROM devices", `syntax error at line 1, column 14: expected COUNT(), found "FROM": COUNT takes no argument`},
+		{"SELECT COUNT(deviceId) AS n FROM devices", `syntax error at line 1, column 14: expected COUNT(), found "deviceId": COUNT takes no argument`},
+		{"SELECT AVG() AS a FROM devices", `syntax error at line 1, column 8: AVG takes a property, e.g. AVG(properties.reported.temperature)`},
+		{"SELECT SUM tags.n FROM devices", `syntax error at line 1, column 12: expected ( after SUM, found "tags"`},
+		{"SELECT MIN(tags.n, tags.m) FROM devices", `syntax error at line 1, column 18: expected ), found ",": MIN takes one property`},
+		{"SELECT MAX(COUNT()) FROM devices", `syntax error at line 1, column 17: expected ), found "(": MAX takes one property`},
+		{"SELECT FROM devices", `syntax error at line 1, column 8: expected *, a property or an aggregate (COUNT(), AVG, SUM, MIN, MAX), found "FROM"`},
+		{"SELECT COUNT() AS n, * FROM devices", `syntax error at line 1, column 22: expected *, a property or an aggregate (COUNT(), AVG, SUM, MIN, MAX), found "*"`},
+		{"SELECT COUNT() AS n, FROM devices", `syntax error at line 1, column 22: expected *, a property or an aggregate (COUNT(), AVG, SUM, MIN, MAX), found "FROM"`},
+		{"SELECT * FROM devices GROUP BY tags.ring", `syntax error at line 1, column 23: SELECT * cannot be grouped: select the grouped property and aggregates, e.g. ` + groupExample},
+		{"SELECT * FROM devices WHERE tags.a = 1 GROUP BY tags.ring", `syntax error at line 1, column 40: SELECT * cannot be grouped: select the grouped property and aggregates, e.g. ` + groupExample},
+		{"SELECT COUNT() AS n FROM devices GROUP tags.ring", `syntax error at line 1, column 40: expected BY, found "tags"`},
+		{"SELECT COUNT() AS n FROM devices GROUP BY", `syntax error at line 1, column 42: expected a property name, found the end of the query`},
+		{"SELECT COUNT() AS n FROM devices GROUP BY tags.ring, tags.site", `syntax error at line 1, column 52: GROUP BY takes one property in IoT Hub's query language: group by tags.ring and filter on the others with WHERE`},
+		{"SELECT COUNT() AS n FROM devices GROUP BY tags.ring WHERE tags.a = 1", `syntax error at line 1, column 53: unexpected "WHERE"`},
+		{"SELECT COUNT() AS n FROM devices GROUP BY tags.ring ORDER BY n", `syntax error at line 1, column 53: unexpected "ORDER"`},
+		{"SELECT tags.site AS s, COUNT() AS n FROM devices GROUP BY tags.ring", `syntax error at line 1, column 8: tags.site is neither aggregated nor grouped: select tags.ring, the property grouped by, or an aggregate of it`},
+		{"SELECT properties.reported.firmwareVersion AS v, COUNT() AS n FROM devices GROUP BY v", `syntax error at line 1, column 8: properties.reported.firmwareVersion is neither aggregated nor grouped: select v, the property grouped by, or an aggregate of it`},
+		{"SELECT deviceId, COUNT() AS n FROM devices", `syntax error at line 1, column 8: deviceId is not aggregated: with aggregates, select a property only with GROUP BY it, e.g. ` + groupExample},
+		{"SELECT COUNT() AS n, SUM(tags.n) AS n FROM devices", `syntax error at line 1, column 22: column name n is used twice: give each column its own alias with AS`},
+		{"SELECT tags.n, COUNT() AS n FROM devices GROUP BY tags.n", `syntax error at line 1, column 16: column name n is used twice: give each column its own alias with AS`},
+		{"SELECT COUNT() AS group FROM devices", `syntax error at line 1, column 19: expected an alias after AS, found "group"`},
 		{"SELECT COUNT() AS FROM devices", `syntax error at line 1, column 19: expected an alias after AS, found "FROM"`},
 		{"SELECT COUNT() AS 'n' FROM devices", `syntax error at line 1, column 19: expected an alias after AS, found string "n"`},
 		{"SELECT COUNT() n FROM devices", `syntax error at line 1, column 16: expected FROM, found "n"`},
@@ -234,6 +287,9 @@ func FuzzParseQuery(f *testing.F) {
 	f.Add("SELECT * FROM devices WHERE a = '\\u00e9\\n\\'' AND b <> \"x\\/y\"")
 	f.Add("SELECT * FROM devices WHERE a = '\\u12")
 	f.Add("SELECT * FROM devices\nWHERE tags.é = 1e999")
+	f.Add(versionQuery)
+	f.Add("SELECT tags.a AS a, COUNT(), SUM(n), AVG(n), MIN(a), MAX(tags.a.b) AS m FROM devices WHERE n > 1 GROUP BY tags.a")
+	f.Add("SELECT * FROM devices GROUP BY a, b")
 	f.Fuzz(func(t *testing.T, s string) {
 		q, err := parseQuery(s)
 		if err != nil {
@@ -243,11 +299,26 @@ func FuzzParseQuery(f *testing.F) {
 			}
 			return
 		}
-		if q.where == nil {
+		doc := map[string]any{"a": "x", "n": json.Number("2"), "tags": map[string]any{"a": map[string]any{"b": "x"}}}
+		if q.where != nil {
+			q.where.eval(doc) // must not panic
+		}
+		if q.cols == nil {
 			return
 		}
-		doc := map[string]any{"a": "x", "n": json.Number("2"), "tags": map[string]any{"a": map[string]any{"b": "x"}}}
-		q.where.eval(doc) // must not panic
+		// An aggregate query folds twins into rows that encode, one row without GROUP BY.
+		agg := newAggregation(q)
+		agg.add(doc)
+		agg.add(map[string]any{"n": "two", "tags": map[string]any{"a": []any{json.Number("1")}}})
+		groups := agg.groups()
+		if q.group == nil && len(groups) != 1 {
+			t.Fatalf("%q: %d groups without GROUP BY", s, len(groups))
+		}
+		for _, g := range groups {
+			if _, err := json.Marshal(q.row(g)); err != nil {
+				t.Fatalf("%q: row %v does not encode: %v", s, q.row(g), err)
+			}
+		}
 	})
 }
 
