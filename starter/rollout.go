@@ -70,7 +70,7 @@ Exit codes:
      printed), the rollout not found, Temporal unreachable
   2  the command line is wrong`,
 		Args: cobra.ArbitraryArgs,
-		RunE: commandGroup("rollout", "start, status, watch, pause, resume, cancel or report"),
+		RunE: commandGroup("rollout", "start, status, watch, pause, resume, cancel, approve or report"),
 	}
 	cmd.AddCommand(r.startCommand(), r.statusCommand(), r.watchCommand(),
 		r.controlCommand(workflows.UpdatePause, "Stop starting devices; those in flight finish",
@@ -255,8 +255,10 @@ failure), its device counts, the current wave, its speed in devices per minute
 (time paused not counted), the estimated time left, and the Temporal UI link.
 A rollout with maintenance windows shows when the next window opens while it
 waits ("waiting for window, opens at …"), or when the open one closes; time
-spent waiting counts neither in the speed nor in the estimate. With --output
-json, the progress as the workflow reports it.
+spent waiting counts neither in the speed nor in the estimate. A rollout with
+approval gates or an end time shows them, its approvals, and while it is
+awaiting-approval the command that approves. With --output json, the progress
+as the workflow reports it.
 
 Exits 0 whenever the progress could be read, whatever the rollout's state; use
 watch (or --output json) to act on the outcome.`,

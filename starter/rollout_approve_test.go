@@ -243,7 +243,7 @@ func TestRolloutApproveBadInput(t *testing.T) {
 // status shows the gates, the approvals, the end time and, while awaiting approval, the command.
 func TestStatusShowsGates(t *testing.T) {
 	p := prog(workflows.RolloutAwaitingApproval, func(p *workflows.RolloutProgress) {
-		p.Reason = "wave 1 finished: approve to start wave 2 (starter rollout approve fw-2.0)"
+		p.Reason = "wave 1 finished; approve to start wave 2: starter rollout approve fw-2.0"
 		p.Wave, p.WaveSize, p.WaveDone, p.Succeeded, p.Pending = 1, 2, 2, 2, 118
 		p.ApproveAfterWave, p.PauseBelow = "each", "95%"
 		p.EndAt, p.EndBehavior = t0.Add(3*time.Hour), workflows.EndCancel
@@ -252,13 +252,13 @@ func TestStatusShowsGates(t *testing.T) {
 	var out bytes.Buffer
 	printStatus(&out, p, "http://ui", testClock.Now(), testClock.Loc())
 	s := out.String()
-	assert.Contains(t, s, "rollout fw-2.0: awaiting-approval (firmware 2.0.0)\n  reason:    wave 1 finished: approve to start wave 2")
+	assert.Contains(t, s, "rollout fw-2.0: awaiting-approval (firmware 2.0.0)\n  reason:    wave 1 finished; approve to start wave 2")
 	assert.Contains(t, s, "  gates:     approve after each wave, pause below 95%\n")
 	assert.Contains(t, s, "  ends:      2026-05-01 17:00 CEST (in 2h50m), the devices in flight then cancelled\n")
 	assert.Contains(t, s, "  approve:   starter rollout approve fw-2.0 --note TEXT\n")
 	assert.Contains(t, s, "2.0 devices/min, awaiting-approval", "no ETA while awaiting approval")
 	line := rolloutLine(p, testClock.Now(), testClock.Loc())
-	assert.Contains(t, line, "awaiting-approval (wave 1 finished: approve to start wave 2")
+	assert.Contains(t, line, "awaiting-approval (wave 1 finished; approve to start wave 2")
 }
 
 // watch ends on ended: exit 1 when devices were left out, 0 when none was; the summary says so and
@@ -311,4 +311,15 @@ func TestReportShowsApprovals(t *testing.T) {
 	code, stdout, _ = runRolloutCLI(t, api, "", "rollout", "report", "fw-2.0", "--format", "csv")
 	require.Equal(t, 0, code)
 	assert.NotContains(t, stdout, "alice", "CSV keeps its columns")
+}
+
+// examples/rollout-policies.yaml's block of these policies reads as documented.
+func TestExamplePoliciesSpec(t *testing.T) {
+	f := specFlags{spec: "../examples/rollout-policies.yaml", name: "fw-2.1.0"}
+	in, err := f.input(strings.NewReader(""), func(flag string) bool { return flag == "name" }, "")
+	require.NoError(t, err)
+	assert.Equal(t, 1, in.ApproveAfterWave)
+	assert.Equal(t, "95%", in.PauseBelow)
+	assert.Equal(t, 6*time.Hour, in.EndAfter)
+	assert.Equal(t, workflows.EndStop, in.EndBehavior)
 }

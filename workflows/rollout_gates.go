@@ -441,7 +441,7 @@ func (r *rollout) gatesProgress(p *RolloutProgress) {
 	}
 	p.Active = max(p.Active-p.Awaited, 0)
 	if p.State == RolloutAwaitingApproval && p.Reason == "" {
-		p.Reason = fmt.Sprintf("wave %d finished: approve to start wave %d (starter rollout approve %s)",
+		p.Reason = fmt.Sprintf("wave %d finished; approve to start wave %d: starter rollout approve %s",
 			r.st.AwaitingWave, r.st.AwaitingWave+1, in.Name)
 	}
 }

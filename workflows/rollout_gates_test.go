@@ -80,7 +80,7 @@ func TestGatedRolloutAwaitsApprovalAfterWave1(t *testing.T) {
 	assert.Equal(t, 1, awaiting.Wave)
 	assert.Equal(t, "1", awaiting.ApproveAfterWave)
 	assert.Equal(t, start.Add(10*time.Second), awaiting.AwaitingSince)
-	assert.Contains(t, awaiting.Reason, "approve to start wave 2 (starter rollout approve fw-2.0)")
+	assert.Contains(t, awaiting.Reason, "wave 1 finished; approve to start wave 2: starter rollout approve fw-2.0")
 
 	require.NoError(t, approve.rejected)
 	assert.Equal(t, workflows.RolloutRunning, approve.result.State)
