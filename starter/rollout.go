@@ -60,15 +60,17 @@ worker answers, for a finished rollout too.
 
 Exit codes:
   0  the command did what it was asked: a rollout started (or was found),
-     a status or report printed, a pause, resume or cancel accepted; for
-     watch and start --wait: the rollout completed with no failed device
-  1  watch and start --wait: the rollout aborted, failed, was cancelled, or
-     completed with failed devices (within --max-failures); any command:
-     a pause, resume or cancel refused (the reason is printed), the rollout
-     not found, Temporal unreachable
+     a status or report printed, a pause, resume, cancel or approve
+     accepted; for watch and start --wait: the rollout completed with no
+     failed device (or ended at its end time with every device done)
+  1  watch and start --wait: the rollout aborted, failed, was cancelled,
+     ended at its end time with devices not started (or cancelled, or
+     failed), or completed with failed devices (within --max-failures);
+     any command: a pause, resume, cancel or approve refused (the reason is
+     printed), the rollout not found, Temporal unreachable
   2  the command line is wrong`,
 		Args: cobra.ArbitraryArgs,
-		RunE: commandGroup("rollout", "start, status, watch, pause, resume, cancel or report"),
+		RunE: commandGroup("rollout", "start, status, watch, pause, resume, cancel, approve or report"),
 	}
 	cmd.AddCommand(r.startCommand(), r.statusCommand(), r.watchCommand(),
 		r.controlCommand(workflows.UpdatePause, "Stop starting devices; those in flight finish",
@@ -81,7 +83,7 @@ rollout is running.`),
 			`Cancels a rollout: no device starts any more, the devices in flight are
 cancelled, and the rollout ends as cancelled. Devices already updated stay
 updated. Refused once the rollout has ended.`),
-		r.reportCommand())
+		r.reportCommand(), r.approveCommand())
 	return cmd
 }
 
@@ -126,6 +128,7 @@ rebooted are skipped.
 With --wait, starter follows the rollout like watch and exits as watch does.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.clock = r.g.clock
 			in, err := f.input(cmd.InOrStdin(), cmd.Flags().Changed, "")
 			if err != nil {
 				return err
@@ -201,6 +204,9 @@ func runStart(ctx context.Context, api rolloutAPI, in workflows.RolloutInput, f 
 			// Outside its windows a rollout starts no device: say when it may.
 			fmt.Fprintf(out, "  windows:  %s\n", windowsText(in.Windows))
 		}
+		if g := gatesText(workflows.FormatApproveAfterWave(in.ApproveAfterWave, in.ApproveEachWave), in.PauseBelow, in.EndAt, in.EndAfter, in.EndBehavior, wo.loc); existing == "" && g != "" {
+			fmt.Fprintf(out, "  gates:    %s\n", g)
+		}
 		running := existing == "" || existing == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING.String()
 		switch {
 		case existing == "":
@@ -249,8 +255,10 @@ failure), its device counts, the current wave, its speed in devices per minute
 (time paused not counted), the estimated time left, and the Temporal UI link.
 A rollout with maintenance windows shows when the next window opens while it
 waits ("waiting for window, opens at …"), or when the open one closes; time
-spent waiting counts neither in the speed nor in the estimate. With --output
-json, the progress as the workflow reports it.
+spent waiting counts neither in the speed nor in the estimate. A rollout with
+approval gates or an end time shows them, its approvals, and while it is
+awaiting-approval the command that approves. With --output json, the progress
+as the workflow reports it.
 
 Exits 0 whenever the progress could be read, whatever the rollout's state; use
 watch (or --output json) to act on the outcome.`,

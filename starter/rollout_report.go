@@ -36,7 +36,9 @@ wave (1-based; 0 for a device skipped when the targets were resolved), result
 (pending, running, updated, rebooted, skipped, failed, cancelled, not started),
 attempts (2 after --retry-failed), the firmware version before the update,
 the stages the device reported, when its workflow started, how long it ran,
-its IoT Hub calls, and why it failed.
+its IoT Hub calls, and why it failed. A rollout with approval gates lists its
+approvals below the table (wave, time, approver, note), and with --format json
+each row names the approval its wave started on ("approval").
 
 Formats: table (aligned columns, the default), json (an array; also the default
 with --output json), csv (with a header row). --out writes to a file, which
@@ -58,7 +60,8 @@ answers the report query.`,
 				if err != nil {
 					return err
 				}
-				write := func(w io.Writer) error { return writeReport(w, f, rows) }
+				approvals := rolloutApprovals(ctx, api, args[0])
+				write := func(w io.Writer) error { return writeReportGated(w, f, rows, approvals) }
 				if outFile == "" || outFile == "-" {
 					return write(cmd.OutOrStdout())
 				}
@@ -168,6 +171,8 @@ type reportRow struct {
 	Error           string    `json:"error,omitempty"`
 	// Note says why a device was skipped.
 	Note string `json:"note,omitempty"`
+	// Approval is the approval the device's wave started on (rollout_approve.go).
+	Approval *reportApproval `json:"approval,omitempty"`
 }
 
 func toReportRow(r workflows.DeviceRow) reportRow {

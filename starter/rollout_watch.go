@@ -208,7 +208,7 @@ func devicesPerMinute(p workflows.RolloutProgress) (rate float64, ok bool) {
 // time left is then time inside windows, which the window line tells better), or no speed yet.
 func rolloutETA(p workflows.RolloutProgress) (time.Duration, bool) {
 	rate, ok := devicesPerMinute(p)
-	if !ok || p.Done() || p.State == workflows.RolloutPaused || p.State == workflows.RolloutWaiting {
+	if !ok || p.Done() || holdsStarts(p) {
 		return 0, false
 	}
 	return time.Duration(float64(p.Running+p.Pending) / rate * float64(time.Minute)), true
@@ -226,7 +226,7 @@ func speedText(p workflows.RolloutProgress) string {
 	s := fmt.Sprintf("%.1f devices/min", rate)
 	if eta, ok := rolloutETA(p); ok {
 		s += ", ETA " + durationText(eta, false)
-	} else if p.State == workflows.RolloutPaused || p.State == workflows.RolloutWaiting {
+	} else if holdsStarts(p) {
 		s += ", " + p.State
 	}
 	return s
@@ -473,6 +473,7 @@ func printStatus(out io.Writer, p workflows.RolloutProgress, url string, now tim
 		limits += fmt.Sprintf(", rate %g hub calls/s", p.Rate)
 	}
 	fmt.Fprintf(out, "  limits:    %s\n", limits)
+	printGates(out, p, now, loc)
 	if !p.Started.IsZero() {
 		waited := ""
 		if p.Waited > 0 {
@@ -508,17 +509,19 @@ func writeSummary(out io.Writer, p workflows.RolloutProgress, failed []workflows
 		workflows.RolloutAborted:   "aborted after",
 		workflows.RolloutCancelled: "was cancelled after",
 		workflows.RolloutFailed:    "failed after",
+		workflows.RolloutEnded:     "ended at its end time after",
 	}[p.State]
 	if verb == "" {
 		verb = p.State + " after"
 	}
 	var idle []string
-	if d := (elapsedOf(p) - p.Active - p.Waited).Round(time.Second); p.Active > 0 && d > 0 {
+	if d := (elapsedOf(p) - p.Active - p.Waited - p.Awaited).Round(time.Second); p.Active > 0 && d > 0 {
 		idle = append(idle, durationText(d, false)+" of it paused")
 	}
 	if d := p.Waited.Round(time.Second); d > 0 {
 		idle = append(idle, durationText(d, false)+" waiting for maintenance windows")
 	}
+	idle = append(idle, idleGates(p)...)
 	paused := ""
 	if len(idle) > 0 {
 		paused = " (" + strings.Join(idle, ", ") + ")"
@@ -530,6 +533,7 @@ func writeSummary(out io.Writer, p workflows.RolloutProgress, failed []workflows
 		fmt.Fprintf(out, "  reason:    %s\n", p.Reason)
 	}
 	fmt.Fprintf(out, "  hub calls: %d in %d %s\n", p.HubCalls, p.Runs, plural(p.Runs, "workflow run", "workflow runs"))
+	summaryGates(out, p, time.UTC)
 	if p.Failed > 0 {
 		switch {
 		case failedErr != nil:
@@ -587,6 +591,11 @@ func outcomeError(p workflows.RolloutProgress) error {
 		return fmt.Errorf("rollout %s was cancelled%s", p.Name, why)
 	case workflows.RolloutFailed:
 		return fmt.Errorf("rollout %s failed%s", p.Name, why)
+	case workflows.RolloutEnded:
+		if p.NotStarted+p.Cancelled+p.Failed == 0 {
+			return nil
+		}
+		return fmt.Errorf("rollout %s ended at its end time%s", p.Name, why)
 	}
 	return fmt.Errorf("rollout %s has not ended: %s", p.Name, p.State)
 }

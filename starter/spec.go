@@ -52,6 +52,15 @@ type specFlags struct {
 	fileWindows []workflows.Window
 	// fromFile names the flags whose value came from the spec file: flag → field ("firmware.version").
 	fromFile map[string]string
+
+	// Approval gates, success condition and end time (spec_gates.go); clock tells --end-at's
+	// "now" and time zone.
+	approveAfterWave string
+	pauseBelow       string
+	endAt            string
+	endAfter         time.Duration
+	endBehavior      string
+	clock            clock
 }
 
 // addSpecFlags defines the spec flags; withName adds --name (rollout start: a schedule names its
@@ -82,6 +91,7 @@ func addSpecFlags(fl *pflag.FlagSet, f *specFlags, withName bool) {
 	fl.StringArrayVar(&f.windows, "window", nil, `maintenance window, repeatable: "0 2 * * SUN for 4h in Europe/Warsaw" (cron start, duration, time zone) or "2026-11-29T02:00:00Z/4h" (start/end or start/duration)`)
 	fl.IntVar(&f.devicesPerRun, "devices-per-run", 0, "devices a workflow run starts before it continues as new")
 	_ = fl.MarkHidden("devices-per-run")
+	addGateFlags(fl, f)
 }
 
 // specHelp documents the spec flags and the spec file, for the commands' long help.
@@ -123,6 +133,8 @@ is open; devices in flight finish. Recurring: "<cron> for <duration> [in
 UTC); absolute: "<start>/<end>" or "<start>/<duration>" in RFC 3339, e.g.
 "2026-11-29T02:00:00+01:00/4h".
 
+` + gatesHelp + `
+
 Spec file (--spec rollout.yaml, YAML or JSON, "-" for standard input): the
 same fields as the flags, camelCase, e.g.
   query: SELECT * FROM devices WHERE tags.ring = 'beta'
@@ -137,6 +149,10 @@ same fields as the flags, camelCase, e.g.
   windows: ["0 2 * * SUN for 4h in Europe/Warsaw",
             {cron: "0 2 * * SAT", duration: 4h, timeZone: Europe/Warsaw},
             {start: "2026-12-24T00:00:00Z", end: "2026-12-27T00:00:00Z"}]
+  approveAfterWave: 1          # or each
+  pauseBelow: 95%
+  endAt: 2026-11-29T18:00:00+01:00   # or endAfter: 4h
+  endBehavior: stop            # or cancel
 Also name, devices (a list), devicesFile (relative to the spec file),
 minDevices, retryFailed, and for a reboot rollout reboot: true or
 reboot: {methodTimeout: 60s, deadline: 5m}. Durations are Go durations (90s,
@@ -251,6 +267,8 @@ func (f *specFlags) input(stdin io.Reader, changed func(flag string) bool, sched
 			in.Windows = append(in.Windows, w)
 		}
 	}
+
+	problems = append(problems, f.gatesInput(&in, schedule != "")...)
 
 	if len(problems) > 0 {
 		return workflows.RolloutInput{}, cli.UsageError{Err: errors.New(strings.Join(problems, "; "))}
@@ -375,7 +393,9 @@ func (f *specFlags) mergeFile(stdin io.Reader, changed func(string) bool, schedu
 		case "window":
 			f.fileWindows = doc.v.fileWindows
 		default:
-			panic("spec field without a flag: " + flag)
+			if !f.mergeGateField(flag, &doc.v) {
+				panic("spec field without a flag: " + flag)
+			}
 		}
 	}
 	return nil

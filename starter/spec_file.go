@@ -309,7 +309,7 @@ func (d *specDecoder) setDuration(flag string, dst *time.Duration) func(*yaml.No
 func (d *specDecoder) top(root *yaml.Node) {
 	v := &d.doc.v
 	var firmwareNode, rebootNode *yaml.Node // a firmware section, a reboot rollout
-	d.mapping(root, "", []specField{
+	d.mapping(root, "", append([]specField{
 		{"name", d.setText("name", &v.name)},
 		{"query", d.setText("query", &v.query)},
 		{"devices", func(n *yaml.Node, path string) {
@@ -401,7 +401,7 @@ func (d *specDecoder) top(root *yaml.Node) {
 			}
 			v.fileWindows, d.doc.set["window"] = ws, path
 		}},
-	})
+	}, d.gateFields(v)...))
 	if firmwareNode != nil && rebootNode != nil {
 		d.fail(rebootNode, "reboot", "a spec has firmware or reboot, not both: a firmware rollout reboots after the update with firmware.reboot: true")
 	}
@@ -548,6 +548,13 @@ type specOut struct {
 	RetryFailed   bool             `yaml:"retryFailed,omitempty"`
 	Reconcile     bool             `yaml:"reconcile,omitempty"`
 	Windows       []string         `yaml:"windows,omitempty"`
+
+	// Approval gates, success condition and end time (spec_gates.go).
+	ApproveAfterWave string `yaml:"approveAfterWave,omitempty"`
+	PauseBelow       string `yaml:"pauseBelow,omitempty"`
+	EndAt            string `yaml:"endAt,omitempty"`
+	EndAfter         string `yaml:"endAfter,omitempty"`
+	EndBehavior      string `yaml:"endBehavior,omitempty"`
 }
 
 type specFirmwareOut struct {
@@ -595,6 +602,7 @@ func formatSpec(in workflows.RolloutInput, maxDevices int) []byte {
 	for _, w := range in.Windows {
 		out.Windows = append(out.Windows, w.String())
 	}
+	formatGates(&out, in)
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)

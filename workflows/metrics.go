@@ -23,7 +23,7 @@ const (
 	// devices are in each RolloutDeviceStates state, as the progress query counts them.
 	MetricRolloutDevices = "dmflow_rollout_devices"
 	// MetricRollouts counts the rollouts that ended, by LabelState (RolloutCompleted,
-	// RolloutAborted, RolloutCancelled, RolloutFailed).
+	// RolloutAborted, RolloutCancelled, RolloutFailed, RolloutEnded).
 	MetricRollouts = "dmflow_rollouts"
 
 	// LabelOperation is OperationFirmware or OperationReboot.

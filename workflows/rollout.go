@@ -203,6 +203,13 @@ type rollout struct {
 	cancelWindowTimer workflow.CancelFunc
 	// waitingSince is when the wait for a window in progress began; zero when not waiting.
 	waitingSince time.Time
+
+	// Approval gates, success condition and end time (rollout_gates.go): gated is set when the
+	// run follows them (gatesChange); endTimer fires at the end time, endReached once it did.
+	gated      bool
+	pauseBelow float64
+	endTimer   workflow.Future
+	endReached bool
 }
 
 // restore takes over the state carried by continue-as-new.
@@ -227,6 +234,8 @@ func (r *rollout) restore(st *RolloutState) error {
 	if st.Paused {
 		r.state = RolloutPaused
 		r.reason = st.PauseReason
+	} else if st.AwaitingWave > 0 {
+		r.state = RolloutAwaitingApproval
 	}
 	if r.fl != nil {
 		r.sumShards()
@@ -465,6 +474,9 @@ func (r *rollout) endCancelled(ctx workflow.Context, cancelled bool) (RolloutPro
 
 // endAborted ends an aborted rollout, failing with ErrRolloutNoWindow or ErrRolloutAborted.
 func (r *rollout) endAborted(ctx workflow.Context) (RolloutProgress, error) {
+	if r.endReached {
+		return r.endAtEndTime(ctx)
+	}
 	r.end(ctx, RolloutAborted)
 	p := r.progress()
 	if r.noWindow {
@@ -784,6 +796,9 @@ func (r *rollout) end(ctx workflow.Context, state string) {
 func (r *rollout) setState(ctx workflow.Context, state string) {
 	if state != RolloutWaiting {
 		r.endWait(workflow.Now(ctx))
+	}
+	if state != RolloutAwaitingApproval {
+		r.endAwait(workflow.Now(ctx))
 	}
 	r.state = state
 	r.observe(ctx)

@@ -201,6 +201,18 @@ type RolloutInput struct {
 	// the schedule's workflow ID and the run's scheduled time: rollout/<schedule>-<time>.
 	Schedule string `json:"schedule,omitempty"`
 
+	// Approval gates, the success condition per wave and the end time (policies 2 and 6 of issue
+	// 18; rollout_gates.go). ApproveAfterWave (1-based) or ApproveEachWave make the rollout wait in
+	// RolloutAwaitingApproval after that wave (after every wave but the last) until UpdateApprove;
+	// PauseBelow ("95%") pauses it when a finished wave's success share falls below; EndAt (or
+	// EndAfter the rollout's start) ends it as RolloutEnded, EndBehavior EndStop or EndCancel.
+	ApproveAfterWave int           `json:"approveAfterWave,omitempty"`
+	ApproveEachWave  bool          `json:"approveEachWave,omitempty"`
+	PauseBelow       string        `json:"pauseBelow,omitempty"`
+	EndAt            time.Time     `json:"endAt,omitzero"`
+	EndAfter         time.Duration `json:"endAfter,omitempty"`
+	EndBehavior      string        `json:"endBehavior,omitempty"`
+
 	// State is the rollout's state carried over continue-as-new; nil when starting.
 	State *RolloutState `json:"state,omitempty"`
 }
@@ -274,6 +286,15 @@ type RolloutState struct {
 	// PackedFleet then carries its fleet state, gzip-compressed JSON, instead of Rows.
 	Sharded     bool   `json:"sharded,omitempty"`
 	PackedFleet []byte `json:"packedFleet,omitempty"`
+
+	// Approval gates and the success condition (rollout_gates.go): the approvals given; the wave
+	// (1-based) whose approval is awaited, 0 when none; when the wait in force began (zero while
+	// paused) and the time awaited before it; the last wave whose success share was judged.
+	Approvals     []Approval    `json:"approvals,omitempty"`
+	AwaitingWave  int           `json:"awaitingWave,omitempty"`
+	AwaitingSince time.Time     `json:"awaitingSince,omitzero"`
+	AwaitedFor    time.Duration `json:"awaitedFor,omitempty"`
+	JudgedWave    int           `json:"judgedWave,omitempty"`
 }
 
 // DeviceRow is one target device of a rollout and its result: a line of the report.
@@ -373,12 +394,25 @@ type RolloutProgress struct {
 	HubCalls int `json:"hubCalls"`
 	// Runs is the number of workflow runs (continue-as-new) so far.
 	Runs int `json:"runs"`
+
+	// Approval gates, success condition and end time (rollout_gates.go). ApproveAfterWave is "2" or
+	// "each" (empty: no gate); Approvals the approvals given; AwaitingSince when the wait for the
+	// one in force began, and Awaited the time spent awaiting approval (not active, as Waited);
+	// PauseBelow the success share a finished wave must reach ("95%"); EndAt and EndBehavior the
+	// end time in force and what it does.
+	ApproveAfterWave string        `json:"approveAfterWave,omitempty"`
+	Approvals        []Approval    `json:"approvals,omitempty"`
+	AwaitingSince    time.Time     `json:"awaitingSince,omitzero"`
+	Awaited          time.Duration `json:"awaited,omitempty"`
+	PauseBelow       string        `json:"pauseBelow,omitempty"`
+	EndAt            time.Time     `json:"endAt,omitzero"`
+	EndBehavior      string        `json:"endBehavior,omitempty"`
 }
 
 // Done reports whether the progress is final.
 func (p RolloutProgress) Done() bool {
 	switch p.State {
-	case RolloutCompleted, RolloutAborted, RolloutCancelled, RolloutFailed:
+	case RolloutCompleted, RolloutAborted, RolloutCancelled, RolloutFailed, RolloutEnded:
 		return true
 	}
 	return false
@@ -548,6 +582,7 @@ func (in RolloutInput) Validate() error {
 		}
 	}
 	problems = append(problems, checkWindows(in.Windows)...)
+	problems = append(problems, in.checkGates()...)
 	if in.MinDevices < 0 || in.DevicesPerRun < 0 {
 		problems = append(problems, "min devices and devices per run must not be negative")
 	}

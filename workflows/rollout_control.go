@@ -49,7 +49,7 @@ func (r *rollout) setHandlers(ctx workflow.Context) error {
 			return err
 		}
 	}
-	return nil
+	return r.setApproveHandler(ctx)
 }
 
 // maxReasonLength bounds a control request's reason, which lands in the state and the report.
@@ -61,6 +61,8 @@ func (r *rollout) refusal(action string) string {
 	switch {
 	case r.cancelRequested:
 		return fmt.Sprintf("rollout %s is being cancelled: there is nothing to %s", r.in.Name, action)
+	case r.endReached:
+		return fmt.Sprintf("rollout %s is ending (%s): there is nothing to %s", r.in.Name, r.abortReason, action)
 	case r.abortReason != "":
 		return fmt.Sprintf("rollout %s is aborting (%s): there is nothing to %s", r.in.Name, r.abortReason, action)
 	}
@@ -120,6 +122,10 @@ func (r *rollout) resume(ctx workflow.Context, req ControlRequest) {
 	r.st.PauseReason = ""
 	r.reason = ""
 	r.state = r.stateAfterResume(workflow.Now(ctx))
+	if r.st.AwaitingWave > 0 {
+		// Paused while awaiting approval: awaiting it again.
+		r.state = RolloutAwaitingApproval
+	}
 	r.logger.Info("rollout resumed", "reason", req.Reason)
 }
 
@@ -195,6 +201,7 @@ func (r *rollout) progress() RolloutProgress {
 	}
 	p.Active = max(p.Active, 0)
 	r.windowProgress(&p)
+	r.gatesProgress(&p)
 	return p
 }
 

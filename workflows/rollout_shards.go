@@ -141,15 +141,20 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 	})
 	r.sumShards()
 	r.endChecks = workflow.GetVersion(ctx, endChecksChange, workflow.DefaultVersion, 1) == 1
+	r.startGates(ctx)
 	for err == nil && !r.cancelRequested && r.abortReason == "" {
 		seen := r.changes
 		if r.windowTimer != nil && r.windowTimer.IsReady() {
 			r.windowTimer = nil
 		}
+		r.judgeWaveEnd(ctx)
 		hold := false
 		switch {
 		case r.st.Paused:
 			r.setState(ctx, RolloutPaused)
+			hold = true
+		case r.st.AwaitingWave > 0:
+			r.awaitApproval(ctx)
 			hold = true
 		case r.windowed && r.hasWork():
 			ws := r.window(ctx)
@@ -357,6 +362,7 @@ func (r *rollout) command(ctx workflow.Context, change func(c *ShardCommand)) {
 // one sent. A lower concurrency alone is not sent: a shard's in flight never exceeds its
 // outstanding devices, which is what lowered it.
 func (r *rollout) flushCommands(ctx workflow.Context) {
+	r.stopAtEndTime(ctx)
 	r.signals = slices.DeleteFunc(r.signals, func(f workflow.Future) bool { return f.IsReady() })
 	for i := range r.fl.Shards {
 		sh := &r.fl.Shards[i]
@@ -527,6 +533,7 @@ func addWaves(sum, more []WaveTally) []WaveTally {
 		}
 		sum[i].Done += w.Done
 		sum[i].Failed += w.Failed
+		sum[i].Skipped += w.Skipped
 	}
 	return sum
 }
@@ -627,7 +634,7 @@ func (r *rollout) windDownShards(ctx workflow.Context, err error) (RolloutProgre
 			r.reason = "the workflow was cancelled in Temporal"
 		}
 	}
-	if r.cancelRequested {
+	if r.cancelRequested || r.endCancels() {
 		r.command(ctx, func(c *ShardCommand) { c.Cancel = true })
 	} else {
 		r.logger.Warn("rollout aborting: letting the devices in flight finish", "reason", r.abortReason, "running", r.agg.Running)

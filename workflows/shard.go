@@ -185,11 +185,13 @@ type ShardTally struct {
 	Closed bool `json:"closed,omitempty"`
 }
 
-// WaveTally counts a wave's finished (Done) and failed devices.
+// WaveTally counts a wave's finished (Done) and failed devices, and the skipped ones among the
+// finished (a success share leaves them out: rollout_gates.go).
 type WaveTally struct {
-	Wave   int `json:"wave"`
-	Done   int `json:"done"`
-	Failed int `json:"failed"`
+	Wave    int `json:"wave"`
+	Done    int `json:"done"`
+	Failed  int `json:"failed"`
+	Skipped int `json:"skipped,omitempty"`
 }
 
 // Tally counts devices by result, and the hub calls of the finished ones.
@@ -443,6 +445,9 @@ func (s *shard) tally() ShardTally {
 		t.Waves[k].Done++
 		if row.Result == DeviceFailed {
 			t.Waves[k].Failed++
+		}
+		if row.Result == DeviceSkipped {
+			t.Waves[k].Skipped++
 		}
 	}
 	slices.SortFunc(t.Waves, func(a, b WaveTally) int { return a.Wave - b.Wave })

@@ -22,6 +22,8 @@ const (
 	TemporalUI = "DMFLOW_TEMPORAL_UI"
 	// MetricsAddress is the host:port a command serves Prometheus metrics on; empty for none.
 	MetricsAddress = "DMFLOW_METRICS_ADDRESS"
+	// Identity is the Temporal client identity starter rollout approve records as the approver.
+	Identity = "DMFLOW_IDENTITY"
 )
 
 // Pick returns flag when set, else the environment variable env when set,

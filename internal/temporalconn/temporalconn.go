@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -32,6 +33,19 @@ type Config struct {
 	MetricsHandler client.MetricsHandler
 	// Env replaces the process environment (tests); nil reads the real one.
 	Env envconfig.EnvLookup
+	// Identity names the client to Temporal (client.Options.Identity: the history records it with
+	// every request, an update's too); empty keeps the SDK's default, pid@host@.
+	Identity string
+}
+
+// DefaultIdentity is the identity a command names itself with when told none: pid@host, as the
+// SDK's default without its trailing task queue.
+func DefaultIdentity() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown-host"
+	}
+	return fmt.Sprintf("%d@%s", os.Getpid(), host)
 }
 
 // ClientOptions resolves the client options: profile file, then
@@ -58,6 +72,9 @@ func (c Config) ClientOptions(logger *slog.Logger) (client.Options, error) {
 	}
 	if c.MetricsHandler != nil {
 		opts.MetricsHandler = c.MetricsHandler
+	}
+	if c.Identity != "" {
+		opts.Identity = c.Identity
 	}
 	return opts, nil
 }
