@@ -52,6 +52,13 @@ type specFlags struct {
 	fileWindows []workflows.Window
 	// fromFile names the flags whose value came from the spec file: flag → field ("firmware.version").
 	fromFile map[string]string
+
+	// Retries by failure type (rollout_retries.go).
+	retries      int
+	retryOn      []string
+	retryBackoff time.Duration
+	maxTimeouts  string
+	maxOffline   string
 }
 
 // addSpecFlags defines the spec flags; withName adds --name (rollout start: a schedule names its
@@ -82,6 +89,7 @@ func addSpecFlags(fl *pflag.FlagSet, f *specFlags, withName bool) {
 	fl.StringArrayVar(&f.windows, "window", nil, `maintenance window, repeatable: "0 2 * * SUN for 4h in Europe/Warsaw" (cron start, duration, time zone) or "2026-11-29T02:00:00Z/4h" (start/end or start/duration)`)
 	fl.IntVar(&f.devicesPerRun, "devices-per-run", 0, "devices a workflow run starts before it continues as new")
 	_ = fl.MarkHidden("devices-per-run")
+	addRetryFlags(fl, f)
 }
 
 // specHelp documents the spec flags and the spec file, for the commands' long help.
@@ -117,6 +125,8 @@ allows of the wave's size, or more of all devices finished so far, once
 --min-devices have finished. --retry-failed runs the failed devices once more
 at the end (unless the rollout aborted or was cancelled).
 
+` + retrySpecHelp + `
+
 Maintenance windows (--window, repeatable): devices start only while a window
 is open; devices in flight finish. Recurring: "<cron> for <duration> [in
 <time zone>]", e.g. "0 2 * * SUN for 4h in Europe/Warsaw" (time zone default
@@ -137,6 +147,7 @@ same fields as the flags, camelCase, e.g.
   windows: ["0 2 * * SUN for 4h in Europe/Warsaw",
             {cron: "0 2 * * SAT", duration: 4h, timeZone: Europe/Warsaw},
             {start: "2026-12-24T00:00:00Z", end: "2026-12-27T00:00:00Z"}]
+` + retryFieldsHelp + `
 Also name, devices (a list), devicesFile (relative to the spec file),
 minDevices, retryFailed, and for a reboot rollout reboot: true or
 reboot: {methodTimeout: 60s, deadline: 5m}. Durations are Go durations (90s,
@@ -252,6 +263,7 @@ func (f *specFlags) input(stdin io.Reader, changed func(flag string) bool, sched
 		}
 	}
 
+	problems = append(problems, f.retryInput(&in, changed)...)
 	if len(problems) > 0 {
 		return workflows.RolloutInput{}, cli.UsageError{Err: errors.New(strings.Join(problems, "; "))}
 	}
@@ -374,6 +386,8 @@ func (f *specFlags) mergeFile(stdin io.Reader, changed func(string) bool, schedu
 			f.reconcile = doc.v.reconcile
 		case "window":
 			f.fileWindows = doc.v.fileWindows
+		case "retries", "retry-on", "retry-backoff", "max-timeouts", "max-offline":
+			f.mergeRetryField(flag, &doc.v)
 		default:
 			panic("spec field without a flag: " + flag)
 		}

@@ -309,7 +309,7 @@ func (d *specDecoder) setDuration(flag string, dst *time.Duration) func(*yaml.No
 func (d *specDecoder) top(root *yaml.Node) {
 	v := &d.doc.v
 	var firmwareNode, rebootNode *yaml.Node // a firmware section, a reboot rollout
-	d.mapping(root, "", []specField{
+	d.mapping(root, "", append([]specField{
 		{"name", d.setText("name", &v.name)},
 		{"query", d.setText("query", &v.query)},
 		{"devices", func(n *yaml.Node, path string) {
@@ -401,7 +401,7 @@ func (d *specDecoder) top(root *yaml.Node) {
 			}
 			v.fileWindows, d.doc.set["window"] = ws, path
 		}},
-	})
+	}, d.retryFields(v)...))
 	if firmwareNode != nil && rebootNode != nil {
 		d.fail(rebootNode, "reboot", "a spec has firmware or reboot, not both: a firmware rollout reboots after the update with firmware.reboot: true")
 	}
@@ -548,6 +548,11 @@ type specOut struct {
 	RetryFailed   bool             `yaml:"retryFailed,omitempty"`
 	Reconcile     bool             `yaml:"reconcile,omitempty"`
 	Windows       []string         `yaml:"windows,omitempty"`
+
+	// Retries by failure type (rollout_retries.go).
+	Retries     *specRetriesOut `yaml:"retries,omitempty"`
+	MaxTimeouts string          `yaml:"maxTimeouts,omitempty"`
+	MaxOffline  string          `yaml:"maxOffline,omitempty"`
 }
 
 type specFirmwareOut struct {
@@ -595,6 +600,7 @@ func formatSpec(in workflows.RolloutInput, maxDevices int) []byte {
 	for _, w := range in.Windows {
 		out.Windows = append(out.Windows, w.String())
 	}
+	out.Retries, out.MaxTimeouts, out.MaxOffline = retriesOut(in), in.MaxTimeouts, in.MaxOffline
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)
