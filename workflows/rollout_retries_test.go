@@ -79,7 +79,7 @@ func (s *retrySim) newEnv(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	env.RegisterWorkflow(workflows.RolloutShard)
 	env.OnActivity(a.InvokeMethod, mock.Anything, mock.Anything).Return(s.invoke)
 	env.OnActivity(a.FollowStages, mock.Anything, mock.Anything).After(10 * time.Second).Return(s.follow)
-	env.OnActivity(a.WaitForReported, mock.Anything, mock.Anything).After(10 * time.Second).Return(
+	env.OnActivity(a.WaitForReported, mock.Anything, mock.Anything).After(10*time.Second).Return(
 		activities.WaitForReportedResult{Value: "2026-05-01T12:00:00Z", Polls: 2}, nil)
 	env.OnActivity(a.EndedWorkflows, mock.Anything, mock.Anything).Return([]activities.WorkflowEnded(nil), nil)
 	env.SetOnActivityStartedListener(func(info *activity.Info, _ context.Context, _ converter.EncodedValues) {
@@ -595,7 +595,9 @@ func TestRetriesValidate(t *testing.T) {
 	}{
 		{"no retries", func(in *workflows.RolloutInput) { in.Retries = &workflows.RetryPolicy{} }, "retries 0 must lie between 1 and 10"},
 		{"too many", func(in *workflows.RolloutInput) { in.Retries = &workflows.RetryPolicy{Count: 11} }, "retries 11 must lie between 1 and 10"},
-		{"unknown type", func(in *workflows.RolloutInput) { in.Retries = &workflows.RetryPolicy{Count: 1, On: []string{"timeout"}} },
+		{"unknown type", func(in *workflows.RolloutInput) {
+			in.Retries = &workflows.RetryPolicy{Count: 1, On: []string{"timeout"}}
+		},
 			`retry on "timeout": the failure types are failed, timed-out, offline`},
 		{"short backoff", func(in *workflows.RolloutInput) {
 			in.Retries = &workflows.RetryPolicy{Count: 1, Backoff: time.Millisecond}
