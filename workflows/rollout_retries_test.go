@@ -258,7 +258,10 @@ func TestRolloutRetriesWithBackoff(t *testing.T) {
 	assert.Equal(t, []string{workflows.FailureOffline, workflows.FailureOffline}, r0.RetriedOn)
 	assert.Empty(t, r0.FailureType)
 	assert.True(t, r0.RetryAt.IsZero())
-	assert.Equal(t, []string{workflows.FailureTimedOut}, rowOf(t, rows, "dev-001").RetriedOn)
+	r1 := rowOf(t, rows, "dev-001")
+	assert.Equal(t, []string{workflows.FailureTimedOut}, r1.RetriedOn)
+	assert.Equal(t, (2+4)+(2+6), r1.HubCalls, "the calls of both attempts: the read, the call and the polls of each")
+	assert.Equal(t, (1+1+(2+6))+((2+4)+(2+6))+(2+6), p.HubCalls, "no call is lost to a retry: dev-000 offline twice (a call each), dev-001, dev-002")
 }
 
 // Only the failure types the policy names are retried; a device whose retries are spent fails

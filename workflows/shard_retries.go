@@ -27,9 +27,11 @@ type shardRetries struct {
 	// from outside (which fails the devices in flight) leaves the waiting devices waiting.
 	ctx workflow.Context
 	// first is, by row, what the device's first attempt read; due marks the rows whose backoff
-	// passed.
+	// passed; calls sums the hub calls of the attempts before the current one, which the row
+	// keeps with its own (a shard's rows are where its hub calls are counted).
 	first []firstAttempt
 	due   []bool
+	calls []int
 }
 
 // firstAttempt is what a device's first attempt knew before it called: when it started, and the
@@ -43,7 +45,8 @@ type firstAttempt struct {
 // newShardRetries sets up the shard's retries; the version of retries by failure type is asked
 // only when the rollout has a policy.
 func newShardRetries(ctx workflow.Context, in ShardInput) *shardRetries {
-	rt := &shardRetries{first: make([]firstAttempt, len(in.Devices)), due: make([]bool, len(in.Devices))}
+	n := len(in.Devices)
+	rt := &shardRetries{first: make([]firstAttempt, n), due: make([]bool, n), calls: make([]int, n)}
 	rt.ctx, _ = workflow.NewDisconnectedContext(ctx)
 	if in.Retries != nil && workflow.GetVersion(ctx, retriesChange, workflow.DefaultVersion, 1) >= 1 {
 		p := in.Retries.withDefaults()
@@ -69,6 +72,7 @@ func (rt *shardRetries) startRetry(row *DeviceRow, i int) bool {
 		return false
 	}
 	rt.due[i] = false
+	rt.calls[i] = row.HubCalls
 	row.RetryAt = time.Time{}
 	return true
 }
@@ -106,6 +110,7 @@ func (rt *shardRetries) prepare(s *shard, d *device, i int) {
 // a wait (out.result becomes DeviceRetrying).
 func (rt *shardRetries) afterAttempt(s *shard, i int, out *deviceOutcome) {
 	row := &s.rows[i]
+	row.HubCalls += rt.calls[i]
 	if row.Attempts == 1 {
 		rt.first[i] = firstAttempt{at: row.Started}
 		if out.evidence != nil {
@@ -216,8 +221,8 @@ func (d *device) noteEarlier(inv activities.InvokeMethodResult) {
 	if inv.Earlier.ID != "" {
 		what = "the update " + inv.Earlier.ID
 	}
-	note := fmt.Sprintf("no second call: the device was at %s (%s %s), which attempt %d followed to the end", what,
-		protocol.PropFirmwareStatus, inv.Earlier.Value, d.attempt)
+	note := fmt.Sprintf("no second call: the device was at %s (%s), which attempt %d followed to the end", what,
+		inv.Earlier.Value, d.attempt)
 	if d.rollout.Operation == OperationReboot {
 		note = fmt.Sprintf("no second call: the device had rebooted for an earlier attempt (%s), which attempt %d confirmed", inv.Earlier.By, d.attempt)
 	}
