@@ -194,3 +194,13 @@ dev-003  1     retrying  timed-out  1         -     -       -        -         0
 	assert.NotContains(t, got[0], "retryAt")
 	assert.NotContains(t, got[0], "failureType")
 }
+
+// examples/rollout-policies.yaml's block of retries by failure type reads as documented.
+func TestExamplePoliciesRetries(t *testing.T) {
+	f := specFlags{spec: "../examples/rollout-policies.yaml", name: "fw-2.2.0"}
+	in, err := f.input(strings.NewReader(""), func(flag string) bool { return flag == "name" }, "")
+	require.NoError(t, err)
+	assert.Equal(t, &workflows.RetryPolicy{Count: 3, On: []string{"timed-out", "offline"}, Backoff: time.Minute}, in.Retries)
+	assert.Equal(t, "5%", in.MaxTimeouts)
+	assert.Equal(t, "10", in.MaxOffline)
+}

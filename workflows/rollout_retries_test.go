@@ -659,3 +659,23 @@ func TestFailureType(t *testing.T) {
 		})
 	}
 }
+
+// The guard against a second delivery covers --retry-failed's second attempt too, which is a new
+// request as well.
+func TestRetryFailedCarriesTheGuard(t *testing.T) {
+	sim := newRetrySim(map[string][]string{"dev-000": {attemptLate}})
+	env := sim.newEnv(t)
+	in := retryInput(2, nil)
+	in.RetryFailed = true
+	env.ExecuteWorkflow(workflows.Rollout, in)
+	p := completed(t, env)
+	assert.Equal(t, 2, p.Succeeded)
+	calls := sim.callsOf("dev-000")
+	require.Len(t, calls, 2)
+	require.NotNil(t, calls[1].earlier)
+	assert.Equal(t, []string{workflows.RolloutUpdateID(rolloutName, 1)}, calls[1].earlier.IDs)
+	assert.Equal(t, "2026-01-01T00:00:00Z", calls[1].earlier.Before)
+	assert.False(t, calls[1].delivered, "the first update went on: no second call")
+	assert.False(t, calls[0].failOffline, "no retries by failure type: an offline device is waited for")
+	assert.Contains(t, rowOf(t, shardedReport(t, env), "dev-000").Note, "no second call")
+}
