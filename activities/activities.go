@@ -46,6 +46,9 @@ const (
 	// ErrDeviceError: the device reported firmwareStatus "error" for the update, with its reason and
 	// the stage it failed in.
 	ErrDeviceError = "DeviceError"
+	// ErrDeviceNotOnline: the device is not connected (IoT Hub error 404103), and the caller asked
+	// InvokeMethod to fail at once rather than retry (InvokeMethodInput.FailOffline).
+	ErrDeviceNotOnline = "DeviceNotOnline"
 )
 
 // Hub is the part of the IoT Hub service API the activities use. *hubconn.ServiceClient satisfies it;

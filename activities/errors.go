@@ -161,6 +161,13 @@ func classify(err error, op, device string) error {
 	return retryable
 }
 
+// notOnline reports whether err is the hub's answer for a device that is not connected (404103):
+// nothing was delivered.
+func notOnline(err error) bool {
+	he, ok := parseHubError(err)
+	return ok && he.code == codeDeviceNotOnline
+}
+
 // hubCallError is a retryable hub answer, readable, with the client's error
 // underneath for errors.As.
 type hubCallError struct {

@@ -63,6 +63,11 @@ type InvokeMethodInput struct {
 	// AlreadyAccepted when the device reports the property with the value. Ignored when Evidence
 	// is set.
 	AcceptedWhen *ReportedValue `json:"acceptedWhen,omitempty"`
+	// FailOffline ends the operation at the hub's first DeviceNotOnline (404103) with the
+	// non-retryable ErrDeviceNotOnline instead of retrying the call: for a caller that retries
+	// offline devices itself, later, and frees the device's slot meanwhile (a rollout's retries by
+	// failure type). Nothing was delivered then.
+	FailOffline bool `json:"failOffline,omitempty"`
 }
 
 // ReportedValue is a reported property with the value that shows a method call was received.
@@ -99,8 +104,12 @@ type InvokeMethodResult struct {
 	Read *GetTwinResult `json:"read,omitempty"`
 	// EvidenceBefore is the Evidence.Before that ReadFirst set: Read.LastUpdated[Evidence.Property],
 	// or, in ReadFirst's fallback, ScheduledAt less readFirstSlack. It is the "before" of what
-	// follows the call (FollowStages' StatusBefore, WaitForReported's Changed).
+	// follows the call (FollowStages' StatusBefore, WaitForReported's Changed). With Earlier set
+	// it is Earlier.Before, the "before" of the earlier request to follow.
 	EvidenceBefore string `json:"evidenceBefore,omitempty"`
+	// Earlier is set when ReadFirst.Earlier found that the device took an earlier request of the
+	// operation, which it is at or finished: no call was made.
+	Earlier *EarlierTaken `json:"earlier,omitempty"`
 }
 
 // InvokeProgress is what InvokeMethod records in its heartbeat details: which attempt it is and
@@ -213,7 +222,13 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 			return InvokeMethodResult{}, err
 		}
 		if done != nil {
-			return result(*done), nil
+			r := result(*done)
+			if r.Earlier != nil {
+				logger.Info("the device took an earlier request of this operation: not calling", "earlier_id", r.Earlier.ID,
+					"by", r.Earlier.By, "value", r.Earlier.Value)
+				r.EvidenceBefore = r.Earlier.Before
+			}
+			return r, nil
 		}
 		in.Evidence = withBefore(in.Evidence, box.get().(InvokeProgress).Before)
 		switch {
@@ -273,6 +288,10 @@ func (a *Activities) InvokeMethod(ctx context.Context, in InvokeMethodInput) (In
 		// Cancelled or timed out as an activity: report that, not the aborted HTTP call.
 		return InvokeMethodResult{}, ctx.Err()
 	case err != nil:
+		if offline := classify(err, "invoke "+in.Method, in.DeviceID); in.FailOffline && notOnline(err) {
+			logger.Warn("device not online: failing at once, as asked", "error", offline)
+			return InvokeMethodResult{}, temporal.NewNonRetryableApplicationError(offline.Error(), ErrDeviceNotOnline, nil)
+		}
 		err = classify(err, "invoke "+in.Method, in.DeviceID)
 		if d == maybeDelivered && in.Evidence != nil && !isNonRetryable(err) {
 			err = &hubCallError{msg: err.Error() + " (the call may have reached the device: the next attempt looks for evidence in its twin before calling again)", err: err}

@@ -51,6 +51,10 @@ type ReadFirst struct {
 	// ScheduledAt is the workflow's time (workflow.Now) when it scheduled the activity, before any
 	// attempt could have called. Only the fallback uses it; required with Evidence.
 	ScheduledAt time.Time `json:"scheduledAt"`
+	// Earlier, for an operation that is a retry with a new request ID, names its earlier requests:
+	// when the read shows the device took one and is at it or finished it, the operation makes no
+	// call and returns InvokeMethodResult.Earlier (see Earlier). Decided before SkipIf.
+	Earlier *Earlier `json:"earlier,omitempty"`
 }
 
 // readFirstSlack is taken off ReadFirst.ScheduledAt, a time of the Temporal server's clock, to
@@ -85,7 +89,7 @@ func (r *ReadFirst) problem(ev *Evidence) string {
 	if ev != nil && r.ScheduledAt.IsZero() {
 		return "readFirst: scheduledAt is not set: set it to workflow.Now when scheduling the activity"
 	}
-	return ""
+	return r.Earlier.problem(ev)
 }
 
 // readFirst gives the attempt the operation's read, recorded in box with the Evidence.Before taken
@@ -186,6 +190,11 @@ func (a *Activities) readForCall(ctx context.Context, logger log.Logger, in Invo
 // result that ends the operation without one. It depends on the read alone, so that an attempt
 // that takes the read from its predecessor's details decides as that predecessor did.
 func (in InvokeMethodInput) readDecision(read GetTwinResult) *InvokeMethodResult {
+	if e := in.ReadFirst.Earlier; e != nil && in.Evidence != nil {
+		if taken := e.taken(read, *in.Evidence); taken != nil {
+			return &InvokeMethodResult{Earlier: taken}
+		}
+	}
 	if s := in.ReadFirst.SkipIf; s != nil && read.reports(*s) {
 		return &InvokeMethodResult{Skipped: true}
 	}

@@ -173,6 +173,12 @@ type reportRow struct {
 	Note string `json:"note,omitempty"`
 	// Approval is the approval the device's wave started on (rollout_approve.go).
 	Approval *reportApproval `json:"approval,omitempty"`
+
+	// Retries by failure type (rollout_retries.go): the type of a failed (or waiting) attempt, the
+	// types retried, when the next attempt may start.
+	FailureType string    `json:"failureType,omitempty"`
+	RetriedOn   []string  `json:"retriedOn,omitempty"`
+	RetryAt     time.Time `json:"retryAt,omitzero"`
 }
 
 func toReportRow(r workflows.DeviceRow) reportRow {
@@ -180,6 +186,7 @@ func toReportRow(r workflows.DeviceRow) reportRow {
 		Device: r.DeviceID, Wave: max(r.Wave+1, 0), Result: r.Result, Attempts: r.Attempts,
 		FromVersion: r.FromVersion, Stages: r.Stages, Started: r.Started.UTC(),
 		DurationSeconds: r.Duration.Seconds(), HubCalls: r.HubCalls, ErrorType: r.ErrorType, Error: r.Error, Note: r.Note,
+		FailureType: r.FailureType, RetriedOn: r.RetriedOn, RetryAt: r.RetryAt.UTC(),
 	}
 }
 
@@ -198,7 +205,8 @@ func writeReport(w io.Writer, format string, rows []workflows.DeviceRow) error {
 	}
 }
 
-var csvHeader = []string{"device", "wave", "result", "attempts", "from_version", "stages", "started", "duration_seconds", "hub_calls", "error_type", "error", "note"}
+var csvHeader = []string{"device", "wave", "result", "attempts", "from_version", "stages", "started", "duration_seconds", "hub_calls", "error_type", "error", "note",
+	"failure_type", "retried_on", "retry_at"}
 
 // writeReportCSV writes a header and a record per device; stages are separated by ';', an empty
 // cell is an unknown value.
@@ -219,8 +227,13 @@ func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 		if r.Wave > 0 {
 			wave = strconv.Itoa(r.Wave)
 		}
+		retryAt := ""
+		if !d.RetryAt.IsZero() {
+			retryAt = r.RetryAt.Format(time.RFC3339)
+		}
 		if err := cw.Write([]string{r.Device, wave, r.Result, strconv.Itoa(r.Attempts), r.FromVersion, strings.Join(r.Stages, ";"),
-			started, dur, strconv.Itoa(r.HubCalls), r.ErrorType, oneLine(r.Error), oneLine(r.Note)}); err != nil {
+			started, dur, strconv.Itoa(r.HubCalls), r.ErrorType, oneLine(r.Error), oneLine(r.Note),
+			r.FailureType, strings.Join(r.RetriedOn, ";"), retryAt}); err != nil {
 			return err
 		}
 	}
@@ -231,7 +244,7 @@ func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 // writeReportTable writes aligned columns and a line of totals by result.
 func writeReportTable(w io.Writer, rows []workflows.DeviceRow) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tWAVE\tRESULT\tATTEMPTS\tFROM\tSTAGES\tSTARTED\tDURATION\tHUB CALLS\tERROR OR NOTE")
+	fmt.Fprintln(tw, "DEVICE\tWAVE\tRESULT\tTYPE\tATTEMPTS\tFROM\tSTAGES\tSTARTED\tDURATION\tHUB CALLS\tERROR OR NOTE")
 	for _, r := range rows {
 		started, duration := "-", "-"
 		if !r.Started.IsZero() {
@@ -240,8 +253,8 @@ func writeReportTable(w io.Writer, rows []workflows.DeviceRow) error {
 		if r.Duration > 0 {
 			duration = durationText(r.Duration, true)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", r.DeviceID, waveCell(r.Wave), r.Result, r.Attempts,
-			dash(r.FromVersion), dash(strings.Join(r.Stages, ",")), started, duration, r.HubCalls, dash(rowError(r)+rowNote(r)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", r.DeviceID, waveCell(r.Wave), r.Result, typeCell(r), r.Attempts,
+			dash(r.FromVersion), dash(strings.Join(r.Stages, ",")), started, duration, r.HubCalls, dash(rowError(r)+rowNote(r)+rowRetryNote(r)))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

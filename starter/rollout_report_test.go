@@ -32,27 +32,27 @@ var reportRows = []workflows.DeviceRow{
 func TestReportTable(t *testing.T) {
 	var out bytes.Buffer
 	require.NoError(t, writeReport(&out, formatTable, reportRows))
-	assert.Equal(t, `DEVICE   WAVE  RESULT       ATTEMPTS  FROM   STAGES                          STARTED               DURATION  HUB CALLS  ERROR OR NOTE
-dev-001  1     updated      1         1.0.0  downloading,applying,completed  2026-05-01T12:00:01Z  59.1s     8          -
-dev-002  2     failed       2         1.0.0  downloading                     2026-05-01T12:02:00Z  2m03s     12         FirmwareFailed: device reported "failed", image checksum mismatch
-dev-003  -     skipped      0         2.0.0  -                               -                     -         0          already on 2.0.0
-dev-004  3     not started  0         -      -                               -                     -         0          -
+	assert.Equal(t, `DEVICE   WAVE  RESULT       TYPE  ATTEMPTS  FROM   STAGES                          STARTED               DURATION  HUB CALLS  ERROR OR NOTE
+dev-001  1     updated      -     1         1.0.0  downloading,applying,completed  2026-05-01T12:00:01Z  59.1s     8          -
+dev-002  2     failed       -     2         1.0.0  downloading                     2026-05-01T12:02:00Z  2m03s     12         FirmwareFailed: device reported "failed", image checksum mismatch
+dev-003  -     skipped      -     0         2.0.0  -                               -                     -         0          already on 2.0.0
+dev-004  3     not started  -     0         -      -                               -                     -         0          -
 4 devices: 1 updated, 1 skipped, 1 failed, 1 not started
 `, out.String())
 
 	out.Reset()
 	require.NoError(t, writeReport(&out, formatTable, nil))
-	assert.Equal(t, "DEVICE  WAVE  RESULT  ATTEMPTS  FROM  STAGES  STARTED  DURATION  HUB CALLS  ERROR OR NOTE\n0 devices: none\n", out.String())
+	assert.Equal(t, "DEVICE  WAVE  RESULT  TYPE  ATTEMPTS  FROM  STAGES  STARTED  DURATION  HUB CALLS  ERROR OR NOTE\n0 devices: none\n", out.String())
 }
 
 func TestReportCSV(t *testing.T) {
 	var out bytes.Buffer
 	require.NoError(t, writeReport(&out, formatCSV, reportRows))
-	assert.Equal(t, `device,wave,result,attempts,from_version,stages,started,duration_seconds,hub_calls,error_type,error,note
-dev-001,1,updated,1,1.0.0,downloading;applying;completed,2026-05-01T12:00:01Z,59.14,8,,,
-dev-002,2,failed,2,1.0.0,downloading,2026-05-01T12:02:00Z,123,12,FirmwareFailed,"device reported ""failed"", image checksum mismatch",
-dev-003,,skipped,0,2.0.0,,,,0,,,already on 2.0.0
-dev-004,3,not started,0,,,,,0,,,
+	assert.Equal(t, `device,wave,result,attempts,from_version,stages,started,duration_seconds,hub_calls,error_type,error,note,failure_type,retried_on,retry_at
+dev-001,1,updated,1,1.0.0,downloading;applying;completed,2026-05-01T12:00:01Z,59.14,8,,,,,,
+dev-002,2,failed,2,1.0.0,downloading,2026-05-01T12:02:00Z,123,12,FirmwareFailed,"device reported ""failed"", image checksum mismatch",,,,
+dev-003,,skipped,0,2.0.0,,,,0,,,already on 2.0.0,,,
+dev-004,3,not started,0,,,,,0,,,,,,
 `, out.String())
 	recs, err := csv.NewReader(&out).ReadAll()
 	require.NoError(t, err)

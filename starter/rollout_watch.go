@@ -279,8 +279,11 @@ func waveText(p workflows.RolloutProgress) string {
 // countsText is the counts of the live view, those of the end only once they occur.
 func countsText(p workflows.RolloutProgress, sep string) string {
 	parts := []string{
-		fmt.Sprintf("failed %d", p.Failed), fmt.Sprintf("skipped %d", p.Skipped),
+		failedText(p), fmt.Sprintf("skipped %d", p.Skipped),
 		fmt.Sprintf("running %d", p.Running), fmt.Sprintf("pending %d", p.Pending),
+	}
+	if s := awaitingText(p); s != "" {
+		parts = append(parts, s)
 	}
 	if p.Cancelled > 0 {
 		parts = append(parts, fmt.Sprintf("cancelled %d", p.Cancelled))
@@ -466,9 +469,10 @@ func printStatus(out io.Writer, p workflows.RolloutProgress, url string, now tim
 			wave += " (retrying the failed devices)"
 		}
 		fmt.Fprintf(out, "  wave:      %s\n", wave)
+		printRetries(out, p)
 		fmt.Fprintf(out, "  speed:     %s\n", speedText(p))
 	}
-	limits := fmt.Sprintf("max failures %s, max concurrent %d", p.MaxFailures, p.MaxConcurrent)
+	limits := fmt.Sprintf("max failures %s, max concurrent %d", p.MaxFailures, p.MaxConcurrent) + retryLimits(p)
 	if p.Rate > 0 {
 		limits += fmt.Sprintf(", rate %g hub calls/s", p.Rate)
 	}
@@ -529,6 +533,7 @@ func writeSummary(out io.Writer, p workflows.RolloutProgress, failed []workflows
 	fmt.Fprintf(out, "rollout %s %s %s%s: %s on %d %s\n", p.Name, verb, durationText(elapsedOf(p), false), paused,
 		operationText(p), p.Total, plural(p.Total, "device", "devices"))
 	fmt.Fprintf(out, "  devices:   %s\n", resultCounts(p))
+	writeFailureTypes(out, p)
 	if p.Reason != "" {
 		fmt.Fprintf(out, "  reason:    %s\n", p.Reason)
 	}

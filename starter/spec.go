@@ -61,6 +61,12 @@ type specFlags struct {
 	endAfter         time.Duration
 	endBehavior      string
 	clock            clock
+	// Retries by failure type (rollout_retries.go).
+	retries      int
+	retryOn      []string
+	retryBackoff time.Duration
+	maxTimeouts  string
+	maxOffline   string
 }
 
 // addSpecFlags defines the spec flags; withName adds --name (rollout start: a schedule names its
@@ -92,6 +98,7 @@ func addSpecFlags(fl *pflag.FlagSet, f *specFlags, withName bool) {
 	fl.IntVar(&f.devicesPerRun, "devices-per-run", 0, "devices a workflow run starts before it continues as new")
 	_ = fl.MarkHidden("devices-per-run")
 	addGateFlags(fl, f)
+	addRetryFlags(fl, f)
 }
 
 // specHelp documents the spec flags and the spec file, for the commands' long help.
@@ -127,6 +134,8 @@ allows of the wave's size, or more of all devices finished so far, once
 --min-devices have finished. --retry-failed runs the failed devices once more
 at the end (unless the rollout aborted or was cancelled).
 
+` + retrySpecHelp + `
+
 Maintenance windows (--window, repeatable): devices start only while a window
 is open; devices in flight finish. Recurring: "<cron> for <duration> [in
 <time zone>]", e.g. "0 2 * * SUN for 4h in Europe/Warsaw" (time zone default
@@ -153,6 +162,7 @@ same fields as the flags, camelCase, e.g.
   pauseBelow: 95%
   endAt: 2026-11-29T18:00:00+01:00   # or endAfter: 4h
   endBehavior: stop            # or cancel
+` + retryFieldsHelp + `
 Also name, devices (a list), devicesFile (relative to the spec file),
 minDevices, retryFailed, and for a reboot rollout reboot: true or
 reboot: {methodTimeout: 60s, deadline: 5m}. Durations are Go durations (90s,
@@ -270,6 +280,7 @@ func (f *specFlags) input(stdin io.Reader, changed func(flag string) bool, sched
 
 	problems = append(problems, f.gatesInput(&in, schedule != "")...)
 
+	problems = append(problems, f.retryInput(&in, changed)...)
 	if len(problems) > 0 {
 		return workflows.RolloutInput{}, cli.UsageError{Err: errors.New(strings.Join(problems, "; "))}
 	}
@@ -392,6 +403,8 @@ func (f *specFlags) mergeFile(stdin io.Reader, changed func(string) bool, schedu
 			f.reconcile = doc.v.reconcile
 		case "window":
 			f.fileWindows = doc.v.fileWindows
+		case "retries", "retry-on", "retry-backoff", "max-timeouts", "max-offline":
+			f.mergeRetryField(flag, &doc.v)
 		default:
 			if !f.mergeGateField(flag, &doc.v) {
 				panic("spec field without a flag: " + flag)

@@ -401,7 +401,7 @@ func (d *specDecoder) top(root *yaml.Node) {
 			}
 			v.fileWindows, d.doc.set["window"] = ws, path
 		}},
-	}, d.gateFields(v)...))
+	}, append(d.gateFields(v), d.retryFields(v)...)...))
 	if firmwareNode != nil && rebootNode != nil {
 		d.fail(rebootNode, "reboot", "a spec has firmware or reboot, not both: a firmware rollout reboots after the update with firmware.reboot: true")
 	}
@@ -555,6 +555,10 @@ type specOut struct {
 	EndAt            string `yaml:"endAt,omitempty"`
 	EndAfter         string `yaml:"endAfter,omitempty"`
 	EndBehavior      string `yaml:"endBehavior,omitempty"`
+	// Retries by failure type (rollout_retries.go).
+	Retries     *specRetriesOut `yaml:"retries,omitempty"`
+	MaxTimeouts string          `yaml:"maxTimeouts,omitempty"`
+	MaxOffline  string          `yaml:"maxOffline,omitempty"`
 }
 
 type specFirmwareOut struct {
@@ -603,6 +607,7 @@ func formatSpec(in workflows.RolloutInput, maxDevices int) []byte {
 		out.Windows = append(out.Windows, w.String())
 	}
 	formatGates(&out, in)
+	out.Retries, out.MaxTimeouts, out.MaxOffline = retriesOut(in), in.MaxTimeouts, in.MaxOffline
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)

@@ -44,6 +44,10 @@ func TestReplay(t *testing.T) {
 		// Maintenance windows: the version marker, a recorded window state at each boundary, the
 		// timers to the openings and closes.
 		{"rollout_windows.json", Rollout},
+		// Retries by failure type (test/rollout_retries_test.go records them): the version marker,
+		// the backoff timers, the retries' guard.
+		{"rollout_retries.json", Rollout},
+		{"rollout_retries_shard.json", RolloutShard},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			r := worker.NewWorkflowReplayer()

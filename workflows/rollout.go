@@ -106,6 +106,7 @@ func Rollout(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
 		// Asked only when windows are given: a rollout without them keeps its command sequence.
 		r.windowed = workflow.GetVersion(ctx, windowsChange, workflow.DefaultVersion, 1) >= 1
 	}
+	r.retries = newRolloutRetries(ctx, in)
 	attrs := []temporal.SearchAttributeUpdate{
 		SearchAttrRollout.ValueSet(in.Name),
 		SearchAttrOperation.ValueSet(in.Operation),
@@ -210,6 +211,9 @@ type rollout struct {
 	pauseBelow float64
 	endTimer   workflow.Future
 	endReached bool
+	// retries is the state of retries and thresholds by failure type (rollout_retries.go); nil
+	// without them.
+	retries *rolloutRetries
 }
 
 // restore takes over the state carried by continue-as-new.
@@ -621,6 +625,9 @@ type deviceOutcome struct {
 	result, fromVersion, errMsg, errType, note string
 	stages                                     []string
 	hubCalls                                   int
+	// evidence is the EvidenceBefore of a sharded device's read before its call, when it came back
+	// (shard_retries.go).
+	evidence *string
 }
 
 func firmwareOutcome(res FirmwareResult, err error) deviceOutcome {
@@ -727,7 +734,7 @@ func (r *rollout) done(ctx workflow.Context, i int, out deviceOutcome) {
 // threshold, after a device of wave w finished. The retry wave is exempt: its devices failed once
 // already and were counted then.
 func (r *rollout) checkThreshold(w int, failed bool) {
-	if r.abortReason != "" || r.cancelRequested || r.st.Retrying {
+	if r.abortReason != "" || r.cancelRequested || r.st.Retrying || r.checkTypeThresholds(w) {
 		return
 	}
 	size := r.st.WaveSizes[w]

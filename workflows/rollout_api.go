@@ -212,6 +212,13 @@ type RolloutInput struct {
 	EndAt            time.Time     `json:"endAt,omitzero"`
 	EndAfter         time.Duration `json:"endAfter,omitempty"`
 	EndBehavior      string        `json:"endBehavior,omitempty"`
+	// Retries by failure type (rollout_retries.go): Retries starts a device again, as a new
+	// request, when its attempt failed with a type the policy names, after a backoff that doubles
+	// each time; MaxTimeouts and MaxOffline are thresholds like MaxFailures (a count or a
+	// percentage) for the devices whose last attempt timed out or found them offline.
+	Retries     *RetryPolicy `json:"retries,omitempty"`
+	MaxTimeouts string       `json:"maxTimeouts,omitempty"`
+	MaxOffline  string       `json:"maxOffline,omitempty"`
 
 	// State is the rollout's state carried over continue-as-new; nil when starting.
 	State *RolloutState `json:"state,omitempty"`
@@ -321,6 +328,14 @@ type DeviceRow struct {
 	// Note explains a skip (already on the target version, done by an earlier run) or an update
 	// whose version the device does not report (NoteVersionNotReported).
 	Note string `json:"note,omitempty"`
+
+	// Retries by failure type (rollout_retries.go): FailureType classifies a failed attempt
+	// (timed-out, offline, failed), of a failed device or one waiting to retry; RetriedOn lists the
+	// failure type of every attempt retried, in order; RetryAt is when a device waiting to retry
+	// (DeviceRetrying) may start again.
+	FailureType string    `json:"failureType,omitempty"`
+	RetriedOn   []string  `json:"retriedOn,omitempty"`
+	RetryAt     time.Time `json:"retryAt,omitzero"`
 }
 
 // NoteVersionNotReported is the note of a device that completed the update but reports no
@@ -330,7 +345,7 @@ const NoteVersionNotReported = "completed, version not reported by the device"
 // Finished reports whether the row's result is final for the current attempt.
 func (r DeviceRow) Finished() bool {
 	switch r.Result {
-	case DevicePending, DeviceRunning:
+	case DevicePending, DeviceRunning, DeviceRetrying:
 		return false
 	}
 	return true
@@ -407,6 +422,17 @@ type RolloutProgress struct {
 	PauseBelow       string        `json:"pauseBelow,omitempty"`
 	EndAt            time.Time     `json:"endAt,omitzero"`
 	EndBehavior      string        `json:"endBehavior,omitempty"`
+	// Retries by failure type (rollout_retries.go): the failed devices whose last attempt timed
+	// out or found them offline (among Failed; the rest are of type failed), the devices waiting
+	// out a backoff before their next attempt (among Pending), the retry attempts started, and the
+	// policy and thresholds by type in force.
+	TimedOut       int          `json:"timedOut,omitempty"`
+	Offline        int          `json:"offline,omitempty"`
+	AwaitingRetry  int          `json:"awaitingRetry,omitempty"`
+	RetriesStarted int          `json:"retriesStarted,omitempty"`
+	RetryPolicy    *RetryPolicy `json:"retryPolicy,omitempty"`
+	MaxTimeouts    string       `json:"maxTimeouts,omitempty"`
+	MaxOffline     string       `json:"maxOffline,omitempty"`
 }
 
 // Done reports whether the progress is final.
@@ -586,6 +612,7 @@ func (in RolloutInput) Validate() error {
 	if in.MinDevices < 0 || in.DevicesPerRun < 0 {
 		problems = append(problems, "min devices and devices per run must not be negative")
 	}
+	problems = append(problems, in.retryProblems()...)
 	if len(problems) > 0 {
 		return fmt.Errorf("invalid rollout input: %s", strings.Join(problems, "; "))
 	}

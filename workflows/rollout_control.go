@@ -202,6 +202,7 @@ func (r *rollout) progress() RolloutProgress {
 	p.Active = max(p.Active, 0)
 	r.windowProgress(&p)
 	r.gatesProgress(&p)
+	r.retriesProgress(&p)
 	return p
 }
 

@@ -344,7 +344,7 @@ func (r *rollout) shareConcurrency() {
 	left := r.in.MaxConcurrent
 	for i := range r.fl.Shards {
 		sh := &r.fl.Shards[i]
-		c := min(max(sh.Want.Quota+sh.Want.Retry-sh.Last.Runs, 0), left)
+		c := min(max(sh.Want.Quota+sh.Want.Retry-sh.Last.Runs+sh.Last.retryNeed(), 0), left)
 		sh.Want.Concurrency = c
 		left -= c
 	}
@@ -463,7 +463,7 @@ func (r *rollout) startShard(ctx workflow.Context, devices []ShardDevice) error 
 		Rollout: r.in.Name, Parent: workflow.GetInfo(ctx).WorkflowExecution.ID, Index: idx,
 		ParentFirstRun: workflow.GetInfo(ctx).FirstRunID,
 		Operation:      r.in.Operation, Firmware: r.in.Firmware, Reboot: r.in.Reboot, Rate: r.rate,
-		RetryFailed: r.in.RetryFailed, Devices: devices,
+		RetryFailed: r.in.RetryFailed, Devices: devices, Retries: r.retryPolicy(),
 	}
 	err := workflow.ExecuteChildWorkflow(cctx, RolloutShard, in).GetChildWorkflowExecution().Get(ctx, nil)
 	var already *temporal.ChildWorkflowExecutionAlreadyStartedError
@@ -534,6 +534,7 @@ func addWaves(sum, more []WaveTally) []WaveTally {
 		sum[i].Done += w.Done
 		sum[i].Failed += w.Failed
 		sum[i].Skipped += w.Skipped
+		sum[i].addTypes(w)
 	}
 	return sum
 }
@@ -559,6 +560,7 @@ func (r *rollout) sumShards() {
 		r.failed += w.Failed
 	}
 	r.running = r.agg.Running
+	r.sumTypes(waves)
 }
 
 // queueRetryShards runs every failed device once more, as one last wave.

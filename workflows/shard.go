@@ -43,6 +43,7 @@ func RolloutShard(ctx workflow.Context, in ShardInput) (ShardTally, error) {
 	}
 	s := &shard{in: in, logger: logger, id: info.WorkflowExecution.ID}
 	s.endChecks = workflow.GetVersion(ctx, endChecksChange, workflow.DefaultVersion, 1) == 1
+	s.rt = newShardRetries(ctx, in)
 	s.rows = make([]DeviceRow, len(in.Devices))
 	for i, d := range in.Devices {
 		s.rows[i] = DeviceRow{DeviceID: d.ID, Result: DevicePending, FromVersion: d.FromVersion}
@@ -122,6 +123,9 @@ type ShardInput struct {
 	RetryFailed bool `json:"retryFailed,omitempty"`
 	// Devices are the shard's devices in the order they start.
 	Devices []ShardDevice `json:"devices"`
+
+	// Retries by failure type (rollout_retries.go): the rollout's RetryPolicy, nil without one.
+	Retries *RetryPolicy `json:"retries,omitempty"`
 }
 
 // ShardDevice is one device of a shard.
@@ -192,6 +196,11 @@ type WaveTally struct {
 	Done    int `json:"done"`
 	Failed  int `json:"failed"`
 	Skipped int `json:"skipped,omitempty"`
+
+	// Retries by failure type (rollout_retries.go): the failed devices that timed out or were
+	// offline, among Failed.
+	TimedOut int `json:"timedOut,omitempty"`
+	Offline  int `json:"offline,omitempty"`
 }
 
 // Tally counts devices by result, and the hub calls of the finished ones.
@@ -204,6 +213,14 @@ type Tally struct {
 	Running    int `json:"running,omitempty"`
 	Pending    int `json:"pending,omitempty"`
 	HubCalls   int `json:"hubCalls,omitempty"`
+
+	// Retries by failure type (rollout_retries.go): the failed devices that timed out or were
+	// offline (among Failed), the devices waiting out a backoff before a retry (among Pending), and
+	// the retry attempts started.
+	TimedOut      int `json:"timedOut,omitempty"`
+	Offline       int `json:"offline,omitempty"`
+	AwaitingRetry int `json:"awaitingRetry,omitempty"`
+	Retries       int `json:"retries,omitempty"`
 }
 
 // add adds (sign 1) or subtracts (sign -1) o.
@@ -216,6 +233,7 @@ func (t *Tally) add(o Tally, sign int) {
 	t.Running += sign * o.Running
 	t.Pending += sign * o.Pending
 	t.HubCalls += sign * o.HubCalls
+	t.addTypes(o, sign)
 }
 
 // count adds one row.
@@ -237,6 +255,7 @@ func (t *Tally) count(row DeviceRow) {
 		t.Pending++
 	}
 	t.HubCalls += row.HubCalls
+	t.countType(row)
 }
 
 // shard is the state of one RolloutShard execution.
@@ -268,6 +287,9 @@ type shard struct {
 	// endCheck is the timer of the next look.
 	endChecks bool
 	endCheck  workflow.Future
+
+	// rt is the shard's state of retries by failure type (shard_retries.go).
+	rt *shardRetries
 }
 
 func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
@@ -321,6 +343,9 @@ func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
 // nextToStart returns the row to start next under c (a first attempt within the quota, else a
 // retry within the retry quota), or -1.
 func (s *shard) nextToStart(c ShardCommand) int {
+	if i := s.rt.nextDue(s.rows); i >= 0 {
+		return i
+	}
 	if s.started < c.Quota {
 		for ; s.next < len(s.rows); s.next++ {
 			if s.rows[s.next].Result == DevicePending && s.rows[s.next].Attempts == 0 {
@@ -357,9 +382,13 @@ func (s *shard) closing(c ShardCommand) bool {
 // start runs row i's device.
 func (s *shard) start(ctx, devCtx workflow.Context, i, wave int) {
 	row := &s.rows[i]
-	if row.Attempts == 0 {
+	switch {
+	case row.Attempts == 0:
 		s.started++
-	} else {
+	case s.rt.startRetry(row, i):
+		// A retry by failure type: of the wave the device belongs to.
+		wave = row.Wave
+	default:
 		s.retried++
 	}
 	row.Attempts++
@@ -375,6 +404,7 @@ func (s *shard) start(ctx, devCtx workflow.Context, i, wave int) {
 		updateID: RolloutUpdateID(s.in.Rollout, row.Attempts),
 		logger:   log.With(s.logger, "device", row.DeviceID),
 	}
+	s.rt.prepare(s, &d, i)
 	workflow.Go(devCtx, func(gctx workflow.Context) {
 		out := d.run(gctx)
 		s.finish(ctx, i, out)
@@ -398,6 +428,7 @@ func (s *shard) finish(ctx workflow.Context, i int, out deviceOutcome) {
 	row.HubCalls = out.hubCalls
 	row.Duration = workflow.Now(ctx).Sub(row.Started)
 	countResult(ctx, s.in.Operation, out.result)
+	s.rt.afterAttempt(s, i, &out)
 	s.running--
 	s.runs++
 	s.unreported++
@@ -449,6 +480,7 @@ func (s *shard) tally() ShardTally {
 		if row.Result == DeviceSkipped {
 			t.Waves[k].Skipped++
 		}
+		t.Waves[k].countType(row)
 	}
 	slices.SortFunc(t.Waves, func(a, b WaveTally) int { return a.Wave - b.Wave })
 	return t
@@ -456,6 +488,7 @@ func (s *shard) tally() ShardTally {
 
 // close marks the devices never started and sends the last tally.
 func (s *shard) close(ctx workflow.Context) (ShardTally, error) {
+	s.rt.abandon(s)
 	for i := range s.rows {
 		if s.rows[i].Result == DevicePending {
 			s.rows[i].Result = DeviceNotStarted

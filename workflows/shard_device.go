@@ -24,6 +24,11 @@ type device struct {
 	// out collects the outcome as the steps go, so that a failure keeps the hub calls made and
 	// the stages seen before it.
 	out deviceOutcome
+
+	// Retries by failure type (shard_retries.go): earlier guards an attempt after the first
+	// against a second delivery; failOffline ends it at once when the device is not connected.
+	earlier     *activities.Earlier
+	failOffline bool
 }
 
 // run runs the device's operation and returns its outcome.
@@ -38,6 +43,7 @@ func (d *device) run(ctx workflow.Context) deviceOutcome {
 		failed := failedOutcome(err)
 		failed.hubCalls, failed.fromVersion = d.out.hubCalls, d.out.fromVersion
 		failed.stages = d.out.stages
+		failed.evidence = d.out.evidence
 		return failed
 	}
 	return d.out
@@ -78,10 +84,12 @@ func (d *device) firmware(ctx workflow.Context) error {
 				protocol.FieldUpdateID:   d.updateID,
 			},
 			ResponseTimeout: firmwareMethodTimeout,
+			FailOffline:     d.failOffline,
 			ReadFirst: &activities.ReadFirst{
 				Properties:  []string{protocol.PropFirmwareVersion, protocol.PropFirmwareStatus, protocol.PropFirmwareUpdateID},
 				SkipIf:      &activities.ReportedValue{Property: protocol.PropFirmwareVersion, Value: d.rollout.Firmware.Version},
 				ScheduledAt: started,
+				Earlier:     d.earlier,
 			},
 			Evidence: &activities.Evidence{
 				Property:   protocol.PropFirmwareStatus,
@@ -96,10 +104,14 @@ func (d *device) firmware(ctx workflow.Context) error {
 		d.addFailedCalls(err)
 		return retriedUntilDeadline(refusal(d.id, err), fw.Deadline, invokeNonRetryable)
 	}
+	d.noteRead(inv)
 	versionUnknown := true
 	if inv.Read != nil {
 		v, known := inv.Read.Reported[protocol.PropFirmwareVersion]
-		d.out.fromVersion, _ = v.(string)
+		if inv.Earlier == nil {
+			// A read that found an earlier attempt's update under way is no "before".
+			d.out.fromVersion, _ = v.(string)
+		}
 		versionUnknown = !known || v == nil
 	}
 	if inv.Skipped {
@@ -111,7 +123,7 @@ func (d *device) firmware(ctx workflow.Context) error {
 	err = workflow.ExecuteActivity(d.activityOptions(followOptions(ctx, deadline), "stages"), a.FollowStages, activities.FollowStagesInput{
 		Rate:            d.rollout.Rate,
 		DeviceID:        d.id,
-		UpdateID:        d.updateID,
+		UpdateID:        d.followID(inv),
 		ByMetadata:      true,
 		StatusBefore:    inv.EvidenceBefore,
 		Since:           workflow.Now(ctx),
@@ -134,6 +146,7 @@ func (d *device) firmware(ctx workflow.Context) error {
 	if versionUnknown {
 		d.out.note = NoteVersionNotReported
 	}
+	d.noteEarlier(inv)
 	if !d.rollout.Firmware.Reboot {
 		return nil
 	}
@@ -176,6 +189,7 @@ func (d *device) restart(ctx workflow.Context, requestID string, methodTimeout t
 	var a *activities.Activities
 	now := workflow.Now(ctx)
 	window := rebootEvidenceWindow(methodTimeout, deadline.Sub(now))
+	earlier, failOffline := d.rebootGuard()
 	var inv activities.InvokeMethodResult
 	err := workflow.ExecuteActivity(d.activityOptions(invokeOptions(ctx, methodTimeout, window, deadline), RebootMethod),
 		a.InvokeMethod, activities.InvokeMethodInput{
@@ -184,9 +198,11 @@ func (d *device) restart(ctx workflow.Context, requestID string, methodTimeout t
 			Method:          RebootMethod,
 			Payload:         map[string]any{"method_number": rebootPayloadMethodNumber, protocol.FieldRequestID: requestID},
 			ResponseTimeout: methodTimeout,
+			FailOffline:     failOffline,
 			ReadFirst: &activities.ReadFirst{
 				Properties:  []string{RebootTimeProperty, protocol.PropLastRebootRequestID},
 				ScheduledAt: now,
+				Earlier:     earlier,
 			},
 			Evidence: &activities.Evidence{
 				Property:   RebootTimeProperty,
@@ -200,6 +216,9 @@ func (d *device) restart(ctx workflow.Context, requestID string, methodTimeout t
 		d.addFailedCalls(err)
 		return retriedUntilDeadline(err, deadline.Sub(now), invokeNonRetryable)
 	}
+	if d.rollout.Operation == OperationReboot {
+		d.noteRead(inv)
+	}
 
 	var seen activities.WaitForReportedResult
 	err = workflow.ExecuteActivity(d.activityOptions(waitOptions(ctx, deadline), "rebootTime"), a.WaitForReported, activities.WaitForReportedInput{
@@ -208,7 +227,7 @@ func (d *device) restart(ctx workflow.Context, requestID string, methodTimeout t
 		Property: RebootTimeProperty,
 		Changed: &activities.Evidence{
 			Property: RebootTimeProperty, Before: inv.EvidenceBefore,
-			IDProperty: protocol.PropLastRebootRequestID, ID: requestID,
+			IDProperty: protocol.PropLastRebootRequestID, ID: d.waitID(inv, requestID),
 		},
 		Deadline:        deadline,
 		InitialInterval: activities.WaitInitialInterval,
@@ -219,6 +238,9 @@ func (d *device) restart(ctx workflow.Context, requestID string, methodTimeout t
 		return err
 	}
 	d.out.hubCalls += seen.Polls
+	if earlier != nil {
+		d.noteEarlier(inv)
+	}
 	return nil
 }
 
@@ -256,6 +278,7 @@ func (d *device) addFailedCalls(err error) {
 	var answer activities.InvokeMethodResult
 	if activities.ErrorDetails(err, &answer) {
 		d.out.hubCalls += invokeCalls(answer)
+		d.noteRead(answer)
 		return
 	}
 	// The call was made at least once unless the hub refused before it; one is the floor.
