@@ -106,6 +106,7 @@ func Rollout(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
 		// Asked only when windows are given: a rollout without them keeps its command sequence.
 		r.windowed = workflow.GetVersion(ctx, windowsChange, workflow.DefaultVersion, 1) >= 1
 	}
+	r.askRollbackVersion(ctx) // rollback (policy 1)
 	attrs := []temporal.SearchAttributeUpdate{
 		SearchAttrRollout.ValueSet(in.Name),
 		SearchAttrOperation.ValueSet(in.Operation),
@@ -203,6 +204,9 @@ type rollout struct {
 	cancelWindowTimer workflow.CancelFunc
 	// waitingSince is when the wait for a window in progress began; zero when not waiting.
 	waitingSince time.Time
+
+	// rb is the run's part of the rollback (policy 1); its state is in st.Rollback.
+	rb rollbackRun
 }
 
 // restore takes over the state carried by continue-as-new.
@@ -224,6 +228,7 @@ func (r *rollout) restore(st *RolloutState) error {
 	r.st = st
 	r.st.Runs++
 	r.state = RolloutRunning
+	r.state = r.runningState() // rollback (policy 1): rolling back once it aborted
 	if st.Paused {
 		r.state = RolloutPaused
 		r.reason = st.PauseReason

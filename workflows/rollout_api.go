@@ -92,7 +92,8 @@ const (
 // Error types a Rollout fails with.
 const (
 	// ErrRolloutAborted: failures exceeded the threshold. The error's details hold the final
-	// RolloutProgress.
+	// RolloutProgress: aborted, or rolled-back (RolloutRolledBack) when a rollback followed and ran
+	// to its end.
 	ErrRolloutAborted = "RolloutAborted"
 	// ErrRolloutNoWindow: devices were still to start when no maintenance window opens any more
 	// (the last absolute window closed). The rollout ends as RolloutAborted, its reason "no
@@ -201,6 +202,11 @@ type RolloutInput struct {
 	// the schedule's workflow ID and the run's scheduled time: rollout/<schedule>-<time>.
 	Schedule string `json:"schedule,omitempty"`
 
+	// Rollback (policy 1): when the rollout aborts on its failure threshold, the devices it updated
+	// (and, with Include, those that failed) get this firmware, under the rollout's waves, limits
+	// and windows; see rollout_rollback.go. Firmware rollouts only.
+	Rollback *RolloutRollback `json:"rollback,omitempty"`
+
 	// State is the rollout's state carried over continue-as-new; nil when starting.
 	State *RolloutState `json:"state,omitempty"`
 }
@@ -274,6 +280,10 @@ type RolloutState struct {
 	// PackedFleet then carries its fleet state, gzip-compressed JSON, instead of Rows.
 	Sharded     bool   `json:"sharded,omitempty"`
 	PackedFleet []byte `json:"packedFleet,omitempty"`
+
+	// Rollback (policy 1) is the rollback's state, once one began (or a shard closed with devices
+	// to roll back).
+	Rollback *RollbackState `json:"rollback,omitempty"`
 }
 
 // DeviceRow is one target device of a rollout and its result: a line of the report.
@@ -300,6 +310,9 @@ type DeviceRow struct {
 	// Note explains a skip (already on the target version, done by an earlier run) or an update
 	// whose version the device does not report (NoteVersionNotReported).
 	Note string `json:"note,omitempty"`
+
+	// Rollback (policy 1) is the device's rollback, once the rollout's rollback reached it.
+	Rollback *RollbackRow `json:"rollback,omitempty"`
 }
 
 // NoteVersionNotReported is the note of a device that completed the update but reports no
@@ -373,12 +386,18 @@ type RolloutProgress struct {
 	HubCalls int `json:"hubCalls"`
 	// Runs is the number of workflow runs (continue-as-new) so far.
 	Runs int `json:"runs"`
+
+	// Rollback (policy 1) is the rollback's progress, for a rollout with a rollback; its hub calls
+	// are in HubCalls too.
+	Rollback *RollbackProgress `json:"rollback,omitempty"`
 }
 
 // Done reports whether the progress is final.
 func (p RolloutProgress) Done() bool {
 	switch p.State {
 	case RolloutCompleted, RolloutAborted, RolloutCancelled, RolloutFailed:
+		return true
+	case RolloutRolledBack: // rollback (policy 1)
 		return true
 	}
 	return false
@@ -548,6 +567,7 @@ func (in RolloutInput) Validate() error {
 		}
 	}
 	problems = append(problems, checkWindows(in.Windows)...)
+	problems = append(problems, in.checkRollback()...) // rollback (policy 1)
 	if in.MinDevices < 0 || in.DevicesPerRun < 0 {
 		problems = append(problems, "min devices and devices per run must not be negative")
 	}

@@ -61,6 +61,8 @@ func (r *rollout) refusal(action string) string {
 	switch {
 	case r.cancelRequested:
 		return fmt.Sprintf("rollout %s is being cancelled: there is nothing to %s", r.in.Name, action)
+	case r.rollingBack(): // rollback (policy 1): control applies to the rollback until it stops
+		return r.rollbackRefusal(action)
 	case r.abortReason != "":
 		return fmt.Sprintf("rollout %s is aborting (%s): there is nothing to %s", r.in.Name, r.abortReason, action)
 	}
@@ -195,6 +197,7 @@ func (r *rollout) progress() RolloutProgress {
 	}
 	p.Active = max(p.Active, 0)
 	r.windowProgress(&p)
+	r.rollbackProgress(&p) // rollback (policy 1)
 	return p
 }
 

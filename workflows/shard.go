@@ -43,6 +43,7 @@ func RolloutShard(ctx workflow.Context, in ShardInput) (ShardTally, error) {
 	}
 	s := &shard{in: in, logger: logger, id: info.WorkflowExecution.ID}
 	s.endChecks = workflow.GetVersion(ctx, endChecksChange, workflow.DefaultVersion, 1) == 1
+	s.initRollback(ctx) // rollback (policy 1)
 	s.rows = make([]DeviceRow, len(in.Devices))
 	for i, d := range in.Devices {
 		s.rows[i] = DeviceRow{DeviceID: d.ID, Result: DevicePending, FromVersion: d.FromVersion}
@@ -122,6 +123,10 @@ type ShardInput struct {
 	RetryFailed bool `json:"retryFailed,omitempty"`
 	// Devices are the shard's devices in the order they start.
 	Devices []ShardDevice `json:"devices"`
+
+	// Rollback (policy 1) is the rollout's rollback: the shard stays open for it while it holds
+	// devices to roll back (shard_rollback.go).
+	Rollback *RolloutRollback `json:"rollback,omitempty"`
 }
 
 // ShardDevice is one device of a shard.
@@ -167,6 +172,9 @@ type ShardCommand struct {
 	Stop   bool `json:"stop,omitempty"`
 	Cancel bool `json:"cancel,omitempty"`
 	Finish bool `json:"finish,omitempty"`
+
+	// Rollback (policy 1) grants the rollback's devices (shard_rollback.go).
+	Rollback ShardRollbackCommand `json:"rollback,omitzero"`
 }
 
 // ShardTally is a shard's account of its devices, cumulative: a later one replaces an earlier.
@@ -183,6 +191,9 @@ type ShardTally struct {
 	Waves []WaveTally `json:"waves,omitempty"`
 	// Closed is set on the shard's last tally.
 	Closed bool `json:"closed,omitempty"`
+
+	// Rollback (policy 1) counts the rollback's devices, for a rollout with a rollback.
+	Rollback *RollbackTally `json:"rollback,omitempty"`
 }
 
 // WaveTally counts a wave's finished (Done) and failed devices.
@@ -266,6 +277,9 @@ type shard struct {
 	// endCheck is the timer of the next look.
 	endChecks bool
 	endCheck  workflow.Future
+
+	// rb is the shard's rollback (policy 1).
+	rb shardRollback
 }
 
 func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
@@ -296,6 +310,7 @@ func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
 			s.start(ctx, devCtx, i, c.Wave)
 			started++
 		}
+		started += s.startRollbacks(ctx, devCtx, c) // rollback (policy 1)
 		if s.closing(c) {
 			return s.close(ctx)
 		}
@@ -338,6 +353,9 @@ func (s *shard) nextToStart(c ShardCommand) int {
 
 // closing reports whether the shard is done: nothing runs, and nothing will start any more.
 func (s *shard) closing(c ShardCommand) bool {
+	if closes, decided := s.rollbackClosing(c); decided { // rollback (policy 1)
+		return closes
+	}
 	if s.running > 0 {
 		return false
 	}
@@ -446,11 +464,13 @@ func (s *shard) tally() ShardTally {
 		}
 	}
 	slices.SortFunc(t.Waves, func(a, b WaveTally) int { return a.Wave - b.Wave })
+	t.Rollback = s.rollbackTally() // rollback (policy 1)
 	return t
 }
 
 // close marks the devices never started and sends the last tally.
 func (s *shard) close(ctx workflow.Context) (ShardTally, error) {
+	s.closeRollback() // rollback (policy 1)
 	for i := range s.rows {
 		if s.rows[i].Result == DevicePending {
 			s.rows[i].Result = DeviceNotStarted
