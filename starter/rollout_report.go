@@ -168,6 +168,8 @@ type reportRow struct {
 	Error           string    `json:"error,omitempty"`
 	// Note says why a device was skipped.
 	Note string `json:"note,omitempty"`
+	// Rollback (policy 1) is the device's rollback, once the rollout's rollback reached it.
+	Rollback *reportRollback `json:"rollback,omitempty"`
 }
 
 func toReportRow(r workflows.DeviceRow) reportRow {
@@ -175,6 +177,7 @@ func toReportRow(r workflows.DeviceRow) reportRow {
 		Device: r.DeviceID, Wave: max(r.Wave+1, 0), Result: r.Result, Attempts: r.Attempts,
 		FromVersion: r.FromVersion, Stages: r.Stages, Started: r.Started.UTC(),
 		DurationSeconds: r.Duration.Seconds(), HubCalls: r.HubCalls, ErrorType: r.ErrorType, Error: r.Error, Note: r.Note,
+		Rollback: toReportRollback(r.Rollback), // rollback (policy 1)
 	}
 }
 
@@ -199,7 +202,8 @@ var csvHeader = []string{"device", "wave", "result", "attempts", "from_version",
 // cell is an unknown value.
 func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 	cw := csv.NewWriter(w)
-	if err := cw.Write(csvHeader); err != nil {
+	rb := hasRollback(rows) // rollback (policy 1): its columns once a row has one
+	if err := cw.Write(append(append([]string{}, csvHeader...), rollbackCSVHeader(rb)...)); err != nil {
 		return err
 	}
 	for _, d := range rows {
@@ -214,8 +218,8 @@ func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 		if r.Wave > 0 {
 			wave = strconv.Itoa(r.Wave)
 		}
-		if err := cw.Write([]string{r.Device, wave, r.Result, strconv.Itoa(r.Attempts), r.FromVersion, strings.Join(r.Stages, ";"),
-			started, dur, strconv.Itoa(r.HubCalls), r.ErrorType, oneLine(r.Error), oneLine(r.Note)}); err != nil {
+		if err := cw.Write(append([]string{r.Device, wave, r.Result, strconv.Itoa(r.Attempts), r.FromVersion, strings.Join(r.Stages, ";"),
+			started, dur, strconv.Itoa(r.HubCalls), r.ErrorType, oneLine(r.Error), oneLine(r.Note)}, rollbackCSVCells(d, rb)...)); err != nil {
 			return err
 		}
 	}
@@ -226,7 +230,8 @@ func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 // writeReportTable writes aligned columns and a line of totals by result.
 func writeReportTable(w io.Writer, rows []workflows.DeviceRow) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tWAVE\tRESULT\tATTEMPTS\tFROM\tSTAGES\tSTARTED\tDURATION\tHUB CALLS\tERROR OR NOTE")
+	rb := hasRollback(rows) // rollback (policy 1): its columns once a row has one
+	fmt.Fprintln(tw, "DEVICE\tWAVE\tRESULT\tATTEMPTS\tFROM\tSTAGES\tSTARTED\tDURATION\tHUB CALLS\tERROR OR NOTE"+rollbackHeader(rb))
 	for _, r := range rows {
 		started, duration := "-", "-"
 		if !r.Started.IsZero() {
@@ -235,13 +240,13 @@ func writeReportTable(w io.Writer, rows []workflows.DeviceRow) error {
 		if r.Duration > 0 {
 			duration = durationText(r.Duration, true)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", r.DeviceID, waveCell(r.Wave), r.Result, r.Attempts,
-			dash(r.FromVersion), dash(strings.Join(r.Stages, ",")), started, duration, r.HubCalls, dash(rowError(r)+rowNote(r)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s%s\n", r.DeviceID, waveCell(r.Wave), r.Result, r.Attempts,
+			dash(r.FromVersion), dash(strings.Join(r.Stages, ",")), started, duration, r.HubCalls, dash(rowError(r)+rowNote(r)), rollbackCells(r, rb))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "%d %s: %s\n", len(rows), plural(len(rows), "device", "devices"), countResults(rows))
+	_, err := fmt.Fprintf(w, "%d %s: %s%s\n", len(rows), plural(len(rows), "device", "devices"), countResults(rows), rollbackTotals(rows))
 	return err
 }
 

@@ -52,6 +52,11 @@ type specFlags struct {
 	fileWindows []workflows.Window
 	// fromFile names the flags whose value came from the spec file: flag → field ("firmware.version").
 	fromFile map[string]string
+
+	// rollback (policy 1): --rollback-firmware, --rollback-version, --rollback-include.
+	rollbackFirmware string
+	rollbackVersion  string
+	rollbackInclude  string
 }
 
 // addSpecFlags defines the spec flags; withName adds --name (rollout start: a schedule names its
@@ -82,6 +87,7 @@ func addSpecFlags(fl *pflag.FlagSet, f *specFlags, withName bool) {
 	fl.StringArrayVar(&f.windows, "window", nil, `maintenance window, repeatable: "0 2 * * SUN for 4h in Europe/Warsaw" (cron start, duration, time zone) or "2026-11-29T02:00:00Z/4h" (start/end or start/duration)`)
 	fl.IntVar(&f.devicesPerRun, "devices-per-run", 0, "devices a workflow run starts before it continues as new")
 	_ = fl.MarkHidden("devices-per-run")
+	addRollbackFlags(fl, f) // rollback (policy 1)
 }
 
 // specHelp documents the spec flags and the spec file, for the commands' long help.
@@ -117,6 +123,8 @@ allows of the wave's size, or more of all devices finished so far, once
 --min-devices have finished. --retry-failed runs the failed devices once more
 at the end (unless the rollout aborted or was cancelled).
 
+` + rollbackHelp + `
+
 Maintenance windows (--window, repeatable): devices start only while a window
 is open; devices in flight finish. Recurring: "<cron> for <duration> [in
 <time zone>]", e.g. "0 2 * * SUN for 4h in Europe/Warsaw" (time zone default
@@ -134,6 +142,7 @@ same fields as the flags, camelCase, e.g.
   rate: 50/s
   maxFailures: 10%
   reconcile: true
+  rollback: {uri: https://fw.example/v2.0.bin, version: 2.0.0, include: updated}
   windows: ["0 2 * * SUN for 4h in Europe/Warsaw",
             {cron: "0 2 * * SAT", duration: 4h, timeZone: Europe/Warsaw},
             {start: "2026-12-24T00:00:00Z", end: "2026-12-27T00:00:00Z"}]
@@ -251,6 +260,8 @@ func (f *specFlags) input(stdin io.Reader, changed func(flag string) bool, sched
 			in.Windows = append(in.Windows, w)
 		}
 	}
+
+	problems = append(problems, f.rollbackInput(&in)...) // rollback (policy 1)
 
 	if len(problems) > 0 {
 		return workflows.RolloutInput{}, cli.UsageError{Err: errors.New(strings.Join(problems, "; "))}
@@ -374,6 +385,8 @@ func (f *specFlags) mergeFile(stdin io.Reader, changed func(string) bool, schedu
 			f.reconcile = doc.v.reconcile
 		case "window":
 			f.fileWindows = doc.v.fileWindows
+		case "rollback-firmware", "rollback-version", "rollback-include": // rollback (policy 1)
+			f.mergeRollback(flag, doc.v)
 		default:
 			panic("spec field without a flag: " + flag)
 		}

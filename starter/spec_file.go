@@ -401,6 +401,7 @@ func (d *specDecoder) top(root *yaml.Node) {
 			}
 			v.fileWindows, d.doc.set["window"] = ws, path
 		}},
+		d.rollbackField(v), // rollback (policy 1)
 	})
 	if firmwareNode != nil && rebootNode != nil {
 		d.fail(rebootNode, "reboot", "a spec has firmware or reboot, not both: a firmware rollout reboots after the update with firmware.reboot: true")
@@ -548,6 +549,8 @@ type specOut struct {
 	RetryFailed   bool             `yaml:"retryFailed,omitempty"`
 	Reconcile     bool             `yaml:"reconcile,omitempty"`
 	Windows       []string         `yaml:"windows,omitempty"`
+	// Rollback (policy 1).
+	Rollback *specRollbackOut `yaml:"rollback,omitempty"`
 }
 
 type specFirmwareOut struct {
@@ -595,6 +598,7 @@ func formatSpec(in workflows.RolloutInput, maxDevices int) []byte {
 	for _, w := range in.Windows {
 		out.Windows = append(out.Windows, w.String())
 	}
+	out.Rollback = rollbackSpecOut(in.Rollback) // rollback (policy 1)
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)
