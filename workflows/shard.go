@@ -450,7 +450,9 @@ func (s *shard) tally() ShardTally {
 	t := ShardTally{Index: s.in.Index, Started: s.started, Retried: s.retried, Runs: s.runs}
 	for _, row := range s.rows {
 		t.count(row)
-		if !row.Finished() || row.Wave < 0 {
+		// A device never started belongs to no wave (its Wave is the zero value), and a wave's
+		// finished devices are those that ran.
+		if !row.Finished() || row.Wave < 0 || row.Result == DeviceNotStarted {
 			continue
 		}
 		k := slices.IndexFunc(t.Waves, func(w WaveTally) bool { return w.Wave == row.Wave })
