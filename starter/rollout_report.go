@@ -36,7 +36,9 @@ wave (1-based; 0 for a device skipped when the targets were resolved), result
 (pending, running, updated, rebooted, skipped, failed, cancelled, not started),
 attempts (2 after --retry-failed), the firmware version before the update,
 the stages the device reported, when its workflow started, how long it ran,
-its IoT Hub calls, and why it failed.
+its IoT Hub calls, and why it failed. Once the rollout's rollback reached a
+device, its rollback follows: result (rolled back, skipped, failed, cancelled,
+not started), rollback wave, stages, duration and error or note.
 
 Formats: table (aligned columns, the default), json (an array; also the default
 with --output json), csv (with a header row). --out writes to a file, which

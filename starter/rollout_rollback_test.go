@@ -265,3 +265,11 @@ dev-003  2     failed   1         1.0.0  downloading                     2026-05
 	require.NoError(t, writeReport(&out, formatCSV, rollbackRows[2:]))
 	assert.True(t, strings.HasPrefix(out.String(), strings.Join(csvHeader, ",")+"\n"))
 }
+
+// examples/rollout-policies.yaml's rollback block parses into the rollback it documents.
+func TestExamplePoliciesRollback(t *testing.T) {
+	f := specFlags{spec: "../examples/rollout-policies.yaml", name: "fw-2.1.0"}
+	in, err := f.input(strings.NewReader(""), func(flag string) bool { return flag == "name" }, "")
+	require.NoError(t, err)
+	assert.Equal(t, &workflows.RolloutRollback{PackageURI: "https://fw.example/v2.0.bin", Version: "2.0.0", Include: "updated"}, in.Rollback)
+}

@@ -57,6 +57,10 @@ const windowsChange = "maintenance-windows"
 //     flight finish, and the wave goes on in the next window. When no window opens any more and
 //     devices are left to start, the rollout ends as RolloutAborted with ErrRolloutNoWindow. Time
 //     spent waiting does not count as active (devices per minute are those inside windows).
+//   - Rollback: with in.Rollback, an abort on the threshold installs the rollback firmware on the
+//     devices the rollout updated, under the same waves, limits, windows and threshold, in state
+//     RolloutRollingBack, ending RolloutRolledBack (or RolloutAborted when the rollback stopped);
+//     see rollout_rollback.go.
 //
 // It completes with the final RolloutProgress (State RolloutCompleted or RolloutCancelled); it
 // fails with ErrInvalidInput for invalid input, ErrRolloutAborted past the threshold,

@@ -26,7 +26,7 @@ const (
 	QueryReport = "report"
 	// UpdatePause stops starting devices; those in flight finish. Argument: a ControlRequest;
 	// result: the RolloutProgress after the change. Refused unless the rollout is running (or
-	// waiting for a maintenance window).
+	// waiting for a maintenance window, or rolling back).
 	UpdatePause = "pause"
 	// UpdateResume starts devices again after a pause (or waits for the next maintenance window
 	// when none is open). Refused unless the rollout is paused.
@@ -59,7 +59,9 @@ const (
 	// RolloutCompleted: every target device finished (some may have failed, within the threshold).
 	RolloutCompleted = "completed"
 	// RolloutAborted: failures exceeded the threshold, or devices were left to start when no
-	// maintenance window opens any more; devices not started were left untouched.
+	// maintenance window opens any more; devices not started were left untouched. With a rollback
+	// (RolloutInput.Rollback), also a rollback that stopped (its threshold, no window); one that ran
+	// to its end is RolloutRolledBack (rollout_rollback.go).
 	RolloutAborted = "aborted"
 	// RolloutCancelled: an operator cancelled the rollout.
 	RolloutCancelled = "cancelled"
