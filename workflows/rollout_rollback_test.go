@@ -627,3 +627,48 @@ func TestRolloutRollbackValidation(t *testing.T) {
 		assert.NoError(t, in.Validate(), include)
 	}
 }
+
+// A shard whose devices all finished before the abort (here shard 0, the first wave's 250) stays
+// open for the rollback, which reaches its devices first, and the rollback's concurrency is shared
+// among the shards.
+func TestRolloutRollbackReachesShardsDoneBeforeTheAbort(t *testing.T) {
+	sim, rb := newShardSim(), newRBSim()
+	sim.fail["dev-250"], sim.fail["dev-251"] = 1, 1
+	env := newRollbackEnv(t, sim, rb)
+	in := rollbackInput(300)
+	in.Canary, in.Growth, in.MaxConcurrent, in.MaxFailures = 250, 1, 100, "1"
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	p := abortedProgress(t, env.GetWorkflowError())
+	assert.Equal(t, workflows.RolloutRolledBack, p.State)
+	assert.Equal(t, 298, p.Rollback.RolledBack)
+	assert.Equal(t, 2, p.Rollback.Waves, "waves of 250 and 48")
+	assert.LessOrEqual(t, sim.peak, 100, "at most max-concurrent devices in flight")
+	assert.Len(t, rb.invoked(), 298)
+	rows := rowsByID(shardedReport(t, env))
+	require.NotNil(t, rows["dev-000"].Rollback, "shard 0 finished before the abort and stayed open")
+	assert.Equal(t, 0, rows["dev-000"].Rollback.Wave)
+	assert.Equal(t, workflows.DeviceRolledBack, rows["dev-249"].Rollback.Result)
+	assert.Equal(t, 1, rows["dev-299"].Rollback.Wave)
+	assert.Nil(t, rows["dev-250"].Rollback)
+}
+
+// An abort with no device updated has nothing to roll back: the rollout ends rolled back at once.
+func TestRolloutRollbackWithNothingUpdated(t *testing.T) {
+	sim, rb := newShardSim(), newRBSim()
+	sim.fail["dev-000"], sim.fail["dev-001"] = 1, 1
+	env := newRollbackEnv(t, sim, rb)
+	in := rollbackInput(10)
+	in.Canary, in.MaxFailures = 2, "1"
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	p := abortedProgress(t, env.GetWorkflowError())
+	assert.Equal(t, workflows.RolloutRolledBack, p.State)
+	assert.True(t, strings.HasSuffix(p.Reason, "; nothing to roll back to 1.0.0: no device was updated"), p.Reason)
+	assert.Equal(t, workflows.RollbackCompleted, p.Rollback.Phase)
+	assert.Zero(t, p.Rollback.Devices)
+	assert.Equal(t, start.Add(10*time.Second), p.Finished)
+	assert.Empty(t, rb.invoked())
+}
