@@ -45,7 +45,8 @@ func newRolloutCommand(g *globals, connect connector[rolloutAPI]) *cobra.Command
 first, then waves growing by --growth, with at most --max-concurrent devices in
 flight and at most --rate IoT Hub calls per second. When more devices fail than
 --max-failures allows, the rollout aborts and leaves the devices not started
-untouched. A running rollout can be paused, resumed and cancelled.
+untouched, or, with --rollback-firmware, rolls the devices it updated back.
+A running rollout can be paused, resumed and cancelled.
 
 A rollout is the workflow rollout/<name>; its devices run in shard workflows
 rollout/<name>/shard/<n> of up to 250 devices each, every device's calls as
@@ -63,7 +64,7 @@ Exit codes:
      a status or report printed, a pause, resume, cancel or approve
      accepted; for watch and start --wait: the rollout completed with no
      failed device (or ended at its end time with every device done)
-  1  watch and start --wait: the rollout aborted, failed, was cancelled,
+  1  watch and start --wait: the rollout aborted (rolled back or not), failed, was cancelled,
      ended at its end time with devices not started (or cancelled, or
      failed), or completed with failed devices (within --max-failures);
      any command: a pause, resume, cancel or approve refused (the reason is
@@ -76,7 +77,7 @@ Exit codes:
 		r.controlCommand(workflows.UpdatePause, "Stop starting devices; those in flight finish",
 			`Pauses a running rollout: no further device starts until resume; the devices
 in flight finish. The reason shows in the rollout's progress. Refused unless the
-rollout is running.`),
+rollout is running (or rolling back).`),
 		r.controlCommand(workflows.UpdateResume, "Start devices again after a pause",
 			`Resumes a paused rollout where it stopped. Refused unless the rollout is paused.`),
 		r.controlCommand(workflows.UpdateCancel, "Stop the rollout: no device starts any more, those in flight are cancelled",
@@ -174,6 +175,7 @@ func describeInput(in workflows.RolloutInput) string {
 	if n := len(in.Windows); n > 0 {
 		fmt.Fprintf(&b, ", in %d maintenance %s", n, plural(n, "window", "windows"))
 	}
+	b.WriteString(rollbackDescription(in)) // rollback (policy 1)
 	return b.String()
 }
 

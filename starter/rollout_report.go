@@ -39,6 +39,9 @@ the stages the device reported, when its workflow started, how long it ran,
 its IoT Hub calls, and why it failed. A rollout with approval gates lists its
 approvals below the table (wave, time, approver, note), and with --format json
 each row names the approval its wave started on ("approval").
+its IoT Hub calls, and why it failed. Once the rollout's rollback reached a
+device, its rollback follows: result (rolled back, skipped, failed, cancelled,
+not started), rollback wave, stages, duration and error or note.
 
 Formats: table (aligned columns, the default), json (an array; also the default
 with --output json), csv (with a header row). --out writes to a file, which
@@ -179,6 +182,8 @@ type reportRow struct {
 	FailureType string    `json:"failureType,omitempty"`
 	RetriedOn   []string  `json:"retriedOn,omitempty"`
 	RetryAt     time.Time `json:"retryAt,omitzero"`
+	// Rollback (policy 1) is the device's rollback, once the rollout's rollback reached it.
+	Rollback *reportRollback `json:"rollback,omitempty"`
 }
 
 func toReportRow(r workflows.DeviceRow) reportRow {
@@ -187,6 +192,7 @@ func toReportRow(r workflows.DeviceRow) reportRow {
 		FromVersion: r.FromVersion, Stages: r.Stages, Started: r.Started.UTC(),
 		DurationSeconds: r.Duration.Seconds(), HubCalls: r.HubCalls, ErrorType: r.ErrorType, Error: r.Error, Note: r.Note,
 		FailureType: r.FailureType, RetriedOn: r.RetriedOn, RetryAt: r.RetryAt.UTC(),
+		Rollback: toReportRollback(r.Rollback), // rollback (policy 1)
 	}
 }
 
@@ -212,7 +218,8 @@ var csvHeader = []string{"device", "wave", "result", "attempts", "from_version",
 // cell is an unknown value.
 func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 	cw := csv.NewWriter(w)
-	if err := cw.Write(csvHeader); err != nil {
+	rb := hasRollback(rows) // rollback (policy 1): its columns once a row has one
+	if err := cw.Write(append(append([]string{}, csvHeader...), rollbackCSVHeader(rb)...)); err != nil {
 		return err
 	}
 	for _, d := range rows {
@@ -231,9 +238,9 @@ func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 		if !d.RetryAt.IsZero() {
 			retryAt = r.RetryAt.Format(time.RFC3339)
 		}
-		if err := cw.Write([]string{r.Device, wave, r.Result, strconv.Itoa(r.Attempts), r.FromVersion, strings.Join(r.Stages, ";"),
+		if err := cw.Write(append([]string{r.Device, wave, r.Result, strconv.Itoa(r.Attempts), r.FromVersion, strings.Join(r.Stages, ";"),
 			started, dur, strconv.Itoa(r.HubCalls), r.ErrorType, oneLine(r.Error), oneLine(r.Note),
-			r.FailureType, strings.Join(r.RetriedOn, ";"), retryAt}); err != nil {
+			r.FailureType, strings.Join(r.RetriedOn, ";"), retryAt}, rollbackCSVCells(d, rb)...)); err != nil {
 			return err
 		}
 	}
@@ -244,7 +251,8 @@ func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 // writeReportTable writes aligned columns and a line of totals by result.
 func writeReportTable(w io.Writer, rows []workflows.DeviceRow) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tWAVE\tRESULT\tTYPE\tATTEMPTS\tFROM\tSTAGES\tSTARTED\tDURATION\tHUB CALLS\tERROR OR NOTE")
+	rb := hasRollback(rows) // rollback (policy 1): its columns once a row has one
+	fmt.Fprintln(tw, "DEVICE\tWAVE\tRESULT\tTYPE\tATTEMPTS\tFROM\tSTAGES\tSTARTED\tDURATION\tHUB CALLS\tERROR OR NOTE"+rollbackHeader(rb))
 	for _, r := range rows {
 		started, duration := "-", "-"
 		if !r.Started.IsZero() {
@@ -253,13 +261,13 @@ func writeReportTable(w io.Writer, rows []workflows.DeviceRow) error {
 		if r.Duration > 0 {
 			duration = durationText(r.Duration, true)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", r.DeviceID, waveCell(r.Wave), r.Result, typeCell(r), r.Attempts,
-			dash(r.FromVersion), dash(strings.Join(r.Stages, ",")), started, duration, r.HubCalls, dash(rowError(r)+rowNote(r)+rowRetryNote(r)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s%s\n", r.DeviceID, waveCell(r.Wave), r.Result, typeCell(r), r.Attempts,
+			dash(r.FromVersion), dash(strings.Join(r.Stages, ",")), started, duration, r.HubCalls, dash(rowError(r)+rowNote(r)+rowRetryNote(r)), rollbackCells(r, rb))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "%d %s: %s\n", len(rows), plural(len(rows), "device", "devices"), countResults(rows))
+	_, err := fmt.Fprintf(w, "%d %s: %s%s\n", len(rows), plural(len(rows), "device", "devices"), countResults(rows), rollbackTotals(rows))
 	return err
 }
 

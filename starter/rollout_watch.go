@@ -185,7 +185,8 @@ func (v *lineView) close()           {}
 // ETA.
 func progressKey(p workflows.RolloutProgress) string {
 	return fmt.Sprintf("%s|%s|%d %d|%d/%d|%v|%d %d %d %d %d %d %d", p.State, p.Reason, p.WindowOpens.Unix(), p.WindowCloses.Unix(),
-		p.Wave, p.Waves, p.Retrying, p.Succeeded, p.Skipped, p.Failed, p.Cancelled, p.NotStarted, p.Running, p.Pending)
+		p.Wave, p.Waves, p.Retrying, p.Succeeded, p.Skipped, p.Failed, p.Cancelled, p.NotStarted, p.Running, p.Pending) +
+		rollbackKey(p) // rollback (policy 1)
 }
 
 // doneCount is the devices the rollout has finished with: every result but running and pending.
@@ -313,7 +314,8 @@ func rolloutLine(p workflows.RolloutProgress, now time.Time, loc *time.Location)
 	}
 	done := doneCount(p)
 	return fmt.Sprintf(" %7s  %s  %s  %d/%d done (%d%%)  %s  %s", elapsed, stateWindowText(p, now, loc), waveText(p),
-		done, p.Total, percent(done, p.Total), countsText(p, "  "), speedText(p))
+		done, p.Total, percent(done, p.Total), countsText(p, "  "), speedText(p)) +
+		rollbackLine(p) // rollback (policy 1)
 }
 
 // elapsedOf is the rollout's age at its last change (or end), pauses included.
@@ -381,7 +383,7 @@ func newBarView(out io.Writer, name string, now func() time.Time, loc *time.Loca
 		if w := windowText(p, v.now(), v.loc); w != "" {
 			s += " · " + w
 		}
-		return s
+		return s + rollbackLine(p) // rollback (policy 1)
 	})))
 	return v
 }
@@ -472,6 +474,7 @@ func printStatus(out io.Writer, p workflows.RolloutProgress, url string, now tim
 		printRetries(out, p)
 		fmt.Fprintf(out, "  speed:     %s\n", speedText(p))
 	}
+	printRollbackStatus(out, p) // rollback (policy 1)
 	limits := fmt.Sprintf("max failures %s, max concurrent %d", p.MaxFailures, p.MaxConcurrent) + retryLimits(p)
 	if p.Rate > 0 {
 		limits += fmt.Sprintf(", rate %g hub calls/s", p.Rate)
@@ -514,6 +517,8 @@ func writeSummary(out io.Writer, p workflows.RolloutProgress, failed []workflows
 		workflows.RolloutCancelled: "was cancelled after",
 		workflows.RolloutFailed:    "failed after",
 		workflows.RolloutEnded:     "ended at its end time after",
+		// rollback (policy 1)
+		workflows.RolloutRolledBack: "aborted and rolled back after",
 	}[p.State]
 	if verb == "" {
 		verb = p.State + " after"
@@ -537,6 +542,7 @@ func writeSummary(out io.Writer, p workflows.RolloutProgress, failed []workflows
 	if p.Reason != "" {
 		fmt.Fprintf(out, "  reason:    %s\n", p.Reason)
 	}
+	writeRollbackSummary(out, p) // rollback (policy 1)
 	fmt.Fprintf(out, "  hub calls: %d in %d %s\n", p.HubCalls, p.Runs, plural(p.Runs, "workflow run", "workflow runs"))
 	summaryGates(out, p, time.UTC)
 	if p.Failed > 0 {
@@ -592,6 +598,8 @@ func outcomeError(p workflows.RolloutProgress) error {
 			p.Name, p.Failed, plural(p.Failed, "device", "devices"), p.MaxFailures, p.Name)
 	case workflows.RolloutAborted:
 		return fmt.Errorf("rollout %s aborted%s", p.Name, why)
+	case workflows.RolloutRolledBack: // rollback (policy 1)
+		return fmt.Errorf("rollout %s aborted and was rolled back%s", p.Name, why)
 	case workflows.RolloutCancelled:
 		return fmt.Errorf("rollout %s was cancelled%s", p.Name, why)
 	case workflows.RolloutFailed:

@@ -67,6 +67,10 @@ type specFlags struct {
 	retryBackoff time.Duration
 	maxTimeouts  string
 	maxOffline   string
+	// rollback (policy 1): --rollback-firmware, --rollback-version, --rollback-include.
+	rollbackFirmware string
+	rollbackVersion  string
+	rollbackInclude  string
 }
 
 // addSpecFlags defines the spec flags; withName adds --name (rollout start: a schedule names its
@@ -99,6 +103,7 @@ func addSpecFlags(fl *pflag.FlagSet, f *specFlags, withName bool) {
 	_ = fl.MarkHidden("devices-per-run")
 	addGateFlags(fl, f)
 	addRetryFlags(fl, f)
+	addRollbackFlags(fl, f) // rollback (policy 1)
 }
 
 // specHelp documents the spec flags and the spec file, for the commands' long help.
@@ -135,6 +140,7 @@ allows of the wave's size, or more of all devices finished so far, once
 at the end (unless the rollout aborted or was cancelled).
 
 ` + retrySpecHelp + `
+` + rollbackHelp + `
 
 Maintenance windows (--window, repeatable): devices start only while a window
 is open; devices in flight finish. Recurring: "<cron> for <duration> [in
@@ -155,6 +161,7 @@ same fields as the flags, camelCase, e.g.
   rate: 50/s
   maxFailures: 10%
   reconcile: true
+  rollback: {uri: https://fw.example/v2.0.bin, version: 2.0.0, include: updated}
   windows: ["0 2 * * SUN for 4h in Europe/Warsaw",
             {cron: "0 2 * * SAT", duration: 4h, timeZone: Europe/Warsaw},
             {start: "2026-12-24T00:00:00Z", end: "2026-12-27T00:00:00Z"}]
@@ -281,6 +288,8 @@ func (f *specFlags) input(stdin io.Reader, changed func(flag string) bool, sched
 	problems = append(problems, f.gatesInput(&in, schedule != "")...)
 
 	problems = append(problems, f.retryInput(&in, changed)...)
+	problems = append(problems, f.rollbackInput(&in)...) // rollback (policy 1)
+
 	if len(problems) > 0 {
 		return workflows.RolloutInput{}, cli.UsageError{Err: errors.New(strings.Join(problems, "; "))}
 	}
@@ -405,6 +414,8 @@ func (f *specFlags) mergeFile(stdin io.Reader, changed func(string) bool, schedu
 			f.fileWindows = doc.v.fileWindows
 		case "retries", "retry-on", "retry-backoff", "max-timeouts", "max-offline":
 			f.mergeRetryField(flag, &doc.v)
+		case "rollback-firmware", "rollback-version", "rollback-include": // rollback (policy 1)
+			f.mergeRollback(flag, doc.v)
 		default:
 			if !f.mergeGateField(flag, &doc.v) {
 				panic("spec field without a flag: " + flag)

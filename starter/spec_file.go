@@ -401,6 +401,7 @@ func (d *specDecoder) top(root *yaml.Node) {
 			}
 			v.fileWindows, d.doc.set["window"] = ws, path
 		}},
+		d.rollbackField(v), // rollback (policy 1)
 	}, append(d.gateFields(v), d.retryFields(v)...)...))
 	if firmwareNode != nil && rebootNode != nil {
 		d.fail(rebootNode, "reboot", "a spec has firmware or reboot, not both: a firmware rollout reboots after the update with firmware.reboot: true")
@@ -559,6 +560,8 @@ type specOut struct {
 	Retries     *specRetriesOut `yaml:"retries,omitempty"`
 	MaxTimeouts string          `yaml:"maxTimeouts,omitempty"`
 	MaxOffline  string          `yaml:"maxOffline,omitempty"`
+	// Rollback (policy 1).
+	Rollback *specRollbackOut `yaml:"rollback,omitempty"`
 }
 
 type specFirmwareOut struct {
@@ -608,6 +611,7 @@ func formatSpec(in workflows.RolloutInput, maxDevices int) []byte {
 	}
 	formatGates(&out, in)
 	out.Retries, out.MaxTimeouts, out.MaxOffline = retriesOut(in), in.MaxTimeouts, in.MaxOffline
+	out.Rollback = rollbackSpecOut(in.Rollback) // rollback (policy 1)
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)

@@ -57,6 +57,10 @@ const windowsChange = "maintenance-windows"
 //     flight finish, and the wave goes on in the next window. When no window opens any more and
 //     devices are left to start, the rollout ends as RolloutAborted with ErrRolloutNoWindow. Time
 //     spent waiting does not count as active (devices per minute are those inside windows).
+//   - Rollback: with in.Rollback, an abort on the threshold installs the rollback firmware on the
+//     devices the rollout updated, under the same waves, limits, windows and threshold, in state
+//     RolloutRollingBack, ending RolloutRolledBack (or RolloutAborted when the rollback stopped);
+//     see rollout_rollback.go.
 //
 // It completes with the final RolloutProgress (State RolloutCompleted or RolloutCancelled); it
 // fails with ErrInvalidInput for invalid input, ErrRolloutAborted past the threshold,
@@ -107,6 +111,7 @@ func Rollout(ctx workflow.Context, in RolloutInput) (RolloutProgress, error) {
 		r.windowed = workflow.GetVersion(ctx, windowsChange, workflow.DefaultVersion, 1) >= 1
 	}
 	r.retries = newRolloutRetries(ctx, in)
+	r.askRollbackVersion(ctx) // rollback (policy 1)
 	attrs := []temporal.SearchAttributeUpdate{
 		SearchAttrRollout.ValueSet(in.Name),
 		SearchAttrOperation.ValueSet(in.Operation),
@@ -214,6 +219,8 @@ type rollout struct {
 	// retries is the state of retries and thresholds by failure type (rollout_retries.go); nil
 	// without them.
 	retries *rolloutRetries
+	// rb is the run's part of the rollback (policy 1); its state is in st.Rollback.
+	rb rollbackRun
 }
 
 // restore takes over the state carried by continue-as-new.
@@ -235,6 +242,7 @@ func (r *rollout) restore(st *RolloutState) error {
 	r.st = st
 	r.st.Runs++
 	r.state = RolloutRunning
+	r.state = r.runningState() // rollback (policy 1): rolling back once it aborted
 	if st.Paused {
 		r.state = RolloutPaused
 		r.reason = st.PauseReason

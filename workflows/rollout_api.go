@@ -26,7 +26,7 @@ const (
 	QueryReport = "report"
 	// UpdatePause stops starting devices; those in flight finish. Argument: a ControlRequest;
 	// result: the RolloutProgress after the change. Refused unless the rollout is running (or
-	// waiting for a maintenance window).
+	// waiting for a maintenance window, or rolling back).
 	UpdatePause = "pause"
 	// UpdateResume starts devices again after a pause (or waits for the next maintenance window
 	// when none is open). Refused unless the rollout is paused.
@@ -59,7 +59,9 @@ const (
 	// RolloutCompleted: every target device finished (some may have failed, within the threshold).
 	RolloutCompleted = "completed"
 	// RolloutAborted: failures exceeded the threshold, or devices were left to start when no
-	// maintenance window opens any more; devices not started were left untouched.
+	// maintenance window opens any more; devices not started were left untouched. With a rollback
+	// (RolloutInput.Rollback), also a rollback that stopped (its threshold, no window); one that ran
+	// to its end is RolloutRolledBack (rollout_rollback.go).
 	RolloutAborted = "aborted"
 	// RolloutCancelled: an operator cancelled the rollout.
 	RolloutCancelled = "cancelled"
@@ -92,7 +94,8 @@ const (
 // Error types a Rollout fails with.
 const (
 	// ErrRolloutAborted: failures exceeded the threshold. The error's details hold the final
-	// RolloutProgress.
+	// RolloutProgress: aborted, or rolled-back (RolloutRolledBack) when a rollback followed and ran
+	// to its end.
 	ErrRolloutAborted = "RolloutAborted"
 	// ErrRolloutNoWindow: devices were still to start when no maintenance window opens any more
 	// (the last absolute window closed). The rollout ends as RolloutAborted, its reason "no
@@ -219,6 +222,10 @@ type RolloutInput struct {
 	Retries     *RetryPolicy `json:"retries,omitempty"`
 	MaxTimeouts string       `json:"maxTimeouts,omitempty"`
 	MaxOffline  string       `json:"maxOffline,omitempty"`
+	// Rollback (policy 1): when the rollout aborts on its failure threshold, the devices it updated
+	// (and, with Include, those that failed) get this firmware, under the rollout's waves, limits
+	// and windows; see rollout_rollback.go. Firmware rollouts only.
+	Rollback *RolloutRollback `json:"rollback,omitempty"`
 
 	// State is the rollout's state carried over continue-as-new; nil when starting.
 	State *RolloutState `json:"state,omitempty"`
@@ -302,6 +309,9 @@ type RolloutState struct {
 	AwaitingSince time.Time     `json:"awaitingSince,omitzero"`
 	AwaitedFor    time.Duration `json:"awaitedFor,omitempty"`
 	JudgedWave    int           `json:"judgedWave,omitempty"`
+	// Rollback (policy 1) is the rollback's state, once one began (or a shard closed with devices
+	// to roll back).
+	Rollback *RollbackState `json:"rollback,omitempty"`
 }
 
 // DeviceRow is one target device of a rollout and its result: a line of the report.
@@ -336,6 +346,8 @@ type DeviceRow struct {
 	FailureType string    `json:"failureType,omitempty"`
 	RetriedOn   []string  `json:"retriedOn,omitempty"`
 	RetryAt     time.Time `json:"retryAt,omitzero"`
+	// Rollback (policy 1) is the device's rollback, once the rollout's rollback reached it.
+	Rollback *RollbackRow `json:"rollback,omitempty"`
 }
 
 // NoteVersionNotReported is the note of a device that completed the update but reports no
@@ -433,12 +445,17 @@ type RolloutProgress struct {
 	RetryPolicy    *RetryPolicy `json:"retryPolicy,omitempty"`
 	MaxTimeouts    string       `json:"maxTimeouts,omitempty"`
 	MaxOffline     string       `json:"maxOffline,omitempty"`
+	// Rollback (policy 1) is the rollback's progress, for a rollout with a rollback; its hub calls
+	// are in HubCalls too.
+	Rollback *RollbackProgress `json:"rollback,omitempty"`
 }
 
 // Done reports whether the progress is final.
 func (p RolloutProgress) Done() bool {
 	switch p.State {
 	case RolloutCompleted, RolloutAborted, RolloutCancelled, RolloutFailed, RolloutEnded:
+		return true
+	case RolloutRolledBack: // rollback (policy 1)
 		return true
 	}
 	return false
@@ -609,6 +626,7 @@ func (in RolloutInput) Validate() error {
 	}
 	problems = append(problems, checkWindows(in.Windows)...)
 	problems = append(problems, in.checkGates()...)
+	problems = append(problems, in.checkRollback()...) // rollback (policy 1)
 	if in.MinDevices < 0 || in.DevicesPerRun < 0 {
 		problems = append(problems, "min devices and devices per run must not be negative")
 	}

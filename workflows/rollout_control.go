@@ -63,6 +63,8 @@ func (r *rollout) refusal(action string) string {
 		return fmt.Sprintf("rollout %s is being cancelled: there is nothing to %s", r.in.Name, action)
 	case r.endReached:
 		return fmt.Sprintf("rollout %s is ending (%s): there is nothing to %s", r.in.Name, r.abortReason, action)
+	case r.rollingBack(): // rollback (policy 1): control applies to the rollback until it stops
+		return r.rollbackRefusal(action)
 	case r.abortReason != "":
 		return fmt.Sprintf("rollout %s is aborting (%s): there is nothing to %s", r.in.Name, r.abortReason, action)
 	}
@@ -203,6 +205,7 @@ func (r *rollout) progress() RolloutProgress {
 	r.windowProgress(&p)
 	r.gatesProgress(&p)
 	r.retriesProgress(&p)
+	r.rollbackProgress(&p) // rollback (policy 1)
 	return p
 }
 

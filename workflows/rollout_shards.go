@@ -142,6 +142,9 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 	r.sumShards()
 	r.endChecks = workflow.GetVersion(ctx, endChecksChange, workflow.DefaultVersion, 1) == 1
 	r.startGates(ctx)
+	if r.rollingBack() { // rollback (policy 1): a run continued during the rollback
+		return r.runRollback(ctx)
+	}
 	for err == nil && !r.cancelRequested && r.abortReason == "" {
 		seen := r.changes
 		if r.windowTimer != nil && r.windowTimer.IsReady() {
@@ -465,6 +468,7 @@ func (r *rollout) startShard(ctx workflow.Context, devices []ShardDevice) error 
 		Operation:      r.in.Operation, Firmware: r.in.Firmware, Reboot: r.in.Reboot, Rate: r.rate,
 		RetryFailed: r.in.RetryFailed, Devices: devices, Retries: r.retryPolicy(),
 	}
+	in.Rollback = r.shardRollback() // rollback (policy 1)
 	err := workflow.ExecuteChildWorkflow(cctx, RolloutShard, in).GetChildWorkflowExecution().Get(ctx, nil)
 	var already *temporal.ChildWorkflowExecutionAlreadyStartedError
 	if errors.As(err, &already) {
@@ -495,6 +499,7 @@ func (r *rollout) takeTally(ctx workflow.Context, t ShardTally) {
 		return
 	}
 	before := sh.Last.Waves
+	rollbackBefore := sh.Last.Rollback // rollback (policy 1)
 	sh.Last = t
 	if t.Closed {
 		r.fl.Closed.add(t.Tally, 1)
@@ -509,6 +514,7 @@ func (r *rollout) takeTally(ctx workflow.Context, t ShardTally) {
 			r.checkThreshold(w.Wave, r.waveFailed[w.Wave] > 0)
 		}
 	}
+	r.takeRollbackTally(rollbackBefore, t) // rollback (policy 1)
 	r.touch(ctx)
 }
 
@@ -561,6 +567,7 @@ func (r *rollout) sumShards() {
 	}
 	r.running = r.agg.Running
 	r.sumTypes(waves)
+	r.sumRollback() // rollback (policy 1)
 }
 
 // queueRetryShards runs every failed device once more, as one last wave.
@@ -628,6 +635,10 @@ func (r *rollout) awaitSignals(ctx workflow.Context) error {
 // targets: every open shard stops (or cancels its devices in flight), and the rollout waits for
 // their last tallies.
 func (r *rollout) windDownShards(ctx workflow.Context, err error) (RolloutProgress, error) {
+	if err == nil && r.rollbackDue() { // rollback (policy 1): an abort on the threshold rolls back
+		return r.runRollback(ctx)
+	}
+	r.skipRollback() // rollback (policy 1): shards waiting for a rollback close
 	cancelled := err != nil && r.resolveErr == nil
 	if cancelled {
 		ctx, _ = workflow.NewDisconnectedContext(ctx)

@@ -156,5 +156,5 @@ func (r *rollout) stateAfterResume(now time.Time) string {
 	if r.windowed && r.winKnown && !r.win.Open && !r.win.None && r.win.holdsAt(now) {
 		return RolloutWaiting
 	}
-	return RolloutRunning
+	return r.runningState() // rollback (policy 1): rolling back once it aborted
 }

@@ -44,6 +44,7 @@ func RolloutShard(ctx workflow.Context, in ShardInput) (ShardTally, error) {
 	s := &shard{in: in, logger: logger, id: info.WorkflowExecution.ID}
 	s.endChecks = workflow.GetVersion(ctx, endChecksChange, workflow.DefaultVersion, 1) == 1
 	s.rt = newShardRetries(ctx, in)
+	s.initRollback(ctx) // rollback (policy 1)
 	s.rows = make([]DeviceRow, len(in.Devices))
 	for i, d := range in.Devices {
 		s.rows[i] = DeviceRow{DeviceID: d.ID, Result: DevicePending, FromVersion: d.FromVersion}
@@ -126,6 +127,9 @@ type ShardInput struct {
 
 	// Retries by failure type (rollout_retries.go): the rollout's RetryPolicy, nil without one.
 	Retries *RetryPolicy `json:"retries,omitempty"`
+	// Rollback (policy 1) is the rollout's rollback: the shard stays open for it while it holds
+	// devices to roll back (shard_rollback.go).
+	Rollback *RolloutRollback `json:"rollback,omitempty"`
 }
 
 // ShardDevice is one device of a shard.
@@ -171,6 +175,9 @@ type ShardCommand struct {
 	Stop   bool `json:"stop,omitempty"`
 	Cancel bool `json:"cancel,omitempty"`
 	Finish bool `json:"finish,omitempty"`
+
+	// Rollback (policy 1) grants the rollback's devices (shard_rollback.go).
+	Rollback ShardRollbackCommand `json:"rollback,omitzero"`
 }
 
 // ShardTally is a shard's account of its devices, cumulative: a later one replaces an earlier.
@@ -187,6 +194,9 @@ type ShardTally struct {
 	Waves []WaveTally `json:"waves,omitempty"`
 	// Closed is set on the shard's last tally.
 	Closed bool `json:"closed,omitempty"`
+
+	// Rollback (policy 1) counts the rollback's devices, for a rollout with a rollback.
+	Rollback *RollbackTally `json:"rollback,omitempty"`
 }
 
 // WaveTally counts a wave's finished (Done) and failed devices, and the skipped ones among the
@@ -290,6 +300,8 @@ type shard struct {
 
 	// rt is the shard's state of retries by failure type (shard_retries.go).
 	rt *shardRetries
+	// rb is the shard's rollback (policy 1).
+	rb shardRollback
 }
 
 func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
@@ -320,6 +332,7 @@ func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
 			s.start(ctx, devCtx, i, c.Wave)
 			started++
 		}
+		started += s.startRollbacks(ctx, devCtx, c) // rollback (policy 1)
 		if s.closing(c) {
 			return s.close(ctx)
 		}
@@ -365,6 +378,9 @@ func (s *shard) nextToStart(c ShardCommand) int {
 
 // closing reports whether the shard is done: nothing runs, and nothing will start any more.
 func (s *shard) closing(c ShardCommand) bool {
+	if closes, decided := s.rollbackClosing(c); decided { // rollback (policy 1)
+		return closes
+	}
 	if s.running > 0 {
 		return false
 	}
@@ -465,7 +481,9 @@ func (s *shard) tally() ShardTally {
 	t := ShardTally{Index: s.in.Index, Started: s.started, Retried: s.retried, Runs: s.runs}
 	for _, row := range s.rows {
 		t.count(row)
-		if !row.Finished() || row.Wave < 0 {
+		// A device never started belongs to no wave (its Wave is the zero value), and a wave's
+		// finished devices are those that ran.
+		if !row.Finished() || row.Wave < 0 || row.Result == DeviceNotStarted {
 			continue
 		}
 		k := slices.IndexFunc(t.Waves, func(w WaveTally) bool { return w.Wave == row.Wave })
@@ -483,12 +501,14 @@ func (s *shard) tally() ShardTally {
 		t.Waves[k].countType(row)
 	}
 	slices.SortFunc(t.Waves, func(a, b WaveTally) int { return a.Wave - b.Wave })
+	t.Rollback = s.rollbackTally() // rollback (policy 1)
 	return t
 }
 
 // close marks the devices never started and sends the last tally.
 func (s *shard) close(ctx workflow.Context) (ShardTally, error) {
 	s.rt.abandon(s)
+	s.closeRollback() // rollback (policy 1)
 	for i := range s.rows {
 		if s.rows[i].Result == DevicePending {
 			s.rows[i].Result = DeviceNotStarted

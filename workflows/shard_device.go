@@ -21,6 +21,8 @@ type device struct {
 	attempt  int
 	updateID string
 	logger   log.Logger
+	// rollback marks a device's rollback (policy 1): its activities are named <device>/<step>#rollback.
+	rollback bool
 	// out collects the outcome as the steps go, so that a failure keeps the hub calls made and
 	// the stages seen before it.
 	out deviceOutcome
@@ -58,6 +60,10 @@ func (d *device) activityOptions(ctx workflow.Context, step string) workflow.Con
 		ao.ActivityID += fmt.Sprintf("#%d", d.attempt)
 	}
 	ao.Summary = d.id + ": " + step
+	if d.rollback {
+		ao.ActivityID += "#rollback"
+		ao.Summary += " (rollback)"
+	}
 	return workflow.WithActivityOptions(ctx, ao)
 }
 

@@ -167,5 +167,6 @@ func (r *rollout) shardEnded(ctx workflow.Context, sh *ShardRecord, status strin
 	r.logger.Warn("a shard ended outside the rollout: its devices in flight count as failed",
 		"shard", RolloutShardWorkflowID(r.in.Name, sh.Index), "status", status, "failed", lost+notRetried, "not_started", t.NotStarted)
 	r.st.EndedShards = append(r.st.EndedShards, RolloutShardWorkflowID(r.in.Name, sh.Index)+" ("+status+")")
+	t.Rollback = r.rollbackShardEnded(sh) // rollback (policy 1)
 	r.takeTally(ctx, t)
 }
