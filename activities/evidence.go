@@ -196,3 +196,33 @@ func (e *Evidence) problem() string {
 	}
 	return ""
 }
+
+// Taken reports whether a twin read (ReadFirst's, GetTwin's) shows that the device took the
+// request e names, and how ("id" or "changed"): its ID reported with Property one of OneOf, or,
+// from a device that reports no ID, Property changed (by the hub's $lastUpdated) after Before to
+// one of OneOf. Unlike Seen, the ID alone is not enough where OneOf is given: a device that
+// reports the request's ID with firmwareStatus "error" tried it and failed, and may take a new one.
+// The read must hold Property and IDProperty (GetTwinInput.Properties).
+func (e Evidence) Taken(read GetTwinResult) (bool, string) {
+	value, reported := read.Reported[e.Property]
+	inOneOf := reported && (len(e.OneOf) == 0 || slices.Contains(e.OneOf, valueString(value)))
+	if e.IDProperty != "" {
+		if v, ok := read.Reported[e.IDProperty]; ok {
+			if id := valueString(v); id == e.ID {
+				return inOneOf, "id"
+			} else if id != "" {
+				// Another request's: what the device reports beside it is not e's.
+				return false, ""
+			}
+		}
+	}
+	if !inOneOf || !HubTimeAfter(read.LastUpdated[e.Property], e.Before) {
+		return false, ""
+	}
+	return true, "changed"
+}
+
+// HubTimeBefore is t less the slack ReadFirst's fallback allows for the skew between the Temporal
+// server's clock and the hub's, in the hub's time format: an Evidence.Before for a request whose
+// read before the call is not known, taken as scheduled at t (see ReadFirst).
+func HubTimeBefore(t time.Time) string { return hubTime(t.Add(-readFirstSlack)) }

@@ -94,6 +94,9 @@ type InvokeMethodResult struct {
 	TwinReads int `json:"twinReads,omitempty"`
 	// Skipped is set when the device reported ReadFirst.SkipIf and no call was made.
 	Skipped bool `json:"skipped,omitempty"`
+	// EarlierTaken is set when the read showed that the device took ReadFirst.Earlier, the
+	// earlier request, and no call was made; AcceptedBy says how ("id" or "changed").
+	EarlierTaken bool `json:"earlierTaken,omitempty"`
 	// Read is ReadFirst's read, the one the operation's decisions were based on: the reported
 	// properties ReadFirst.Properties named, with the hub's times of them, as GetTwin returns them.
 	Read *GetTwinResult `json:"read,omitempty"`

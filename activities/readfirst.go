@@ -51,6 +51,13 @@ type ReadFirst struct {
 	// ScheduledAt is the workflow's time (workflow.Now) when it scheduled the activity, before any
 	// attempt could have called. Only the fallback uses it; required with Evidence.
 	ScheduledAt time.Time `json:"scheduledAt"`
+
+	// Earlier, when set, is the evidence of an earlier request of the same operation on the
+	// device (a rollout's earlier attempt at it, with that attempt's Before and ID): when the
+	// read shows that the device took it (see Earlier.Taken), the operation ends without a call,
+	// EarlierTaken, and the caller follows that request instead: a device whose earlier update
+	// completed late, or still runs, does not get it a second time. Decided before SkipIf.
+	Earlier *Evidence `json:"earlier,omitempty"`
 }
 
 // readFirstSlack is taken off ReadFirst.ScheduledAt, a time of the Temporal server's clock, to
@@ -76,6 +83,9 @@ func (r *ReadFirst) problem(ev *Evidence) string {
 	}
 	if ev != nil {
 		needed = append(needed, ev.Property, ev.IDProperty)
+	}
+	if r.Earlier != nil {
+		needed = append(needed, r.Earlier.Property, r.Earlier.IDProperty)
 	}
 	for _, p := range needed {
 		if p != "" && !slices.Contains(r.Properties, p) {
@@ -186,6 +196,11 @@ func (a *Activities) readForCall(ctx context.Context, logger log.Logger, in Invo
 // result that ends the operation without one. It depends on the read alone, so that an attempt
 // that takes the read from its predecessor's details decides as that predecessor did.
 func (in InvokeMethodInput) readDecision(read GetTwinResult) *InvokeMethodResult {
+	if e := in.ReadFirst.Earlier; e != nil {
+		if taken, how := e.Taken(read); taken {
+			return &InvokeMethodResult{EarlierTaken: true, AcceptedBy: how}
+		}
+	}
 	if s := in.ReadFirst.SkipIf; s != nil && read.reports(*s) {
 		return &InvokeMethodResult{Skipped: true}
 	}

@@ -203,6 +203,11 @@ type rollout struct {
 	cancelWindowTimer workflow.CancelFunc
 	// waitingSince is when the wait for a window in progress began; zero when not waiting.
 	waitingSince time.Time
+
+	// pace paces the device starts (rollout_rate.go); answers holds the shards' answers to
+	// per-device control for the updates waiting for them (rollout_device.go).
+	pace    startPace
+	answers map[controlKey][]DeviceControlOutcome
 }
 
 // restore takes over the state carried by continue-as-new.
@@ -609,6 +614,8 @@ type deviceOutcome struct {
 	result, fromVersion, errMsg, errType, note string
 	stages                                     []string
 	hubCalls                                   int
+	// before is the evidence baseline of a shard's device run, when known (shard_control.go).
+	before *string
 }
 
 func firmwareOutcome(res FirmwareResult, err error) deviceOutcome {

@@ -201,6 +201,11 @@ type RolloutInput struct {
 	// the schedule's workflow ID and the run's scheduled time: rollout/<schedule>-<time>.
 	Schedule string `json:"schedule,omitempty"`
 
+	// Start rate (rollout_rate.go): MaxPerMinute bounds the device starts a minute of the whole
+	// rollout (0: no bound), on top of the hub budget; Ramp raises it as devices succeed.
+	MaxPerMinute int   `json:"maxPerMinute,omitempty"`
+	Ramp         *Ramp `json:"ramp,omitempty"`
+
 	// State is the rollout's state carried over continue-as-new; nil when starting.
 	State *RolloutState `json:"state,omitempty"`
 }
@@ -274,6 +279,10 @@ type RolloutState struct {
 	// PackedFleet then carries its fleet state, gzip-compressed JSON, instead of Rows.
 	Sharded     bool   `json:"sharded,omitempty"`
 	PackedFleet []byte `json:"packedFleet,omitempty"`
+
+	// Start rate (rollout_rate.go): the start bucket's tokens at StartTokensAt, workflow time.
+	StartTokens   float64   `json:"startTokens,omitempty"`
+	StartTokensAt time.Time `json:"startTokensAt,omitzero"`
 }
 
 // DeviceRow is one target device of a rollout and its result: a line of the report.
@@ -373,6 +382,15 @@ type RolloutProgress struct {
 	HubCalls int `json:"hubCalls"`
 	// Runs is the number of workflow runs (continue-as-new) so far.
 	Runs int `json:"runs"`
+
+	// Start rate (rollout_rate.go): StartRate is the device starts a minute allowed now (0: no
+	// bound); with a ramp, RampAt is the count of succeeded devices at which it next rises, to
+	// NextStartRate (both 0 once it rises no more). MaxPerMinute and Ramp repeat the input.
+	StartRate     float64 `json:"startRate,omitempty"`
+	RampAt        int     `json:"rampAt,omitempty"`
+	NextStartRate float64 `json:"nextStartRate,omitempty"`
+	MaxPerMinute  int     `json:"maxPerMinute,omitempty"`
+	Ramp          *Ramp   `json:"ramp,omitempty"`
 }
 
 // Done reports whether the progress is final.
@@ -548,6 +566,7 @@ func (in RolloutInput) Validate() error {
 		}
 	}
 	problems = append(problems, checkWindows(in.Windows)...)
+	problems = append(problems, in.checkStartRate()...)
 	if in.MinDevices < 0 || in.DevicesPerRun < 0 {
 		problems = append(problems, "min devices and devices per run must not be negative")
 	}

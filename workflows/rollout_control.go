@@ -26,6 +26,9 @@ func (r *rollout) setHandlers(ctx workflow.Context) error {
 	}); err != nil {
 		return err
 	}
+	if err := r.setDeviceHandlers(ctx); err != nil {
+		return err
+	}
 	handlers := []struct {
 		name     string
 		validate func(ControlRequest) error
@@ -195,6 +198,7 @@ func (r *rollout) progress() RolloutProgress {
 	}
 	p.Active = max(p.Active, 0)
 	r.windowProgress(&p)
+	r.rateProgress(&p)
 	return p
 }
 

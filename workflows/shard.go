@@ -43,6 +43,7 @@ func RolloutShard(ctx workflow.Context, in ShardInput) (ShardTally, error) {
 	}
 	s := &shard{in: in, logger: logger, id: info.WorkflowExecution.ID}
 	s.endChecks = workflow.GetVersion(ctx, endChecksChange, workflow.DefaultVersion, 1) == 1
+	s.ctl = newShardControl(ctx)
 	s.rows = make([]DeviceRow, len(in.Devices))
 	for i, d := range in.Devices {
 		s.rows[i] = DeviceRow{DeviceID: d.ID, Result: DevicePending, FromVersion: d.FromVersion}
@@ -65,6 +66,7 @@ func RolloutShard(ctx workflow.Context, in ShardInput) (ShardTally, error) {
 	commands := workflow.GetSignalChannel(ctx, SignalShardCommand)
 	// Commands are received also after a cancellation from outside, which the shard outlives.
 	rctx, _ := workflow.NewDisconnectedContext(ctx)
+	s.receiveControl(rctx)
 	workflow.Go(rctx, func(gctx workflow.Context) {
 		for {
 			var c ShardCommand
@@ -167,6 +169,10 @@ type ShardCommand struct {
 	Stop   bool `json:"stop,omitempty"`
 	Cancel bool `json:"cancel,omitempty"`
 	Finish bool `json:"finish,omitempty"`
+
+	// Per-device control (shard_control.go): Again is how many of the runs an operator asked for
+	// (starter rollout retry), queued in the shard, may have been started in all.
+	Again int `json:"again,omitempty"`
 }
 
 // ShardTally is a shard's account of its devices, cumulative: a later one replaces an earlier.
@@ -183,6 +189,13 @@ type ShardTally struct {
 	Waves []WaveTally `json:"waves,omitempty"`
 	// Closed is set on the shard's last tally.
 	Closed bool `json:"closed,omitempty"`
+
+	// Per-device control (shard_control.go): Again counts the runs an operator asked for that
+	// started; Control is the last ShardControl applied, and Outcomes, on the tally that answers
+	// it, what became of each of its devices.
+	Again    int                    `json:"again,omitempty"`
+	Control  int                    `json:"control,omitempty"`
+	Outcomes []DeviceControlOutcome `json:"outcomes,omitempty"`
 }
 
 // WaveTally counts a wave's finished (Done) and failed devices.
@@ -266,6 +279,9 @@ type shard struct {
 	// endCheck is the timer of the next look.
 	endChecks bool
 	endCheck  workflow.Future
+
+	// ctl is the per-device control of an operator (shard_control.go).
+	ctl *shardControl
 }
 
 func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
@@ -319,6 +335,9 @@ func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
 // nextToStart returns the row to start next under c (a first attempt within the quota, else a
 // retry within the retry quota), or -1.
 func (s *shard) nextToStart(c ShardCommand) int {
+	if i := s.nextAgain(c); i >= 0 {
+		return i
+	}
 	if s.started < c.Quota {
 		for ; s.next < len(s.rows); s.next++ {
 			if s.rows[s.next].Result == DevicePending && s.rows[s.next].Attempts == 0 {
@@ -328,7 +347,7 @@ func (s *shard) nextToStart(c ShardCommand) int {
 	}
 	if s.retried < c.Retry {
 		for ; s.nextRetry < len(s.rows); s.nextRetry++ {
-			if r := s.rows[s.nextRetry]; r.Result == DeviceFailed && r.Attempts == 1 {
+			if r := s.rows[s.nextRetry]; r.Result == DeviceFailed && s.passMayRetry(s.nextRetry) {
 				return s.nextRetry
 			}
 		}
@@ -349,15 +368,21 @@ func (s *shard) closing(c ShardCommand) bool {
 		return false
 	}
 	// Every device is final: a retry may still come for the failed ones.
+	if s.keepsOpen(t) {
+		return false
+	}
 	return t.Failed == 0 || !s.in.RetryFailed || s.retried > 0
 }
 
 // start runs row i's device.
 func (s *shard) start(ctx, devCtx workflow.Context, i, wave int) {
 	row := &s.rows[i]
-	if row.Attempts == 0 {
+	earlier := s.earlierEvidence(i)
+	switch {
+	case s.takeAgain(i):
+	case row.Attempts == 0:
 		s.started++
-	} else {
+	default:
 		s.retried++
 	}
 	row.Attempts++
@@ -372,6 +397,7 @@ func (s *shard) start(ctx, devCtx workflow.Context, i, wave int) {
 		attempt:  row.Attempts,
 		updateID: RolloutUpdateID(s.in.Rollout, row.Attempts),
 		logger:   log.With(s.logger, "device", row.DeviceID),
+		earlier:  earlier,
 	}
 	workflow.Go(devCtx, func(gctx workflow.Context) {
 		out := d.run(gctx)
@@ -395,6 +421,7 @@ func (s *shard) finish(ctx workflow.Context, i int, out deviceOutcome) {
 	row.Stages = out.stages
 	row.HubCalls = out.hubCalls
 	row.Duration = workflow.Now(ctx).Sub(row.Started)
+	s.ctl.noteBefore(i, out)
 	countResult(ctx, s.in.Operation, out.result)
 	s.running--
 	s.runs++
@@ -423,6 +450,7 @@ func (s *shard) report(ctx workflow.Context, closed bool) workflow.Future {
 	s.seq++
 	t := s.tally()
 	t.Seq, t.Closed = s.seq, closed
+	s.stampControl(&t)
 	s.unreported, s.failedSince = 0, 0
 	return workflow.SignalExternalWorkflow(ctx, s.in.Parent, "", SignalShardTally, t)
 }
@@ -451,6 +479,7 @@ func (s *shard) tally() ShardTally {
 
 // close marks the devices never started and sends the last tally.
 func (s *shard) close(ctx workflow.Context) (ShardTally, error) {
+	s.unqueue()
 	for i := range s.rows {
 		if s.rows[i].Result == DevicePending {
 			s.rows[i].Result = DeviceNotStarted

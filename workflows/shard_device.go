@@ -24,6 +24,11 @@ type device struct {
 	// out collects the outcome as the steps go, so that a failure keeps the hub calls made and
 	// the stages seen before it.
 	out deviceOutcome
+	// earlier is the evidence of the device's attempt before this one, for a run an operator
+	// asked for (shard_control.go): the read before the call looks for it; earlierTaken is set
+	// when the device had taken it, and this run followed it instead of calling again.
+	earlier      *activities.Evidence
+	earlierTaken bool
 }
 
 // run runs the device's operation and returns its outcome.
@@ -37,7 +42,7 @@ func (d *device) run(ctx workflow.Context) deviceOutcome {
 	if err != nil {
 		failed := failedOutcome(err)
 		failed.hubCalls, failed.fromVersion = d.out.hubCalls, d.out.fromVersion
-		failed.stages = d.out.stages
+		failed.stages, failed.before = d.out.stages, d.out.before
 		return failed
 	}
 	return d.out
@@ -82,6 +87,7 @@ func (d *device) firmware(ctx workflow.Context) error {
 				Properties:  []string{protocol.PropFirmwareVersion, protocol.PropFirmwareStatus, protocol.PropFirmwareUpdateID},
 				SkipIf:      &activities.ReportedValue{Property: protocol.PropFirmwareVersion, Value: d.rollout.Firmware.Version},
 				ScheduledAt: started,
+				Earlier:     d.earlier,
 			},
 			Evidence: &activities.Evidence{
 				Property:   protocol.PropFirmwareStatus,
@@ -102,6 +108,7 @@ func (d *device) firmware(ctx workflow.Context) error {
 		d.out.fromVersion, _ = v.(string)
 		versionUnknown = !known || v == nil
 	}
+	followID, statusBefore := d.following(inv)
 	if inv.Skipped {
 		d.out.result, d.out.note = DeviceSkipped, "already on "+d.rollout.Firmware.Version
 		return nil
@@ -111,9 +118,9 @@ func (d *device) firmware(ctx workflow.Context) error {
 	err = workflow.ExecuteActivity(d.activityOptions(followOptions(ctx, deadline), "stages"), a.FollowStages, activities.FollowStagesInput{
 		Rate:            d.rollout.Rate,
 		DeviceID:        d.id,
-		UpdateID:        d.updateID,
+		UpdateID:        followID,
 		ByMetadata:      true,
-		StatusBefore:    inv.EvidenceBefore,
+		StatusBefore:    statusBefore,
 		Since:           workflow.Now(ctx),
 		StageTimeout:    fw.StageTimeout,
 		Deadline:        deadline,
@@ -134,6 +141,7 @@ func (d *device) firmware(ctx workflow.Context) error {
 	if versionUnknown {
 		d.out.note = NoteVersionNotReported
 	}
+	d.noteEarlier()
 	if !d.rollout.Firmware.Reboot {
 		return nil
 	}
@@ -167,6 +175,7 @@ func (d *device) reboot(ctx workflow.Context) error {
 		return err
 	}
 	d.out.result = DeviceRebooted
+	d.noteEarlier()
 	return nil
 }
 
@@ -187,6 +196,7 @@ func (d *device) restart(ctx workflow.Context, requestID string, methodTimeout t
 			ReadFirst: &activities.ReadFirst{
 				Properties:  []string{RebootTimeProperty, protocol.PropLastRebootRequestID},
 				ScheduledAt: now,
+				Earlier:     d.rebootEarlier(),
 			},
 			Evidence: &activities.Evidence{
 				Property:   RebootTimeProperty,
@@ -199,6 +209,11 @@ func (d *device) restart(ctx workflow.Context, requestID string, methodTimeout t
 	if err != nil {
 		d.addFailedCalls(err)
 		return retriedUntilDeadline(err, deadline.Sub(now), invokeNonRetryable)
+	}
+	if d.keepRebootBefore(inv) {
+		// The reboot of the earlier attempt happened (its rebootTime came after that attempt's
+		// read): it is this run's, and the device is not rebooted again.
+		return nil
 	}
 
 	var seen activities.WaitForReportedResult
@@ -256,6 +271,7 @@ func (d *device) addFailedCalls(err error) {
 	var answer activities.InvokeMethodResult
 	if activities.ErrorDetails(err, &answer) {
 		d.out.hubCalls += invokeCalls(answer)
+		d.keepBefore(answer)
 		return
 	}
 	// The call was made at least once unless the hub refused before it; one is the floor.
