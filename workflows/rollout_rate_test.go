@@ -337,7 +337,9 @@ func TestRolloutInputValidatesTheStartRate(t *testing.T) {
 		{"ramp factor 1", func(in *workflows.RolloutInput) { in.MaxPerMinute, in.Ramp = 5, &workflows.Ramp{Factor: 1, Every: 5} }, "more than 1"},
 		{"ramp factor 20", func(in *workflows.RolloutInput) { in.MaxPerMinute, in.Ramp = 5, &workflows.Ramp{Factor: 20, Every: 5} }, "at most 10"},
 		{"ramp step 0", func(in *workflows.RolloutInput) { in.MaxPerMinute, in.Ramp = 5, &workflows.Ramp{Factor: 2} }, "at least 1"},
-		{"ramp max below the rate", func(in *workflows.RolloutInput) { in.MaxPerMinute, in.Ramp = 50, &workflows.Ramp{Factor: 2, Every: 5, Max: 10} }, "below the start rate"},
+		{"ramp max below the rate", func(in *workflows.RolloutInput) {
+			in.MaxPerMinute, in.Ramp = 50, &workflows.Ramp{Factor: 2, Every: 5, Max: 10}
+		}, "below the start rate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := rolloutInput(3)
