@@ -60,7 +60,11 @@ answers the report query.`,
 				}
 				write := func(w io.Writer) error { return writeReport(w, f, rows) }
 				if outFile == "" || outFile == "-" {
-					return write(cmd.OutOrStdout())
+					if err := write(cmd.OutOrStdout()); err != nil || f != formatTable {
+						return err
+					}
+					reportStartRate(ctx, cmd.OutOrStdout(), api, args[0])
+					return nil
 				}
 				if err := writeFileAtomic(outFile, write); err != nil {
 					return fmt.Errorf("write the report: %w", err)

@@ -309,8 +309,8 @@ func rolloutLine(p workflows.RolloutProgress, now time.Time, loc *time.Location)
 		return fmt.Sprintf(" %7s  %s  resolving the targets", elapsed, stateText(p))
 	}
 	done := doneCount(p)
-	return fmt.Sprintf(" %7s  %s  %s  %d/%d done (%d%%)  %s  %s", elapsed, stateWindowText(p, now, loc), waveText(p),
-		done, p.Total, percent(done, p.Total), countsText(p, "  "), speedText(p))
+	return fmt.Sprintf(" %7s  %s  %s  %d/%d done (%d%%)  %s  %s%s", elapsed, stateWindowText(p, now, loc), waveText(p),
+		done, p.Total, percent(done, p.Total), countsText(p, "  "), speedText(p), startRateSuffix(p, "  "))
 }
 
 // elapsedOf is the rollout's age at its last change (or end), pauses included.
@@ -374,7 +374,7 @@ func newBarView(out io.Writer, name string, now func() time.Time, loc *time.Loca
 		if p.Total == 0 && !p.Done() {
 			return "  resolving the targets"
 		}
-		s := "  " + countsText(p, " · ") + " · " + speedText(p)
+		s := "  " + countsText(p, " · ") + " · " + speedText(p) + startRateSuffix(p, " · ")
 		if w := windowText(p, v.now(), v.loc); w != "" {
 			s += " · " + w
 		}
@@ -473,6 +473,7 @@ func printStatus(out io.Writer, p workflows.RolloutProgress, url string, now tim
 		limits += fmt.Sprintf(", rate %g hub calls/s", p.Rate)
 	}
 	fmt.Fprintf(out, "  limits:    %s\n", limits)
+	printStartRate(out, p)
 	if !p.Started.IsZero() {
 		waited := ""
 		if p.Waited > 0 {

@@ -52,6 +52,11 @@ type specFlags struct {
 	fileWindows []workflows.Window
 	// fromFile names the flags whose value came from the spec file: flag → field ("firmware.version").
 	fromFile map[string]string
+
+	// Start rate (spec_rate.go): --max-per-minute, --ramp, --ramp-max.
+	maxPerMinute int
+	ramp         string
+	rampMax      int
 }
 
 // addSpecFlags defines the spec flags; withName adds --name (rollout start: a schedule names its
@@ -82,6 +87,7 @@ func addSpecFlags(fl *pflag.FlagSet, f *specFlags, withName bool) {
 	fl.StringArrayVar(&f.windows, "window", nil, `maintenance window, repeatable: "0 2 * * SUN for 4h in Europe/Warsaw" (cron start, duration, time zone) or "2026-11-29T02:00:00Z/4h" (start/end or start/duration)`)
 	fl.IntVar(&f.devicesPerRun, "devices-per-run", 0, "devices a workflow run starts before it continues as new")
 	_ = fl.MarkHidden("devices-per-run")
+	addStartRateFlags(fl, f)
 }
 
 // specHelp documents the spec flags and the spec file, for the commands' long help.
@@ -117,6 +123,11 @@ allows of the wave's size, or more of all devices finished so far, once
 --min-devices have finished. --retry-failed runs the failed devices once more
 at the end (unless the rollout aborted or was cancelled).
 
+Start rate: --max-per-minute N starts at most N devices a minute over the
+whole rollout (on top of the hub budget, which paces hub calls); --ramp 2x@50
+doubles it each time 50 more devices have succeeded, up to --ramp-max N
+starts a minute. A ramp needs --max-per-minute, the rate it starts from.
+
 Maintenance windows (--window, repeatable): devices start only while a window
 is open; devices in flight finish. Recurring: "<cron> for <duration> [in
 <time zone>]", e.g. "0 2 * * SUN for 4h in Europe/Warsaw" (time zone default
@@ -134,6 +145,8 @@ same fields as the flags, camelCase, e.g.
   rate: 50/s
   maxFailures: 10%
   reconcile: true
+  maxPerMinute: 20
+  ramp: {factor: 2, every: 50, max: 1000}   # or ramp: 2x@50
   windows: ["0 2 * * SUN for 4h in Europe/Warsaw",
             {cron: "0 2 * * SAT", duration: 4h, timeZone: Europe/Warsaw},
             {start: "2026-12-24T00:00:00Z", end: "2026-12-27T00:00:00Z"}]
@@ -238,6 +251,7 @@ func (f *specFlags) input(stdin io.Reader, changed func(flag string) bool, sched
 		problems = append(problems, fmt.Sprintf("%s %q: %v", f.field("rate"), strings.TrimSpace(f.rate), err))
 	}
 	in.Rate = rate
+	problems = append(problems, f.startRateInput(&in)...)
 
 	if _, ok := f.fromFile["window"]; ok {
 		in.Windows = f.fileWindows
@@ -335,6 +349,9 @@ func (f *specFlags) mergeFile(stdin io.Reader, changed func(string) bool, schedu
 			continue
 		}
 		f.fromFile[flag] = path
+		if f.mergeStartRate(flag, doc.v) {
+			continue
+		}
 		switch flag {
 		case "name":
 			f.name = doc.v.name

@@ -31,6 +31,7 @@ var specFields = map[string]string{
 	"deadline": "firmware.deadline", "method-timeout": "reboot.methodTimeout",
 	"canary": "canary", "growth": "growth", "max-concurrent": "maxConcurrent", "rate": "rate", "max-failures": "maxFailures",
 	"min-devices": "minDevices", "retry-failed": "retryFailed", "reconcile": "reconcile", "window": "windows",
+	"max-per-minute": "maxPerMinute", "ramp": "ramp", "ramp-max": "ramp.max",
 }
 
 // specDoc is a parsed spec file: the values, and for each flag it sets the field it came from.
@@ -401,6 +402,8 @@ func (d *specDecoder) top(root *yaml.Node) {
 			}
 			v.fileWindows, d.doc.set["window"] = ws, path
 		}},
+		{"maxPerMinute", d.setInt("max-per-minute", &v.maxPerMinute)},
+		{"ramp", d.ramp},
 	})
 	if firmwareNode != nil && rebootNode != nil {
 		d.fail(rebootNode, "reboot", "a spec has firmware or reboot, not both: a firmware rollout reboots after the update with firmware.reboot: true")
@@ -548,6 +551,8 @@ type specOut struct {
 	RetryFailed   bool             `yaml:"retryFailed,omitempty"`
 	Reconcile     bool             `yaml:"reconcile,omitempty"`
 	Windows       []string         `yaml:"windows,omitempty"`
+	MaxPerMinute  int              `yaml:"maxPerMinute,omitempty"`
+	Ramp          any              `yaml:"ramp,omitempty"`
 }
 
 type specFirmwareOut struct {
@@ -595,6 +600,7 @@ func formatSpec(in workflows.RolloutInput, maxDevices int) []byte {
 	for _, w := range in.Windows {
 		out.Windows = append(out.Windows, w.String())
 	}
+	out.MaxPerMinute, out.Ramp = startRateOut(in)
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)
