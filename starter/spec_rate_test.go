@@ -148,3 +148,14 @@ func TestStartRateShown(t *testing.T) {
 	require.Equal(t, 0, code)
 	assert.NotContains(t, stdout, "start rate", "csv holds the rows alone")
 }
+
+// The policies example parses, and its start rate block gives the rate and ramp it says.
+func TestPoliciesExampleStartRate(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "examples", "rollout-policies.yaml"))
+	require.NoError(t, err)
+	doc, err := parseSpec(data, "rollout-policies.yaml")
+	require.NoError(t, err)
+	assert.Equal(t, 20, doc.v.maxPerMinute)
+	assert.Equal(t, "2x@50", doc.v.ramp)
+	assert.Equal(t, 1000, doc.v.rampMax)
+}
