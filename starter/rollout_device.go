@@ -127,8 +127,11 @@ func runDeviceControl(ctx context.Context, api rolloutAPI, name, update string, 
 	if err != nil {
 		return err
 	}
-	if p.Done() {
+	switch {
+	case p.Done():
 		return endedRefusal(name, update, p.State, ids)
+	case p.State == workflows.RolloutResolving:
+		return fmt.Errorf("cannot %s on rollout %s: it is resolving its targets: %s once it runs (starter rollout status %s)", update, name, update, name)
 	}
 	found, err := dc.FindDevices(ctx, name, ids)
 	if err != nil {

@@ -158,6 +158,10 @@ func TestRolloutRetryAfterTheEnd(t *testing.T) {
 	code, _, stderr = runRolloutCLI(t, api, "", "rollout", "skip", "fw-2.0", "d-3")
 	assert.Equal(t, cli.ExitFailed, code)
 	assert.Contains(t, stderr, "cannot skip on rollout fw-2.0: it has ended (aborted), and starts no device any more")
+	api.progress = []workflows.RolloutProgress{prog(workflows.RolloutResolving, nil)}
+	code, _, stderr = runRolloutCLI(t, api, "", "rollout", "skip", "fw-2.0", "d-3")
+	assert.Equal(t, cli.ExitFailed, code)
+	assert.Contains(t, stderr, "cannot skip on rollout fw-2.0: it is resolving its targets: skip once it runs")
 	assert.Empty(t, api.sent)
 }
 
