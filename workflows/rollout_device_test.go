@@ -460,3 +460,57 @@ func TestShardedRolloutSkipAcrossContinueAsNew(t *testing.T) {
 	assert.Equal(t, 1, shards[0].ControlDone)
 	assert.Equal(t, 1, shards[0].Last.Skipped)
 }
+
+// A retry queued and then cancelled with the rollout (here held by a pause): the device is failed
+// again, as it was, not "not started".
+func TestShardedRolloutCancelDropsAQueuedRetry(t *testing.T) {
+	sim := newShardSim()
+	sim.fail["dev-001"] = 1
+	env := newShardEnv(t, sim)
+	in := rolloutInput(3)
+	in.Canary, in.Growth, in.MaxConcurrent, in.MaxFailures = 3, 1, 3, "100%"
+	var retry *deviceUpdate
+	env.RegisterDelayedCallback(func() { sendUpdate(t, env, workflows.UpdatePause, "") }, 5*time.Second)
+	env.RegisterDelayedCallback(func() { retry = sendDevices(t, env, workflows.UpdateRetry, "", "dev-001") }, 20*time.Second)
+	env.RegisterDelayedCallback(func() { sendUpdate(t, env, workflows.UpdateCancel, "") }, 30*time.Second)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	assert.Equal(t, workflows.ControlQueued, outcomeOf(t, retry, "dev-001").Result)
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, workflows.RolloutCancelled, p.State)
+	assert.Equal(t, 2, p.Succeeded)
+	assert.Equal(t, 1, p.Failed, "failed, as before the retry was queued")
+	assert.Zero(t, p.NotStarted+p.Pending)
+	assert.Equal(t, 1, sim.attempts["dev-001"], "never run again")
+	rows := shardedReport(t, env)
+	assert.Equal(t, workflows.DeviceFailed, rows[1].Result)
+	assert.Equal(t, 1, rows[1].Attempts)
+	assert.NotEmpty(t, rows[1].Error)
+}
+
+// A skip while the rollout waits for its window: the device never starts, the others do in the
+// window.
+func TestShardedRolloutSkipWhileWaitingForTheWindow(t *testing.T) {
+	sim := newShardSim()
+	env := newShardEnv(t, sim)
+	in := rolloutInput(3)
+	in.Canary, in.Growth, in.MaxConcurrent = 3, 1, 3
+	in.Windows = []workflows.Window{{Cron: "0 13 * * *", Duration: 20 * time.Minute}}
+	var skip *deviceUpdate
+	env.RegisterDelayedCallback(func() { skip = sendDevices(t, env, workflows.UpdateSkip, "", "dev-002") }, 30*time.Minute)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	assert.Equal(t, workflows.ControlSkipped, outcomeOf(t, skip, "dev-002").Result)
+	assert.Equal(t, workflows.RolloutWaiting, skip.result.Progress.State)
+	assert.Equal(t, []string{"dev-000", "dev-001"}, sim.startedDevices())
+	assert.Equal(t, at(0, 13, 0), sim.startedAt("dev-000"))
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, 2, p.Succeeded)
+	assert.Equal(t, 1, p.Skipped)
+}
