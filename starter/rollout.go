@@ -46,7 +46,9 @@ first, then waves growing by --growth, with at most --max-concurrent devices in
 flight and at most --rate IoT Hub calls per second. When more devices fail than
 --max-failures allows, the rollout aborts and leaves the devices not started
 untouched, or, with --rollback-firmware, rolls the devices it updated back.
-A running rollout can be paused, resumed and cancelled.
+A running rollout can be paused, resumed and cancelled, its devices not
+started skipped and its failed devices retried (skip, retry), and its device
+starts paced (--max-per-minute, --ramp).
 
 A rollout is the workflow rollout/<name>; its devices run in shard workflows
 rollout/<name>/shard/<n> of up to 250 devices each, every device's calls as
@@ -71,7 +73,7 @@ Exit codes:
      printed), the rollout not found, Temporal unreachable
   2  the command line is wrong`,
 		Args: cobra.ArbitraryArgs,
-		RunE: commandGroup("rollout", "start, status, watch, pause, resume, cancel, approve or report"),
+		RunE: commandGroup("rollout", "start, status, watch, pause, resume, cancel, approve, skip, retry or report"),
 	}
 	cmd.AddCommand(r.startCommand(), r.statusCommand(), r.watchCommand(),
 		r.controlCommand(workflows.UpdatePause, "Stop starting devices; those in flight finish",
@@ -84,7 +86,7 @@ rollout is running (or rolling back).`),
 			`Cancels a rollout: no device starts any more, the devices in flight are
 cancelled, and the rollout ends as cancelled. Devices already updated stay
 updated. Refused once the rollout has ended.`),
-		r.reportCommand(), r.approveCommand())
+		r.reportCommand(), r.approveCommand(), r.skipCommand(), r.retryCommand())
 	return cmd
 }
 

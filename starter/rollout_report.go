@@ -66,7 +66,11 @@ answers the report query.`,
 				approvals := rolloutApprovals(ctx, api, args[0])
 				write := func(w io.Writer) error { return writeReportGated(w, f, rows, approvals) }
 				if outFile == "" || outFile == "-" {
-					return write(cmd.OutOrStdout())
+					if err := write(cmd.OutOrStdout()); err != nil || f != formatTable {
+						return err
+					}
+					reportStartRate(ctx, cmd.OutOrStdout(), api, args[0])
+					return nil
 				}
 				if err := writeFileAtomic(outFile, write); err != nil {
 					return fmt.Errorf("write the report: %w", err)

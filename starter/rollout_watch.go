@@ -313,8 +313,8 @@ func rolloutLine(p workflows.RolloutProgress, now time.Time, loc *time.Location)
 		return fmt.Sprintf(" %7s  %s  resolving the targets", elapsed, stateText(p))
 	}
 	done := doneCount(p)
-	return fmt.Sprintf(" %7s  %s  %s  %d/%d done (%d%%)  %s  %s", elapsed, stateWindowText(p, now, loc), waveText(p),
-		done, p.Total, percent(done, p.Total), countsText(p, "  "), speedText(p)) +
+	return fmt.Sprintf(" %7s  %s  %s  %d/%d done (%d%%)  %s  %s%s", elapsed, stateWindowText(p, now, loc), waveText(p),
+		done, p.Total, percent(done, p.Total), countsText(p, "  "), speedText(p), startRateSuffix(p, "  ")) +
 		rollbackLine(p) // rollback (policy 1)
 }
 
@@ -379,7 +379,7 @@ func newBarView(out io.Writer, name string, now func() time.Time, loc *time.Loca
 		if p.Total == 0 && !p.Done() {
 			return "  resolving the targets"
 		}
-		s := "  " + countsText(p, " · ") + " · " + speedText(p)
+		s := "  " + countsText(p, " · ") + " · " + speedText(p) + startRateSuffix(p, " · ")
 		if w := windowText(p, v.now(), v.loc); w != "" {
 			s += " · " + w
 		}
@@ -481,6 +481,7 @@ func printStatus(out io.Writer, p workflows.RolloutProgress, url string, now tim
 	}
 	fmt.Fprintf(out, "  limits:    %s\n", limits)
 	printGates(out, p, now, loc)
+	printStartRate(out, p)
 	if !p.Started.IsZero() {
 		waited := ""
 		if p.Waited > 0 {

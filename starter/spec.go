@@ -71,6 +71,10 @@ type specFlags struct {
 	rollbackFirmware string
 	rollbackVersion  string
 	rollbackInclude  string
+	// Start rate (spec_rate.go): --max-per-minute, --ramp, --ramp-max.
+	maxPerMinute int
+	ramp         string
+	rampMax      int
 }
 
 // addSpecFlags defines the spec flags; withName adds --name (rollout start: a schedule names its
@@ -104,6 +108,7 @@ func addSpecFlags(fl *pflag.FlagSet, f *specFlags, withName bool) {
 	addGateFlags(fl, f)
 	addRetryFlags(fl, f)
 	addRollbackFlags(fl, f) // rollback (policy 1)
+	addStartRateFlags(fl, f)
 }
 
 // specHelp documents the spec flags and the spec file, for the commands' long help.
@@ -141,6 +146,10 @@ at the end (unless the rollout aborted or was cancelled).
 
 ` + retrySpecHelp + `
 ` + rollbackHelp + `
+Start rate: --max-per-minute N starts at most N devices a minute over the
+whole rollout (on top of the hub budget, which paces hub calls); --ramp 2x@50
+doubles it each time 50 more devices have succeeded, up to --ramp-max N
+starts a minute. A ramp needs --max-per-minute, the rate it starts from.
 
 Maintenance windows (--window, repeatable): devices start only while a window
 is open; devices in flight finish. Recurring: "<cron> for <duration> [in
@@ -162,6 +171,8 @@ same fields as the flags, camelCase, e.g.
   maxFailures: 10%
   reconcile: true
   rollback: {uri: https://fw.example/v2.0.bin, version: 2.0.0, include: updated}
+  maxPerMinute: 20
+  ramp: {factor: 2, every: 50, max: 1000}   # or ramp: 2x@50
   windows: ["0 2 * * SUN for 4h in Europe/Warsaw",
             {cron: "0 2 * * SAT", duration: 4h, timeZone: Europe/Warsaw},
             {start: "2026-12-24T00:00:00Z", end: "2026-12-27T00:00:00Z"}]
@@ -271,6 +282,7 @@ func (f *specFlags) input(stdin io.Reader, changed func(flag string) bool, sched
 		problems = append(problems, fmt.Sprintf("%s %q: %v", f.field("rate"), strings.TrimSpace(f.rate), err))
 	}
 	in.Rate = rate
+	problems = append(problems, f.startRateInput(&in)...)
 
 	if _, ok := f.fromFile["window"]; ok {
 		in.Windows = f.fileWindows
@@ -373,6 +385,9 @@ func (f *specFlags) mergeFile(stdin io.Reader, changed func(string) bool, schedu
 			continue
 		}
 		f.fromFile[flag] = path
+		if f.mergeStartRate(flag, doc.v) {
+			continue
+		}
 		switch flag {
 		case "name":
 			f.name = doc.v.name

@@ -31,6 +31,7 @@ var specFields = map[string]string{
 	"deadline": "firmware.deadline", "method-timeout": "reboot.methodTimeout",
 	"canary": "canary", "growth": "growth", "max-concurrent": "maxConcurrent", "rate": "rate", "max-failures": "maxFailures",
 	"min-devices": "minDevices", "retry-failed": "retryFailed", "reconcile": "reconcile", "window": "windows",
+	"max-per-minute": "maxPerMinute", "ramp": "ramp", "ramp-max": "ramp.max",
 }
 
 // specDoc is a parsed spec file: the values, and for each flag it sets the field it came from.
@@ -402,6 +403,8 @@ func (d *specDecoder) top(root *yaml.Node) {
 			v.fileWindows, d.doc.set["window"] = ws, path
 		}},
 		d.rollbackField(v), // rollback (policy 1)
+		{"maxPerMinute", d.setInt("max-per-minute", &v.maxPerMinute)},
+		{"ramp", d.ramp},
 	}, append(d.gateFields(v), d.retryFields(v)...)...))
 	if firmwareNode != nil && rebootNode != nil {
 		d.fail(rebootNode, "reboot", "a spec has firmware or reboot, not both: a firmware rollout reboots after the update with firmware.reboot: true")
@@ -562,6 +565,8 @@ type specOut struct {
 	MaxOffline  string          `yaml:"maxOffline,omitempty"`
 	// Rollback (policy 1).
 	Rollback *specRollbackOut `yaml:"rollback,omitempty"`
+	MaxPerMinute  int              `yaml:"maxPerMinute,omitempty"`
+	Ramp          any              `yaml:"ramp,omitempty"`
 }
 
 type specFirmwareOut struct {
@@ -612,6 +617,7 @@ func formatSpec(in workflows.RolloutInput, maxDevices int) []byte {
 	formatGates(&out, in)
 	out.Retries, out.MaxTimeouts, out.MaxOffline = retriesOut(in), in.MaxTimeouts, in.MaxOffline
 	out.Rollback = rollbackSpecOut(in.Rollback) // rollback (policy 1)
+	out.MaxPerMinute, out.Ramp = startRateOut(in)
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)

@@ -221,6 +221,10 @@ type rollout struct {
 	retries *rolloutRetries
 	// rb is the run's part of the rollback (policy 1); its state is in st.Rollback.
 	rb rollbackRun
+	// pace paces the device starts (rollout_rate.go); answers holds the shards' answers to
+	// per-device control for the updates waiting for them (rollout_device.go).
+	pace    startPace
+	answers map[controlKey][]DeviceControlOutcome
 }
 
 // restore takes over the state carried by continue-as-new.

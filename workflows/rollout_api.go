@@ -226,6 +226,10 @@ type RolloutInput struct {
 	// (and, with Include, those that failed) get this firmware, under the rollout's waves, limits
 	// and windows; see rollout_rollback.go. Firmware rollouts only.
 	Rollback *RolloutRollback `json:"rollback,omitempty"`
+	// Start rate (rollout_rate.go): MaxPerMinute bounds the device starts a minute of the whole
+	// rollout (0: no bound), on top of the hub budget; Ramp raises it as devices succeed.
+	MaxPerMinute int   `json:"maxPerMinute,omitempty"`
+	Ramp         *Ramp `json:"ramp,omitempty"`
 
 	// State is the rollout's state carried over continue-as-new; nil when starting.
 	State *RolloutState `json:"state,omitempty"`
@@ -312,6 +316,9 @@ type RolloutState struct {
 	// Rollback (policy 1) is the rollback's state, once one began (or a shard closed with devices
 	// to roll back).
 	Rollback *RollbackState `json:"rollback,omitempty"`
+	// Start rate (rollout_rate.go): the start bucket's tokens at StartTokensAt, workflow time.
+	StartTokens   float64   `json:"startTokens,omitempty"`
+	StartTokensAt time.Time `json:"startTokensAt,omitzero"`
 }
 
 // DeviceRow is one target device of a rollout and its result: a line of the report.
@@ -448,6 +455,14 @@ type RolloutProgress struct {
 	// Rollback (policy 1) is the rollback's progress, for a rollout with a rollback; its hub calls
 	// are in HubCalls too.
 	Rollback *RollbackProgress `json:"rollback,omitempty"`
+	// Start rate (rollout_rate.go): StartRate is the device starts a minute allowed now (0: no
+	// bound); with a ramp, RampAt is the count of succeeded devices at which it next rises, to
+	// NextStartRate (both 0 once it rises no more). MaxPerMinute and Ramp repeat the input.
+	StartRate     float64 `json:"startRate,omitempty"`
+	RampAt        int     `json:"rampAt,omitempty"`
+	NextStartRate float64 `json:"nextStartRate,omitempty"`
+	MaxPerMinute  int     `json:"maxPerMinute,omitempty"`
+	Ramp          *Ramp   `json:"ramp,omitempty"`
 }
 
 // Done reports whether the progress is final.
@@ -627,6 +642,7 @@ func (in RolloutInput) Validate() error {
 	problems = append(problems, checkWindows(in.Windows)...)
 	problems = append(problems, in.checkGates()...)
 	problems = append(problems, in.checkRollback()...) // rollback (policy 1)
+	problems = append(problems, in.checkStartRate()...)
 	if in.MinDevices < 0 || in.DevicesPerRun < 0 {
 		problems = append(problems, "min devices and devices per run must not be negative")
 	}

@@ -26,6 +26,9 @@ func (r *rollout) setHandlers(ctx workflow.Context) error {
 	}); err != nil {
 		return err
 	}
+	if err := r.setDeviceHandlers(ctx); err != nil {
+		return err
+	}
 	handlers := []struct {
 		name     string
 		validate func(ControlRequest) error
@@ -206,6 +209,7 @@ func (r *rollout) progress() RolloutProgress {
 	r.gatesProgress(&p)
 	r.retriesProgress(&p)
 	r.rollbackProgress(&p) // rollback (policy 1)
+	r.rateProgress(&p)
 	return p
 }
 

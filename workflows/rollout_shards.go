@@ -72,6 +72,16 @@ type ShardRecord struct {
 	Last ShardTally   `json:"last"`
 	// Closed is set once its last tally came.
 	Closed bool `json:"closed,omitempty"`
+
+	// Start rate (rollout_rate.go): RetryHeld counts the --retry-failed runs held back for the
+	// pace. Per-device control (rollout_device.go): AgainDue are the runs an operator asked for
+	// that the shard queued and the rollout has not granted yet, in the shard's order, each as the
+	// wave its device ran in before; ControlSent is the last ShardControl sent, ControlDone the
+	// last the shard answered.
+	RetryHeld   int   `json:"retryHeld,omitempty"`
+	AgainDue    []int `json:"againDue,omitempty"`
+	ControlSent int   `json:"controlSent,omitempty"`
+	ControlDone int   `json:"controlDone,omitempty"`
 }
 
 // fleet is the sharded rollout's state, carried over continue-as-new in RolloutState.Fleet.
@@ -250,6 +260,7 @@ func (r *rollout) allDone() bool {
 // grant hands the current wave's devices to the shards, moving to the next wave when the current
 // one finished, and shares the concurrency among the shards with devices to run.
 func (r *rollout) grant(ctx workflow.Context) error {
+	r.grantPaced(ctx)
 	w := r.st.Wave
 	if r.grantedIn(w) >= r.st.WaveSizes[w] && r.waveDone[w] >= r.st.WaveSizes[w] && !r.st.Retrying {
 		// The wave finished within the threshold (checkThreshold would have aborted): next.
@@ -264,7 +275,7 @@ func (r *rollout) grant(ctx workflow.Context) error {
 		r.logger.Info("wave starts", "wave", w+1, "size", r.st.WaveSizes[w])
 	}
 	// A run starts at most DevicesPerRun devices; the next run grants the rest.
-	for need := min(r.st.WaveSizes[w]-r.grantedIn(w), r.in.DevicesPerRun-r.startedThisRun); need > 0 && !r.st.Retrying; {
+	for need := r.paceGrant(ctx, min(r.st.WaveSizes[w]-r.grantedIn(w), r.in.DevicesPerRun-r.startedThisRun)); need > 0 && !r.st.Retrying; {
 		if r.fl.Cursor >= len(r.fl.Sizes) {
 			if r.fl.Resolved {
 				// Fewer devices than the wave's size are left: the wave is what is left.
@@ -298,6 +309,7 @@ func (r *rollout) grant(ctx workflow.Context) error {
 		// of devices ended the loop above before it ran out of them.
 		r.st.WaveSizes[w] = r.grantedIn(w)
 	}
+	r.pacedGrant(ctx)
 	r.shareConcurrency()
 	r.flushCommands(ctx)
 	return nil
@@ -347,7 +359,7 @@ func (r *rollout) shareConcurrency() {
 	left := r.in.MaxConcurrent
 	for i := range r.fl.Shards {
 		sh := &r.fl.Shards[i]
-		c := min(max(sh.Want.Quota+sh.Want.Retry-sh.Last.Runs+sh.Last.retryNeed(), 0), left)
+		c := min(max(sh.Want.Quota+sh.Want.Retry+sh.Want.Again-sh.Last.Runs+sh.Last.retryNeed(), 0), left)
 		sh.Want.Concurrency = c
 		left -= c
 	}
@@ -501,6 +513,7 @@ func (r *rollout) takeTally(ctx workflow.Context, t ShardTally) {
 	before := sh.Last.Waves
 	rollbackBefore := sh.Last.Rollback // rollback (policy 1)
 	sh.Last = t
+	r.takeControl(sh)
 	if t.Closed {
 		r.fl.Closed.add(t.Tally, 1)
 		r.fl.ClosedWaves = addWaves(r.fl.ClosedWaves, t.Waves)
@@ -586,6 +599,7 @@ func (r *rollout) queueRetryShards() {
 	}
 	// The failed devices of shards that ended outside the rollout cannot run again.
 	r.st.WaveSizes[w] = r.fl.Granted[w]
+	r.holdRetries()
 	r.sumShards()
 	r.logger.Info("retrying the failed devices", "devices", r.failed)
 }

@@ -36,6 +36,7 @@ type shardSim struct {
 	fail     map[string]int  // device → how many attempts fail in their stages
 	refuse   map[string]bool // device refuses the method (ErrMethodFailed)
 	onVer    map[string]bool // device already runs the target version
+	late     map[string]bool // device took its earlier attempt's call (ReadFirst.Earlier shows it)
 	pages    [][]activities.QueriedDevice
 	queries  []activities.QueryDevicesPageInput
 	calls    []simCall
@@ -62,11 +63,13 @@ func (s *shardSim) defaultDuration() time.Duration {
 type simCall struct {
 	device, method, requestID string
 	rate                      *activities.HubRate
+	// earlier is the evidence of the attempt before, which the read before the call looks for.
+	earlier *activities.Earlier
 }
 
 func newShardSim() *shardSim {
 	return &shardSim{duration: map[string]time.Duration{}, fail: map[string]int{}, refuse: map[string]bool{},
-		onVer: map[string]bool{}, attempts: map[string]int{}, ended: map[string]string{}}
+		onVer: map[string]bool{}, attempts: map[string]int{}, ended: map[string]string{}, late: map[string]bool{}}
 }
 
 // end marks workflow id ended with status, for EndedWorkflows.
@@ -151,8 +154,17 @@ func (s *shardSim) invoke(_ context.Context, in activities.InvokeMethodInput) (a
 	if id == "" {
 		id, _ = in.Payload[protocol.FieldRequestID].(string)
 	}
-	s.calls = append(s.calls, simCall{device: in.DeviceID, method: in.Method, requestID: id, rate: in.Rate})
+	call := simCall{device: in.DeviceID, method: in.Method, requestID: id, rate: in.Rate}
+	if in.ReadFirst != nil {
+		call.earlier = in.ReadFirst.Earlier
+	}
+	s.calls = append(s.calls, call)
 	s.attempts[in.DeviceID]++
+	if call.earlier != nil && s.late[in.DeviceID] {
+		// The earlier attempt's update completed after it had failed: the read shows it.
+		return activities.InvokeMethodResult{Earlier: &activities.EarlierTaken{By: "changed", Value: "completed", Before: "2026-01-01T00:00:00Z"}, TwinReads: 1, Attempt: 1,
+			Read: &activities.GetTwinResult{Reported: map[string]any{protocol.PropFirmwareStatus: "completed"}}, EvidenceBefore: "2026-01-01T00:00:00Z"}, nil
+	}
 	read := &activities.GetTwinResult{Reported: map[string]any{protocol.PropFirmwareVersion: "1.0.0"}}
 	if s.onVer[in.DeviceID] {
 		read.Reported[protocol.PropFirmwareVersion] = fwVersion

@@ -45,6 +45,7 @@ func RolloutShard(ctx workflow.Context, in ShardInput) (ShardTally, error) {
 	s.endChecks = workflow.GetVersion(ctx, endChecksChange, workflow.DefaultVersion, 1) == 1
 	s.rt = newShardRetries(ctx, in)
 	s.initRollback(ctx) // rollback (policy 1)
+	s.ctl = newShardControl(ctx)
 	s.rows = make([]DeviceRow, len(in.Devices))
 	for i, d := range in.Devices {
 		s.rows[i] = DeviceRow{DeviceID: d.ID, Result: DevicePending, FromVersion: d.FromVersion}
@@ -67,6 +68,7 @@ func RolloutShard(ctx workflow.Context, in ShardInput) (ShardTally, error) {
 	commands := workflow.GetSignalChannel(ctx, SignalShardCommand)
 	// Commands are received also after a cancellation from outside, which the shard outlives.
 	rctx, _ := workflow.NewDisconnectedContext(ctx)
+	s.receiveControl(rctx)
 	workflow.Go(rctx, func(gctx workflow.Context) {
 		for {
 			var c ShardCommand
@@ -178,6 +180,9 @@ type ShardCommand struct {
 
 	// Rollback (policy 1) grants the rollback's devices (shard_rollback.go).
 	Rollback ShardRollbackCommand `json:"rollback,omitzero"`
+	// Per-device control (shard_control.go): Again is how many of the runs an operator asked for
+	// (starter rollout retry), queued in the shard, may have been started in all.
+	Again int `json:"again,omitempty"`
 }
 
 // ShardTally is a shard's account of its devices, cumulative: a later one replaces an earlier.
@@ -197,6 +202,12 @@ type ShardTally struct {
 
 	// Rollback (policy 1) counts the rollback's devices, for a rollout with a rollback.
 	Rollback *RollbackTally `json:"rollback,omitempty"`
+	// Per-device control (shard_control.go): Again counts the runs an operator asked for that
+	// started; Control is the last ShardControl applied, and Outcomes, on the tally that answers
+	// it, what became of each of its devices.
+	Again    int                    `json:"again,omitempty"`
+	Control  int                    `json:"control,omitempty"`
+	Outcomes []DeviceControlOutcome `json:"outcomes,omitempty"`
 }
 
 // WaveTally counts a wave's finished (Done) and failed devices, and the skipped ones among the
@@ -302,6 +313,8 @@ type shard struct {
 	rt *shardRetries
 	// rb is the shard's rollback (policy 1).
 	rb shardRollback
+	// ctl is the per-device control of an operator (shard_control.go).
+	ctl *shardControl
 }
 
 func (s *shard) run(ctx workflow.Context) (ShardTally, error) {
@@ -359,6 +372,9 @@ func (s *shard) nextToStart(c ShardCommand) int {
 	if i := s.rt.nextDue(s.rows); i >= 0 {
 		return i
 	}
+	if i := s.nextAgain(c); i >= 0 {
+		return i
+	}
 	if s.started < c.Quota {
 		for ; s.next < len(s.rows); s.next++ {
 			if s.rows[s.next].Result == DevicePending && s.rows[s.next].Attempts == 0 {
@@ -368,7 +384,7 @@ func (s *shard) nextToStart(c ShardCommand) int {
 	}
 	if s.retried < c.Retry {
 		for ; s.nextRetry < len(s.rows); s.nextRetry++ {
-			if r := s.rows[s.nextRetry]; r.Result == DeviceFailed && r.Attempts == 1 {
+			if r := s.rows[s.nextRetry]; r.Result == DeviceFailed && s.passMayRetry(s.nextRetry) {
 				return s.nextRetry
 			}
 		}
@@ -392,6 +408,9 @@ func (s *shard) closing(c ShardCommand) bool {
 		return false
 	}
 	// Every device is final: a retry may still come for the failed ones.
+	if s.keepsOpen(t) {
+		return false
+	}
 	return t.Failed == 0 || !s.in.RetryFailed || s.retried > 0
 }
 
@@ -399,6 +418,7 @@ func (s *shard) closing(c ShardCommand) bool {
 func (s *shard) start(ctx, devCtx workflow.Context, i, wave int) {
 	row := &s.rows[i]
 	switch {
+	case s.takeAgain(i):
 	case row.Attempts == 0:
 		s.started++
 	case s.rt.startRetry(row, i):
@@ -472,6 +492,7 @@ func (s *shard) report(ctx workflow.Context, closed bool) workflow.Future {
 	s.seq++
 	t := s.tally()
 	t.Seq, t.Closed = s.seq, closed
+	s.stampControl(&t)
 	s.unreported, s.failedSince = 0, 0
 	return workflow.SignalExternalWorkflow(ctx, s.in.Parent, "", SignalShardTally, t)
 }
@@ -509,6 +530,7 @@ func (s *shard) tally() ShardTally {
 func (s *shard) close(ctx workflow.Context) (ShardTally, error) {
 	s.rt.abandon(s)
 	s.closeRollback() // rollback (policy 1)
+	s.unqueue()
 	for i := range s.rows {
 		if s.rows[i].Result == DevicePending {
 			s.rows[i].Result = DeviceNotStarted

@@ -154,7 +154,7 @@ func (r *rollout) shardIndex(id string) int {
 func (r *rollout) shardEnded(ctx workflow.Context, sh *ShardRecord, status string) {
 	t := sh.Last
 	notStarted := max(sh.Sent.Quota-t.Started, 0)
-	notRetried := max(sh.Sent.Retry-t.Retried, 0)
+	notRetried := max(sh.Sent.Retry-t.Retried, 0) + max(sh.Sent.Again-t.Again, 0)
 	lost := t.Running + notStarted
 	t.Failed += lost
 	t.Pending = max(t.Pending-notStarted, 0)
