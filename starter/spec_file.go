@@ -564,9 +564,9 @@ type specOut struct {
 	MaxTimeouts string          `yaml:"maxTimeouts,omitempty"`
 	MaxOffline  string          `yaml:"maxOffline,omitempty"`
 	// Rollback (policy 1).
-	Rollback *specRollbackOut `yaml:"rollback,omitempty"`
-	MaxPerMinute  int              `yaml:"maxPerMinute,omitempty"`
-	Ramp          any              `yaml:"ramp,omitempty"`
+	Rollback     *specRollbackOut `yaml:"rollback,omitempty"`
+	MaxPerMinute int              `yaml:"maxPerMinute,omitempty"`
+	Ramp         any              `yaml:"ramp,omitempty"`
 }
 
 type specFirmwareOut struct {
