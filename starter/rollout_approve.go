@@ -13,11 +13,9 @@ import (
 	"github.com/dmflow/dmflow/internal/settings"
 	"github.com/dmflow/dmflow/internal/temporalconn"
 	"github.com/dmflow/dmflow/workflows"
-	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
-	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 )
 
@@ -95,39 +93,10 @@ func runApprove(ctx context.Context, api rolloutAPI, name string, req workflows.
 	return nil
 }
 
-// notReadyTries bounds how often Approve sends the update again when the server answers that the
-// workflow task it was delivered in failed (WorkflowNotReady): a busy rollout's task can fail when
-// a shard's tally arrives as it continues as new, and the update is then dropped, not refused.
-const notReadyTries = 5
-
-// Approve sends UpdateApprove, mapping its errors as Control does. A retry keeps the update ID: an
-// approval the server did take is not taken twice.
+// Approve sends UpdateApprove, mapping its errors as Control does.
 func (t *temporalClient) Approve(ctx context.Context, name string, req workflows.ApproveRequest) (workflows.RolloutProgress, error) {
 	var p workflows.RolloutProgress
-	opts := client.UpdateWorkflowOptions{
-		UpdateID:     "approve-" + uuid.NewString(),
-		WorkflowID:   workflows.RolloutWorkflowID(name),
-		UpdateName:   workflows.UpdateApprove,
-		Args:         []any{req},
-		WaitForStage: client.WorkflowUpdateStageCompleted,
-	}
-	var err error
-	for try := 1; ; try++ {
-		var h client.WorkflowUpdateHandle
-		h, err = t.tc.UpdateWorkflow(ctx, opts)
-		if err == nil {
-			err = h.Get(ctx, &p)
-		}
-		var notReady *serviceerror.WorkflowNotReady
-		if !errors.As(err, &notReady) || try == notReadyTries {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return p, ctx.Err()
-		case <-time.After(time.Duration(try) * 500 * time.Millisecond):
-		}
-	}
+	err := t.updateRollout(ctx, name, workflows.UpdateApprove, req, &p)
 	var app *temporal.ApplicationError
 	var nf *serviceerror.NotFound
 	switch {

@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
-	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 )
 
@@ -278,15 +277,7 @@ func (t *temporalClient) FindDevices(ctx context.Context, name string, ids []str
 
 func (t *temporalClient) ControlDevices(ctx context.Context, name, update string, req workflows.DeviceControlRequest) (workflows.DeviceControlResult, error) {
 	var res workflows.DeviceControlResult
-	h, err := t.tc.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
-		WorkflowID:   workflows.RolloutWorkflowID(name),
-		UpdateName:   update,
-		Args:         []any{req},
-		WaitForStage: client.WorkflowUpdateStageCompleted,
-	})
-	if err == nil {
-		err = h.Get(ctx, &res)
-	}
+	err := t.updateRollout(ctx, name, update, req, &res)
 	var app *temporal.ApplicationError
 	switch {
 	case err == nil:

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/workflows"
+	"github.com/google/uuid"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
@@ -178,15 +180,7 @@ func abortedProgress(err error) (workflows.RolloutProgress, bool) {
 
 func (t *temporalClient) Control(ctx context.Context, name, update, reason string) (workflows.RolloutProgress, error) {
 	var p workflows.RolloutProgress
-	h, err := t.tc.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
-		WorkflowID:   workflows.RolloutWorkflowID(name),
-		UpdateName:   update,
-		Args:         []any{workflows.ControlRequest{Reason: reason}},
-		WaitForStage: client.WorkflowUpdateStageCompleted,
-	})
-	if err == nil {
-		err = h.Get(ctx, &p)
-	}
+	err := t.updateRollout(ctx, name, update, workflows.ControlRequest{Reason: reason}, &p)
 	var app *temporal.ApplicationError
 	switch {
 	case err == nil:
@@ -223,4 +217,36 @@ func (t *temporalClient) rolloutErr(name string, err error) error {
 		return notFoundError{name: name, namespace: t.namespace}
 	}
 	return err
+}
+
+// notReadyTries bounds how often updateRollout sends an update again when the server answers that
+// the workflow task it was delivered in failed (WorkflowNotReady): a busy rollout's task can fail
+// when a shard's tally arrives as it continues as new, and the update is then dropped, not refused.
+const notReadyTries = 5
+
+// updateRollout sends the update to the rollout named name and waits for its result. A resend keeps
+// the update ID, so that an update the server did take is not applied twice.
+func (t *temporalClient) updateRollout(ctx context.Context, name, update string, arg, result any) error {
+	opts := client.UpdateWorkflowOptions{
+		UpdateID:     update + "-" + uuid.NewString(),
+		WorkflowID:   workflows.RolloutWorkflowID(name),
+		UpdateName:   update,
+		Args:         []any{arg},
+		WaitForStage: client.WorkflowUpdateStageCompleted,
+	}
+	for try := 1; ; try++ {
+		h, err := t.tc.UpdateWorkflow(ctx, opts)
+		if err == nil {
+			err = h.Get(ctx, result)
+		}
+		var notReady *serviceerror.WorkflowNotReady
+		if !errors.As(err, &notReady) || try == notReadyTries {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(try) * 500 * time.Millisecond):
+		}
+	}
 }
