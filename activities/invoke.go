@@ -101,6 +101,9 @@ type InvokeMethodResult struct {
 	// or, in ReadFirst's fallback, ScheduledAt less readFirstSlack. It is the "before" of what
 	// follows the call (FollowStages' StatusBefore, WaitForReported's Changed).
 	EvidenceBefore string `json:"evidenceBefore,omitempty"`
+
+	// SkipReason says why ReadFirst.Touched skipped the call (Skipped is set too).
+	SkipReason string `json:"skipReason,omitempty"`
 }
 
 // InvokeProgress is what InvokeMethod records in its heartbeat details: which attempt it is and

@@ -51,6 +51,10 @@ type ReadFirst struct {
 	// ScheduledAt is the workflow's time (workflow.Now) when it scheduled the activity, before any
 	// attempt could have called. Only the fallback uses it; required with Evidence.
 	ScheduledAt time.Time `json:"scheduledAt"`
+
+	// Touched, when set, ends the operation without a call when the read shows an update that
+	// must not be applied again (readfirst_touched.go); checked after SkipIf.
+	Touched *Touched `json:"touched,omitempty"`
 }
 
 // readFirstSlack is taken off ReadFirst.ScheduledAt, a time of the Temporal server's clock, to
@@ -85,7 +89,7 @@ func (r *ReadFirst) problem(ev *Evidence) string {
 	if ev != nil && r.ScheduledAt.IsZero() {
 		return "readFirst: scheduledAt is not set: set it to workflow.Now when scheduling the activity"
 	}
-	return ""
+	return r.Touched.problem(r.Properties)
 }
 
 // readFirst gives the attempt the operation's read, recorded in box with the Evidence.Before taken
@@ -188,6 +192,11 @@ func (a *Activities) readForCall(ctx context.Context, logger log.Logger, in Invo
 func (in InvokeMethodInput) readDecision(read GetTwinResult) *InvokeMethodResult {
 	if s := in.ReadFirst.SkipIf; s != nil && read.reports(*s) {
 		return &InvokeMethodResult{Skipped: true}
+	}
+	if t := in.ReadFirst.Touched; t != nil {
+		if why := t.seen(read); why != "" {
+			return &InvokeMethodResult{Skipped: true, SkipReason: why}
+		}
 	}
 	// Evidence.Seen's "id", on the read's keys, which are the paths themselves.
 	if ev := in.Evidence; ev != nil && ev.IDProperty != "" && read.reports(ReportedValue{Property: ev.IDProperty, Value: ev.ID}) {

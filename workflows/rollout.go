@@ -203,6 +203,9 @@ type rollout struct {
 	cancelWindowTimer workflow.CancelFunc
 	// waitingSince is when the wait for a window in progress began; zero when not waiting.
 	waitingSince time.Time
+
+	// cont is the state of the looks of a continuous rollout (rollout_continuous.go); nil for another.
+	cont *continuous
 }
 
 // restore takes over the state carried by continue-as-new.

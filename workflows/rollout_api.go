@@ -201,6 +201,11 @@ type RolloutInput struct {
 	// the schedule's workflow ID and the run's scheduled time: rollout/<schedule>-<time>.
 	Schedule string `json:"schedule,omitempty"`
 
+	// Continuous targeting (policy 3): a firmware rollout by query that keeps looking for devices
+	// that come to match later and updates them too, until Continuous.Until or a cancel; nil for a
+	// rollout that ends once its targets are done. See rollout_continuous.go.
+	Continuous *RolloutContinuous `json:"continuous,omitempty"`
+
 	// State is the rollout's state carried over continue-as-new; nil when starting.
 	State *RolloutState `json:"state,omitempty"`
 }
@@ -274,6 +279,9 @@ type RolloutState struct {
 	// PackedFleet then carries its fleet state, gzip-compressed JSON, instead of Rows.
 	Sharded     bool   `json:"sharded,omitempty"`
 	PackedFleet []byte `json:"packedFleet,omitempty"`
+
+	// Continuous targeting (policy 3): the looks for devices that came to match later.
+	Looks *LookState `json:"looks,omitempty"`
 }
 
 // DeviceRow is one target device of a rollout and its result: a line of the report.
@@ -300,6 +308,10 @@ type DeviceRow struct {
 	// Note explains a skip (already on the target version, done by an earlier run) or an update
 	// whose version the device does not report (NoteVersionNotReported).
 	Note string `json:"note,omitempty"`
+
+	// Continuous targeting (policy 3): Look is the look (1-based) of a continuous rollout that
+	// found the device; 0 for a device of the targets resolved at the start.
+	Look int `json:"look,omitempty"`
 }
 
 // NoteVersionNotReported is the note of a device that completed the update but reports no
@@ -373,6 +385,9 @@ type RolloutProgress struct {
 	HubCalls int `json:"hubCalls"`
 	// Runs is the number of workflow runs (continue-as-new) so far.
 	Runs int `json:"runs"`
+
+	// Continuous targeting (policy 3): the looks of a continuous rollout; nil for another.
+	Continuous *ContinuousProgress `json:"continuous,omitempty"`
 }
 
 // Done reports whether the progress is final.
@@ -551,6 +566,7 @@ func (in RolloutInput) Validate() error {
 	if in.MinDevices < 0 || in.DevicesPerRun < 0 {
 		problems = append(problems, "min devices and devices per run must not be negative")
 	}
+	problems = append(problems, in.continuousProblems()...)
 	if len(problems) > 0 {
 		return fmt.Errorf("invalid rollout input: %s", strings.Join(problems, "; "))
 	}

@@ -195,6 +195,7 @@ func (r *rollout) progress() RolloutProgress {
 	}
 	p.Active = max(p.Active, 0)
 	r.windowProgress(&p)
+	r.continuousProgress(&p)
 	return p
 }
 

@@ -141,10 +141,17 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 	})
 	r.sumShards()
 	r.endChecks = workflow.GetVersion(ctx, endChecksChange, workflow.DefaultVersion, 1) == 1
+	if cerr := r.startContinuous(ctx); cerr != nil {
+		return r.progress(), temporal.NewNonRetryableApplicationError(cerr.Error(), ErrInvalidInput, nil)
+	}
 	for err == nil && !r.cancelRequested && r.abortReason == "" {
 		seen := r.changes
 		if r.windowTimer != nil && r.windowTimer.IsReady() {
 			r.windowTimer = nil
+		}
+		if err = r.lookStep(ctx); err != nil {
+			err = r.resolveFailed(ctx, err)
+			continue
 		}
 		hold := false
 		switch {
@@ -236,7 +243,7 @@ func (r *rollout) moreToGrant() bool {
 // allDone reports whether every device resolved has finished and no more are to come.
 func (r *rollout) allDone() bool {
 	return r.fl.Resolved && r.fl.Cursor >= len(r.fl.Sizes) && r.agg.Running == 0 && r.agg.Pending == 0 &&
-		r.st.Wave < len(r.st.WaveSizes) && r.waveDone[r.st.Wave] >= r.st.WaveSizes[r.st.Wave]
+		r.st.Wave < len(r.st.WaveSizes) && r.waveDone[r.st.Wave] >= r.st.WaveSizes[r.st.Wave] && !r.keepsLooking()
 }
 
 // grant hands the current wave's devices to the shards, moving to the next wave when the current
@@ -251,6 +258,7 @@ func (r *rollout) grant(ctx workflow.Context) error {
 		w++
 		r.st.Wave = w
 		r.st.WaveSizes = append(r.st.WaveSizes, nominalWave(r.in.Canary, r.in.Growth, w))
+		r.capLookWave(w)
 		r.fl.Granted = append(r.fl.Granted, 0)
 		r.sumShards()
 		r.logger.Info("wave starts", "wave", w+1, "size", r.st.WaveSizes[w])
@@ -377,6 +385,9 @@ func (r *rollout) flushCommands(ctx workflow.Context) {
 // resolvePage places the next page of targets in new shards: a page of the target query (up to
 // 1,000 twins, one query of the hub's quota) or, for device IDs, the next 1,000 of them.
 func (r *rollout) resolvePage(ctx workflow.Context) error {
+	if r.cont != nil && r.cont.st.Looking {
+		return r.lookPage(ctx)
+	}
 	var page []ShardDevice
 	if query := r.in.TargetQuery(); query != "" {
 		res, err := r.queryPage(ctx, query)
@@ -459,6 +470,7 @@ func (r *rollout) startShard(ctx workflow.Context, devices []ShardDevice) error 
 		Operation:      r.in.Operation, Firmware: r.in.Firmware, Reboot: r.in.Reboot, Rate: r.rate,
 		RetryFailed: r.in.RetryFailed, Devices: devices,
 	}
+	in.Look = r.shardLook()
 	err := workflow.ExecuteChildWorkflow(cctx, RolloutShard, in).GetChildWorkflowExecution().Get(ctx, nil)
 	var already *temporal.ChildWorkflowExecutionAlreadyStartedError
 	if errors.As(err, &already) {

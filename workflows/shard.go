@@ -51,6 +51,7 @@ func RolloutShard(ctx workflow.Context, in ShardInput) (ShardTally, error) {
 			s.rows[i].Note = "already on " + d.FromVersion + " when the targets were resolved"
 		}
 	}
+	s.markLookRows()
 	if err := workflow.SetQueryHandler(ctx, QueryReport, func(req ReportRequest) (ReportPage, error) {
 		return reportPage(s.rows, req)
 	}); err != nil {
@@ -122,6 +123,10 @@ type ShardInput struct {
 	RetryFailed bool `json:"retryFailed,omitempty"`
 	// Devices are the shard's devices in the order they start.
 	Devices []ShardDevice `json:"devices"`
+
+	// Continuous targeting (policy 3): set in the shard of a look, whose devices are skipped
+	// when their twin shows an update since the rollout began.
+	Look *ShardLook `json:"look,omitempty"`
 }
 
 // ShardDevice is one device of a shard.

@@ -78,11 +78,11 @@ func (d *device) firmware(ctx workflow.Context) error {
 				protocol.FieldUpdateID:   d.updateID,
 			},
 			ResponseTimeout: firmwareMethodTimeout,
-			ReadFirst: &activities.ReadFirst{
+			ReadFirst: d.withTouched(&activities.ReadFirst{
 				Properties:  []string{protocol.PropFirmwareVersion, protocol.PropFirmwareStatus, protocol.PropFirmwareUpdateID},
 				SkipIf:      &activities.ReportedValue{Property: protocol.PropFirmwareVersion, Value: d.rollout.Firmware.Version},
 				ScheduledAt: started,
-			},
+			}),
 			Evidence: &activities.Evidence{
 				Property:   protocol.PropFirmwareStatus,
 				OneOf:      updateStatuses,
@@ -104,6 +104,9 @@ func (d *device) firmware(ctx workflow.Context) error {
 	}
 	if inv.Skipped {
 		d.out.result, d.out.note = DeviceSkipped, "already on "+d.rollout.Firmware.Version
+		if inv.SkipReason != "" {
+			d.out.note = inv.SkipReason
+		}
 		return nil
 	}
 
