@@ -199,7 +199,7 @@ func (in RolloutInput) continuousProblems() []string {
 		problems = append(problems, "retry-failed runs the failed devices at the end, which a continuous rollout without until never reaches: give until, or drop retry-failed")
 	}
 	if in.Operation == OperationFirmware && in.Firmware != nil {
-		if n := len(in.lookQuery(time.Time{}, time.Time{})); n > maxLookQuery {
+		if n := len(in.LookQuery(time.Time{}, time.Time{})); n > maxLookQuery {
 			problems = append(problems, fmt.Sprintf("the query's condition is too long for a continuous rollout: its looks add %d characters to it and IoT Hub takes %d: shorten the condition",
 				n-len(in.Query), maxLookQuery))
 		}
@@ -232,9 +232,10 @@ func rolloutUpdateIDs(name string) []string {
 	return []string{RolloutUpdateID(name, 1), RolloutUpdateID(name, 2)}
 }
 
-// lookQuery is the query of a look reaching back to from, of a rollout whose updates are those
-// stamped since since (see the comment at the top).
-func (in RolloutInput) lookQuery(from, since time.Time) string {
+// LookQuery is the query of a continuous rollout's look reaching back to from (the twins whose
+// reported properties changed since), leaving out the devices an update stamped since since (the
+// rollout's start less a slack) touched: see the comment at the top of rollout_continuous.go.
+func (in RolloutInput) LookQuery(from, since time.Time) string {
 	reported := "properties.reported."
 	var conds []string
 	if cond, _ := activities.DeviceQueryCondition(in.Query); cond != "" {
@@ -448,7 +449,7 @@ func (r *rollout) lookQueryPage(ctx workflow.Context) (activities.QueryDevicesPa
 	var a *activities.Activities
 	c := r.cont
 	in := activities.QueryDevicesPageInput{
-		Query: r.in.lookQuery(c.st.From, r.st.Started.Add(-touchedSlack)), Token: r.fl.Token, Rate: r.rate,
+		Query: r.in.LookQuery(c.st.From, r.st.Started.Add(-touchedSlack)), Token: r.fl.Token, Rate: r.rate,
 		Properties: []string{protocol.PropFirmwareVersion},
 	}
 	qctx, cancel := workflow.WithCancel(queryOptions(ctx))
