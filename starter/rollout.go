@@ -171,6 +171,7 @@ func describeInput(in workflows.RolloutInput) string {
 	if n := len(in.Windows); n > 0 {
 		fmt.Fprintf(&b, ", in %d maintenance %s", n, plural(n, "window", "windows"))
 	}
+	b.WriteString(continuousDescription(in))
 	return b.String()
 }
 

@@ -168,6 +168,8 @@ type reportRow struct {
 	Error           string    `json:"error,omitempty"`
 	// Note says why a device was skipped.
 	Note string `json:"note,omitempty"`
+	// Continuous targeting (policy 3): the look that found the device; 0 for the first targets.
+	Look int `json:"look,omitempty"`
 }
 
 func toReportRow(r workflows.DeviceRow) reportRow {
@@ -175,6 +177,7 @@ func toReportRow(r workflows.DeviceRow) reportRow {
 		Device: r.DeviceID, Wave: max(r.Wave+1, 0), Result: r.Result, Attempts: r.Attempts,
 		FromVersion: r.FromVersion, Stages: r.Stages, Started: r.Started.UTC(),
 		DurationSeconds: r.Duration.Seconds(), HubCalls: r.HubCalls, ErrorType: r.ErrorType, Error: r.Error, Note: r.Note,
+		Look: r.Look,
 	}
 }
 
@@ -215,7 +218,7 @@ func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 			wave = strconv.Itoa(r.Wave)
 		}
 		if err := cw.Write([]string{r.Device, wave, r.Result, strconv.Itoa(r.Attempts), r.FromVersion, strings.Join(r.Stages, ";"),
-			started, dur, strconv.Itoa(r.HubCalls), r.ErrorType, oneLine(r.Error), oneLine(r.Note)}); err != nil {
+			started, dur, strconv.Itoa(r.HubCalls), r.ErrorType, oneLine(r.Error), oneLine(noteWithLook(d))}); err != nil {
 			return err
 		}
 	}
@@ -304,13 +307,14 @@ func rowError(r workflows.DeviceRow) string {
 
 // rowNote is the note of a row: why it was skipped, in parentheses after an error.
 func rowNote(r workflows.DeviceRow) string {
-	if r.Note == "" {
+	note := noteWithLook(r)
+	if note == "" {
 		return ""
 	}
 	if r.Error != "" || r.ErrorType != "" {
-		return " (" + oneLine(r.Note) + ")"
+		return " (" + oneLine(note) + ")"
 	}
-	return oneLine(r.Note)
+	return oneLine(note)
 }
 
 // writeFileAtomic writes a file through a temporary file in the same directory and renames it

@@ -185,7 +185,7 @@ func (v *lineView) close()           {}
 // ETA.
 func progressKey(p workflows.RolloutProgress) string {
 	return fmt.Sprintf("%s|%s|%d %d|%d/%d|%v|%d %d %d %d %d %d %d", p.State, p.Reason, p.WindowOpens.Unix(), p.WindowCloses.Unix(),
-		p.Wave, p.Waves, p.Retrying, p.Succeeded, p.Skipped, p.Failed, p.Cancelled, p.NotStarted, p.Running, p.Pending)
+		p.Wave, p.Waves, p.Retrying, p.Succeeded, p.Skipped, p.Failed, p.Cancelled, p.NotStarted, p.Running, p.Pending) + looksShort(p)
 }
 
 // doneCount is the devices the rollout has finished with: every result but running and pending.
@@ -310,7 +310,7 @@ func rolloutLine(p workflows.RolloutProgress, now time.Time, loc *time.Location)
 	}
 	done := doneCount(p)
 	return fmt.Sprintf(" %7s  %s  %s  %d/%d done (%d%%)  %s  %s", elapsed, stateWindowText(p, now, loc), waveText(p),
-		done, p.Total, percent(done, p.Total), countsText(p, "  "), speedText(p))
+		done, p.Total, percent(done, p.Total), countsText(p, "  "), speedText(p)) + looksShort(p)
 }
 
 // elapsedOf is the rollout's age at its last change (or end), pauses included.
@@ -378,7 +378,7 @@ func newBarView(out io.Writer, name string, now func() time.Time, loc *time.Loca
 		if w := windowText(p, v.now(), v.loc); w != "" {
 			s += " · " + w
 		}
-		return s
+		return s + looksShort(p)
 	})))
 	return v
 }
@@ -473,6 +473,7 @@ func printStatus(out io.Writer, p workflows.RolloutProgress, url string, now tim
 		limits += fmt.Sprintf(", rate %g hub calls/s", p.Rate)
 	}
 	fmt.Fprintf(out, "  limits:    %s\n", limits)
+	printLooks(out, p, now, loc)
 	if !p.Started.IsZero() {
 		waited := ""
 		if p.Waited > 0 {
@@ -529,6 +530,7 @@ func writeSummary(out io.Writer, p workflows.RolloutProgress, failed []workflows
 	if p.Reason != "" {
 		fmt.Fprintf(out, "  reason:    %s\n", p.Reason)
 	}
+	summaryLooks(out, p)
 	fmt.Fprintf(out, "  hub calls: %d in %d %s\n", p.HubCalls, p.Runs, plural(p.Runs, "workflow run", "workflow runs"))
 	if p.Failed > 0 {
 		switch {

@@ -52,6 +52,12 @@ type specFlags struct {
 	fileWindows []workflows.Window
 	// fromFile names the flags whose value came from the spec file: flag → field ("firmware.version").
 	fromFile map[string]string
+
+	// Continuous targeting (policy 3): --continuous, --until, --look-every (rollout_continuous.go).
+	continuous   bool
+	until        string
+	lookEvery    time.Duration
+	lookInterval time.Duration
 }
 
 // addSpecFlags defines the spec flags; withName adds --name (rollout start: a schedule names its
@@ -82,6 +88,7 @@ func addSpecFlags(fl *pflag.FlagSet, f *specFlags, withName bool) {
 	fl.StringArrayVar(&f.windows, "window", nil, `maintenance window, repeatable: "0 2 * * SUN for 4h in Europe/Warsaw" (cron start, duration, time zone) or "2026-11-29T02:00:00Z/4h" (start/end or start/duration)`)
 	fl.IntVar(&f.devicesPerRun, "devices-per-run", 0, "devices a workflow run starts before it continues as new")
 	_ = fl.MarkHidden("devices-per-run")
+	addContinuousFlags(fl, f)
 }
 
 // specHelp documents the spec flags and the spec file, for the commands' long help.
@@ -122,6 +129,8 @@ is open; devices in flight finish. Recurring: "<cron> for <duration> [in
 <time zone>]", e.g. "0 2 * * SUN for 4h in Europe/Warsaw" (time zone default
 UTC); absolute: "<start>/<end>" or "<start>/<duration>" in RFC 3339, e.g.
 "2026-11-29T02:00:00+01:00/4h".
+
+` + continuousHelp + `
 
 Spec file (--spec rollout.yaml, YAML or JSON, "-" for standard input): the
 same fields as the flags, camelCase, e.g.
@@ -252,6 +261,7 @@ func (f *specFlags) input(stdin io.Reader, changed func(flag string) bool, sched
 		}
 	}
 
+	problems = append(problems, f.continuousInput(&in)...)
 	if len(problems) > 0 {
 		return workflows.RolloutInput{}, cli.UsageError{Err: errors.New(strings.Join(problems, "; "))}
 	}
@@ -375,7 +385,9 @@ func (f *specFlags) mergeFile(stdin io.Reader, changed func(string) bool, schedu
 		case "window":
 			f.fileWindows = doc.v.fileWindows
 		default:
-			panic("spec field without a flag: " + flag)
+			if !f.mergeContinuous(flag, &doc.v) {
+				panic("spec field without a flag: " + flag)
+			}
 		}
 	}
 	return nil

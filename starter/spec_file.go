@@ -31,6 +31,7 @@ var specFields = map[string]string{
 	"deadline": "firmware.deadline", "method-timeout": "reboot.methodTimeout",
 	"canary": "canary", "growth": "growth", "max-concurrent": "maxConcurrent", "rate": "rate", "max-failures": "maxFailures",
 	"min-devices": "minDevices", "retry-failed": "retryFailed", "reconcile": "reconcile", "window": "windows",
+	"continuous": "continuous", "until": "until", "look-every": "continuous.every",
 }
 
 // specDoc is a parsed spec file: the values, and for each flag it sets the field it came from.
@@ -401,6 +402,8 @@ func (d *specDecoder) top(root *yaml.Node) {
 			}
 			v.fileWindows, d.doc.set["window"] = ws, path
 		}},
+		{"continuous", d.continuousField(v)},
+		{"until", d.setText("until", &v.until)},
 	})
 	if firmwareNode != nil && rebootNode != nil {
 		d.fail(rebootNode, "reboot", "a spec has firmware or reboot, not both: a firmware rollout reboots after the update with firmware.reboot: true")
