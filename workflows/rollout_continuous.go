@@ -580,7 +580,7 @@ func (r *rollout) continuousProgress(p *RolloutProgress) {
 		case r.st.Paused:
 			cp.Waiting = "paused: no look until resumed"
 		case c.st.Looking && !c.st.Suspended:
-			cp.Waiting = fmt.Sprintf("look %d is being read, a page at a time as the waves need devices", c.st.Looks)
+			cp.Waiting = fmt.Sprintf("look %d under way (its pages are read as the waves need devices)", c.st.Looks)
 		case c.st.Looks == 0 && !r.firstTargetsDone():
 			cp.Waiting = "the first look comes once the targets found at the start have finished"
 		default:
