@@ -5,6 +5,8 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/workflows"
+	"go.temporal.io/sdk/worker"
 )
 
 // A continuous rollout on real processes: it updates the devices its query selects at the start
@@ -119,6 +122,29 @@ func TestRolloutContinuous(t *testing.T) {
 		tw := reported(t, svc, late[1])
 		if _, ok := tw[protocol.PropFirmwareVersion]; ok || tw[protocol.PropFirmwareStatus] != "completed" {
 			t.Errorf("the tutorial device reports %v: want no version, firmwareStatus completed", tw)
+		}
+	})
+
+	// The rollout's history and its look's shard's replay against today's code, and are recorded
+	// for the replay test (make record-histories).
+	t.Run("histories replay", func(t *testing.T) {
+		for _, h := range []struct {
+			id, file string
+			workflow any
+		}{
+			{workflows.RolloutWorkflowID(name), "rollout_continuous", workflows.Rollout},
+			{workflows.RolloutShardWorkflowID(name, 1), "rollout_continuous_shard", workflows.RolloutShard},
+		} {
+			checkHistory(t, c, h.id, h.file)
+			file := filepath.Join(t.TempDir(), h.file+".json")
+			if err := os.WriteFile(file, historyJSON(t, c, h.id), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			replayer := worker.NewWorkflowReplayer()
+			replayer.RegisterWorkflow(h.workflow)
+			if err := replayer.ReplayWorkflowHistoryFromJSONFile(nil, file); err != nil {
+				t.Errorf("replay %s: %v", h.id, err)
+			}
 		}
 	})
 }

@@ -44,6 +44,10 @@ func TestReplay(t *testing.T) {
 		// Maintenance windows: the version marker, a recorded window state at each boundary, the
 		// timers to the openings and closes.
 		{"rollout_windows.json", Rollout},
+		// Continuous targeting (continuous-targeting): the looks, each a timer and a query page;
+		// the shard of a look, whose reads before the calls check for an update already taken.
+		{"rollout_continuous.json", Rollout},
+		{"rollout_continuous_shard.json", RolloutShard},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			r := worker.NewWorkflowReplayer()
