@@ -184,3 +184,14 @@ func TestRolloutContinuousShown(t *testing.T) {
 	assert.Equal(t, 0, code)
 	assert.Contains(t, stdout, `"look": 9`)
 }
+
+// examples/rollout-policies.yaml's continuous block reads as documented.
+func TestExamplePoliciesContinuous(t *testing.T) {
+	withSpecNow(t)
+	f := specFlags{spec: "../examples/rollout-policies.yaml", name: "fw-2.1.0"}
+	in, err := f.input(bytes.NewReader(nil), func(flag string) bool { return flag == "name" }, "")
+	require.NoError(t, err)
+	require.NotNil(t, in.Continuous)
+	assert.Equal(t, testClock.Now().Add(168*time.Hour).UTC(), in.Continuous.Until)
+	assert.Equal(t, 5*time.Minute, in.Continuous.Every)
+}

@@ -57,6 +57,10 @@ const windowsChange = "maintenance-windows"
 //     flight finish, and the wave goes on in the next window. When no window opens any more and
 //     devices are left to start, the rollout ends as RolloutAborted with ErrRolloutNoWindow. Time
 //     spent waiting does not count as active (devices per minute are those inside windows).
+//   - Continuous targeting: with in.Continuous (a firmware rollout by query), once its targets
+//     finished the rollout looks every Continuous.Every for devices that came to match since, with
+//     one query narrowed to the twins changed since the last look and not yet touched by it, and
+//     runs them in the next waves, until Continuous.Until or a cancel (rollout_continuous.go).
 //
 // It completes with the final RolloutProgress (State RolloutCompleted or RolloutCancelled); it
 // fails with ErrInvalidInput for invalid input, ErrRolloutAborted past the threshold,

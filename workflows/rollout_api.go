@@ -203,7 +203,11 @@ type RolloutInput struct {
 
 	// Continuous targeting (policy 3): a firmware rollout by query that keeps looking for devices
 	// that come to match later and updates them too, until Continuous.Until or a cancel; nil for a
-	// rollout that ends once its targets are done. See rollout_continuous.go.
+	// rollout that ends once its targets are done. A look is one query (a page, more for many
+	// devices found) narrowed by the hub to the twins whose reported properties changed since the
+	// last look less LookOverlap, whose firmwareVersion differs, and that no update touched since
+	// the rollout began; the read before each call skips a device the query's lag let through, so
+	// none is updated twice. See rollout_continuous.go.
 	Continuous *RolloutContinuous `json:"continuous,omitempty"`
 
 	// State is the rollout's state carried over continue-as-new; nil when starting.
