@@ -60,7 +60,9 @@ import (
 // the devices of one look from a second look while they run.
 //
 // Waves: the devices a look finds join the next wave of the plan, which keeps growing by Growth,
-// each wave at most MaxLookWave devices; the threshold judges them as it judges any wave.
+// each wave at most MaxLookWave devices; the threshold judges them as it judges any wave. Each look
+// that finds devices adds a wave and a shard to the state carried over continue-as-new (a few
+// bytes each): what bounds a continuous rollout's state is its Until.
 // A reboot rollout cannot be continuous (no version tells which devices still need it); nor can a
 // scheduled one (its runs would overlap, each looking for the same devices).
 
