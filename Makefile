@@ -78,7 +78,7 @@ chaos: build ## the chaos cases at full size, 500–1,000 devices each (~20 min)
 	ulimit -n "$$(ulimit -Hn)"; DMFLOW_CHAOS=long go test -tags integration -count=1 -timeout 90m -run 'TestChaos' -v ./test/ 2>&1 | tee $(BIN)/chaos.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|chaos_test.go' ; exit $${PIPESTATUS[0]}
 
 record-histories: build ## re-record workflows/testdata/*.json from the integration tests
-	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd|TestFirmwareEndToEnd|TestRolloutEndToEnd|TestRolloutWindows|TestDeviceContracts|TestFleetVersions|TestRolloutRetriesByType|TestRolloutRollback' ./test/...
+	DMFLOW_RECORD_HISTORY=$(abspath workflows/testdata) go test -tags integration -count=1 -run 'TestRebootEndToEnd|TestFirmwareEndToEnd|TestRolloutEndToEnd|TestRolloutWindows|TestDeviceContracts|TestFleetVersions|TestRolloutRetriesByType|TestRolloutRollback|TestRolloutContinuous' ./test/...
 
 # How long each fuzz target runs: 10 s for make fuzz, 3 s within make test, which must stay within
 # CI's 25 minutes on two cores; FUZZTIME=1m make fuzz for a longer search.

@@ -110,6 +110,9 @@ type InvokeMethodResult struct {
 	// Earlier is set when ReadFirst.Earlier found that the device took an earlier request of the
 	// operation, which it is at or finished: no call was made.
 	Earlier *EarlierTaken `json:"earlier,omitempty"`
+
+	// SkipReason says why ReadFirst.Touched skipped the call (Skipped is set too).
+	SkipReason string `json:"skipReason,omitempty"`
 }
 
 // InvokeProgress is what InvokeMethod records in its heartbeat details: which attempt it is and

@@ -55,6 +55,10 @@ type ReadFirst struct {
 	// when the read shows the device took one and is at it or finished it, the operation makes no
 	// call and returns InvokeMethodResult.Earlier (see Earlier). Decided before SkipIf.
 	Earlier *Earlier `json:"earlier,omitempty"`
+
+	// Touched, when set, ends the operation without a call when the read shows an update that
+	// must not be applied again (readfirst_touched.go); checked after SkipIf.
+	Touched *Touched `json:"touched,omitempty"`
 }
 
 // readFirstSlack is taken off ReadFirst.ScheduledAt, a time of the Temporal server's clock, to
@@ -89,7 +93,10 @@ func (r *ReadFirst) problem(ev *Evidence) string {
 	if ev != nil && r.ScheduledAt.IsZero() {
 		return "readFirst: scheduledAt is not set: set it to workflow.Now when scheduling the activity"
 	}
-	return r.Earlier.problem(ev)
+	if p := r.Earlier.problem(ev); p != "" {
+		return p
+	}
+	return r.Touched.problem(r.Properties)
 }
 
 // readFirst gives the attempt the operation's read, recorded in box with the Evidence.Before taken
@@ -197,6 +204,11 @@ func (in InvokeMethodInput) readDecision(read GetTwinResult) *InvokeMethodResult
 	}
 	if s := in.ReadFirst.SkipIf; s != nil && read.reports(*s) {
 		return &InvokeMethodResult{Skipped: true}
+	}
+	if t := in.ReadFirst.Touched; t != nil {
+		if why := t.seen(read); why != "" {
+			return &InvokeMethodResult{Skipped: true, SkipReason: why}
+		}
 	}
 	// Evidence.Seen's "id", on the read's keys, which are the paths themselves.
 	if ev := in.Evidence; ev != nil && ev.IDProperty != "" && read.reports(ReportedValue{Property: ev.IDProperty, Value: ev.ID}) {

@@ -178,6 +178,7 @@ func describeInput(in workflows.RolloutInput) string {
 		fmt.Fprintf(&b, ", in %d maintenance %s", n, plural(n, "window", "windows"))
 	}
 	b.WriteString(rollbackDescription(in)) // rollback (policy 1)
+	b.WriteString(continuousDescription(in))
 	return b.String()
 }
 

@@ -188,6 +188,8 @@ type reportRow struct {
 	RetryAt     time.Time `json:"retryAt,omitzero"`
 	// Rollback (policy 1) is the device's rollback, once the rollout's rollback reached it.
 	Rollback *reportRollback `json:"rollback,omitempty"`
+	// Continuous targeting (policy 3): the look that found the device; 0 for the first targets.
+	Look int `json:"look,omitempty"`
 }
 
 func toReportRow(r workflows.DeviceRow) reportRow {
@@ -197,6 +199,7 @@ func toReportRow(r workflows.DeviceRow) reportRow {
 		DurationSeconds: r.Duration.Seconds(), HubCalls: r.HubCalls, ErrorType: r.ErrorType, Error: r.Error, Note: r.Note,
 		FailureType: r.FailureType, RetriedOn: r.RetriedOn, RetryAt: r.RetryAt.UTC(),
 		Rollback: toReportRollback(r.Rollback), // rollback (policy 1)
+		Look:     r.Look,
 	}
 }
 
@@ -243,7 +246,7 @@ func writeReportCSV(w io.Writer, rows []workflows.DeviceRow) error {
 			retryAt = r.RetryAt.Format(time.RFC3339)
 		}
 		if err := cw.Write(append([]string{r.Device, wave, r.Result, strconv.Itoa(r.Attempts), r.FromVersion, strings.Join(r.Stages, ";"),
-			started, dur, strconv.Itoa(r.HubCalls), r.ErrorType, oneLine(r.Error), oneLine(r.Note),
+			started, dur, strconv.Itoa(r.HubCalls), r.ErrorType, oneLine(r.Error), oneLine(noteWithLook(d)),
 			r.FailureType, strings.Join(r.RetriedOn, ";"), retryAt}, rollbackCSVCells(d, rb)...)); err != nil {
 			return err
 		}
@@ -334,13 +337,14 @@ func rowError(r workflows.DeviceRow) string {
 
 // rowNote is the note of a row: why it was skipped, in parentheses after an error.
 func rowNote(r workflows.DeviceRow) string {
-	if r.Note == "" {
+	note := noteWithLook(r)
+	if note == "" {
 		return ""
 	}
 	if r.Error != "" || r.ErrorType != "" {
-		return " (" + oneLine(r.Note) + ")"
+		return " (" + oneLine(note) + ")"
 	}
-	return oneLine(r.Note)
+	return oneLine(note)
 }
 
 // writeFileAtomic writes a file through a temporary file in the same directory and renames it

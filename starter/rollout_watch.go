@@ -186,7 +186,7 @@ func (v *lineView) close()           {}
 func progressKey(p workflows.RolloutProgress) string {
 	return fmt.Sprintf("%s|%s|%d %d|%d/%d|%v|%d %d %d %d %d %d %d", p.State, p.Reason, p.WindowOpens.Unix(), p.WindowCloses.Unix(),
 		p.Wave, p.Waves, p.Retrying, p.Succeeded, p.Skipped, p.Failed, p.Cancelled, p.NotStarted, p.Running, p.Pending) +
-		rollbackKey(p) // rollback (policy 1)
+		rollbackKey(p) + looksShort(p) // rollback (policy 1), continuous targeting (policy 3)
 }
 
 // doneCount is the devices the rollout has finished with: every result but running and pending.
@@ -315,7 +315,7 @@ func rolloutLine(p workflows.RolloutProgress, now time.Time, loc *time.Location)
 	done := doneCount(p)
 	return fmt.Sprintf(" %7s  %s  %s  %d/%d done (%d%%)  %s  %s%s", elapsed, stateWindowText(p, now, loc), waveText(p),
 		done, p.Total, percent(done, p.Total), countsText(p, "  "), speedText(p), startRateSuffix(p, "  ")) +
-		rollbackLine(p) // rollback (policy 1)
+		rollbackLine(p) + looksShort(p) // rollback (policy 1), continuous targeting (policy 3)
 }
 
 // elapsedOf is the rollout's age at its last change (or end), pauses included.
@@ -383,7 +383,7 @@ func newBarView(out io.Writer, name string, now func() time.Time, loc *time.Loca
 		if w := windowText(p, v.now(), v.loc); w != "" {
 			s += " · " + w
 		}
-		return s + rollbackLine(p) // rollback (policy 1)
+		return s + rollbackLine(p) + looksShort(p) // rollback (policy 1), continuous targeting (policy 3)
 	})))
 	return v
 }
@@ -482,6 +482,7 @@ func printStatus(out io.Writer, p workflows.RolloutProgress, url string, now tim
 	fmt.Fprintf(out, "  limits:    %s\n", limits)
 	printGates(out, p, now, loc)
 	printStartRate(out, p)
+	printLooks(out, p, now, loc)
 	if !p.Started.IsZero() {
 		waited := ""
 		if p.Waited > 0 {
@@ -544,6 +545,7 @@ func writeSummary(out io.Writer, p workflows.RolloutProgress, failed []workflows
 		fmt.Fprintf(out, "  reason:    %s\n", p.Reason)
 	}
 	writeRollbackSummary(out, p) // rollback (policy 1)
+	summaryLooks(out, p)
 	fmt.Fprintf(out, "  hub calls: %d in %d %s\n", p.HubCalls, p.Runs, plural(p.Runs, "workflow run", "workflow runs"))
 	summaryGates(out, p, time.UTC)
 	if p.Failed > 0 {

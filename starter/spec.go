@@ -75,6 +75,11 @@ type specFlags struct {
 	maxPerMinute int
 	ramp         string
 	rampMax      int
+	// Continuous targeting (policy 3): --continuous, --until, --look-every (rollout_continuous.go).
+	continuous   bool
+	until        string
+	lookEvery    time.Duration
+	lookInterval time.Duration
 }
 
 // addSpecFlags defines the spec flags; withName adds --name (rollout start: a schedule names its
@@ -109,6 +114,7 @@ func addSpecFlags(fl *pflag.FlagSet, f *specFlags, withName bool) {
 	addRetryFlags(fl, f)
 	addRollbackFlags(fl, f) // rollback (policy 1)
 	addStartRateFlags(fl, f)
+	addContinuousFlags(fl, f)
 }
 
 // specHelp documents the spec flags and the spec file, for the commands' long help.
@@ -158,6 +164,7 @@ UTC); absolute: "<start>/<end>" or "<start>/<duration>" in RFC 3339, e.g.
 "2026-11-29T02:00:00+01:00/4h".
 
 ` + gatesHelp + `
+` + continuousHelp + `
 
 Spec file (--spec rollout.yaml, YAML or JSON, "-" for standard input): the
 same fields as the flags, camelCase, e.g.
@@ -302,6 +309,7 @@ func (f *specFlags) input(stdin io.Reader, changed func(flag string) bool, sched
 	problems = append(problems, f.retryInput(&in, changed)...)
 	problems = append(problems, f.rollbackInput(&in)...) // rollback (policy 1)
 
+	problems = append(problems, f.continuousInput(&in)...)
 	if len(problems) > 0 {
 		return workflows.RolloutInput{}, cli.UsageError{Err: errors.New(strings.Join(problems, "; "))}
 	}
@@ -432,7 +440,7 @@ func (f *specFlags) mergeFile(stdin io.Reader, changed func(string) bool, schedu
 		case "rollback-firmware", "rollback-version", "rollback-include": // rollback (policy 1)
 			f.mergeRollback(flag, doc.v)
 		default:
-			if !f.mergeGateField(flag, &doc.v) {
+			if !f.mergeGateField(flag, &doc.v) && !f.mergeContinuous(flag, &doc.v) {
 				panic("spec field without a flag: " + flag)
 			}
 		}

@@ -32,6 +32,7 @@ var specFields = map[string]string{
 	"canary": "canary", "growth": "growth", "max-concurrent": "maxConcurrent", "rate": "rate", "max-failures": "maxFailures",
 	"min-devices": "minDevices", "retry-failed": "retryFailed", "reconcile": "reconcile", "window": "windows",
 	"max-per-minute": "maxPerMinute", "ramp": "ramp", "ramp-max": "ramp.max",
+	"continuous": "continuous", "until": "until", "look-every": "continuous.every",
 }
 
 // specDoc is a parsed spec file: the values, and for each flag it sets the field it came from.
@@ -405,6 +406,8 @@ func (d *specDecoder) top(root *yaml.Node) {
 		d.rollbackField(v), // rollback (policy 1)
 		{"maxPerMinute", d.setInt("max-per-minute", &v.maxPerMinute)},
 		{"ramp", d.ramp},
+		{"continuous", d.continuousField(v)},
+		{"until", d.setText("until", &v.until)},
 	}, append(d.gateFields(v), d.retryFields(v)...)...))
 	if firmwareNode != nil && rebootNode != nil {
 		d.fail(rebootNode, "reboot", "a spec has firmware or reboot, not both: a firmware rollout reboots after the update with firmware.reboot: true")

@@ -48,6 +48,10 @@ func TestReplay(t *testing.T) {
 		// the backoff timers, the retries' guard.
 		{"rollout_retries.json", Rollout},
 		{"rollout_retries_shard.json", RolloutShard},
+		// Continuous targeting (continuous-targeting): the looks, each a timer and a query page;
+		// the shard of a look, whose reads before the calls check for an update already taken.
+		{"rollout_continuous.json", Rollout},
+		{"rollout_continuous_shard.json", RolloutShard},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			r := worker.NewWorkflowReplayer()

@@ -61,6 +61,10 @@ const windowsChange = "maintenance-windows"
 //     devices the rollout updated, under the same waves, limits, windows and threshold, in state
 //     RolloutRollingBack, ending RolloutRolledBack (or RolloutAborted when the rollback stopped);
 //     see rollout_rollback.go.
+//   - Continuous targeting: with in.Continuous (a firmware rollout by query), once its targets
+//     finished the rollout looks every Continuous.Every for devices that came to match since, with
+//     one query narrowed to the twins changed since the last look and not yet touched by it, and
+//     runs them in the next waves, until Continuous.Until or a cancel (rollout_continuous.go).
 //
 // It completes with the final RolloutProgress (State RolloutCompleted or RolloutCancelled); it
 // fails with ErrInvalidInput for invalid input, ErrRolloutAborted past the threshold,
@@ -225,6 +229,8 @@ type rollout struct {
 	// per-device control for the updates waiting for them (rollout_device.go).
 	pace    startPace
 	answers map[controlKey][]DeviceControlOutcome
+	// cont is the state of the looks of a continuous rollout (rollout_continuous.go); nil for another.
+	cont *continuous
 }
 
 // restore takes over the state carried by continue-as-new.

@@ -230,6 +230,14 @@ type RolloutInput struct {
 	// rollout (0: no bound), on top of the hub budget; Ramp raises it as devices succeed.
 	MaxPerMinute int   `json:"maxPerMinute,omitempty"`
 	Ramp         *Ramp `json:"ramp,omitempty"`
+	// Continuous targeting (policy 3): a firmware rollout by query that keeps looking for devices
+	// that come to match later and updates them too, until Continuous.Until or a cancel; nil for a
+	// rollout that ends once its targets are done. A look is one query (a page, more for many
+	// devices found) narrowed by the hub to the twins whose reported properties changed since the
+	// last look less LookOverlap, whose firmwareVersion differs, and that no update touched since
+	// the rollout began; the read before each call skips a device the query's lag let through, so
+	// none is updated twice. See rollout_continuous.go.
+	Continuous *RolloutContinuous `json:"continuous,omitempty"`
 
 	// State is the rollout's state carried over continue-as-new; nil when starting.
 	State *RolloutState `json:"state,omitempty"`
@@ -319,6 +327,8 @@ type RolloutState struct {
 	// Start rate (rollout_rate.go): the start bucket's tokens at StartTokensAt, workflow time.
 	StartTokens   float64   `json:"startTokens,omitempty"`
 	StartTokensAt time.Time `json:"startTokensAt,omitzero"`
+	// Continuous targeting (policy 3): the looks for devices that came to match later.
+	Looks *LookState `json:"looks,omitempty"`
 }
 
 // DeviceRow is one target device of a rollout and its result: a line of the report.
@@ -355,6 +365,9 @@ type DeviceRow struct {
 	RetryAt     time.Time `json:"retryAt,omitzero"`
 	// Rollback (policy 1) is the device's rollback, once the rollout's rollback reached it.
 	Rollback *RollbackRow `json:"rollback,omitempty"`
+	// Continuous targeting (policy 3): Look is the look (1-based) of a continuous rollout that
+	// found the device; 0 for a device of the targets resolved at the start.
+	Look int `json:"look,omitempty"`
 }
 
 // NoteVersionNotReported is the note of a device that completed the update but reports no
@@ -463,6 +476,8 @@ type RolloutProgress struct {
 	NextStartRate float64 `json:"nextStartRate,omitempty"`
 	MaxPerMinute  int     `json:"maxPerMinute,omitempty"`
 	Ramp          *Ramp   `json:"ramp,omitempty"`
+	// Continuous targeting (policy 3): the looks of a continuous rollout; nil for another.
+	Continuous *ContinuousProgress `json:"continuous,omitempty"`
 }
 
 // Done reports whether the progress is final.
@@ -647,6 +662,7 @@ func (in RolloutInput) Validate() error {
 		problems = append(problems, "min devices and devices per run must not be negative")
 	}
 	problems = append(problems, in.retryProblems()...)
+	problems = append(problems, in.continuousProblems()...)
 	if len(problems) > 0 {
 		return fmt.Errorf("invalid rollout input: %s", strings.Join(problems, "; "))
 	}

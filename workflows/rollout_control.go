@@ -210,6 +210,7 @@ func (r *rollout) progress() RolloutProgress {
 	r.retriesProgress(&p)
 	r.rollbackProgress(&p) // rollback (policy 1)
 	r.rateProgress(&p)
+	r.continuousProgress(&p)
 	return p
 }
 

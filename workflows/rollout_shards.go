@@ -152,6 +152,9 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 	r.sumShards()
 	r.endChecks = workflow.GetVersion(ctx, endChecksChange, workflow.DefaultVersion, 1) == 1
 	r.startGates(ctx)
+	if cerr := r.startContinuous(ctx); cerr != nil {
+		return r.progress(), temporal.NewNonRetryableApplicationError(cerr.Error(), ErrInvalidInput, nil)
+	}
 	if r.rollingBack() { // rollback (policy 1): a run continued during the rollback
 		return r.runRollback(ctx)
 	}
@@ -161,6 +164,10 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 			r.windowTimer = nil
 		}
 		r.judgeWaveEnd(ctx)
+		if err = r.lookStep(ctx); err != nil {
+			err = r.resolveFailed(ctx, err)
+			continue
+		}
 		hold := false
 		switch {
 		case r.st.Paused:
@@ -254,7 +261,7 @@ func (r *rollout) moreToGrant() bool {
 // allDone reports whether every device resolved has finished and no more are to come.
 func (r *rollout) allDone() bool {
 	return r.fl.Resolved && r.fl.Cursor >= len(r.fl.Sizes) && r.agg.Running == 0 && r.agg.Pending == 0 &&
-		r.st.Wave < len(r.st.WaveSizes) && r.waveDone[r.st.Wave] >= r.st.WaveSizes[r.st.Wave]
+		r.st.Wave < len(r.st.WaveSizes) && r.waveDone[r.st.Wave] >= r.st.WaveSizes[r.st.Wave] && !r.keepsLooking()
 }
 
 // grant hands the current wave's devices to the shards, moving to the next wave when the current
@@ -270,6 +277,7 @@ func (r *rollout) grant(ctx workflow.Context) error {
 		w++
 		r.st.Wave = w
 		r.st.WaveSizes = append(r.st.WaveSizes, nominalWave(r.in.Canary, r.in.Growth, w))
+		r.capLookWave(w)
 		r.fl.Granted = append(r.fl.Granted, 0)
 		r.sumShards()
 		r.logger.Info("wave starts", "wave", w+1, "size", r.st.WaveSizes[w])
@@ -398,6 +406,9 @@ func (r *rollout) flushCommands(ctx workflow.Context) {
 // resolvePage places the next page of targets in new shards: a page of the target query (up to
 // 1,000 twins, one query of the hub's quota) or, for device IDs, the next 1,000 of them.
 func (r *rollout) resolvePage(ctx workflow.Context) error {
+	if r.cont != nil && r.cont.st.Looking {
+		return r.lookPage(ctx)
+	}
 	var page []ShardDevice
 	if query := r.in.TargetQuery(); query != "" {
 		res, err := r.queryPage(ctx, query)
@@ -481,6 +492,7 @@ func (r *rollout) startShard(ctx workflow.Context, devices []ShardDevice) error 
 		RetryFailed: r.in.RetryFailed, Devices: devices, Retries: r.retryPolicy(),
 	}
 	in.Rollback = r.shardRollback() // rollback (policy 1)
+	in.Look = r.shardLook()
 	err := workflow.ExecuteChildWorkflow(cctx, RolloutShard, in).GetChildWorkflowExecution().Get(ctx, nil)
 	var already *temporal.ChildWorkflowExecutionAlreadyStartedError
 	if errors.As(err, &already) {

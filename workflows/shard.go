@@ -54,6 +54,7 @@ func RolloutShard(ctx workflow.Context, in ShardInput) (ShardTally, error) {
 			s.rows[i].Note = "already on " + d.FromVersion + " when the targets were resolved"
 		}
 	}
+	s.markLookRows()
 	if err := workflow.SetQueryHandler(ctx, QueryReport, func(req ReportRequest) (ReportPage, error) {
 		return reportPage(s.rows, req)
 	}); err != nil {
@@ -132,6 +133,9 @@ type ShardInput struct {
 	// Rollback (policy 1) is the rollout's rollback: the shard stays open for it while it holds
 	// devices to roll back (shard_rollback.go).
 	Rollback *RolloutRollback `json:"rollback,omitempty"`
+	// Continuous targeting (policy 3): set in the shard of a look, whose devices are skipped
+	// when their twin shows an update since the rollout began.
+	Look *ShardLook `json:"look,omitempty"`
 }
 
 // ShardDevice is one device of a shard.

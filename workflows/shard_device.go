@@ -91,12 +91,12 @@ func (d *device) firmware(ctx workflow.Context) error {
 			},
 			ResponseTimeout: firmwareMethodTimeout,
 			FailOffline:     d.failOffline,
-			ReadFirst: &activities.ReadFirst{
+			ReadFirst: d.withTouched(&activities.ReadFirst{
 				Properties:  []string{protocol.PropFirmwareVersion, protocol.PropFirmwareStatus, protocol.PropFirmwareUpdateID},
 				SkipIf:      &activities.ReportedValue{Property: protocol.PropFirmwareVersion, Value: d.rollout.Firmware.Version},
 				ScheduledAt: started,
 				Earlier:     d.earlier,
-			},
+			}),
 			Evidence: &activities.Evidence{
 				Property:   protocol.PropFirmwareStatus,
 				OneOf:      updateStatuses,
@@ -122,6 +122,9 @@ func (d *device) firmware(ctx workflow.Context) error {
 	}
 	if inv.Skipped {
 		d.out.result, d.out.note = DeviceSkipped, "already on "+d.rollout.Firmware.Version
+		if inv.SkipReason != "" {
+			d.out.note = inv.SkipReason
+		}
 		return nil
 	}
 
