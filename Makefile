@@ -72,7 +72,7 @@ test-unit: ## unit and in-process localhub tests
 	go test -count=1 ./...
 
 test-integration: build cluster-build ## real processes: Temporal dev server, localhub, simdevice, worker (the chaos cases short); the up-cluster stack on PostgreSQL
-	go test -tags integration -count=1 -timeout 30m -v ./test/... 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+	go test -tags integration -count=1 -timeout 30m -parallel 3 -v ./test/... 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 chaos: build ## the chaos cases at full size, 500–1,000 devices each (~20 min): kills and restarts mid-rollout, a 429 storm, faulty devices
 	ulimit -n "$$(ulimit -Hn)"; DMFLOW_CHAOS=long go test -tags integration -count=1 -timeout 90m -run 'TestChaos' -v ./test/ 2>&1 | tee $(BIN)/chaos.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|chaos_test.go' ; exit $${PIPESTATUS[0]}

@@ -25,6 +25,9 @@ import (
 // device gets the update once, by localhub's method log, though the looks reach back 30 minutes
 // and see the devices again after their update.
 func TestRolloutContinuous(t *testing.T) {
+	// The policy tests wait on devices and timers more than they compute: they run together, each
+	// with its own task queue, worker and devices (make test-integration's -parallel).
+	t.Parallel()
 	const (
 		prefix = "rc-"
 		name   = "fw-continuous"

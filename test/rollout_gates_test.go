@@ -35,6 +35,9 @@ type gatedReportLine struct {
 //     start, end as ended: with stop the device in flight finishes, with cancel it (a device whose
 //     update takes a minute) is cancelled; no device starts after the end time and watch exits 1.
 func TestRolloutApprovalAndEndTime(t *testing.T) {
+	// The policy tests wait on devices and timers more than they compute: they run together, each
+	// with its own task queue, worker and devices (make test-integration's -parallel).
+	t.Parallel()
 	const prefix = "gt-"
 	queue := "it-rollout-gates"
 	worker := startWorker(t, queue)

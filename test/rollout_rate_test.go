@@ -19,6 +19,9 @@ import (
 // the pace; localhub's method log shows that the skipped device got no call and that no device got
 // the same update twice.
 func TestRolloutRateAndDeviceControl(t *testing.T) {
+	// The policy tests wait on devices and timers more than they compute: they run together, each
+	// with its own task queue, worker and devices (make test-integration's -parallel).
+	t.Parallel()
 	const (
 		name   = "fw-rate"
 		flaky  = "rr-a-flaky" // sorts before the fleet: it starts first

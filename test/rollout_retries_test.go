@@ -38,6 +38,9 @@ type retryReportLine struct {
 //
 // The thresholds by type (0 timeouts, 0 offline) do not trip on devices whose retries succeed.
 func TestRolloutRetriesByType(t *testing.T) {
+	// The policy tests wait on devices and timers more than they compute: they run together, each
+	// with its own task queue, worker and devices (make test-integration's -parallel).
+	t.Parallel()
 	const name, queue = "it-retries", "it-retries"
 	startWorker(t, queue)
 	startDevice(t, "rt-ok", "--stage-duration", "200ms")

@@ -47,6 +47,9 @@ type rollbackReportLine struct {
 // rollback) at most once, the dmflow devices' twins report the rollback version, and the report and
 // status show both outcomes.
 func TestRolloutRollback(t *testing.T) {
+	// The policy tests wait on devices and timers more than they compute: they run together, each
+	// with its own task queue, worker and devices (make test-integration's -parallel).
+	t.Parallel()
 	const (
 		count  = 12
 		prefix = "rb-"

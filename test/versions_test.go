@@ -33,6 +33,9 @@ type versionsOutput struct {
 // processes: a localhub of its own (so that other tests' devices do not count), a worker, and
 // simulated devices reporting 2.1.0, 2.0.0 and, on the tutorial contract, nothing.
 func TestFleetVersions(t *testing.T) {
+	// The policy tests wait on devices and timers more than they compute: they run together, each
+	// with its own task queue, worker and devices (make test-integration's -parallel).
+	t.Parallel()
 	hub := startOwnHub(t, "versions-localhub")
 	const queue = "fleet-versions-it"
 	startWorkerWith(t, hub.env("DMFLOW_TASK_QUEUE="+queue))
