@@ -2,6 +2,8 @@ package workflows_test
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"regexp"
 	"slices"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
@@ -33,6 +36,8 @@ type lookHub struct {
 	looks   []lookQuery // the looks' queries, in order
 	initial int         // target queries
 	failAt  map[int]bool
+	// quiet drops the test environment's logs (a line per activity), for many devices.
+	quiet bool
 }
 
 type lookDev struct {
@@ -60,6 +65,9 @@ func newLookHub(t *testing.T, sim *shardSim) (*lookHub, *testsuite.TestWorkflowE
 // newEnv is a test environment playing the hub, for a rollout or its next run.
 func (h *lookHub) newEnv(t *testing.T) *testsuite.TestWorkflowEnvironment {
 	var s testsuite.WorkflowTestSuite
+	if h.quiet {
+		s.SetLogger(log.NewStructuredLogger(slog.New(slog.DiscardHandler)))
+	}
 	env := s.NewTestWorkflowEnvironment()
 	env.OnActivity(a.QueryDevicesPage, mock.Anything, mock.Anything).Return(h.page)
 	env.OnActivity(a.InvokeMethod, mock.Anything, mock.Anything).Return(h.invoke)
@@ -511,4 +519,32 @@ func TestContinuousRolloutRefusals(t *testing.T) {
 	in = continuousInput(0, time.Time{})
 	in.Query, in.Reconcile = "", true
 	require.NoError(t, in.Validate(), "every device of the hub whose version differs")
+}
+
+// The waves of the devices looks find keep growing by the plan, at most MaxLookWave each.
+func TestContinuousRolloutCapsTheWavesOfLooks(t *testing.T) {
+	sim := newShardSim()
+	sim.instant = true
+	h := &lookHub{sim: sim, devs: map[string]*lookDev{}, failAt: map[int]bool{}, quiet: true}
+	env := h.newEnv(t)
+	env.SetTestTimeout(3 * time.Minute)
+	h.register(false, "a")
+	in := continuousInput(time.Minute, start.Add(3*time.Minute))
+	in.Growth, in.MaxConcurrent, in.DevicesPerRun = 100, 200, 1<<20 // one run: a test environment follows no continue-as-new
+	env.RegisterDelayedCallback(func() {
+		var ids []string
+		for i := range 1500 {
+			ids = append(ids, fmt.Sprintf("n%04d", i))
+		}
+		h.register(false, ids...)
+	}, 30*time.Second)
+	env.ExecuteWorkflow(workflows.Rollout, in)
+
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	assert.Equal(t, 1501, p.Succeeded)
+	assert.Equal(t, 4, p.Waves, "a; then 100, 1,000 (not 10,000) and the last 400")
+	assert.Equal(t, 400, p.WaveSize)
 }
