@@ -29,7 +29,7 @@ func TestRolloutContinuous(t *testing.T) {
 	// with its own task queue, worker and devices (make test-integration's -parallel).
 	t.Parallel()
 	const (
-		prefix = "rc-"
+		prefix = "cn-" // TestRolloutControl's fleet is rc-, on the same localhub
 		name   = "fw-continuous"
 		query  = "SELECT * FROM devices WHERE tags.ring = 'continuous'"
 	)

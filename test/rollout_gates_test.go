@@ -82,12 +82,17 @@ func TestRolloutApprovalAndEndTime(t *testing.T) {
 		if code != 0 || !strings.Contains(stdout, "awaiting-approval") || !strings.Contains(stdout, "  approve:   starter rollout approve "+name) {
 			t.Errorf("status: exit %d, %q, stderr %q: want awaiting-approval and how to approve", code, stdout, stderr)
 		}
+		t.Logf("starter rollout status %s (awaiting approval):\n%s", name, stdout)
 		p, stderr, code = rolloutControl(t, "approve", name, "--note", "canary fine", "--identity", "it-approver")
 		if code != 0 || len(p.Approvals) != 1 || p.Approvals[0].Identity != "it-approver" || p.Approvals[0].Wave != 1 {
 			t.Fatalf("approve: exit %d, progress %+v, stderr %q: want accepted with the approval", code, p, stderr)
 		}
+		stdout, _, _ = runStarter(t, time.Minute, "rollout", "status", name)
+		t.Logf("starter rollout status %s (approved):\n%s", name, stdout)
 		if _, stderr, code := rolloutControl(t, "approve", name); code != 1 || !strings.Contains(stderr, "not awaiting approval") {
 			t.Errorf("approve again: exit %d, stderr %q: want 1, not awaiting approval", code, stderr)
+		} else {
+			t.Logf("starter rollout approve %s, again: exit %d: %s", name, code, stderr)
 		}
 
 		stdout, stderr, code = runStarter(t, 2*time.Minute, "rollout", "watch", name, "-o", "json")
@@ -118,6 +123,7 @@ func TestRolloutApprovalAndEndTime(t *testing.T) {
 			}
 		}
 		stdout, _, _ = runStarter(t, time.Minute, "rollout", "report", name)
+		t.Logf("starter rollout report %s:\n%s", name, stdout)
 		if !strings.Contains(stdout, "approved after wave 1") || !strings.Contains(stdout, "by it-approver  canary fine") {
 			t.Errorf("report table %q: want the approval below it", stdout)
 		}
@@ -187,9 +193,14 @@ func checkUpdatedOnce(t *testing.T, fl *rolloutFleet, devs []string, updateID st
 	if dropped != 0 {
 		t.Fatalf("localhub's method log dropped %d entries", dropped)
 	}
+	ours := map[string]bool{}
+	for _, id := range devs {
+		ours[id] = true
+	}
 	delivered := map[string]int{}
 	for _, e := range entries {
-		if e.Method == protocol.MethodFirmwareUpdate && e.Delivered {
+		// The log is the shared localhub's: other tests' devices are in it too.
+		if e.Method == protocol.MethodFirmwareUpdate && e.Delivered && ours[e.DeviceID] {
 			if e.RequestID != updateID {
 				t.Errorf("%s got firmwareUpdate %q, want only %s", e.DeviceID, e.RequestID, updateID)
 			}

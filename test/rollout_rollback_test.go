@@ -52,7 +52,7 @@ func TestRolloutRollback(t *testing.T) {
 	t.Parallel()
 	const (
 		count  = 12
-		prefix = "rb-"
+		prefix = "rbk-" // TestRollout1000Devices's fleet is rb-, on the same localhub
 		seed   = 1
 		name   = "fw-rollback"
 		canary = 6
