@@ -204,6 +204,9 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 				if err = r.awaitSignals(ctx); err != nil {
 					continue
 				}
+				if err = r.awaitFinishedShards(ctx); err != nil {
+					continue
+				}
 				return r.complete(ctx)
 			}
 		}
@@ -732,4 +735,32 @@ func (r *rollout) shardsPage(req ShardsRequest) (ShardsPage, error) {
 	}
 	page.Total = offset
 	return page, nil
+}
+
+// finishWaitsChange is the workflow.GetVersion change ID of a completing rollout that waits for the
+// last tallies of the shards it told to finish. Shards that stay open for per-device retries (and
+// for RetryFailed) close only on that command, and their last tallies then came in the task that
+// completed the rollout: the server refused the completion (UnhandledCommand) and the task ran
+// again, once per tally, counting the rollout's end in its metrics each time.
+const finishWaitsChange = "rollout-finish-waits"
+
+// awaitFinishedShards waits until every shard told to finish has sent its last tally, looking
+// (shard_ends.go) for shards that ended outside the rollout meanwhile. Rollouts begun before
+// finishWaitsChange complete at once, as they did.
+func (r *rollout) awaitFinishedShards(ctx workflow.Context) error {
+	if len(r.fl.Shards) == 0 || workflow.GetVersion(ctx, finishWaitsChange, workflow.DefaultVersion, 1) < 1 {
+		return nil
+	}
+	for len(r.fl.Shards) > 0 {
+		r.armShardsCheck(ctx)
+		if err := workflow.Await(ctx, func() bool {
+			return len(r.fl.Shards) == 0 || r.shardsCheckDue() || r.endChecks && r.shardsCheck == nil
+		}); err != nil {
+			return err
+		}
+		if r.shardsCheckDue() {
+			r.checkShardsEnded(ctx)
+		}
+	}
+	return nil
 }
