@@ -187,9 +187,10 @@ func (s *shard) unqueue() {
 	s.ctl.queued = nil
 }
 
-// stampControl adds the control state to a tally the shard sends: the answer to the last control,
-// once.
+// stampControl adds the control state to a tally the shard sends: the last control applied and its
+// answer, on every tally until the next control. Signals from a shard can reach the rollout out of
+// order (each is a command of its own task), and the rollout keeps only the tally of the highest
+// Seq: an answer sent on one tally alone was lost when a later tally overtook it.
 func (s *shard) stampControl(t *ShardTally) {
 	t.Again, t.Control, t.Outcomes = s.ctl.again, s.ctl.applied, s.ctl.outcomes
-	s.ctl.outcomes = nil
 }
