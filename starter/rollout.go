@@ -217,6 +217,9 @@ func runStart(ctx context.Context, api rolloutAPI, in workflows.RolloutInput, f 
 		case existing == "":
 		case running:
 			fmt.Fprintf(out, "  note:     a rollout by this name was started before; it keeps its own settings, these flags were not applied\n")
+		case existing == enumspb.WORKFLOW_EXECUTION_STATUS_FAILED.String():
+			// Start attaches to a failed run only once it rolled devices back.
+			fmt.Fprintf(out, "  note:     a rollout by this name aborted and rolled devices back, which remember its update IDs: choose a new --name to roll out again\n")
 		default:
 			fmt.Fprintf(out, "  note:     a rollout by this name already ran, and a name runs once: choose a new --name to roll out again\n")
 		}

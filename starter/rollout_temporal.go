@@ -23,7 +23,8 @@ import (
 // drive it with a fake.
 type rolloutAPI interface {
 	// Start starts the rollout, or finds the one already started under its name (see
-	// startOrAttach); existing is the status of the run found, "" when this call started it.
+	// startOrAttach), or the failed run that rolled devices back (a name whose devices were rolled
+	// back runs once); existing is the status of the run found, "" when this call started it.
 	Start(ctx context.Context, in workflows.RolloutInput, taskQueue string) (runID, existing string, err error)
 	// Progress asks the progress query.
 	Progress(ctx context.Context, name string) (workflows.RolloutProgress, error)
@@ -68,11 +69,50 @@ func (t *temporalClient) RolloutURL(name string) string {
 }
 
 func (t *temporalClient) Start(ctx context.Context, in workflows.RolloutInput, taskQueue string) (string, string, error) {
+	if runID, ok, err := t.rolledBack(ctx, in.Name); err != nil || ok {
+		return runID, enumspb.WORKFLOW_EXECUTION_STATUS_FAILED.String(), err
+	}
 	run, existing, err := t.startOrAttach(ctx, workflows.RolloutWorkflowID(in.Name), taskQueue, workflows.Rollout, in)
 	if err != nil {
 		return "", "", err
 	}
 	return run.GetRunID(), existing, nil
+}
+
+// rolledBack finds whether the latest run under the rollout's name failed after rolling devices
+// back, and its run ID if so. A failed rollout may otherwise start again under its name (its
+// updated devices are then found done), but a rolled-back device holds the rollback and remembers
+// this name's update IDs: a new run would count it as updated. Such a name, like a completed one,
+// runs once.
+func (t *temporalClient) rolledBack(ctx context.Context, name string) (string, bool, error) {
+	id := workflows.RolloutWorkflowID(name)
+	desc, err := t.tc.DescribeWorkflowExecution(ctx, id, "")
+	var nf *serviceerror.NotFound
+	switch {
+	case errors.As(err, &nf):
+		return "", false, nil
+	case err != nil:
+		return "", false, fmt.Errorf("describe workflow %s: %w", id, err)
+	}
+	info := desc.GetWorkflowExecutionInfo()
+	if info.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_FAILED {
+		return "", false, nil
+	}
+	runID := info.GetExecution().GetRunId()
+	p, ok := abortedProgress(t.tc.GetWorkflow(ctx, id, runID).Get(ctx, nil))
+	return runID, ok && rollbackBegan(p), nil
+}
+
+// rollbackBegan says whether a rollout's rollback sent any device back, or might have.
+func rollbackBegan(p workflows.RolloutProgress) bool {
+	if p.Rollback == nil {
+		return false
+	}
+	switch p.Rollback.Phase {
+	case "", workflows.RollbackArmed, workflows.RollbackNotRun:
+		return false
+	}
+	return true
 }
 
 func (t *temporalClient) Progress(ctx context.Context, name string) (workflows.RolloutProgress, error) {

@@ -214,6 +214,16 @@ func TestRolloutStartAttach(t *testing.T) {
   status:   starter rollout status fw-2.0
 `, stdout)
 
+	// A failed run is found only once it rolled devices back (rolloutAPI.Start).
+	code, stdout, _ = runRolloutCLI(t, &fakeRollouts{existing: "Failed"}, "", "rollout", "start", "--name", "fw-2.0", "--reboot", "--devices", "a,b")
+	assert.Equal(t, 0, code)
+	assert.Equal(t, `already ran (failed): rollout fw-2.0: reboot on 2 devices
+  workflow: rollout/fw-2.0
+  ui:       http://ui.test/rollout%2Ffw-2.0
+  note:     a rollout by this name aborted and rolled devices back, which remember its update IDs: choose a new --name to roll out again
+  status:   starter rollout status fw-2.0
+`, stdout)
+
 	code, stdout, _ = runRolloutCLI(t, &fakeRollouts{}, "", "rollout", "start", "--name", "fw-2.0", "--reboot", "--devices", "a", "-o", "json")
 	assert.Equal(t, 0, code)
 	assert.JSONEq(t, `{"workflowId":"rollout/fw-2.0","runId":"run-1","url":"http://ui.test/rollout%2Ffw-2.0"}`, stdout)

@@ -21,6 +21,7 @@ import (
 	"github.com/dmflow/dmflow/internal/sim/fleet"
 	localhub "github.com/dmflow/dmflow/internal/sim/hub"
 	"github.com/dmflow/dmflow/workflows"
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
 )
 
@@ -169,6 +170,19 @@ func TestRolloutRollback(t *testing.T) {
 	var final workflows.RolloutProgress
 	if !errors.As(err, &appErr) || appErr.Type() != workflows.ErrRolloutAborted || appErr.Details(&final) != nil || final.State != workflows.RolloutRolledBack {
 		t.Errorf("workflow ended with %v: want %s with the rolled-back progress", err, workflows.ErrRolloutAborted)
+	}
+
+	// The same name again attaches to the rolled-back run instead of starting one that would count
+	// the rolled-back devices as updated.
+	again, stderr, code := runStarter(t, time.Minute, "rollout", "start", "--name", name, "--devices", strings.Join(updated, ","),
+		"--firmware", "https://fw.example/v2.bin", "--version", "2.0.0", "--task-queue", queue)
+	if code != 0 || !strings.HasPrefix(again, "already ran (failed): rollout "+name) ||
+		!strings.Contains(again, "rolled devices back, which remember its update IDs: choose a new --name") {
+		t.Errorf("rollout start under the rolled-back name: exit %d, %q (stderr %q): want the rolled-back run and the note", code, again, stderr)
+	}
+	if desc, err := c.DescribeWorkflowExecution(ctx, workflows.RolloutWorkflowID(name), ""); err != nil ||
+		desc.GetWorkflowExecutionInfo().GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_FAILED {
+		t.Errorf("after the second start the latest run is %v (%v): want the rolled-back run, failed", desc.GetWorkflowExecutionInfo().GetStatus(), err)
 	}
 
 	// No device got an update twice, forward or rollback; the updated ones got both, the failed
