@@ -359,23 +359,9 @@ func (r *rollout) runRollback(ctx workflow.Context) (RolloutProgress, error) {
 		if r.windowTimer != nil && r.windowTimer.IsReady() {
 			r.windowTimer = nil
 		}
-		hold := false
-		switch {
-		case r.st.Paused:
-			r.setState(ctx, RolloutPaused)
-			hold = true
-		case r.windowed && r.rollbackHasWork():
-			ws := r.window(ctx)
-			switch {
-			case ws.None:
-				r.rollbackOutOfWindows(ctx)
-				continue
-			case !ws.Open:
-				r.waitForWindow(ctx, ws.Opens)
-				hold = true
-			default:
-				r.armWindowTimer(ctx, ws.Closes, "maintenance window closes")
-			}
+		hold, ok := r.holdStarts(ctx, false, r.rollbackHasWork, r.rollbackOutOfWindows)
+		if !ok {
+			continue
 		}
 		// Planned as soon as the devices in flight finished, held or not: the progress then
 		// counts the devices to roll back.

@@ -168,26 +168,9 @@ func (r *rollout) runShards(ctx workflow.Context, err error) (RolloutProgress, e
 			err = r.resolveFailed(ctx, err)
 			continue
 		}
-		hold := false
-		switch {
-		case r.st.Paused:
-			r.setState(ctx, RolloutPaused)
-			hold = true
-		case r.st.AwaitingWave > 0:
-			r.awaitApproval(ctx)
-			hold = true
-		case r.windowed && r.hasWork():
-			ws := r.window(ctx)
-			switch {
-			case ws.None:
-				r.outOfWindows(ctx)
-				continue
-			case !ws.Open:
-				r.waitForWindow(ctx, ws.Opens)
-				hold = true
-			default:
-				r.armWindowTimer(ctx, ws.Closes, "maintenance window closes")
-			}
+		hold, ok := r.holdStarts(ctx, true, r.hasWork, r.outOfWindows)
+		if !ok {
+			continue
 		}
 		if !hold {
 			r.setState(ctx, RolloutRunning)
@@ -243,6 +226,33 @@ func (r *rollout) resolveFailed(ctx workflow.Context, err error) error {
 	r.resolveErr = err
 	r.abortReason = fmt.Sprintf("resolving the targets failed after %d pages: %v", r.fl.Pages, err)
 	return nil
+}
+
+// holdStarts says whether this pass of a sharded rollout's loop holds its shards' starts: while
+// paused, awaiting an approval (approvals: the forward run's gates; a rollback waits for no one), or
+// between maintenance windows with devices to start (hasWork). When no window opens again it calls
+// outOfWindows and ok is false: the loop goes round again.
+func (r *rollout) holdStarts(ctx workflow.Context, approvals bool, hasWork func() bool, outOfWindows func(workflow.Context)) (hold, ok bool) {
+	switch {
+	case r.st.Paused:
+		r.setState(ctx, RolloutPaused)
+		return true, true
+	case approvals && r.st.AwaitingWave > 0:
+		r.awaitApproval(ctx)
+		return true, true
+	case r.windowed && hasWork():
+		ws := r.window(ctx)
+		switch {
+		case ws.None:
+			outOfWindows(ctx)
+			return false, false
+		case !ws.Open:
+			r.waitForWindow(ctx, ws.Opens)
+			return true, true
+		}
+		r.armWindowTimer(ctx, ws.Closes, "maintenance window closes")
+	}
+	return false, true
 }
 
 // hasWork reports whether devices are still to start: in pages not yet read, in shards not yet
