@@ -212,10 +212,7 @@ func TestContinuousRolloutUpdatesDevicesThatComeToMatch(t *testing.T) {
 	env.RegisterDelayedCallback(func() { during = rolloutProgress(t, env) }, 7*time.Minute+30*time.Second)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, workflows.RolloutCompleted, p.State)
 	assert.Equal(t, until, p.Finished, "ends at until: the devices found finished long before")
 	assert.Contains(t, p.Reason, "continuous until "+until.Format(time.RFC3339)+" reached")
@@ -314,11 +311,8 @@ func TestContinuousRolloutEndsOnCancel(t *testing.T) {
 	env.RegisterDelayedCallback(func() { cancel = sendUpdate(t, env, workflows.UpdateCancel, "enough") }, 5*time.Minute+30*time.Second)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	require.NoError(t, cancel.rejected)
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, workflows.RolloutCancelled, p.State)
 	assert.Equal(t, start.Add(5*time.Minute+30*time.Second), p.Finished)
 	assert.Equal(t, 5, h.lookCount(), "looks at 1 to 5 minutes, none after the cancel")
@@ -396,10 +390,7 @@ func TestContinuousRolloutCarriesItsLooksOverContinueAsNew(t *testing.T) {
 	env.RegisterDelayedCallback(func() { h.register(false, "g") }, 2*time.Minute+30*time.Second)
 	env.ExecuteWorkflow(workflows.Rollout, next)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, workflows.RolloutCompleted, p.State)
 	assert.Equal(t, 2, p.Runs)
 	calledOnce(t, sim, "a", "b", "c", "d", "e", "f", "g")
@@ -540,10 +531,7 @@ func TestContinuousRolloutCapsTheWavesOfLooks(t *testing.T) {
 	}, 30*time.Second)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, 1501, p.Succeeded)
 	assert.Equal(t, 4, p.Waves, "a; then 100, 1,000 (not 10,000) and the last 400")
 	assert.Equal(t, 400, p.WaveSize)

@@ -126,11 +126,8 @@ func TestShardedRolloutSkipKeepsTheWaves(t *testing.T) {
 	env.RegisterDelayedCallback(func() { skip = sendDevices(t, env, workflows.UpdateSkip, "", "dev-002") }, 5*time.Second)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	assert.Equal(t, workflows.ControlSkipped, outcomeOf(t, skip, "dev-002").Result)
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, 6, p.Succeeded)
 	assert.Equal(t, 3, p.Waves)
 	assert.Equal(t, start.Add(10*time.Second), sim.startedAt("dev-003"), "wave 2 takes dev-001 and dev-003")
@@ -248,13 +245,10 @@ func TestShardedRolloutRetryJoinsTheCurrentWave(t *testing.T) {
 	env.RegisterDelayedCallback(func() { during = rolloutProgress(t, env) }, 10700*time.Millisecond)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	assert.Equal(t, workflows.ControlQueued, outcomeOf(t, retry, "dev-000").Result)
 	assert.Equal(t, 2, during.Wave)
 	assert.Equal(t, 3, during.WaveSize, "wave 2's two devices and the retried one")
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, 7, p.Succeeded)
 	assert.Equal(t, 3, p.Waves)
 	// The canary failed at 1 s, wave 2 runs 1–11 s; the retry runs 10.5–11.5 s.
@@ -280,8 +274,7 @@ func TestShardedRolloutRetryWhilePausedAfterAllFinished(t *testing.T) {
 	env.RegisterDelayedCallback(func() { resume = sendUpdate(t, env, workflows.UpdateResume, "") }, 60*time.Second)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	require.NoError(t, pause.rejected)
 	require.NoError(t, resume.rejected)
 	assert.Equal(t, workflows.ControlQueued, outcomeOf(t, retry, "dev-001").Result)
@@ -289,8 +282,6 @@ func TestShardedRolloutRetryWhilePausedAfterAllFinished(t *testing.T) {
 	assert.Equal(t, 1, held.Pending, "queued, held by the pause")
 	assert.Zero(t, held.Running)
 	assert.Equal(t, start.Add(60*time.Second), sim.startedAt("dev-001"), "at the resume")
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, 3, p.Succeeded)
 	assert.Equal(t, start.Add(70*time.Second), p.Finished)
 }
@@ -332,13 +323,10 @@ func TestShardedRolloutRetryWaitsForTheWindow(t *testing.T) {
 	env.RegisterDelayedCallback(func() { retry = sendDevices(t, env, workflows.UpdateRetry, "", "dev-000") }, at(0, 14, 0).Sub(start))
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	assert.Equal(t, workflows.ControlQueued, outcomeOf(t, retry, "dev-000").Result)
 	assert.Equal(t, at(0, 15, 0), sim.startedAt("dev-000"), "at the next opening, before dev-003")
 	assert.Equal(t, at(0, 15, 0).Add(time.Second), sim.startedAt("dev-003"))
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, 4, p.Succeeded)
 }
 
@@ -473,11 +461,8 @@ func TestShardedRolloutCancelDropsAQueuedRetry(t *testing.T) {
 	env.RegisterDelayedCallback(func() { sendUpdate(t, env, workflows.UpdateCancel, "") }, 30*time.Second)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	assert.Equal(t, workflows.ControlQueued, outcomeOf(t, retry, "dev-001").Result)
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, workflows.RolloutCancelled, p.State)
 	assert.Equal(t, 2, p.Succeeded)
 	assert.Equal(t, 1, p.Failed, "failed, as before the retry was queued")
@@ -501,14 +486,11 @@ func TestShardedRolloutSkipWhileWaitingForTheWindow(t *testing.T) {
 	env.RegisterDelayedCallback(func() { skip = sendDevices(t, env, workflows.UpdateSkip, "", "dev-002") }, 30*time.Minute)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	assert.Equal(t, workflows.ControlSkipped, outcomeOf(t, skip, "dev-002").Result)
 	assert.Equal(t, workflows.RolloutWaiting, skip.result.Progress.State)
 	assert.Equal(t, []string{"dev-000", "dev-001"}, sim.startedDevices())
 	assert.Equal(t, at(0, 13, 0), sim.startedAt("dev-000"))
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, 2, p.Succeeded)
 	assert.Equal(t, 1, p.Skipped)
 }

@@ -112,15 +112,12 @@ func TestGatedRolloutEachWave(t *testing.T) {
 	env.RegisterDelayedCallback(func() { second = rolloutProgress(t, env); a2 = sendApprove(env, "", "wave 2 fine") }, 20*time.Minute)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	require.NoError(t, a1.rejected)
 	require.NoError(t, a2.rejected)
 	assert.Equal(t, workflows.RolloutAwaitingApproval, first.State)
 	assert.Equal(t, workflows.RolloutAwaitingApproval, second.State)
 	assert.Equal(t, 6, second.Succeeded)
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, workflows.RolloutCompleted, p.State)
 	assert.Equal(t, "each", p.ApproveAfterWave)
 	require.Len(t, p.Approvals, 2)
@@ -175,13 +172,10 @@ func TestGatedRolloutCancelWhileAwaiting(t *testing.T) {
 	}, time.Minute)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	require.NoError(t, cancel.rejected)
 	require.Error(t, approve.rejected)
 	assert.Contains(t, approve.rejected.Error(), "being cancelled")
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, workflows.RolloutCancelled, p.State)
 	assert.Equal(t, 2, p.Succeeded)
 	assert.Equal(t, 4, p.NotStarted)
@@ -206,15 +200,12 @@ func TestGatedRolloutAwaitingAcrossAWindowClose(t *testing.T) {
 	env.RegisterDelayedCallback(func() { approve = sendApprove(env, "", "") }, 2*time.Hour)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	assert.Equal(t, workflows.RolloutAwaitingApproval, afterClose.State, "the window closed at 13:20: still awaiting approval")
 	assert.True(t, afterClose.WindowOpens.IsZero())
 	require.NoError(t, approve.rejected)
 	assert.Equal(t, workflows.RolloutWaiting, approve.result.State, "approved at 14:00, outside the window")
 	assert.Equal(t, at(1, 13, 0), sim.startedAt("dev-002"), "wave 2 in the next window")
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, workflows.RolloutCompleted, p.State)
 	assert.Equal(t, 6, p.Succeeded)
 	assert.Equal(t, 48*time.Minute, p.Awaited, "13:12 to 14:00")
@@ -237,15 +228,12 @@ func TestRolloutPausesBelowSuccessShare(t *testing.T) {
 	env.RegisterDelayedCallback(func() { resume = sendUpdate(t, env, workflows.UpdateResume, "") }, time.Hour)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	assert.Equal(t, workflows.RolloutPaused, paused.State)
 	assert.Equal(t, "wave 1: 2 of its 3 devices finished succeeded (66.7%, skipped ones not counted), below the 95% required: see the failures in the report, then resume", paused.Reason)
 	assert.Equal(t, "95%", paused.PauseBelow)
 	require.NoError(t, resume.rejected)
 	assert.Equal(t, start.Add(time.Hour), sim.startedAt("dev-004"), "wave 2 at the resume")
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, workflows.RolloutCompleted, p.State, "wave 2 (8 of 8) does not pause")
 	assert.Equal(t, 12, p.Succeeded)
 	assert.Equal(t, 1, p.Skipped)
@@ -345,10 +333,7 @@ func TestRolloutEndTimeFiresInEveryState(t *testing.T) {
 			tc.set(&in, env)
 			env.ExecuteWorkflow(workflows.Rollout, in)
 
-			require.True(t, env.IsWorkflowCompleted())
-			require.NoError(t, env.GetWorkflowError())
-			var p workflows.RolloutProgress
-			require.NoError(t, env.GetWorkflowResult(&p))
+			p := completed(t, env)
 			assert.Equal(t, workflows.RolloutEnded, p.State)
 			ended := tc.endAt
 			if ended.Before(start) {

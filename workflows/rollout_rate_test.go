@@ -60,10 +60,7 @@ func TestShardedRolloutStartRatePacesStarts(t *testing.T) {
 	env.RegisterDelayedCallback(func() { mid = rolloutProgress(t, env) }, 35*time.Second)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, 12, p.Succeeded)
 	assert.Equal(t, seconds(0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110), sim.startTimes())
 	assert.Equal(t, 6, mostInAMinute(sim.startTimes()))
@@ -197,11 +194,8 @@ func TestShardedRolloutStartRateCancelWhileWaiting(t *testing.T) {
 	env.RegisterDelayedCallback(func() { cancel = sendUpdate(t, env, workflows.UpdateCancel, "too slow") }, 45*time.Second)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	require.NoError(t, cancel.rejected)
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, workflows.RolloutCancelled, p.State)
 	assert.Equal(t, start.Add(45*time.Second), p.Finished, "not waiting for the next start")
 	assert.Equal(t, 2, p.Succeeded, "at 0 s and 30 s")
@@ -276,10 +270,7 @@ func TestShardedRolloutStartRatePacesTheRetryPass(t *testing.T) {
 	in.MaxFailures, in.RetryFailed = "100%", true
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, 4, p.Succeeded, "each succeeds on its retry")
 	at := sim.startTimes()
 	require.Len(t, at, 8)

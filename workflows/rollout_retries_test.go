@@ -185,15 +185,6 @@ func rowOf(t *testing.T, rows []workflows.DeviceRow, id string) workflows.Device
 	return rows[i]
 }
 
-func completed(t *testing.T, env *testsuite.TestWorkflowEnvironment) workflows.RolloutProgress {
-	t.Helper()
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
-	return p
-}
-
 // The backoff doubles from the policy's base, timed by workflow time from each failure; the
 // device waits without a slot, counted pending and awaiting retry; each retry is a new request
 // that carries the guard against a second delivery; the last attempt waits for an offline device

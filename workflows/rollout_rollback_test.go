@@ -546,10 +546,7 @@ func TestRolloutWithoutRollback(t *testing.T) {
 		in.Canary, in.MaxFailures = 4, "50%"
 		env.ExecuteWorkflow(workflows.Rollout, in)
 
-		require.True(t, env.IsWorkflowCompleted())
-		require.NoError(t, env.GetWorkflowError())
-		var p workflows.RolloutProgress
-		require.NoError(t, env.GetWorkflowResult(&p))
+		p := completed(t, env)
 		assert.Equal(t, workflows.RolloutCompleted, p.State)
 		assert.Equal(t, workflows.RollbackNotRun, p.Rollback.Phase)
 		assert.Empty(t, rb.invoked())
@@ -565,10 +562,7 @@ func TestRolloutWithoutRollback(t *testing.T) {
 		env.RegisterDelayedCallback(func() { sendUpdate(t, env, workflows.UpdateCancel, "") }, 15*time.Second)
 		env.ExecuteWorkflow(workflows.Rollout, in)
 
-		require.True(t, env.IsWorkflowCompleted())
-		require.NoError(t, env.GetWorkflowError())
-		var p workflows.RolloutProgress
-		require.NoError(t, env.GetWorkflowResult(&p))
+		p := completed(t, env)
 		assert.Equal(t, workflows.RolloutCancelled, p.State)
 		assert.Equal(t, 3, p.Succeeded)
 		assert.Equal(t, workflows.RollbackNotRun, p.Rollback.Phase)

@@ -282,10 +282,7 @@ func TestShardedRolloutRunsWavesInOrder(t *testing.T) {
 	in.Canary, in.Growth, in.MaxConcurrent, in.Rate = 2, 2, 3, 50
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, workflows.RolloutCompleted, p.State)
 	assert.Equal(t, 12, p.Total)
 	assert.Equal(t, 12, p.Succeeded)
@@ -532,11 +529,8 @@ func TestShardedRolloutCancelDuringResolution(t *testing.T) {
 	env.RegisterDelayedCallback(func() { cancel = sendUpdate(t, env, workflows.UpdateCancel, "wrong query") }, time.Minute)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	require.NoError(t, cancel.rejected)
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, workflows.RolloutCancelled, p.State)
 	assert.Equal(t, start.Add(time.Minute), p.Finished)
 	assert.Contains(t, p.Reason, "wrong query")
@@ -572,10 +566,7 @@ func TestShardedRolloutRetriesFailedDevicesOnce(t *testing.T) {
 	in.Canary, in.Growth, in.MaxFailures, in.RetryFailed = 5, 1, "50%", true
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, 4, p.Succeeded)
 	assert.Equal(t, 1, p.Failed)
 	assert.Equal(t, 2, p.Waves, "the retry is one more wave")
@@ -599,10 +590,7 @@ func TestShardedRolloutRebootsDevices(t *testing.T) {
 		Reboot: &workflows.RolloutReboot{Deadline: 10 * time.Minute}, Canary: 3,
 	}
 	env.ExecuteWorkflow(workflows.Rollout, in)
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, 3, p.Succeeded)
 	assert.Equal(t, 3*(2+2), p.HubCalls, "the read, the call and two polls each")
 	require.Len(t, sim.calls, 3)
@@ -720,10 +708,7 @@ func TestShardedRolloutOf50000Devices(t *testing.T) {
 	}
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, n, p.Total)
 	assert.Equal(t, n, p.Succeeded)
 	assert.Equal(t, len(workflows.PlanWaves(n, 1000, 4)), p.Waves, "1,000, 4,000, 16,000 and the rest")
@@ -758,10 +743,7 @@ func TestShardedRolloutSpansThreeWindows(t *testing.T) {
 	env.RegisterDelayedCallback(func() { afterClose = rolloutProgress(t, env) }, 82*time.Minute)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, workflows.RolloutCompleted, p.State)
 	assert.Equal(t, 12, p.Succeeded)
 	sim.mu.Lock()
@@ -805,10 +787,7 @@ func TestShardedRolloutCountsATerminatedShardsDevicesFailed(t *testing.T) {
 	}, 30*time.Minute)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, 4, before.Running)
 	assert.Equal(t, workflows.RolloutCompleted, p.State)
 	assert.Equal(t, 4, p.Failed, "the devices in flight in the terminated shard")

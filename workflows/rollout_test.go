@@ -170,6 +170,16 @@ func newRolloutEnv(t *testing.T, sim *fleetSim) *testsuite.TestWorkflowEnvironme
 	return env
 }
 
+// completed is the result of a rollout that completed, failing the test at once otherwise.
+func completed(t *testing.T, env *testsuite.TestWorkflowEnvironment) workflows.RolloutProgress {
+	t.Helper()
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var p workflows.RolloutProgress
+	require.NoError(t, env.GetWorkflowResult(&p))
+	return p
+}
+
 func rolloutProgress(t *testing.T, env *testsuite.TestWorkflowEnvironment) workflows.RolloutProgress {
 	t.Helper()
 	v, err := env.QueryWorkflow(workflows.QueryProgress)
@@ -240,10 +250,7 @@ func TestRolloutCompletesInGrowingWaves(t *testing.T) {
 	in.Canary, in.Growth, in.MaxConcurrent, in.Rate = 2, 2, 3, 50
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, workflows.RolloutCompleted, p.State)
 	assert.Equal(t, 12, p.Total)
 	assert.Equal(t, 12, p.Succeeded)
@@ -535,10 +542,7 @@ func TestRolloutRetriesFailedDevicesOnce(t *testing.T) {
 	in.Canary, in.Growth, in.MaxFailures, in.RetryFailed = 5, 1, "50%", true
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, 4, p.Succeeded)
 	assert.Equal(t, 1, p.Failed)
 	assert.Equal(t, 2, p.Waves, "the retry is one more wave")
@@ -561,10 +565,7 @@ func TestRolloutRebootsDevices(t *testing.T) {
 		Reboot: &workflows.RolloutReboot{Deadline: 10 * time.Minute}, Canary: 3,
 	}
 	env.ExecuteWorkflow(workflows.Rollout, in)
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, 3, p.Succeeded)
 	assert.Equal(t, 9, p.HubCalls)
 	require.Len(t, sim.reboots, 3)

@@ -67,10 +67,7 @@ func TestRolloutSpansThreeWindows(t *testing.T) {
 	env.RegisterDelayedCallback(func() { between = rolloutProgress(t, env) }, 2*time.Hour)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
+	p := completed(t, env)
 	assert.Equal(t, workflows.RolloutCompleted, p.State)
 	assert.Equal(t, 12, p.Succeeded)
 	assertStartsInWindows(t, sim, in.Windows)
@@ -126,11 +123,8 @@ func TestRolloutCancelWhileWaiting(t *testing.T) {
 	env.RegisterDelayedCallback(func() { cancel = sendUpdate(t, env, workflows.UpdateCancel, "change freeze") }, 10*time.Minute)
 	env.ExecuteWorkflow(workflows.Rollout, in)
 
-	require.True(t, env.IsWorkflowCompleted())
-	require.NoError(t, env.GetWorkflowError())
+	p := completed(t, env)
 	require.NoError(t, cancel.rejected)
-	var p workflows.RolloutProgress
-	require.NoError(t, env.GetWorkflowResult(&p))
 	assert.Equal(t, workflows.RolloutCancelled, p.State)
 	assert.Equal(t, "change freeze", p.Reason)
 	assert.Equal(t, 4, p.NotStarted)
