@@ -1,39 +1,21 @@
 package main
 
 import (
-	"bytes"
-	"os"
 	"path/filepath"
-	"strings"
 	"testing"
-
-	"github.com/dmflow/dmflow/internal/cli/clitest"
-	"github.com/dmflow/dmflow/internal/testnet"
 )
 
 // Every command and subcommand given bad flags, arguments or files answers
 // one line naming the fix, exits 2 and contacts no Temporal.
 func TestBadInputStartsNothing(t *testing.T) {
-	temporal, accepted := testnet.CountingListener(t)
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	dir, write := specFiles(t)
 	broken := write("broken.yaml", "query: [\nfirmware: {uri: https://fw.example/v2.bin")
 	misspelt := write("misspelt.yaml", "query: SELECT * FROM devices\nfirmware: {uri: https://fw.example/v2.bin, versoin: 2.0.0}\n")
 	named := write("named.yaml", "name: fw-2\nquery: SELECT * FROM devices\nreboot: true\n")
 	badIDs := write("ids.txt", "dev-1\ndev 2\n")
 	fw := []string{"--firmware", "https://fw.example/v2.bin", "--version", "2.0.0"}
 
-	tests := []struct {
-		name string
-		args []string
-		want []string // what the line must say: the problem and its fix
-	}{
+	tests := []refusal{
 		{"unknown command", []string{"bogus"}, []string{`unknown command "bogus"`, "starter --help"}},
 		{"unknown global flag", []string{"reboot", "--device", "d", "--bogus"}, []string{"unknown flag: --bogus", "starter reboot --help"}},
 		{"bad output", []string{"reboot", "--device", "d", "-o", "yaml"}, []string{`--output "yaml"`, "text or json"}},
@@ -82,19 +64,5 @@ func TestBadInputStartsNothing(t *testing.T) {
 		{"schedule trigger two names", []string{"schedule", "trigger", "a", "b"}, []string{"name the schedule"}},
 		{"schedule delete bad flag", []string{"schedule", "delete", "weekly", "--force"}, []string{"unknown flag: --force", "starter schedule delete --help"}},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			before := accepted()
-			var stdout, stderr bytes.Buffer
-			code := execute(append(tc.args, "--temporal-address", temporal), &stdout, &stderr, func(string) string { return "" })
-			line := stderr.String()
-			clitest.CheckUsage(t, "starter", code, line, tc.want...)
-			if strings.Contains(line, "SECRET") {
-				t.Errorf("stderr %q repeats the credentials", line)
-			}
-			if n := accepted() - before; n != 0 {
-				t.Errorf("Temporal was dialled %d times", n)
-			}
-		})
-	}
+	checkRefusals(t, tests)
 }

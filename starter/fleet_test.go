@@ -18,8 +18,6 @@ import (
 
 	"github.com/dmflow/dmflow/activities"
 	"github.com/dmflow/dmflow/internal/cli"
-	"github.com/dmflow/dmflow/internal/cli/clitest"
-	"github.com/dmflow/dmflow/internal/testnet"
 	"github.com/dmflow/dmflow/workflows"
 )
 
@@ -185,13 +183,8 @@ func TestFleetVersionsSlow(t *testing.T) {
 
 // Bad input to fleet versions answers one line naming the fix, exits 2 and dials no Temporal.
 func TestFleetVersionsBadInput(t *testing.T) {
-	temporal, accepted := testnet.CountingListener(t)
 	dir := t.TempDir()
-	tests := []struct {
-		name string
-		args []string
-		want []string
-	}{
+	tests := []refusal{
 		{"fleet unknown subcommand", []string{"fleet", "count"}, []string{`unknown fleet command "count"`, "use versions"}},
 		{"versions with an argument", []string{"fleet", "versions", "beta"}, []string{"takes no arguments", "flags start with --"}},
 		{"versions bad output", []string{"fleet", "versions", "-o", "yaml"}, []string{`--output "yaml"`, "table, json or csv"}},
@@ -205,15 +198,5 @@ func TestFleetVersionsBadInput(t *testing.T) {
 		{"versions out in a missing directory", []string{"fleet", "versions", "--out", filepath.Join(dir, "none", "v.csv")}, []string{"does not exist", "create it"}},
 		{"versions bad flag", []string{"fleet", "versions", "--wait"}, []string{"unknown flag: --wait", "starter fleet versions --help"}},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			before := accepted()
-			var stdout, stderr bytes.Buffer
-			code := execute(append(tc.args, "--temporal-address", temporal), &stdout, &stderr, func(string) string { return "" })
-			clitest.CheckUsage(t, "starter", code, stderr.String(), tc.want...)
-			if n := accepted() - before; n != 0 {
-				t.Errorf("Temporal was dialled %d times", n)
-			}
-		})
-	}
+	checkRefusals(t, tests)
 }

@@ -5,13 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dmflow/dmflow/internal/cli/clitest"
-	"github.com/dmflow/dmflow/internal/testnet"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -115,12 +113,7 @@ func TestRolloutStartPrintsGates(t *testing.T) {
 
 // The spec file's fields, checked with their lines and listed together; a flag overrides a field.
 func TestRolloutSpecGates(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(p, []byte(content), 0o644))
-		return p
-	}
+	_, write := specFiles(t)
 	good := write("gated.yaml", "devices: [a, b]\nreboot: true\napproveAfterWave: each\npauseBelow: 90%\nendAfter: 2h\nendBehavior: cancel\n")
 	api := &fakeRollouts{}
 	code, _, stderr := runRolloutCLI(t, api, "", "rollout", "start", "--name", "r", "--spec", good)
@@ -217,27 +210,14 @@ func TestRolloutApprove(t *testing.T) {
 
 // approve's bad input: exit 2 before Temporal is dialled.
 func TestRolloutApproveBadInput(t *testing.T) {
-	temporal, accepted := testnet.CountingListener(t)
-	for _, tc := range []struct {
-		name string
-		args []string
-		want []string
-	}{
+	checkRefusals(t, []refusal{
 		{"no name", []string{"rollout", "approve"}, []string{"name the rollout", "starter rollout approve NAME"}},
 		{"bad name", []string{"rollout", "approve", "fw/2"}, []string{`rollout name "fw/2"`}},
 		{"long note", []string{"rollout", "approve", "fw-2", "--note", strings.Repeat("n", 501)}, []string{"--note has 501 characters: keep it under 500"}},
 		{"end behavior without end", []string{"rollout", "start", "--name", "r", "--devices", "a", "--reboot", "--end-behavior", "stop"}, []string{"--end-behavior applies at an end time"}},
 		{"end at in the past", []string{"rollout", "start", "--name", "r", "--devices", "a", "--reboot", "--end-at", "2020-01-01T00:00:00Z"}, []string{"is in the past", "give a later end time"}},
 		{"schedule end at", []string{"schedule", "create", "nightly", "--cron", "@daily", "--reboot", "--devices", "a", "--end-at", "2030-01-01T00:00:00Z"}, []string{"give --end-after"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			before := accepted()
-			var stdout, stderr bytes.Buffer
-			code := execute(append(tc.args, "--temporal-address", temporal), &stdout, &stderr, func(string) string { return "" })
-			clitest.CheckUsage(t, "starter", code, stderr.String(), tc.want...)
-			assert.Zero(t, accepted()-before, "Temporal was dialled")
-		})
-	}
+	})
 }
 
 // status shows the gates, the approvals, the end time and, while awaiting approval, the command.

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 
 	"github.com/dmflow/dmflow/internal/cli"
-	"github.com/dmflow/dmflow/internal/cli/clitest"
-	"github.com/dmflow/dmflow/internal/testnet"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -166,27 +163,12 @@ func TestRolloutRetryAfterTheEnd(t *testing.T) {
 }
 
 func TestRolloutSkipAndRetryBadInput(t *testing.T) {
-	temporal, accepted := testnet.CountingListener(t)
-	for _, tc := range []struct {
-		name string
-		args []string
-		want []string
-	}{
+	checkRefusals(t, []refusal{
 		{"no devices", []string{"rollout", "skip", "fw-2.0"}, []string{"name the rollout and its devices: skip NAME DEVICE..."}},
 		{"no name", []string{"rollout", "retry"}, []string{"name the rollout and its devices: retry NAME DEVICE..."}},
 		{"bad name", []string{"rollout", "retry", "fw/2", "d-1"}, []string{`rollout name "fw/2"`}},
 		{"bad device", []string{"rollout", "skip", "fw-2.0", "d 1"}, []string{"devices:", "d 1"}},
 		{"twice", []string{"rollout", "retry", "fw-2.0", "d-1", "d-1"}, []string{"device d-1 is listed twice"}},
 		{"long note", []string{"rollout", "skip", "fw-2.0", "d-1", "--note", strings.Repeat("x", 501)}, []string{"--note has 501 characters"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			before := accepted()
-			var stdout, stderr bytes.Buffer
-			code := execute(append(tc.args, "--temporal-address", temporal), &stdout, &stderr, func(string) string { return "" })
-			clitest.CheckUsage(t, "starter", code, stderr.String(), tc.want...)
-			if n := accepted() - before; n != 0 {
-				t.Errorf("Temporal was dialled %d times", n)
-			}
-		})
-	}
+	})
 }

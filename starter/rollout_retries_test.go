@@ -3,14 +3,11 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/cli/clitest"
-	"github.com/dmflow/dmflow/internal/testnet"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -18,12 +15,7 @@ import (
 
 // The policy's flags and spec fields, alone and together, as rollout start reads them.
 func TestRolloutStartRetries(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		path := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
-		return path
-	}
+	_, write := specFiles(t)
 	base := "name: fw\ndevices: [a, b]\nfirmware: {uri: https://fw.example/v2.bin, version: 2.0.0}\n"
 	full := write("full.yaml", base+"retries: {count: 3, on: [timed-out, failed], backoff: 2m}\nmaxTimeouts: 5%\nmaxOffline: 2\n")
 	short := write("short.yaml", base+"retries: 2\n")
@@ -62,22 +54,12 @@ func TestRolloutStartRetries(t *testing.T) {
 // Bad values of the policy are refused before Temporal is dialled, in one line naming the flag or
 // field and the fix, exit 2, together with the spec's other problems.
 func TestRolloutStartRetriesRefused(t *testing.T) {
-	temporal, accepted := testnet.CountingListener(t)
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		path := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
-		return path
-	}
+	dir, write := specFiles(t)
 	base := "name: fw\ndevices: [a]\nreboot: true\n"
 	fw := func(extra ...string) []string {
 		return append([]string{"rollout", "start", "--name", "fw", "--devices", "a", "--reboot"}, extra...)
 	}
-	for _, tc := range []struct {
-		name string
-		args []string
-		want []string
-	}{
+	checkRefusals(t, []refusal{
 		{"too many", fw("--retries", "11"), []string{"--retries 11: retry a device 1 to 10 times"}},
 		{"zero", fw("--retries", "0"), []string{"--retries 0: retry a device 1 to 10 times"}},
 		{"unknown type", fw("--retries", "2", "--retry-on", "timeout"), []string{`--retry-on: retry on "timeout": the failure types are failed, timed-out, offline`}},
@@ -97,17 +79,7 @@ func TestRolloutStartRetriesRefused(t *testing.T) {
 			[]string{"retries in ", "and retryFailed in ", "both run failed devices again"}},
 		{"schedule create", []string{"schedule", "create", "weekly", "--cron", "@daily", "--reboot", "--devices", "a", "--retries", "12"},
 			[]string{"--retries 12: retry a device 1 to 10 times"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			before := accepted()
-			var stdout, stderr bytes.Buffer
-			code := execute(append(tc.args, "--temporal-address", temporal), &stdout, &stderr, func(string) string { return "" })
-			clitest.CheckUsage(t, "starter", code, stderr.String(), tc.want...)
-			if n := accepted() - before; n != 0 {
-				t.Errorf("Temporal was dialled %d times", n)
-			}
-		})
-	}
+	})
 }
 
 // A schedule's rollouts carry the policy, and describe shows it in the spec it prints, which

@@ -4,14 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/cli/clitest"
-	"github.com/dmflow/dmflow/internal/testnet"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -24,12 +20,7 @@ var (
 )
 
 func TestRolloutStartRollback(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		path := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
-		return path
-	}
+	_, write := specFiles(t)
 	spec := write("rb.yaml", "name: fw-2.0\ndevices: [a, b]\nfirmware: {uri: https://fw.example/v2.bin, version: 2.0.0}\n"+
 		"rollback: {uri: https://fw.example/v1.bin, version: 1.0.0, include: both}\n")
 	jsonSpec := write("rb.json", `{"name": "fw-2.0", "devices": ["a", "b"], "firmware": {"uri": "https://fw.example/v2.bin", "version": "2.0.0"},
@@ -66,13 +57,7 @@ func TestRolloutStartRollback(t *testing.T) {
 // Bad rollback flags and fields: one line naming the fix, exit 2, all problems together, and no
 // Temporal dialled.
 func TestRolloutStartRollbackRefusals(t *testing.T) {
-	temporal, accepted := testnet.CountingListener(t)
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		path := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
-		return path
-	}
+	_, write := specFiles(t)
 	badSpec := write("bad.yaml", "name: fw\ndevices: [a]\nfirmware: {uri: https://fw.example/v2.bin, version: 2.0.0}\n"+
 		"rollback: {uri: https://fw.example/v1.bin, version: 1.0.0, include: all, when: always}\ncanary: x\n")
 	noURI := write("nouri.yaml", "name: fw\ndevices: [a]\nfirmware: {uri: https://fw.example/v2.bin, version: 2.0.0}\nrollback: {version: 1.0.0}\n")
@@ -84,11 +69,7 @@ func TestRolloutStartRollbackRefusals(t *testing.T) {
 		}
 		return out
 	}
-	for _, tc := range []struct {
-		name string
-		args []string
-		want []string
-	}{
+	checkRefusals(t, []refusal{
 		{"on a reboot rollout", with(reboot, rollbackFlags), []string{"--rollback-firmware belongs to a firmware update", "a reboot rollout has nothing to roll back"}},
 		{"the target version", with(fwTarget, []string{"--rollback-firmware", "https://fw.example/v1.bin", "--rollback-version", "2.0.0"}),
 			[]string{"--rollback-version 2.0.0 is the target version (--version)", "roll back to the version the devices ran before"}},
@@ -101,16 +82,7 @@ func TestRolloutStartRollbackRefusals(t *testing.T) {
 		{"spec file problems together", with([]string{"--spec", badSpec}),
 			[]string{"bad.yaml line 4, rollback.include: \"all\" is not known: use updated, failed or both", "rollback.when: unknown field", "canary: want a whole number"}},
 		{"spec file without uri", with([]string{"--spec", noURI}), []string{"nouri.yaml line 4, rollback: no uri", "rollback.uri"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			before := accepted()
-			var stdout, stderr bytes.Buffer
-			code := execute(append(tc.args, "--temporal-address", temporal), &stdout, &stderr, func(string) string { return "" })
-			clitest.CheckUsage(t, "starter", code, stderr.String(), tc.want...)
-			assert.NotContains(t, stderr.String(), "SECRET")
-			assert.Zero(t, accepted()-before, "Temporal was dialled")
-		})
-	}
+	})
 }
 
 // schedule create carries the rollback to every run, and describe shows it in the spec.

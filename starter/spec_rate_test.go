@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/dmflow/dmflow/internal/cli/clitest"
-	"github.com/dmflow/dmflow/internal/testnet"
 	"github.com/dmflow/dmflow/workflows"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -17,12 +14,7 @@ import (
 
 // The start rate from flags and from a spec file (a string or a mapping), a flag over its field.
 func TestRolloutStartRate(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		path := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
-		return path
-	}
+	_, write := specFiles(t)
 	base := "name: r\ndevices: [a, b]\nreboot: true\n"
 	str := write("str.yaml", base+"maxPerMinute: 20\nramp: 2x@50\n")
 	mapping := write("map.yaml", base+"maxPerMinute: 20\nramp: {factor: 1.5, every: 10, max: 400}\n")
@@ -56,19 +48,9 @@ func TestRolloutStartRate(t *testing.T) {
 // Bad start rates are refused before anything is dialled, in one line naming the fix, with the
 // other problems of the command line or spec file.
 func TestRolloutStartRateRefused(t *testing.T) {
-	temporal, accepted := testnet.CountingListener(t)
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		path := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
-		return path
-	}
+	dir, write := specFiles(t)
 	reboot := []string{"rollout", "start", "--name", "r", "--devices", "a", "--reboot"}
-	for _, tc := range []struct {
-		name string
-		args []string
-		want []string
-	}{
+	checkRefusals(t, []refusal{
 		{"ramp without a rate", append(reboot, "--ramp", "2x@50"), []string{"--ramp needs a start rate to ramp from: add --max-per-minute"}},
 		{"ramp in the file without a rate", []string{"rollout", "start", "--spec", write("noRate.yaml", "name: r\ndevices: [a]\nreboot: true\nramp: 2x@5\n")},
 			[]string{"ramp in " + filepath.Join(dir, "noRate.yaml") + " needs a start rate", "add maxPerMinute in"}},
@@ -83,17 +65,7 @@ func TestRolloutStartRateRefused(t *testing.T) {
 			[]string{"line 4, maxPerMinute: want a whole number", "ramp.evry: unknown field", "the fields here are factor, every, max"}},
 		{"schedule create too", []string{"schedule", "create", "weekly", "--cron", "@daily", "--reboot", "--devices", "a", "--ramp", "2x@5"},
 			[]string{"--ramp needs a start rate"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			before := accepted()
-			var stdout, stderr bytes.Buffer
-			code := execute(append(tc.args, "--temporal-address", temporal), &stdout, &stderr, func(string) string { return "" })
-			clitest.CheckUsage(t, "starter", code, stderr.String(), tc.want...)
-			if n := accepted() - before; n != 0 {
-				t.Errorf("Temporal was dialled %d times", n)
-			}
-		})
-	}
+	})
 }
 
 // schedule create carries the start rate, and describe shows it as a spec file reads it back.

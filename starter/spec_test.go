@@ -66,12 +66,7 @@ func specWant() workflows.RolloutInput {
 
 // Spec files as rollout start reads them, alone and under flags.
 func TestRolloutStartSpec(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		path := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(path, []byte(content), 0o644))
-		return path
-	}
+	dir, write := specFiles(t)
 	yamlFile := write("rollout.yaml", specYAML)
 	jsonFile := write("rollout.json", specJSON)
 	noExt := write("rollout.spec", specJSON)
