@@ -652,16 +652,8 @@ func (r *rollout) endRollback(ctx workflow.Context, err error) (RolloutProgress,
 	default:
 		r.command(ctx, func(c *ShardCommand) { c.Finish = true })
 	}
-	for len(r.fl.Shards) > 0 {
-		r.armShardsCheck(ctx)
-		if err := workflow.Await(ctx, func() bool {
-			return len(r.fl.Shards) == 0 || r.shardsCheckDue() || r.endChecks && r.shardsCheck == nil
-		}); err != nil {
-			return r.progress(), err
-		}
-		if r.shardsCheckDue() {
-			r.checkShardsEnded(ctx)
-		}
+	if err := r.awaitShardsClosed(ctx); err != nil {
+		return r.progress(), err
 	}
 	a := r.rb.agg
 	version := r.in.Rollback.Version

@@ -255,6 +255,23 @@ func (r *rollout) holdStarts(ctx workflow.Context, approvals bool, hasWork func(
 	return false, true
 }
 
+// awaitShardsClosed waits until every shard closed: by its last tally, or found ended outside the
+// rollout by the end check (endCheckEvery), which is armed again after each look.
+func (r *rollout) awaitShardsClosed(ctx workflow.Context) error {
+	for len(r.fl.Shards) > 0 {
+		r.armShardsCheck(ctx)
+		if err := workflow.Await(ctx, func() bool {
+			return len(r.fl.Shards) == 0 || r.shardsCheckDue() || r.endChecks && r.shardsCheck == nil
+		}); err != nil {
+			return err
+		}
+		if r.shardsCheckDue() {
+			r.checkShardsEnded(ctx)
+		}
+	}
+	return nil
+}
+
 // hasWork reports whether devices are still to start: in pages not yet read, in shards not yet
 // granted them, or granted and waiting in their shards (pending by the last tallies), or failed
 // devices of the retry wave not started again yet.
@@ -692,16 +709,8 @@ func (r *rollout) windDownShards(ctx workflow.Context, err error) (RolloutProgre
 		r.logger.Warn("rollout aborting: letting the devices in flight finish", "reason", r.abortReason, "running", r.agg.Running)
 		r.command(ctx, func(c *ShardCommand) { c.Stop = true })
 	}
-	for len(r.fl.Shards) > 0 {
-		r.armShardsCheck(ctx)
-		if err := workflow.Await(ctx, func() bool {
-			return len(r.fl.Shards) == 0 || r.shardsCheckDue() || r.endChecks && r.shardsCheck == nil
-		}); err != nil {
-			return r.progress(), err
-		}
-		if r.shardsCheckDue() {
-			r.checkShardsEnded(ctx)
-		}
+	if err := r.awaitShardsClosed(ctx); err != nil {
+		return r.progress(), err
 	}
 	unread := ""
 	if !r.fl.Resolved {
