@@ -585,13 +585,20 @@ func (r *rollout) takePendingTallies(ctx workflow.Context) {
 	}
 }
 
+// waveIn finds wave's tally in ws, sorted by wave, inserting an empty one where it belongs.
+func waveIn(ws []WaveTally, wave int) ([]WaveTally, int) {
+	i, ok := slices.BinarySearchFunc(ws, wave, func(s WaveTally, w int) int { return s.Wave - w })
+	if !ok {
+		ws = slices.Insert(ws, i, WaveTally{Wave: wave})
+	}
+	return ws, i
+}
+
 // addWaves adds the wave tallies more to sum, by wave.
 func addWaves(sum, more []WaveTally) []WaveTally {
 	for _, w := range more {
-		i, ok := slices.BinarySearchFunc(sum, w.Wave, func(s WaveTally, w int) int { return s.Wave - w })
-		if !ok {
-			sum = slices.Insert(sum, i, WaveTally{Wave: w.Wave})
-		}
+		var i int
+		sum, i = waveIn(sum, w.Wave)
 		sum[i].Done += w.Done
 		sum[i].Failed += w.Failed
 		sum[i].Skipped += w.Skipped

@@ -511,11 +511,8 @@ func (s *shard) tally() ShardTally {
 		if !row.Finished() || row.Wave < 0 || row.Result == DeviceNotStarted {
 			continue
 		}
-		k := slices.IndexFunc(t.Waves, func(w WaveTally) bool { return w.Wave == row.Wave })
-		if k < 0 {
-			t.Waves = append(t.Waves, WaveTally{Wave: row.Wave})
-			k = len(t.Waves) - 1
-		}
+		var k int
+		t.Waves, k = waveIn(t.Waves, row.Wave)
 		t.Waves[k].Done++
 		if row.Result == DeviceFailed {
 			t.Waves[k].Failed++
@@ -525,7 +522,6 @@ func (s *shard) tally() ShardTally {
 		}
 		t.Waves[k].countType(row)
 	}
-	slices.SortFunc(t.Waves, func(a, b WaveTally) int { return a.Wave - b.Wave })
 	t.Rollback = s.rollbackTally() // rollback (policy 1)
 	return t
 }

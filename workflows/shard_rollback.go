@@ -1,8 +1,6 @@
 package workflows
 
 import (
-	"slices"
-
 	"go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/workflow"
 )
@@ -206,16 +204,12 @@ func (s *shard) rollbackTally() *RollbackTally {
 			t.Running++
 			continue
 		}
-		k := slices.IndexFunc(t.Waves, func(w WaveTally) bool { return w.Wave == rr.Wave })
-		if k < 0 {
-			t.Waves = append(t.Waves, WaveTally{Wave: rr.Wave})
-			k = len(t.Waves) - 1
-		}
+		var k int
+		t.Waves, k = waveIn(t.Waves, rr.Wave)
 		t.Waves[k].Done++
 		if rr.Result == DeviceFailed {
 			t.Waves[k].Failed++
 		}
 	}
-	slices.SortFunc(t.Waves, func(a, b WaveTally) int { return a.Wave - b.Wave })
 	return t
 }
