@@ -229,6 +229,9 @@ func (cs *clusterStack) chaosStack(name string) *chaosStack {
 // or applied twice; the Temporal UI's list queries answered from PostgreSQL
 // as on the dev server; a cancel; a schedule's trigger.
 func TestCluster(t *testing.T) {
+	// Its own stack from PostgreSQL up, mostly waiting on its devices and restarts: it runs beside
+	// the policy tests (make test-integration's -parallel) instead of after them.
+	t.Parallel()
 	cs := upCluster(t)
 	c := temporalClientAt(t, cs.addr)
 
