@@ -777,16 +777,5 @@ func (r *rollout) awaitFinishedShards(ctx workflow.Context) error {
 	if len(r.fl.Shards) == 0 || workflow.GetVersion(ctx, finishWaitsChange, workflow.DefaultVersion, 1) < 1 {
 		return nil
 	}
-	for len(r.fl.Shards) > 0 {
-		r.armShardsCheck(ctx)
-		if err := workflow.Await(ctx, func() bool {
-			return len(r.fl.Shards) == 0 || r.shardsCheckDue() || r.endChecks && r.shardsCheck == nil
-		}); err != nil {
-			return err
-		}
-		if r.shardsCheckDue() {
-			r.checkShardsEnded(ctx)
-		}
-	}
-	return nil
+	return r.awaitShardsClosed(ctx)
 }
