@@ -10,7 +10,6 @@ import (
 
 	"github.com/dmflow/dmflow/internal/protocol"
 	"github.com/dmflow/dmflow/internal/sim/device"
-	"github.com/dmflow/dmflow/internal/testlog"
 )
 
 // A rollout's retry of a device is a new request (a new update ID), which neither contract's
@@ -23,34 +22,7 @@ import (
 // apart until t ends; it returns once the device serves its methods.
 func (h *localhub) runFirmwareDevice(t *testing.T, id, contract string, stage time.Duration, failStage string) *device.Device {
 	t.Helper()
-	d, err := device.New(device.Config{
-		ConnectionString: h.provision(t, id),
-		CAFile:           h.CACertFile(),
-		Broker:           "tls://" + h.MQTTAddr(),
-		Contract:         contract,
-		StageDuration:    stage,
-		FailStage:        failStage,
-		Logger:           testlog.Logger(t),
-	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Error("device Run did not return after cancel")
-		}
-	})
-	select {
-	case <-d.Ready():
-	case err := <-done:
-		t.Fatalf("device Run returned before it was ready: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("device not ready within 30s")
-	}
+	d := h.runDevice(t, id, device.Config{Contract: contract, StageDuration: stage, FailStage: failStage})
 	// The start report (standBy) is the baseline of the first request: wait until the hub has it.
 	require.Eventually(t, func() bool {
 		tw, err := h.svc.GetDeviceTwin(context.Background(), id)

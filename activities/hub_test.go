@@ -4,11 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/dmflow/dmflow/internal/hubconn"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/dmflow/dmflow/internal/hubconn"
 
 	"github.com/amenzhinsky/iothub/iotservice"
 	"go.temporal.io/sdk/interceptor"

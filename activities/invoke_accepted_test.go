@@ -2,9 +2,10 @@ package activities
 
 import (
 	"context"
-	"github.com/dmflow/dmflow/internal/hubconn"
 	"testing"
 	"time"
+
+	"github.com/dmflow/dmflow/internal/hubconn"
 
 	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/stretchr/testify/assert"

@@ -4,10 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/dmflow/dmflow/internal/hubconn"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dmflow/dmflow/internal/hubconn"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"

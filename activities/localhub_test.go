@@ -6,10 +6,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"github.com/dmflow/dmflow/internal/testlog"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dmflow/dmflow/internal/testlog"
 
 	"github.com/amenzhinsky/iothub/iotdevice"
 	"github.com/stretchr/testify/assert"
@@ -82,14 +83,16 @@ func (h *localhub) provision(t *testing.T, id string) hubconn.Device {
 // once the device serves rebootDevice.
 func (h *localhub) runSimDevice(t *testing.T, id string, rebootDuration time.Duration) {
 	t.Helper()
-	d, err := device.New(device.Config{
-		ConnectionString: h.provision(t, id),
-		CAFile:           h.CACertFile(),
-		Broker:           "tls://" + h.MQTTAddr(),
-		RebootDuration:   rebootDuration,
-		RebootStyle:      device.StyleTutorial,
-		Logger:           testlog.Logger(t),
-	})
+	h.runDevice(t, id, device.Config{RebootDuration: rebootDuration, RebootStyle: device.StyleTutorial})
+}
+
+// runDevice registers id and runs a simulated device of cfg on it (its connection, CA, broker and
+// logger filled in) until t ends; it returns once the device serves its methods.
+func (h *localhub) runDevice(t *testing.T, id string, cfg device.Config) *device.Device {
+	t.Helper()
+	cfg.ConnectionString, cfg.CAFile, cfg.Broker = h.provision(t, id), h.CACertFile(), "tls://"+h.MQTTAddr()
+	cfg.Logger = testlog.Logger(t)
+	d, err := device.New(cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -110,6 +113,7 @@ func (h *localhub) runSimDevice(t *testing.T, id string, rebootDuration time.Dur
 	case <-time.After(30 * time.Second):
 		t.Fatal("device not ready within 30s")
 	}
+	return d
 }
 
 // connectRawDevice registers id and connects the plain amenzhinsky device client, which serves no

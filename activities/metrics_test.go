@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/dmflow/dmflow/internal/hubconn"
 	"net"
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/dmflow/dmflow/internal/hubconn"
 
 	"github.com/amenzhinsky/iothub/iotservice"
 	"github.com/stretchr/testify/assert"
